@@ -1,0 +1,81 @@
+"""``python -m pipeline``: validate, show and list, without running anything heavy."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from pipeline import checks
+from pipeline.config import DEFAULT_PARAMS, load_params, lookup
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.registry import REGISTRIES
+from pipeline.schema import did_you_mean
+
+
+def _validate(args: argparse.Namespace) -> int:
+    params = load_params(args.path)
+    print(f"{args.path}: valid")
+    del params
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    if args.section:
+        try:
+            value = {args.section: lookup(params.data, args.section)}
+        except KeyError:
+            hint = did_you_mean(args.section.split(".")[-1], params.data)
+            raise PipelineError(f"no key {args.section!r} in {args.params}{hint}") from None
+    else:
+        value = params.data
+    sys.stdout.write(yaml.safe_dump(value, sort_keys=False, default_flow_style=None))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    checks.import_check_modules()
+    if args.kind not in REGISTRIES:
+        kinds = ", ".join(sorted(REGISTRIES)) or "none yet"
+        raise PipelineError(f"unknown kind {args.kind!r}{did_you_mean(args.kind, REGISTRIES)}; kinds: {kinds}")
+    registry = REGISTRIES[args.kind]
+    names = [n for n in registry.names() if fnmatch.fnmatch(n, args.pattern)]
+    for name in names:
+        desc = registry.describe(name) if args.long else ""
+        print(f"{name:32s} {desc}".rstrip() if desc else name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline",
+                                     description="Declarative PyTorch image training: params.yaml tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check a params file; exit 2 listing every problem")
+    p.add_argument("path", nargs="?", default=DEFAULT_PARAMS)
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("show", help="print the resolved configuration (defaults filled in) as YAML")
+    p.add_argument("section", nargs="?", help="a section or dotted key, e.g. loss or train.epochs")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p.set_defaults(func=_show)
+    p = sub.add_parser("list", help="list what a registry holds (losses, schedulers, models, ...)")
+    p.add_argument("kind")
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
+    p.add_argument("--long", action="store_true", help="with a one-line description")
+    p.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{exc.filename}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,32 @@
+"""The errors a user may meet. Each says what is wrong and where (file, key or path); no traceback."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PipelineError(Exception):
+    """A user-facing failure: bad data, a missing file, an impossible setting. Exit status 2."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the params file, located by its dotted key (the loader adds line/col)."""
+
+    key: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def format(self, filename: str) -> str:
+        """``params.yaml:LINE:COL: dotted.key: what is wrong`` (the form editors and CI annotate)."""
+        where = filename if self.line is None else f"{filename}:{self.line}:{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(PipelineError):
+    """The params file is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, filename: str, problems: list[Problem]):
+        self.filename = filename
+        self.problems = problems
+        super().__init__("\n".join(p.format(filename) for p in problems))

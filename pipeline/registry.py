@@ -1,0 +1,117 @@
+"""Registries: a name in params.yaml -> the implementation, plus ``"module.path:attr"`` for user code.
+
+One mechanism for losses, schedulers, models, augmenters...: explicit entries registered with
+:meth:`Registry.register`, optionally names supplied by a provider (every ``torch.optim`` class,
+every timm model) so nothing is listed twice by hand. ``python -m pipeline list KIND`` prints them.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.schema import did_you_mean
+
+REGISTRIES: dict[str, "Registry"] = {}
+
+
+def is_import_path(name: str) -> bool:
+    """``"my_pkg.losses:MyLoss"`` names user code; plain names are registry entries."""
+    return ":" in name
+
+
+def import_object(spec: str) -> Any:
+    """Import ``"module.path:attr"`` (attr may be dotted); a clear error names what is missing."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PipelineError(f"{spec!r}: expected 'module.path:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise PipelineError(f"{spec!r}: cannot import module {module_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PipelineError(f"{spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry:
+    """Name -> implementation for one kind of thing (``losses``, ``schedulers``, ...)."""
+
+    def __init__(self, kind: str, *, provider: Callable[[], dict[str, Any]] | None = None,
+                 allow_import_paths: bool = True):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+        self._provider = provider
+        self._provided: dict[str, Any] | None = None
+        self.allow_import_paths = allow_import_paths
+        REGISTRIES[kind] = self
+
+    def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        def add(obj: Any) -> Any:
+            key = name or getattr(obj, "__name__", None)
+            if not key:
+                raise ValueError("registry entries need a name")
+            self._entries[key] = obj
+            return obj
+        return add
+
+    def add(self, name: str, obj: Any) -> None:
+        self._entries[name] = obj
+
+    def _all(self) -> dict[str, Any]:
+        if self._provided is None and self._provider is not None:
+            self._provided = self._provider()
+        return {**(self._provided or {}), **self._entries}
+
+    def names(self) -> list[str]:
+        return sorted(self._all())
+
+    def __contains__(self, name: str) -> bool:
+        return (self.allow_import_paths and is_import_path(name)) or name in self._all()
+
+    def get(self, name: str) -> Any:
+        """The implementation for ``name``; :class:`PipelineError` with a did-you-mean otherwise."""
+        if self.allow_import_paths and is_import_path(name):
+            return import_object(name)
+        entries = self._all()
+        if name not in entries:
+            raise PipelineError(self.unknown_message(name))
+        return entries[name]
+
+    def unknown_message(self, name: str) -> str:
+        hint = did_you_mean(name, self._all())
+        extra = " or 'module.path:attr' for your own" if self.allow_import_paths else ""
+        return f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}{hint}; " \
+               f"`python -m pipeline list {self.kind}` lists them{extra}"
+
+    def describe(self, name: str) -> str:
+        """One line for ``list``: the first line of the docstring."""
+        doc = inspect.getdoc(self._all().get(name)) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+def signature_problems(fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: int = 0,
+                       provided: Iterable[str] = ()) -> list[tuple[str | None, str]]:
+    """Why ``fn(*skip_args, **kwargs)`` would not bind: ``[(kwarg or None, message), ...]``.
+
+    ``provided`` names arguments the pipeline supplies itself (``optimizer``, ``params``...)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    params = list(sig.parameters.values())[skip:]
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    out: list[tuple[str | None, str]] = []
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        for key in kwargs:
+            if key not in accepted:
+                out.append((key, f"unexpected argument{did_you_mean(key, accepted)}; accepted: {', '.join(accepted) or 'none'}"))
+    given = set(kwargs) | set(provided)
+    for p in params:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty and p.name not in given:
+            out.append((None, f"missing required argument {p.name!r}"))
+    return out

@@ -1,0 +1,38 @@
+"""What every DVC stage does first and last: validate the whole params file, hand the stage its own
+keys, and turn user-facing failures into one clear message and exit status 2 (no traceback)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline.config import DEFAULT_PARAMS, ParamsView, load_params
+from pipeline.errors import ConfigError, PipelineError
+
+
+def run_stage(name: str, keys: Sequence[str], body: Callable[[ParamsView], None],
+              argv: Sequence[str] | None = None) -> int:
+    """Run ``body`` on a view of ``keys``; return the process exit status."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=body.__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        body(params.view(keys, stage=name))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{name}: {args.params} is invalid ({len(exc.problems)} problem(s)); nothing was run",
+              file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def stage_main(name: str, keys: Sequence[str], body: Callable[[ParamsView], None]) -> None:
+    """``if __name__ == "__main__": stage_main(...)``: run and exit with the stage's status."""
+    sys.exit(run_stage(name, keys, body))
