@@ -1,0 +1,69 @@
+"""`python -m pipeline` as a user runs it: exit codes, one problem per line, no tracebacks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_validate_default_file():
+    result = run_cli("validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "params.yaml: valid"
+
+
+def test_validate_reports_every_problem_and_exits_2(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    text = text.replace("  epochs: ", "  epochs: -3 #", 1).replace("  task: segmentation ", "  tsk: segmentation  ", 1)
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.startswith(str(bad) + ":")]
+    assert any(": data.tsk: unknown key (did you mean 'task'?)" in l for l in lines), result.stderr
+    assert any(": train.epochs: -3 is less than the minimum of 1" in l for l in lines), result.stderr
+
+
+def test_validate_bad_inputs_have_no_traceback(tmp_path):
+    cases = {"empty.yaml": "", "list.yaml": "- 1\n", "tabs.yaml": "a:\n\tb: 1\n", "broken.yaml": "a: [\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    for name in [*cases, "missing.yaml"]:
+        result = run_cli("validate", str(tmp_path / name))
+        assert result.returncode == 2, name
+        assert "Traceback" not in result.stderr and str(tmp_path / name) in result.stderr, (name, result.stderr)
+
+
+def test_show_fills_defaults(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    data = yaml.safe_load(text)
+    del data["evaluate"]["overlays"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = run_cli("show", "evaluate", "--params", str(path))
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["evaluate"]["overlays"] == 8  # the schema default
+    assert shown["evaluate"]["batch_size"] == data["evaluate"]["batch_size"]
+    whole = yaml.safe_load(run_cli("show", "--params", str(path)).stdout)
+    assert set(whole) == set(data)
+
+
+def test_show_unknown_section():
+    result = run_cli("show", "los")
+    assert result.returncode == 2 and "did you mean 'loss'?" in result.stderr
+
+
+def test_list_unknown_kind():
+    result = run_cli("list", "lossess")
+    assert result.returncode == 2 and "unknown kind" in result.stderr

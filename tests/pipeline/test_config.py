@@ -1,0 +1,115 @@
+"""Validation of params files: every problem at once, each with line, column, key and a useful hint."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import flatten, load_params
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.fixture()
+def default_text() -> str:
+    return (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_params_file_validates(path):
+    params = load_params(path)
+    assert params.get("data.task") in ("segmentation", "classification")
+
+
+def test_defaults_are_filled(tmp_path, default_text):
+    text = _replace(default_text, "  grad_clip: 1.0                # max gradient norm (null: off)\n", "")
+    params = load_params(_write(tmp_path, text))
+    assert params.get("train.grad_clip") is None  # the schema's default
+    assert params.get("train.epochs") == yaml.safe_load(default_text)["train"]["epochs"]
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_params(_write(tmp_path, text))
+    return str(info.value).splitlines()
+
+
+def test_each_kind_of_error_located(tmp_path, default_text):
+    text = default_text
+    text = _replace(text, "  task: segmentation ", "  task: segmentaton  ")  # enum typo
+    text = _replace(text, "  epochs: ", "  epochs: many #")  # wrong type
+    text = _replace(text, "  batch_size: 16", "  batch_size: 0")  # out of range
+    text = _replace(text, "  seed: 42 ", "  sed: 42  ")  # unknown key
+    lines = _problems(tmp_path, text)
+    name = str(tmp_path / "params.yaml")
+    expected = {
+        "data.task": (_line_of(text, "task: segmentaton"), 9, "did you mean 'segmentation'?"),
+        "train.epochs": (_line_of(text, "epochs: many"), 11, "expected integer, got string 'many'"),
+        "train.batch_size": (_line_of(text, "batch_size: 0"), 15, "less than the minimum of 1"),
+        "split.sed": (_line_of(text, "sed: 42"), 3, "unknown key (did you mean 'seed'?)"),
+    }
+    assert len(lines) == len(expected), lines
+    for key, (line, col, hint) in expected.items():
+        matching = [l for l in lines if l.startswith(f"{name}:{line}:{col}: {key}: ")]
+        assert matching and hint in matching[0], (key, lines)
+
+
+def test_duplicate_keys_and_schema_errors_together(tmp_path, default_text):
+    text = _replace(default_text, "  epochs: ", "  epochs: 3\n  epochs: ")
+    text = _replace(text, "  workers: 2", "  workers: -1")
+    lines = _problems(tmp_path, text)
+    assert any("train.epochs: duplicate key" in l for l in lines)
+    assert any("train.workers" in l and "minimum" in l for l in lines)
+
+
+def test_missing_section_named(tmp_path, default_text):
+    data = yaml.safe_load(default_text)
+    del data["tracking"]
+    lines = _problems(tmp_path, yaml.safe_dump(data))
+    assert any(re.search(r":1:1: tracking: missing", l) for l in lines), lines
+
+
+def test_unknown_top_level_section(tmp_path, default_text):
+    lines = _problems(tmp_path, default_text + "evalute: {}\n")
+    assert any("evalute: unknown key (did you mean 'evaluate'?)" in l for l in lines)
+
+
+def test_view_refuses_undeclared_keys(tmp_path, default_text):
+    params = load_params(_write(tmp_path, default_text))
+    view = params.view(["data.task", "loss"], stage="demo")
+    assert view["data.task"] == "segmentation"
+    assert view["loss.name"] == params.get("loss.name")
+    with pytest.raises(KeyError, match="demo reads 'data.root' but does not declare it"):
+        view["data.root"]
+    with pytest.raises(KeyError):
+        view["data"]  # the whole section would be more than declared
+
+
+def test_view_returns_copies(tmp_path, default_text):
+    params = load_params(_write(tmp_path, default_text))
+    view = params.view(["loss"])
+    view["loss"]["name"] = "mutated"
+    assert params.get("loss.name") != "mutated"
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
