@@ -1,0 +1,335 @@
+"""The split stage: scan the dataset once, check it, and deal its files into train/val/test.
+
+``python -m stages.split`` writes ``outputs/split/manifest.json`` (see :class:`stages.data.Manifest`).
+The same seed and the same files give a byte-identical manifest. Classification is stratified (each
+class dealt into the splits in proportion); every file lands in exactly one split.
+
+Scale: one read per file, in a thread pool. That read gives the content hash (the fingerprint), the
+image size from the header (masks must match their image) and, for masks only, the decoded values
+(to check or infer ``data.num_classes``). Images are never decoded here.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from pipeline.atomic import write_json
+from pipeline.checks import semantic_check
+from pipeline.config import ParamsView
+from pipeline.errors import PipelineError, Problem
+from pipeline.stage import run_stage
+from stages.data import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, MAX_SEGMENTATION_CLASSES, SPLITS,
+                         inside, mask_array, segmentation_class_names)
+
+PARAMS = ("data.task", "data.root", "data.num_classes", "data.images_dir", "data.masks_dir",
+          "data.mask_suffix", "split")
+MANIFEST = Path("outputs/split/manifest.json")  # relative to params.yaml's folder
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHUNK = 256  # files per thread-pool task: per-file futures would cost more than tiny reads
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """What one read of a file tells: its content hash, its (width, height), and mask values."""
+
+    rel: str
+    digest: str
+    size: tuple[int, int]
+    values: tuple[int, ...] = ()
+
+
+def _header_size(data: bytes, rel: str) -> tuple[int, int]:
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":  # fast path, most datasets are PNG
+        return struct.unpack(">II", data[16:24])
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except DECODE_ERRORS as exc:
+        raise PipelineError(f"{rel}: not a readable image ({exc})") from None
+
+
+def _scan_file(root: Path, rel: str, is_mask: bool) -> ScannedFile:
+    try:
+        data = (root / rel).read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"{root / rel}: cannot read ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if not is_mask:
+        return ScannedFile(rel, digest, _header_size(data, rel))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            values = mask_array(image, str(root / rel))
+    except DECODE_ERRORS as exc:
+        raise PipelineError(f"{root / rel}: not a readable mask ({exc})") from None
+    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    return ScannedFile(rel, digest, (values.shape[1], values.shape[0]), tuple(int(v) for v in present))
+
+
+def _parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]`` in threads (file reads, hashing and decoding release the GIL); the
+    first failing item in order raises."""
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    if len(chunks) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 2)) as pool:
+        return [r for part in pool.map(lambda chunk: [fn(x) for x in chunk], chunks) for r in part]
+
+
+def _listing(folder: Path, real_root: Path, what: str) -> list[os.DirEntry[str]]:
+    """The visible entries of ``folder`` sorted by name; symlinks leading outside the root refused."""
+    try:
+        entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise PipelineError(f"{folder}: cannot list {what} ({exc.strerror or exc})") from None
+    for entry in entries:
+        if entry.is_symlink() and not inside(Path(entry.path), real_root):
+            raise PipelineError(f"{entry.path} is a link to {os.path.realpath(entry.path)}, outside the data "
+                                f"root {real_root}; nothing is read from outside the data root")
+    return entries
+
+
+def _files(folder: Path, real_root: Path, extensions: Iterable[str], what: str) -> list[str]:
+    """File names in ``folder``: sub-folders and unsupported extensions are errors."""
+    names = []
+    for entry in _listing(folder, real_root, what):
+        if entry.is_dir():
+            raise PipelineError(f"{entry.path}: unexpected folder among {what}")
+        if Path(entry.name).suffix.lower() not in extensions:
+            raise PipelineError(f"{entry.path}: unsupported file type {Path(entry.name).suffix or '(none)'!r}"
+                                f" among {what} (supported: {', '.join(sorted(extensions))})")
+        names.append(entry.name)
+    return names
+
+
+def _data_root(root: Path) -> Path:
+    if not root.is_dir():
+        raise PipelineError(f"data.root: {root} {'is not a folder' if root.exists() else 'does not exist'}")
+    return root.resolve()
+
+
+def _subfolder(root: Path, real_root: Path, name: str, key: str) -> Path:
+    folder = root / name
+    if not inside(folder, real_root):
+        raise PipelineError(f"data.{key}: {folder} is outside data.root; nothing is read from outside the data root")
+    if not folder.is_dir():
+        raise PipelineError(f"data.{key}: no folder {name!r} in {root}")
+    return folder
+
+
+def _several(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str], list[ScannedFile], list[int]]:
+    """``root/<class>/<image>`` -> (sorted class names, files, label per file)."""
+    real_root = _data_root(root)
+    entries = _listing(root, real_root, "class folders")
+    classes = [e.name for e in entries if e.is_dir()]
+    if not classes:
+        loose = [e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_EXTENSIONS]
+        hint = f" ({len(loose)} images lie directly in it)" if loose else ""
+        raise PipelineError(f"data.root: {root} has no class folders{hint}; classification expects "
+                            f"root/<class>/<image>")
+    if num_classes is not None and num_classes != len(classes):
+        raise PipelineError(f"data.num_classes is {num_classes} but {root} has {len(classes)} class folders "
+                            f"({_several(classes, 10)})")
+    rels, labels = [], []
+    for label, name in enumerate(classes):
+        files = _files(root / name, real_root, IMAGE_EXTENSIONS, f"the images of class {name!r}")
+        if not files:
+            raise PipelineError(f"{root / name}: empty class folder (no images of class {name!r})")
+        rels += [f"{name}/{f}" for f in files]
+        labels += [label] * len(files)
+    return classes, _parallel_map(lambda rel: _scan_file(root, rel, False), rels), labels
+
+
+def _by_stem(names: list[str], folder: str) -> dict[str, str]:
+    stems: dict[str, str] = {}
+    for name in names:
+        stem = Path(name).stem
+        if stem in stems:
+            raise PipelineError(f"{folder}/{stems[stem]} and {folder}/{name} share the stem {stem!r}; "
+                                f"images and masks are matched by stem")
+        stems[stem] = name
+    return stems
+
+
+def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
+                      mask_suffix: str) -> list[tuple[ScannedFile, ScannedFile]]:
+    """``root/images_dir/<stem>.*`` paired with ``root/masks_dir/<stem><mask_suffix>.*``."""
+    real_root = _data_root(root)
+    if Path(images_dir) == Path(masks_dir):
+        raise PipelineError(f"data.images_dir and data.masks_dir are both {images_dir!r}; keep images and "
+                            f"masks in separate folders")
+    image_folder = _subfolder(root, real_root, images_dir, "images_dir")
+    mask_folder = _subfolder(root, real_root, masks_dir, "masks_dir")
+    images = _by_stem(_files(image_folder, real_root, IMAGE_EXTENSIONS, "images"), images_dir)
+    masks = _by_stem(_files(mask_folder, real_root, MASK_EXTENSIONS, "masks"), masks_dir)
+    if not images:
+        raise PipelineError(f"{image_folder}: no images")
+    lonely = [f"{images_dir}/{n}" for s, n in images.items() if s + mask_suffix not in masks]
+    if lonely:
+        raise PipelineError(f"{len(lonely)} image(s) without a mask (looked for {masks_dir}/<stem>{mask_suffix}"
+                            f".<ext>, data.mask_suffix = {mask_suffix!r}): {_several(lonely)}")
+    paired = {s + mask_suffix for s in images}
+    orphans = [f"{masks_dir}/{n}" for s, n in masks.items() if s not in paired]
+    if orphans:
+        raise PipelineError(f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
+                            f"{mask_suffix!r}): {_several(orphans)}")
+    stems = sorted(images)
+    scanned = _parallel_map(lambda job: _scan_file(root, *job), [
+        job for s in stems
+        for job in ((f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))])
+    pairs = list(zip(scanned[0::2], scanned[1::2]))
+    for image, mask in pairs:
+        if image.size != mask.size:
+            raise PipelineError(f"{root / mask.rel}: mask is {mask.size[0]}x{mask.size[1]} but its image "
+                                f"{image.rel} is {image.size[0]}x{image.size[1]}; a mask must have its image's size")
+    return pairs
+
+
+def segmentation_classes(masks: Sequence[ScannedFile], num_classes: int | None) -> int:
+    """Check ``data.num_classes`` against the mask values, or infer it (binary: 0/1 or 0/255 -> 2)."""
+    seen = sorted(set().union(*(m.values for m in masks)))
+    binary = set(seen) <= {0, 1} or set(seen) <= {0, 255}
+    if not binary and 255 in seen:
+        holder = next((m.rel for m in masks if 255 in m.values and set(m.values) - {0, 255}),
+                      next(m.rel for m in masks if 255 in m.values))
+        raise PipelineError(f"{holder}: mask values {_several([str(v) for v in seen], 8)}: 255 beside other "
+                            f"values is neither a 0/255 binary mask nor a class index (lossy JPEG masks and "
+                            f"'ignore' labels are not supported); store class indices 0..N-1 losslessly")
+    if num_classes is None:
+        if seen == [0]:
+            raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; "
+                                "set data.num_classes")
+        return 2 if binary else seen[-1] + 1
+    if binary and 255 in seen and num_classes != 2:
+        raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
+    if seen[-1] >= num_classes:
+        holder = next(m.rel for m in masks if m.values and m.values[-1] >= num_classes)
+        raise PipelineError(f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
+                            f"masks store class indices 0..{num_classes - 1}")
+    if num_classes > MAX_SEGMENTATION_CLASSES:
+        raise PipelineError(f"data.num_classes: at most {MAX_SEGMENTATION_CLASSES} segmentation classes")
+    return num_classes
+
+
+def fraction_problem(fractions: dict[str, float]) -> str | None:
+    total = sum(fractions[s] for s in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        terms = " + ".join(f"{s} {fractions[s]:g}" for s in SPLITS)
+        return f"fractions must sum to 1, but {terms} = {total:.6g}"
+    return None
+
+
+def deal(n: int, fractions: Sequence[float]) -> list[int]:
+    """The split index of each of ``n`` positions, dealt so that after every position each split's
+    count is within one of its share (stratification comes from dealing a class-ordered sequence)."""
+    counts = [0] * len(fractions)
+    out = []
+    for i in range(1, n + 1):
+        best = max(range(len(fractions)), key=lambda s: (fractions[s] * i - counts[s], -s))
+        counts[best] += 1
+        out.append(best)
+    return out
+
+
+def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, stratify: bool) -> list[int]:
+    """Split index (into :data:`SPLITS`) of each item, deterministic given ``seed``; refuses a
+    positive fraction that leaves its split empty."""
+    problem = fraction_problem(fractions)
+    if problem:
+        raise PipelineError(f"split.fractions: {problem}")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        groups = [np.flatnonzero(np.asarray(labels) == c) for c in sorted(set(labels))]
+        order = np.concatenate([g[rng.permutation(len(g))] for g in groups])
+    else:
+        order = rng.permutation(len(labels))
+    shares = [float(fractions[s]) for s in SPLITS]
+    result = [0] * len(labels)
+    for position, split_index in zip(order, deal(len(labels), shares)):
+        result[int(position)] = split_index
+    for index, name in enumerate(SPLITS):
+        if shares[index] > 0 and index not in result:
+            raise PipelineError(f"split.fractions.{name} = {shares[index]:g} leaves the {name} split empty: "
+                                f"{len(labels)} files x {shares[index]:g} = {len(labels) * shares[index]:.2f}; "
+                                f"raise the fraction or add data")
+    return result
+
+
+def fingerprint(files: Iterable[ScannedFile]) -> str:
+    """sha256 over every file's relative path and content hash (sorted): changes iff the data does."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.rel):
+        digest.update(f"{f.rel}\t{f.digest}\n".encode())
+    return digest.hexdigest()
+
+
+def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: int | None,
+                   images_dir: str = "images", masks_dir: str = "masks", mask_suffix: str = "",
+                   seed: int, fractions: dict[str, float], stratify: bool) -> dict[str, Any]:
+    """The manifest (as a JSON-ready dict) of the dataset at ``root``: the stage's pure core."""
+    if task == "classification":
+        class_names, files, labels = scan_classification(root, num_classes)
+        entries = [{"image": f.rel, "label": label} for f, label in zip(files, labels)]
+        present = [(label,) for label in labels]
+        num_classes = len(class_names)
+    else:
+        pairs = scan_segmentation(root, images_dir, masks_dir, mask_suffix)
+        num_classes = segmentation_classes([m for _, m in pairs], num_classes)
+        class_names = segmentation_class_names(num_classes)
+        entries = [{"image": i.rel, "mask": m.rel} for i, m in pairs]
+        present = [tuple(1 if v and num_classes == 2 else v for v in m.values) for _, m in pairs]
+        files = [f for pair in pairs for f in pair]
+        labels = [0] * len(entries)
+    where = assign(labels, fractions, seed, stratify and task == "classification")
+    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    counts = {s: dict.fromkeys(class_names, 0) for s in SPLITS}
+    for entry, split_index, classes in zip(entries, where, present):
+        splits[SPLITS[split_index]].append(entry)
+        for c in set(classes):
+            counts[SPLITS[split_index]][class_names[c]] += 1
+    return {"task": task, "root": root_as_written, "num_classes": num_classes, "class_names": class_names,
+            "splits": splits, "counts": counts, "fingerprint": fingerprint(files)}
+
+
+def split(view: ParamsView) -> None:
+    """Split the dataset into train/val/test and write outputs/split/manifest.json."""
+    manifest = build_manifest(
+        view.resolve_path(view["data.root"]), task=view["data.task"], root_as_written=view["data.root"],
+        num_classes=view["data.num_classes"], images_dir=view["data.images_dir"],
+        masks_dir=view["data.masks_dir"], mask_suffix=view["data.mask_suffix"],
+        seed=view["split.seed"], fractions=view["split.fractions"], stratify=view["split.stratify"])
+    write_json(view.root / MANIFEST, manifest)
+    sizes = ", ".join(f"{s} {len(manifest['splits'][s])}" for s in SPLITS)
+    print(f"split: {manifest['task']} data {manifest['root']}, {manifest['num_classes']} classes: {sizes} "
+          f"-> {MANIFEST}")
+
+
+@semantic_check("split")
+def _check_fractions(params: Any) -> list[Problem]:
+    problem = fraction_problem(params.get("split.fractions"))
+    return [Problem("split.fractions", problem)] if problem else []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("split", PARAMS, split, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
