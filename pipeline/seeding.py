@@ -1,0 +1,62 @@
+"""Seeds: one number (``train.seed``) makes the whole run repeatable, augmentation included.
+
+Why a module of its own: imgaug augmenters draw from one global RNG (``imgaug.random``), and forked
+DataLoader workers inherit a copy of it, so without reseeding every worker repeats the same
+augmentation stream. :func:`worker_init_fn` reseeds each worker from ``torch.initial_seed()``,
+which PyTorch sets to ``base_seed + worker_id`` with ``base_seed`` drawn from the DataLoader's
+generator anew for every epoch: workers differ, epochs differ, and the stream is a function of the
+generator's seed for a fixed worker count. Use :func:`loader_generator` for that generator.
+
+imgaug takes seconds to import, so it is seeded only when already imported; otherwise its global RNG
+is created later from numpy's global RNG (which is seeded here), which is just as repeatable.
+"""
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import torch
+
+_UINT32 = 2**32
+
+
+def _seed_imgaug(seed: int) -> bool:
+    """Seed imgaug's global RNG in place (augmenters built with ``seed=None`` share it)."""
+    if "imgaug.random" not in sys.modules:
+        return False
+    sys.modules["imgaug.random"].seed(seed)
+    return True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG, torch (CPU and CUDA) and imgaug's global RNG."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % _UINT32)
+    torch.manual_seed(seed)
+    _seed_imgaug(seed % _UINT32)
+
+
+def derived_seeds(seed: int, count: int) -> list[int]:
+    """``count`` independent 32-bit seeds from one (so numpy's and imgaug's streams do not coincide)."""
+    return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: reseed ``random``, numpy and imgaug from this worker's torch seed.
+
+    torch already seeds itself per worker; the others would otherwise repeat the parent's state in
+    every worker (fork) and in every epoch."""
+    del worker_id  # already part of torch.initial_seed()
+    py_seed, np_seed, imgaug_seed = derived_seeds(torch.initial_seed(), 3)
+    random.seed(py_seed)
+    np.random.seed(np_seed)
+    _seed_imgaug(imgaug_seed)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The generator to give a DataLoader (``generator=``): shuffling and worker seeds follow ``seed``."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
