@@ -1,0 +1,33 @@
+"""Batches leave the DataLoader as uint8 and are normalised on the device: 4x less host->device
+traffic than float32, and the normalisation runs where the compute is. Train and evaluate share this."""
+from __future__ import annotations
+
+import torch
+
+# ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, *,
+              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
+    non_blocking = device.type == "cuda"
+    x = images.to(device, non_blocking=non_blocking)
+    y = targets.to(device, non_blocking=non_blocking).long()
+    x = x.float().div_(255.0)
+    channels = x.shape[1]
+    mean = torch.tensor((MEAN * channels)[:channels], device=device)
+    std = torch.tensor((STD * channels)[:channels], device=device)
+    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_device`'s normalisation, back to uint8 (for drawing overlays)."""
+    channels = x.shape[1]
+    mean = torch.tensor((MEAN * channels)[:channels], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor((STD * channels)[:channels], device=x.device).view(1, -1, 1, 1)
+    return ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
