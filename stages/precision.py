@@ -1,0 +1,138 @@
+"""Precision: the ``precision`` section + the device -> a :class:`PrecisionPlan` the train loop uses.
+
+fp32, fp16 (autocast + GradScaler, CUDA only) or bf16 (autocast, no scaler; works on CPU too);
+``auto`` is bf16 on GPUs that support it natively and fp32 everywhere else (older GPUs: ask for fp16).
+The autocast context is built once (nanoGPT style); the scaler exists always but is enabled only for
+fp16, so the loop has one code path. :meth:`PrecisionPlan.backward_and_step` does backward, unscale,
+clip, step and zero_grad in the right order, so accumulation and clipping are right by construction.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.checks import semantic_check
+from pipeline.errors import PipelineError, Problem
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Native bf16 (Ampere and newer); emulated bf16 on older GPUs is slower than fp32."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
+def _set_tf32(enabled: bool) -> None:
+    """TF32 matmuls and convolutions (Ampere+): ~fp32 range with a 10-bit mantissa, much faster."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy allow_tf32 flags are deprecated
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+@dataclass
+class PrecisionPlan:
+    """How the train loop runs numerically on one device."""
+
+    dtype: torch.dtype
+    device: torch.device
+    channels_last: bool
+    compile: bool
+    scaler: torch.amp.GradScaler
+    _autocast: Any = field(repr=False, default=None)
+    last_grad_norm: torch.Tensor | None = field(repr=False, default=None)
+
+    @property
+    def name(self) -> str:
+        return {v: k for k, v in DTYPES.items()}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context (built once; a no-op for fp32): ``with plan.autocast(): ...``."""
+        return self._autocast
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move to the device, channels_last when on, torch.compile when asked. Keep a reference to
+        the model you passed in for state dicts (a compiled module prefixes keys with ``_orig_mod.``)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model = torch.compile(model)
+        return model
+
+    def prepare_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Move an input batch to the device (non-blocking), channels_last for 4-D images when on."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+                          model: nn.Module, grad_clip: float | None, step: bool) -> bool:
+        """Backward (scaled for fp16); when ``step``: unscale, clip to ``grad_clip``, step, update
+        the scaler, zero the gradients. Returns whether the optimizer really stepped (the scaler skips
+        fp16 steps whose gradients overflowed). With accumulation pass ``loss / accumulate`` and
+        ``step`` true on every ``accumulate``-th batch."""
+        self.scaler.scale(loss).backward()
+        if not step:
+            return False
+        if grad_clip is not None:
+            self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
+        return scale_before is None or self.scaler.get_scale() >= scale_before
+
+
+def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if _cuda_bf16(device) else torch.float32
+    if requested == "fp16" and device.type != "cuda":
+        raise PipelineError(f"precision.dtype: fp16 needs a CUDA GPU (GradScaler and fast fp16 kernels), "
+                            f"but the device is {device.type}; use bf16 or fp32 there")
+    if requested == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
+        raise PipelineError("precision.dtype: this GPU has no native bf16; use fp16 (with its GradScaler) or fp32")
+    return DTYPES[requested]
+
+
+def resolve_precision(cfg: dict[str, Any], device: torch.device) -> PrecisionPlan:
+    """The plan for the resolved ``precision`` section on ``device`` (sets TF32 flags on CUDA)."""
+    device = torch.device(device)
+    dtype = _resolve_dtype(cfg.get("dtype", "auto"), device)
+    channels_last = cfg.get("channels_last", "auto")
+    channels_last = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    if device.type == "cuda":
+        _set_tf32(bool(cfg.get("tf32", True)))
+    ctx = contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return PrecisionPlan(dtype, device, channels_last, bool(cfg.get("compile", False)), scaler, ctx)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile`` (whose state dict has the plain parameter names)."""
+    return getattr(model, "_orig_mod", model)
+
+
+@semantic_check("precision", "train")
+def check_precision(params: Any) -> list[Problem]:
+    """fp16 on a device that is certainly a CPU is refused before anything runs."""
+    if params.get("precision.dtype") == "fp16" and params.get("train.device") in ("cpu", "mps"):
+        return [Problem("precision.dtype", f"fp16 needs a CUDA GPU but train.device is "
+                                           f"{params.get('train.device')!r}; use bf16 or fp32")]
+    return []
