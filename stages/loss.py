@@ -268,7 +268,24 @@ def _build_one(name: str, params: dict[str, Any], num_outputs: int) -> nn.Module
     mode = _mode(num_outputs)
     if mode not in impl.supports:
         raise PipelineError(_mode_message(name, mode, num_outputs))
+    for arg, message in _per_class_problems(name, params, num_outputs):
+        raise PipelineError(f"loss {name!r} params.{arg}: {message}")
     return impl(**params)
+
+
+def _per_class_problems(name: str, params: dict[str, Any], num_outputs: int | None) -> list[tuple[str, str]]:
+    """Per-class weight lists (cross_entropy ``weight``, focal ``alpha``) must match the classes."""
+    arg = {"cross_entropy": "weight", "focal": "alpha"}.get(name)
+    value = params.get(arg) if arg else None
+    if value is None or num_outputs is None:
+        return []
+    if num_outputs == 1:
+        if isinstance(value, list):
+            return [(arg, "binary focal alpha is one number (the weight of the positive class)")]
+        return []
+    if isinstance(value, list) and len(value) != num_outputs:
+        return [(arg, f"{len(value)} per-class weights for {num_outputs} classes")]
+    return []
 
 
 def _mode_message(name: str, mode: str, num_outputs: int | None) -> str:
@@ -300,19 +317,20 @@ def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int) -> nn.Module
 
 # --- validate-time checks --------------------------------------------------------------------------
 
-def _expected_mode(params: Any) -> str | None:
-    """Binary or multi-class from the data section, when it is known without reading data."""
+def _expected_outputs(params: Any) -> tuple[str | None, int | None]:
+    """(binary or multi-class, logit channels) from the data section, as far as known without data."""
     if params.has("model.num_classes") and params.get("model.num_classes") is not None:
-        return None  # the model overrides the head size; build_loss checks at run time
+        return None, None  # the model overrides the head size; build_loss checks at run time
     task, num_classes = params.get("data.task"), params.get("data.num_classes")
     if task == "classification":
-        return MULTICLASS
+        return MULTICLASS, num_classes
     if num_classes is None:
-        return None
-    return BINARY if num_classes == 2 else MULTICLASS
+        return None, None
+    return (BINARY, 1) if num_classes == 2 else (MULTICLASS, num_classes)
 
 
-def _loss_problems(name: str, loss_params: dict[str, Any], key: str, mode: str | None) -> list[Problem]:
+def _loss_problems(name: str, loss_params: dict[str, Any], key: str,
+                   expected: tuple[str | None, int | None]) -> list[Problem]:
     """Problems of one loss entry at ``key`` (``loss`` or ``loss.terms[i]``)."""
     if name == "sum":
         return [Problem(f"{key}.name", "sum cannot be nested inside terms; list the terms directly")]
@@ -323,7 +341,7 @@ def _loss_problems(name: str, loss_params: dict[str, Any], key: str, mode: str |
     except Exception as exc:  # user code may fail to import in any way; report it, no traceback
         return [Problem(f"{key}.name", str(exc) if isinstance(exc, PipelineError)
                         else f"importing {name!r} failed: {type(exc).__name__}: {exc}")]
-    skip = 0
+    skip, (mode, num_outputs) = 0, expected
     if is_import_path(name):
         if inspect.isclass(impl) and not issubclass(impl, nn.Module):
             return [Problem(f"{key}.name", f"{name!r} is a class but not a torch.nn.Module")]
@@ -332,15 +350,17 @@ def _loss_problems(name: str, loss_params: dict[str, Any], key: str, mode: str |
         skip = 0 if inspect.isclass(impl) else 2  # a function takes (logits, target) first
     elif mode is not None and mode not in impl.supports:
         return [Problem(f"{key}.name", _mode_message(name, mode, None))]
-    return [Problem(f"{key}.params.{arg}" if arg else f"{key}.params", message)
-            for arg, message in signature_problems(impl, loss_params, skip=skip)]
+    bad = signature_problems(impl, loss_params, skip=skip)
+    if not is_import_path(name):
+        bad += _per_class_problems(name, loss_params, num_outputs)
+    return [Problem(f"{key}.params.{arg}" if arg else f"{key}.params", message) for arg, message in bad]
 
 
 @semantic_check("loss", "data")
 def check_loss(params: Any) -> list[Problem]:
     """Loss names exist, their params bind, sum has terms, and the loss fits the task."""
     cfg = params.get("loss")
-    mode = _expected_mode(params)
+    expected = _expected_outputs(params)
     problems: list[Problem] = []
     if cfg["name"] == "sum":
         if not cfg["terms"]:
@@ -349,9 +369,9 @@ def check_loss(params: Any) -> list[Problem]:
         if cfg["params"]:
             problems.append(Problem("loss.params", "name: sum takes no params; give each term its own params"))
         for i, term in enumerate(cfg["terms"]):
-            problems += _loss_problems(term["name"], term.get("params") or {}, f"loss.terms[{i}]", mode)
+            problems += _loss_problems(term["name"], term.get("params") or {}, f"loss.terms[{i}]", expected)
     else:
         if cfg["terms"]:
             problems.append(Problem("loss.terms", f"terms are only used with name: sum (name is {cfg['name']!r})"))
-        problems += _loss_problems(cfg["name"], cfg["params"], "loss", mode)
+        problems += _loss_problems(cfg["name"], cfg["params"], "loss", expected)
     return problems

@@ -161,6 +161,13 @@ def test_cross_entropy_options_match_torch() -> None:
     assert loss(logits, target.to(torch.uint8)).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_per_class_weights_must_match_the_classes() -> None:
+    with pytest.raises(PipelineError, match="2 per-class weights for 3 classes"):
+        build_loss(_cfg("cross_entropy", weight=[1.0, 2.0]), task="segmentation", num_outputs=3)
+    with pytest.raises(PipelineError, match="alpha"):
+        build_loss(_cfg("focal", alpha=[0.1, 0.9]), task="segmentation", num_outputs=1)
+
+
 def test_weighted_sum_of_terms() -> None:
     logits, target = _inputs(BINARY, "seg")
     cfg = {"name": "sum", "params": {}, "terms": [{"name": "dice", "weight": 1.0, "params": {}},
@@ -247,6 +254,11 @@ def test_validate_loss_vs_task(tmp_path: Path) -> None:
     problems = _loss_problems(_params_file(tmp_path, loss={"name": "cross_entropy"}, data={"num_classes": 2}))
     assert "binary (one logit channel)" in problems["loss.name"]
     assert _loss_problems(_params_file(tmp_path, loss={"name": "focal"}, data=multi)) == {}
+    problems = _loss_problems(_params_file(tmp_path, loss={"name": "cross_entropy", "params": {"weight": [1, 2]}},
+                                           data=multi))
+    assert "2 per-class weights for 3 classes" in problems["loss.params.weight"]
+    problems = _loss_problems(_params_file(tmp_path, loss={"name": "focal", "params": {"alpha": [0.5, 0.5]}}))
+    assert "one number" in problems["loss.params.alpha"]
     assert _loss_problems(_params_file(tmp_path, loss={"name": "dice_bce", "params": {"per_sample": True}})) == {}
 
 
