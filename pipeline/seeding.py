@@ -46,8 +46,9 @@ def derived_seeds(seed: int, count: int) -> list[int]:
 def worker_init_fn(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: reseed ``random``, numpy and imgaug from this worker's torch seed.
 
-    torch already seeds itself per worker; the others would otherwise repeat the parent's state in
-    every worker (fork) and in every epoch."""
+    PyTorch reseeds torch (and, in recent versions, ``random`` and numpy) per worker, but not imgaug,
+    whose global RNG every forked worker would otherwise copy: all workers, and every epoch, would
+    then repeat one augmentation stream. All three are reseeded here, whatever the torch version."""
     del worker_id  # already part of torch.initial_seed()
     py_seed, np_seed, imgaug_seed = derived_seeds(torch.initial_seed(), 3)
     random.seed(py_seed)

@@ -19,6 +19,7 @@ import os
 import pkgutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,9 @@ class _Builder:
         (``mode: reflec``) and augmenters that refuse masks."""
         image, mask = self.probe_sample
         try:
-            _apply(augmenter, image.copy(), mask.copy() if self.task == "segmentation" else None)
+            with warnings.catch_warnings():  # imgaug's own deprecation noise is not the user's problem
+                warnings.simplefilter("ignore")
+                _apply(augmenter, image.copy(), mask.copy() if self.task == "segmentation" else None)
         except Exception as exc:
             text = _one_line(exc)
             if "only process image data" in text:
@@ -248,7 +251,11 @@ def build_augmenter(spec: list, *, task: str, random_order: bool = False, key: s
     """An ``iaa.Sequential`` of the augmenters ``spec`` declares; :class:`PipelineError` lists every
     problem (unknown name, bad argument, mask-unsafe augmenter for segmentation) at its key."""
     import imgaug.augmenters as iaa
+    import imgaug.parameters as iap
 
+    # imgaug pre-draws 10,000 samples per parameter and keeps them across reseeding, so a seed would
+    # not repeat the stream (nor would a resumed run); per-image draws cost microseconds.
+    iap.toggle_prefetching(False)
     builder = _Builder(task)
     children = builder.pipeline(spec, key)
     if builder.problems or children is None:
