@@ -1,0 +1,161 @@
+"""Drawings the evaluate stage writes: a confusion matrix and prediction overlays (PIL only).
+
+Every function returns a ``PIL.Image`` and reads nothing from disk, so the stage decides where and how
+(atomically) to save it. Sizes are deterministic functions of the inputs (tests rely on that).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+TILE = 160          # longest side of one drawn image, px
+PAD = 6             # gap between tiles
+CAPTION = 16        # height of one caption line
+WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (110, 110, 110)
+RIGHT, WRONG = (20, 140, 60), (200, 30, 30)
+# Class colours for masks (index 0, the background, is never painted); cycled past the end.
+PALETTE = [(0, 0, 0), (255, 60, 60), (60, 200, 80), (70, 120, 255), (255, 200, 0), (200, 70, 255),
+           (0, 220, 220), (255, 130, 40), (160, 255, 120), (255, 110, 200), (140, 90, 40)]
+
+
+@lru_cache(maxsize=None)
+def _font(size: int = 12) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_width(text: str) -> int:
+    left, _, right, _ = _font().getbbox(text)
+    return int(math.ceil(right - left))
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` shortened with an ellipsis so it fits ``width`` pixels."""
+    if _text_width(text) <= width:
+        return text
+    while text and _text_width(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def tile_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) an image is drawn at: longest side :data:`TILE`, aspect kept."""
+    scale = TILE / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _to_tile(image: np.ndarray) -> Image.Image:
+    """HxWx3 uint8 -> a PIL tile (nearest when enlarging keeps small images' pixels crisp)."""
+    th, tw = tile_size(*image.shape[:2])
+    enlarge = th >= image.shape[0]
+    return Image.fromarray(image).resize((tw, th), Image.NEAREST if enlarge else Image.BILINEAR)
+
+
+def colour_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``image`` (HxWx3 uint8) with every non-background class of ``mask`` (HxW) blended in its
+    colour and outlined in it at full strength (a tint alone vanishes on objects of similar colour)."""
+    palette = np.array([PALETTE[(i - 1) % (len(PALETTE) - 1) + 1] if i else PALETTE[0]
+                        for i in range(int(mask.max(initial=0)) + 1)], dtype=np.float32)
+    out = image.astype(np.float32)
+    painted = mask > 0
+    out[painted] = (1 - alpha) * out[painted] + alpha * palette[mask[painted]]
+    padded = np.pad(mask, 1, mode="edge")
+    edge = painted & ((padded[:-2, 1:-1] != mask) | (padded[2:, 1:-1] != mask)
+                      | (padded[1:-1, :-2] != mask) | (padded[1:-1, 2:] != mask))
+    out[edge] = palette[mask[edge]]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _short(count: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g}{unit}"
+    return str(count)
+
+
+def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], *,
+                   title: str = "confusion matrix") -> Image.Image:
+    """Rows = actual, columns = predicted; cells shaded by the row's share (recall), counts written."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    k = counts.shape[0]
+    cell = max(12, min(56, 960 // k))
+    label_w = min(160, max(_text_width(str(n)) for n in class_names) + 2 * PAD)
+    left, top = label_w + CAPTION + PAD, 2 * CAPTION + label_w + PAD
+    width, height = left + k * cell + PAD, top + k * cell + CAPTION + PAD
+    img = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(img)
+    draw.text((PAD, PAD // 2), title, fill=BLACK, font=_font())
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=np.float64), where=rows > 0)
+    for i in range(k):
+        for j in range(k):
+            x, y = left + j * cell, top + i * cell
+            shade = int(round(255 - 200 * share[i, j]))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=WHITE)
+            if cell >= 28:
+                text = _short(int(counts[i, j]))
+                draw.text((x + cell / 2, y + cell / 2), text, anchor="mm", font=_font(),
+                          fill=WHITE if share[i, j] > 0.6 else BLACK)
+    for i, name in enumerate(class_names):  # actual: row labels; predicted: rotated column labels
+        label = _fit(str(name), label_w - PAD)
+        draw.text((left - PAD, top + i * cell + cell / 2), label, anchor="rm", fill=BLACK, font=_font())
+        strip = Image.new("RGB", (label_w, cell), WHITE)
+        ImageDraw.Draw(strip).text((PAD, cell / 2), label, anchor="lm", fill=BLACK, font=_font())
+        img.paste(strip.rotate(90, expand=True), (left + i * cell, 2 * CAPTION))
+    draw.text((left + k * cell / 2, height - PAD), "predicted", anchor="md", fill=GREY, font=_font())
+    axis = Image.new("RGB", (k * cell, CAPTION), WHITE)
+    ImageDraw.Draw(axis).text((k * cell / 2, CAPTION / 2), "actual", anchor="mm", fill=GREY, font=_font())
+    img.paste(axis.rotate(90, expand=True), (PAD // 2, top))
+    return img
+
+
+def draw_segmentation_overlays(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                               preds: Sequence[np.ndarray], captions: Sequence[str]) -> Image.Image:
+    """One row per image: the image, the true mask over it, the predicted mask over it."""
+    if not images:
+        return _empty("no overlays (evaluate.overlays: 0)")
+    th, tw = tile_size(*images[0].shape[:2])
+    row_h = CAPTION + th + PAD
+    img = Image.new("RGB", (3 * tw + 4 * PAD, CAPTION + PAD + len(images) * row_h), WHITE)
+    draw = ImageDraw.Draw(img)
+    for col, header in enumerate(("image", "truth", "prediction")):
+        draw.text((PAD + col * (tw + PAD) + tw / 2, PAD // 2), header, anchor="mt", fill=GREY, font=_font())
+    for row, (image, truth, pred, caption) in enumerate(zip(images, truths, preds, captions)):
+        y = CAPTION + PAD + row * row_h
+        draw.text((PAD, y), _fit(caption, 3 * tw + 2 * PAD), fill=BLACK, font=_font())
+        for col, drawn in enumerate((image, colour_mask(image, truth), colour_mask(image, pred))):
+            img.paste(_to_tile(drawn), (PAD + col * (tw + PAD), y + CAPTION))
+    return img
+
+
+def draw_classification_overlays(images: Sequence[np.ndarray], truths: Sequence[str],
+                                 preds: Sequence[str], *, columns: int = 4) -> Image.Image:
+    """A grid of test images captioned with true and predicted class; green when right, red when not."""
+    if not images:
+        return _empty("no overlays (evaluate.overlays: 0)")
+    th, tw = tile_size(*images[0].shape[:2])
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    cell_w, cell_h = tw + 2 * PAD, th + 2 * CAPTION + 2 * PAD
+    img = Image.new("RGB", (columns * cell_w + PAD, rows * cell_h + PAD), WHITE)
+    draw = ImageDraw.Draw(img)
+    for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
+        x, y = PAD + (i % columns) * cell_w, PAD + (i // columns) * cell_h
+        colour = RIGHT if truth == pred else WRONG
+        draw.rectangle([x - 3, y - 3, x + tw + 2, y + th + 2], fill=colour)
+        img.paste(_to_tile(image), (x, y))
+        draw.text((x, y + th + 3), _fit(f"true: {truth}", tw), fill=BLACK, font=_font())
+        draw.text((x, y + th + 3 + CAPTION), _fit(f"pred: {pred}", tw), fill=colour, font=_font())
+    return img
+
+
+def _empty(message: str) -> Image.Image:
+    img = Image.new("RGB", (_text_width(message) + 2 * PAD, CAPTION + 2 * PAD), WHITE)
+    ImageDraw.Draw(img).text((PAD, PAD), message, fill=GREY, font=_font())
+    return img
