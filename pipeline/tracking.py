@@ -1,0 +1,431 @@
+"""MLflow tracking for train and evaluate: one pipeline run, one MLflow run.
+
+The default store is ``sqlite:///mlflow.db`` beside params.yaml *of the original repository*: DVC runs
+``dvc exp run --temp`` and queued experiments in a throw-away copy under ``<repo>/.dvc/tmp/exps/``,
+so a store resolved against the copy would vanish with it. ``MLFLOW_TRACKING_URI`` overrides
+``tracking.uri``. A tracking server that does not answer fails the stage before any training.
+mlflow is imported lazily (``python -m pipeline validate`` imports this module for its check).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import getpass
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import posixpath
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pipeline.checks import semantic_check
+from pipeline.errors import PipelineError, Problem
+from pipeline.schema import did_you_mean
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+ENV_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+ARTIFACTS_DIR = "mlartifacts"  # beside a local sqlite store; ignored by git like mlflow.db
+# MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+TRUNCATED = "...[truncated]"
+# scheme -> default SQLAlchemy driver module (None: no driver needed)
+SCHEMES: dict[str, str | None] = {"sqlite": None, "http": None, "https": None,
+                                  "postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc",
+                                  "databricks": None, "databricks-uc": None}
+_DRIVER_MODULES = {"mysqldb": "MySQLdb", "mysqlconnector": "mysql.connector"}
+_EXPS_DIR = (".dvc", "tmp", "exps")
+
+
+def _file_store_allowed() -> bool:
+    return os.environ.get(ENV_ALLOW_FILE_STORE, "").strip().lower() in ("1", "true", "yes")
+
+
+def _scheme(uri: str) -> tuple[str, str]:
+    """``(scheme, driver)``: ``postgresql+psycopg2://`` -> ``('postgresql', 'psycopg2')``; a bare
+    ``databricks`` (a profile) is a scheme, a bare path is ``('', '')`` (a file store)."""
+    if uri.lower() in ("databricks", "databricks-uc"):
+        return uri.lower(), ""
+    scheme, _, driver = urlsplit(uri).scheme.lower().partition("+")
+    return scheme, driver
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be used as a tracking store, or None when it can."""
+    parts = urlsplit(uri)
+    scheme, driver = _scheme(uri)
+    if scheme in ("", "file"):
+        if _file_store_allowed():
+            return None
+        return (f"{uri!r} is a file store (./mlruns), which current MLflow refuses (maintenance mode; "
+                f"{ENV_ALLOW_FILE_STORE}=true opts back in); use sqlite:///mlflow.db (the default) "
+                "or a tracking server URL, and move old runs with `mlflow migrate-filestore`")
+    if scheme not in SCHEMES:
+        return (f"unsupported tracking URI scheme {scheme!r}{did_you_mean(scheme, SCHEMES)} "
+                f"(supported: {', '.join(SCHEMES)}, e.g. sqlite:///mlflow.db or http://host:5000)")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.lower().startswith("sqlite:///") else ""
+        if parts.netloc or not path or path == ":memory:":
+            return (f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
+                    "or sqlite:////absolute/path/mlflow.db")
+    if scheme in ("http", "https") and not parts.netloc:
+        return f"{uri!r} names no host (e.g. http://127.0.0.1:5000)"
+    module = _DRIVER_MODULES.get(driver, driver) if driver else SCHEMES[scheme]
+    if module and importlib.util.find_spec(module.split(".")[0]) is None:
+        return f"{uri!r} needs the database driver {module!r}, which is not installed"
+    return None
+
+
+def original_repo_root(repo_root: str | os.PathLike[str]) -> Path:
+    """The real repository for ``repo_root``: itself, or, inside DVC's temporary experiment copy
+    (``<repo>/.dvc/tmp/exps[/standalone]/tmpXXXX/...``, used by ``--temp`` and queued runs), the same
+    directory in the repository that copy was made from."""
+    root = Path(repo_root).resolve()
+    parts = root.parts
+    for i in range(len(parts) - len(_EXPS_DIR)):
+        if parts[i:i + len(_EXPS_DIR)] != _EXPS_DIR:
+            continue
+        dvc_root = Path(*parts[:i])
+        rest = parts[i + len(_EXPS_DIR):]
+        rest = rest[1:] if rest[:1] == ("standalone",) else rest
+        if not rest:  # the exps folder itself is no workspace
+            return root
+        # the copy is a clone of the git work tree, so its inside maps onto the original git root
+        git_root = next((p for p in (dvc_root, *dvc_root.parents) if (p / ".git").exists()), dvc_root)
+        candidate = git_root.joinpath(*rest[1:])
+        return candidate if candidate.is_dir() else dvc_root
+    return root
+
+
+def resolve_tracking_uri(uri: str, repo_root: str | os.PathLike[str]) -> str:
+    """The store to use: ``MLFLOW_TRACKING_URI`` if set, else ``uri``; a relative sqlite (or allowed
+    file-store) path is made absolute against the original repository's root; servers unchanged."""
+    source = f"{ENV_URI}={os.environ[ENV_URI]!r}" if os.environ.get(ENV_URI) else "tracking.uri"
+    uri = os.environ.get(ENV_URI) or uri
+    reason = uri_problem(uri)
+    if reason:
+        raise PipelineError(f"{source}: {reason}")
+    scheme = _scheme(uri)[0]
+    if scheme == "sqlite":
+        path = Path(unquote(uri[len("sqlite:///"):])).expanduser()
+        if not path.is_absolute():
+            path = original_repo_root(repo_root) / path
+        return f"sqlite:///{path}"
+    if scheme in ("", "file"):
+        path = Path(unquote(urlsplit(uri).path) if scheme == "file" else uri).expanduser()
+        path = path if path.is_absolute() else original_repo_root(repo_root) / path
+        return path.as_uri()
+    return uri.rstrip("/") if scheme in ("http", "https") else uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (PipelineError) when the store cannot be reached, instead of MLflow's minutes of
+    retries in the middle of a run: a server must answer HTTP, a database must accept TCP."""
+    parts = urlsplit(uri)
+    scheme = _scheme(uri)[0]
+    hint = f"start it or set tracking.uri / {ENV_URI}"
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return  # it answered: reachable (a proxy may not know /health)
+        except (urllib.error.URLError, OSError) as exc:
+            why = getattr(exc, "reason", exc)
+            raise PipelineError(f"tracking server {uri} is not reachable ({why}); {hint}") from None
+    elif scheme in ("postgresql", "mysql", "mssql") and parts.hostname:
+        port = parts.port or {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+        except OSError as exc:
+            raise PipelineError(f"tracking database {parts.hostname}:{port} is not reachable "
+                                f"({exc}); {hint}") from None
+    elif scheme == "sqlite":
+        folder = Path(unquote(uri[len("sqlite:///"):])).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PipelineError(f"tracking store {uri}: cannot create {folder} ({exc})") from None
+
+
+def _git(repo_root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def default_tags(repo_root: str | os.PathLike[str], *, device: str | None = None) -> dict[str, str]:
+    """Where a run came from: git commit (and dirtiness), the DVC experiment (``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV``, set by ``dvc exp run``), torch/CUDA versions, device, host, user.
+    ``device`` defaults to what torch sees (CUDA or cpu) once torch is loaded."""
+    root = Path(repo_root)
+    tags = {"host": socket.gethostname(), "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_KEY_LENGTH]}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (OSError, KeyError):
+        pass
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower()
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    torch = sys.modules.get("torch")  # train/evaluate have it loaded; importing it costs seconds
+    if torch is not None:
+        tags["torch.version"], tags["torch.cuda"] = torch.__version__, str(torch.version.cuda)
+        if device is None:
+            device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    else:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            tags["torch.version"] = importlib.metadata.version("torch")
+    if device is not None:
+        tags["device"] = device
+    return tags
+
+
+def run_name_for(cfg: Mapping[str, Any], hint: str | None = None, *, now: _dt.datetime | None = None) -> str:
+    """``tracking.run_name`` when set (the user's explicit choice), else the DVC experiment name,
+    else ``<hint>-<YYYYmmdd-HHMMSS>`` (hint e.g. ``segmentation-unet``)."""
+    if cfg.get("run_name"):
+        return str(cfg["run_name"])
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    return f"{hint or 'run'}-{(now or _dt.datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def sanitize_key(key: str) -> str:
+    """A key MLflow accepts: only ``/\\w.- :`` characters, no path tricks, at most 250 characters."""
+    clean = re.sub(r"[^/\w.\- :]", "_", str(key)) or "_"
+    if posixpath.normpath(clean) != clean or clean.startswith(("/", "..")) or clean == ".":
+        clean = clean.replace("/", "_").strip(".") or "_"
+    if len(clean) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(clean.encode()).hexdigest()[:8]  # keeps cut keys distinct
+        clean = f"{clean[:MAX_KEY_LENGTH - 9]}_{digest}"
+    return clean
+
+
+def as_text(value: Any, limit: int = MAX_PARAM_VAL_LENGTH) -> str:
+    """A param/tag value as YAML shows it (``true``, ``null``, ``[64, 64]``), cut to ``limit``
+    characters with a visible marker."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - len(TRUNCATED)] + TRUNCATED
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+def _warn(message: str) -> None:
+    print(f"tracking: warning: {message}", file=sys.stderr)
+
+
+_R = TypeVar("_R", bound="_RunContext")
+
+
+class _RunContext:
+    """``with start_run(...) as run:`` ends the run FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+
+    def end(self, status: str = "FINISHED") -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+class NullRun(_RunContext):
+    """Tracking disabled: the same interface as :class:`TrackingRun`, doing nothing."""
+
+    run_id: str | None = None
+    experiment_id: str | None = None
+    uri: str | None = None
+
+    def log_params(self, flat: Mapping[str, Any]) -> dict[str, str]:
+        return {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class TrackingRun(_RunContext):
+    """An open MLflow run (new or resumed), logged through an explicit ``MlflowClient``."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str):
+        self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            raise PipelineError(f"tracking: could not {what} (run {self.run_id} at {self.uri}): "
+                                f"{exc.message}") from None
+
+    def log_params(self, flat: Mapping[str, Any]) -> dict[str, str]:
+        """Log every param (sanitised keys, truncated values) in batches of 100. A key already in the
+        run (a resumed run, or evaluate after train) with another value cannot change in MLflow: it
+        is kept, the new value goes to tag ``changed_param.<key>``; those keys are returned."""
+        from mlflow.entities import Param
+
+        existing = self._call("read the run", self.client.get_run, self.run_id).data.params
+        new, changed = {}, {}
+        for key, value in flat.items():
+            key, text = sanitize_key(key), as_text(value)
+            if key not in existing:
+                new[key] = text
+            elif existing[key] != text:
+                changed[key] = text
+        for batch in _chunks([Param(k, v) for k, v in new.items()], MAX_PARAMS_TAGS_PER_BATCH):
+            self._call("log params", self.client.log_batch, self.run_id, params=batch)
+        if changed:
+            self.set_tags({f"changed_param.{k}": v for k, v in changed.items()})
+            _warn(f"run {self.run_id} already has other values for {', '.join(sorted(changed))}; "
+                  "MLflow params cannot change, so the new values are in tags changed_param.*")
+        return changed
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """All of one step's metrics in one request (per-scalar calls are slow over HTTP)."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        rows = [Metric(sanitize_key(k), float(v), stamp, step or 0) for k, v in metrics.items()]
+        for batch in _chunks(rows, MAX_METRICS_PER_BATCH):
+            self._call("log metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
+        path = Path(path)
+        if not path.exists():
+            raise PipelineError(f"tracking: artifact {path} does not exist")
+        log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        self._call(f"log artifact {path}", log, self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        rows = [RunTag(sanitize_key(k), as_text(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+        for batch in _chunks(rows, MAX_PARAMS_TAGS_PER_BATCH):
+            self._call("set tags", self.client.log_batch, self.run_id, tags=batch)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("end the run", self.client.set_terminated, self.run_id, status)
+
+
+Run = TrackingRun | NullRun
+
+
+def _quiet_mlflow() -> None:
+    """No INFO chatter (database migrations, 'creating tables') on the stage's console."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    if "mlflow" in sys.modules and os.environ["MLFLOW_LOGGING_LEVEL"].upper() == "WARNING":
+        for name in ("mlflow", "alembic"):  # imported earlier by someone else
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise PipelineError(f"tracking: experiment {name!r} is deleted in {uri}; restore it "
+                                f"(mlflow experiments restore) or choose another tracking.experiment")
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # else MLflow puts artifacts in ./mlruns of the cwd
+        location = (Path(unquote(uri[len("sqlite:///"):])).parent / ARTIFACTS_DIR).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a parallel (queued) run
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def start_run(cfg: Mapping[str, Any], *, repo_root: str | os.PathLike[str], run_id: str | None = None,
+              run_name: str | None = None, tags: Mapping[str, Any] | None = None) -> "Run":
+    """Open the run train and evaluate log into. ``cfg`` is the ``tracking`` section; ``run_id``
+    resumes that run (evaluate after train, train after an interruption); ``run_name`` is a hint for
+    the generated name (see :func:`run_name_for`); ``tags`` go over :func:`default_tags`."""
+    if not cfg.get("enabled", True):
+        return NullRun()
+    uri = resolve_tracking_uri(cfg["uri"], repo_root)
+    check_reachable(uri)
+    _quiet_mlflow()
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if run_id:
+            try:
+                info = client.get_run(run_id).info
+            except MlflowException:
+                _warn(f"run {run_id} is not in {uri}; starting a new run")
+            else:
+                if info.status != "RUNNING":
+                    client.update_run(run_id, status="RUNNING")
+                run = TrackingRun(client, run_id, info.experiment_id, uri)
+                run.set_tags(tags or {})
+                return run
+        experiment_id = _experiment_id(client, cfg["experiment"], uri)
+        all_tags = {**default_tags(repo_root), **(tags or {})}
+        created = client.create_run(experiment_id, run_name=run_name_for(cfg, run_name),
+                                    tags={sanitize_key(k): as_text(v, MAX_TAG_VAL_LENGTH)
+                                          for k, v in all_tags.items()})
+    except MlflowException as exc:
+        raise PipelineError(f"tracking: cannot open a run at {uri}: {exc.message}") from None
+    return TrackingRun(client, created.info.run_id, experiment_id, uri)
+
+
+@semantic_check("tracking")
+def _check_tracking(params: "Params") -> list[Problem]:
+    if not params.get("tracking.enabled"):
+        return []
+    problems = []
+    reason = uri_problem(params.get("tracking.uri"))
+    if reason:
+        problems.append(Problem("tracking.uri", reason))
+    env = os.environ.get(ENV_URI)
+    if env and (env_reason := uri_problem(env)):
+        problems.append(Problem("tracking.uri", f"overridden by {ENV_URI}={env!r}: {env_reason}"))
+    return problems
