@@ -104,8 +104,10 @@ class IoULoss(_OverlapLoss):
 
 @losses.register("tversky")
 class TverskyLoss(_OverlapLoss):
-    """Tversky: 1 - (TP + s) / (TP + alpha FP + beta FN + s); beta > alpha penalises missed foreground
-    (defaults 0.3/0.7 as in Salehi et al. 2017; 0.5/0.5 is Dice). Pooled over the batch by default."""
+    """Tversky: 1 - (TP + s) / (TP + alpha FP + beta FN + s); pooled over the batch by default.
+
+    beta > alpha penalises missed foreground more than false alarms (defaults 0.3/0.7 as in Salehi et
+    al. 2017; 0.5/0.5 is Dice)."""
 
     def __init__(self, *, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0,
                  per_sample: bool = False, include_background: bool = True):
@@ -133,8 +135,9 @@ class BCELoss(nn.Module):
 
 @losses.register("cross_entropy")
 class CrossEntropyLoss(nn.Module):
-    """Multi-class cross-entropy (``log_softmax`` form) with class weights, label smoothing and an
-    ignored index."""
+    """Multi-class cross-entropy (log_softmax form): weight, label_smoothing, ignore_index.
+
+    The standard choice for classification and multi-class segmentation."""
 
     supports = (MULTICLASS,)
 
@@ -169,8 +172,9 @@ class DiceBCELoss(nn.Module):
 
 @losses.register("focal")
 class FocalLoss(nn.Module):
-    """Focal loss, per element: ``ce * (1 - p_t) ** gamma`` (times ``alpha_t`` when alpha is set),
-    averaged. Binary equals ``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``; binary
+    """Focal loss per element, ce * (1 - p_t) ** gamma (times alpha_t when alpha is set), averaged.
+
+    Binary equals ``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``; binary
     ``alpha`` weighs positives (RetinaNet used 0.25). Multi-class uses the softmax form with ``alpha``
     a per-class weight list (or one number scaling every class)."""
 
