@@ -32,13 +32,12 @@ _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", 
 
 
 def did_you_mean(word: str, choices: Iterable[Any]) -> str:
-    """`` (did you mean 'gamma'?)`` or an empty string."""
+    """`` (did you mean 'gamma'?)`` or an empty string; a case-insensitive exact match wins."""
     names = [str(c) for c in choices]
+    lowered = {n.lower(): n for n in names}
+    if str(word).lower() in lowered:
+        return f" (did you mean {lowered[str(word).lower()]!r}?)"
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    if not close:
-        lowered = {n.lower(): n for n in names}
-        if str(word).lower() in lowered:
-            close = [lowered[str(word).lower()]]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
