@@ -1,7 +1,7 @@
 """The evaluate stage: the trained model on the test split, with evaluation preprocessing only.
 
 ``python -m stages.evaluate`` reads the split manifest, the best weights and the MLflow run id train
-wrote, and writes (atomically) under ``outputs/evaluate/``:
+wrote, and writes ``outputs/evaluate/`` (as a whole, atomically):
 
 - ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size), the task's
   metrics from :mod:`stages.metrics` (segmentation: pooled ``dice``, ``iou``, ``pixel_accuracy`` and
@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import tracking
-from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.atomic import atomic_dir, atomic_path, write_json, write_text
 from pipeline.config import ParamsView, flatten
 from pipeline.errors import PipelineError
 from pipeline.stage import run_stage
@@ -128,7 +128,8 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         names = _class_names(manifest.class_names, k)
         results = _run_test_set(model, dataset, loss_fn, plan, device, cfg, task=task,
                                 class_names=names, image_hw=_image_hw(view["data.image_size"]))
-        metrics = _write_outputs(root / OUT, task, names, manifest.splits["test"], results)
+        with atomic_dir(root / OUT) as staging:  # all four files, or none of them
+            metrics = _write_outputs(staging, task, names, manifest.splits["test"], results)
         run.log_metrics(mlflow_metrics(metrics), step=0)
         for name in ("metrics.json", "confusion.csv", "confusion.png", "overlays.png"):
             run.log_artifact(root / OUT / name, "evaluate")
@@ -194,7 +195,7 @@ def _run_test_set(model: torch.nn.Module, dataset: ManifestDataset, loss_fn: Any
 
 def _write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence[Any],
                    results: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json, confusion.csv, confusion.png, overlays.png; metrics.json last (DVC reads it)."""
+    """Write metrics.json, confusion.csv, confusion.png and overlays.png into ``out``."""
     meter = results["meter"]
     k = len(names)
     matrix = meter.confusion_matrix()

@@ -250,3 +250,25 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
     assert run.info.status == "FINISHED"
     logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert logged == {"metrics.json", "confusion.csv", "confusion.png", "overlays.png"}
+
+
+def test_a_failure_midway_leaves_the_previous_outputs_whole(segmentation_workspace: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    from pipeline.errors import PipelineError
+    from stages import plots
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(segmentation_workspace.parent, workspace)
+    old = workspace / "outputs/evaluate"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text('{"dice": 0.25}\n')
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise PipelineError("drawing failed")
+
+    monkeypatch.setattr(plots, "draw_segmentation_overlays", broken)
+    assert evaluate_stage.main(["--params", str(workspace / "params.yaml")]) == 2
+    assert sorted(p.name for p in old.iterdir()) == ["metrics.json"]  # no new csv/png beside it
+    assert (old / "metrics.json").read_text() == '{"dice": 0.25}\n'
+    assert not [p for p in old.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
