@@ -48,7 +48,7 @@ def _stop(proc: subprocess.Popen) -> None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=3)
+        proc.wait(timeout=1)
     except subprocess.TimeoutExpired:  # a throw-away test server: no need to wait out its shutdown
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=15)

@@ -27,9 +27,12 @@ def _cfg(uri: str = "sqlite:///mlflow.db", **over) -> dict:
     return {"enabled": True, "uri": uri, "experiment": "tests", "run_name": None, **over}
 
 
+OUTSIDE_ENV = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_ALLOW_FILE_STORE")
+
+
 @pytest.fixture(autouse=True)
 def _no_outside_tracking_env(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_ALLOW_FILE_STORE"):
+    for name in OUTSIDE_ENV:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -37,7 +40,10 @@ def _no_outside_tracking_env(monkeypatch):
 def store(tmp_path_factory) -> Path:
     """A repo root with a migrated sqlite store (creating one costs seconds, so tests share it)."""
     root = tmp_path_factory.mktemp("repo")
-    tracking.start_run(_cfg(), repo_root=root).end()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in OUTSIDE_ENV:
+            patch.delenv(name, raising=False)
+        tracking.start_run(_cfg(), repo_root=root).end()
     return root
 
 
