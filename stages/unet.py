@@ -1,0 +1,125 @@
+"""U-Nets for segmentation: the classic double-conv U-Net, and one whose encoder is a timm backbone.
+
+Both name their parts the same way, which the model stage relies on: ``encoder.*``, ``decoder.*``
+and ``head`` (the final 1x1 convolution, the only layer whose shape depends on the number of
+classes, so it is the layer a fine-tuning run replaces). Both accept any input size: the decoder
+resizes to each skip connection instead of assuming sizes divisible by 2**depth.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UPSAMPLING = ("bilinear", "transposed")
+
+
+def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """(3x3 conv -> BatchNorm -> ReLU) twice; convs without bias since BatchNorm follows."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UpBlock(nn.Module):
+    """Up-sample ``x`` to the skip's size, concatenate the skip, then a double conv."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsampling: str):
+        super().__init__()
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+        self.upsampling = upsampling
+        # Transposed: a learned 2x up-sampling that also halves the channels (the original U-Net);
+        # bilinear: parameter-free, the channels are reduced by the double conv instead.
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2) \
+            if upsampling == "transposed" else nn.Identity()
+        up_channels = in_channels // 2 if upsampling == "transposed" else in_channels
+        self.conv = double_conv(up_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class ClassicUNet(nn.Module):
+    """The classic U-Net: ``depth`` max-pool levels of double convs, channels doubling per level."""
+
+    def __init__(self, *, in_chans: int, num_outputs: int, base_channels: int = 16, depth: int = 3,
+                 upsampling: str = "bilinear"):
+        super().__init__()
+        channels = [base_channels * 2 ** level for level in range(depth + 1)]
+        self.encoder = nn.ModuleList(
+            [double_conv(in_chans, channels[0])]
+            + [double_conv(channels[i - 1], channels[i]) for i in range(1, depth + 1)])
+        self.decoder = nn.ModuleList(
+            UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(channels[0], num_outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for block in self.decoder:
+            x = block(x, skips.pop())
+        return self.head(x)
+
+
+class TimmUNet(nn.Module):
+    """A U-Net whose encoder is a timm backbone built with ``features_only`` (its first ``depth``
+    feature levels); a double-conv decoder climbs back up the skips, and the last level is resized
+    to the input size before the head."""
+
+    def __init__(self, encoder_name: str, *, in_chans: int, num_outputs: int, base_channels: int = 16,
+                 depth: int = 5, upsampling: str = "bilinear", **encoder_kwargs: Any):
+        super().__init__()
+        self.encoder = create_timm_encoder(encoder_name, in_chans=in_chans, depth=depth, **encoder_kwargs)
+        channels: Sequence[int] = self.encoder.feature_info.channels()
+        decoder_channels = [base_channels * 2 ** level for level in range(len(channels))]
+        self.decoder = nn.ModuleList()
+        deep = channels[-1]
+        for level in reversed(range(len(channels) - 1)):
+            self.decoder.append(UpBlock(deep, channels[level], decoder_channels[level], upsampling))
+            deep = decoder_channels[level]
+        self.final = double_conv(deep, base_channels)
+        self.head = nn.Conv2d(base_channels, num_outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        skips = list(self.encoder(x))
+        x = skips.pop()
+        for block in self.decoder:
+            x = block(x, skips.pop())
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.head(self.final(x))
+
+
+def create_timm_encoder(name: str, *, in_chans: int, depth: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, features_only=True)`` keeping the first ``depth`` feature levels.
+
+    ``kwargs`` go to timm (``pretrained=True``, ``pretrained_cfg_overlay=dict(file=...)``): timm
+    then loads a classification checkpoint into the backbone, drops its classifier and adapts the
+    input convolution itself."""
+    import timm  # lazily: importing timm costs seconds, and the classic U-Net never needs it
+
+    try:
+        encoder = timm.create_model(name, features_only=True, in_chans=in_chans,
+                                    out_indices=tuple(range(depth)), **kwargs)
+    except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as exc:
+        if "pretrained" in kwargs and kwargs["pretrained"]:
+            raise  # a weights problem; the caller explains it
+        raise ValueError(f"timm model {name!r} cannot serve as a U-Net encoder with depth {depth} "
+                         f"(features_only with {depth} feature levels): {exc}") from exc
+    return encoder
