@@ -31,7 +31,7 @@ from pipeline.config import Params, ParamsView
 from pipeline.errors import PipelineError, Problem
 from pipeline.registry import Registry, signature_problems
 from pipeline.stage import run_stage
-from stages.augment_cache import OfflineCacheDataset  # re-exported: training reads the cache here
+from stages.augment_cache import OfflineCacheDataset  # noqa: F401 - re-exported: training reads the cache here
 
 PARAMS = ("data.task", "data.image_size", "augment")
 
