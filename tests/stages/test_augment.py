@@ -358,3 +358,19 @@ def test_augment_stage_refuses_a_missing_manifest(tmp_path, capsys):
     assert augment.main(["--params", str(params)]) == 2
     assert "run the split stage first" in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "augment").exists()
+
+
+def test_classification_preview_shows_original_then_versions_without_overlay():
+    import torch
+
+    from stages.preview import preview_rows, render_grid
+
+    rng = np.random.default_rng(2)
+    base = [(torch.from_numpy(rng.integers(0, 256, (3, 6, 8), dtype=np.uint8)), torch.tensor(i)) for i in range(5)]
+    transform = build_transform(["Invert"], task="classification")
+    rows = preview_rows(base, transform, images=2, versions=3, seed=0, segmentation=False)
+    assert len(rows) == 2 and all(len(r) == 4 and r[0][1] is None for r in rows)
+    assert np.array_equal(rows[1][0][0], base[4][0].permute(1, 2, 0).numpy())  # spread: first and last
+    grid = render_grid(rows, (6, 8))
+    assert grid.shape == (*grid_size(2, 4, (6, 8)), 3)
+    assert np.array_equal(grid[2:8, 12:20], 255 - rows[0][0][0])  # column 2: inverted, no overlay
