@@ -133,7 +133,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         run.log_metrics(mlflow_metrics(metrics), step=0)
         for name in ("metrics.json", "confusion.csv", "confusion.png", "overlays.png"):
             run.log_artifact(root / OUT / name, "evaluate")
-    shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if key in metrics]
+    shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics
 
@@ -199,7 +199,10 @@ def _write_outputs(out: Path, task: str, names: list[str], test_entries: Sequenc
     meter = results["meter"]
     k = len(names)
     matrix = meter.confusion_matrix()
-    metrics: dict[str, Any] = {"test_loss": results["loss"], "images": results["count"]}
+    loss = results["loss"]
+    if not math.isfinite(loss):  # JSON has no NaN; DVC shows a missing value instead
+        print(f"evaluate: warning: the test loss is {loss}; written as null", file=sys.stderr)
+    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, "images": results["count"]}
     metrics |= meter.compute()
     metrics |= {"confusion_matrix": matrix, "class_names": names}
     pairs = zip(results["actual"], results["predicted"])

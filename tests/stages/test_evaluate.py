@@ -83,9 +83,22 @@ def test_loop_scores_an_all_background_model_by_hand():
     assert results["predicted"] == [0] * len(flat[::6])
 
 
+def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, capsys):
+    data = red_dataset(3)
+    results = run_loop(lambda x: torch.full_like(x[:, :1], float("nan")), data)
+    entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
+    metrics = evaluate_stage._write_outputs(tmp_path, "segmentation", ["background", "foreground"],
+                                            entries, results)
+    assert metrics["test_loss"] is None and "written as null" in capsys.readouterr().err
+    assert json.loads((tmp_path / "metrics.json").read_text())["dice"] == 0.0  # NaN logit: background
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confusion.csv", "confusion.png", "metrics.json", "overlays.png"]
+
+
 def test_mlflow_metrics_are_prefixed_numbers_only():
     got = evaluate_stage.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
-                                         "images": 3, "confusion_matrix": [[1]], "class_names": ["a"]})
+                                         "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
+                                         "iou": None})
     assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8, "test_images": 3.0}
 
 
