@@ -65,6 +65,15 @@ def mask_array(image: Image.Image, where: str) -> np.ndarray:
     return channels.astype(np.uint8)
 
 
+def mask_values(image: Image.Image, where: str) -> tuple[int, ...]:
+    """The distinct values a mask stores, sorted (as :func:`mask_array` reads them). The split stage
+    calls this for every mask, so the common modes use PIL's C histogram, not a numpy copy."""
+    if image.mode in ("L", "P", "1"):
+        present = sorted(value for _, value in image.getcolors(256))
+        return tuple(1 if v else 0 for v in present) if image.mode == "1" else tuple(present)
+    return tuple(int(v) for v in np.flatnonzero(np.bincount(mask_array(image, where).ravel(), minlength=256)))
+
+
 def mask_to_classes(values: np.ndarray, num_classes: int) -> np.ndarray:
     """Stored mask values -> class indices: binary masks (0/1 or 0/255) -> {0, 1}, others as stored."""
     return (values > 0).astype(np.uint8) if num_classes == 2 else values
@@ -183,9 +192,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         image, mask = self.load(index)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        image_tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
+        # np.array copies: PIL's arrays are read-only and a transform may return a strided view.
+        image_tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
         if self.task == "segmentation":
-            return image_tensor, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+            return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
         return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)
 
 

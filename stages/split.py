@@ -15,11 +15,13 @@ import io
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import functools
+import multiprocessing as mp
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,15 +32,14 @@ from pipeline.config import ParamsView
 from pipeline.errors import PipelineError, Problem
 from pipeline.stage import run_stage
 from stages.data import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, MAX_SEGMENTATION_CLASSES, SPLITS,
-                         inside, mask_array, segmentation_class_names)
+                         inside, mask_values, segmentation_class_names)
 
 PARAMS = ("data.task", "data.root", "data.num_classes", "data.images_dir", "data.masks_dir",
           "data.mask_suffix", "split")
 MANIFEST = Path("outputs/split/manifest.json")  # relative to params.yaml's folder
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHUNK = 256  # files per thread-pool task: per-file futures would cost more than tiny reads
-T = TypeVar("T")
-R = TypeVar("R")
+CHUNK = 256  # files per pool task at least: per-file futures would cost more than tiny reads
+PROCESS_THRESHOLD = 4096  # files from which worker processes beat threads
 
 
 @dataclass(frozen=True)
@@ -51,41 +52,44 @@ class ScannedFile:
     values: tuple[int, ...] = ()
 
 
-def _header_size(data: bytes, rel: str) -> tuple[int, int]:
-    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":  # fast path, most datasets are PNG
-        return struct.unpack(">II", data[16:24])
+def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
+    """Read one file once: hash it, take its size from the header, decode it only if it is a mask.
+    (Plain strings, not pathlib, on this path: it runs once per file.)"""
+    path = os.path.join(root, rel)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except DECODE_ERRORS as exc:
-        raise PipelineError(f"{rel}: not a readable image ({exc})") from None
-
-
-def _scan_file(root: Path, rel: str, is_mask: bool) -> ScannedFile:
-    try:
-        data = (root / rel).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
-        raise PipelineError(f"{root / rel}: cannot read ({exc.strerror or exc})") from None
+        raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
     digest = hashlib.sha256(data).hexdigest()
-    if not is_mask:
-        return ScannedFile(rel, digest, _header_size(data, rel))
+    if not is_mask and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":  # no PIL for most images
+        return ScannedFile(rel, digest, struct.unpack(">II", data[16:24]))
     try:
         with Image.open(io.BytesIO(data)) as image:
-            values = mask_array(image, str(root / rel))
+            values = mask_values(image, path) if is_mask else ()
+            return ScannedFile(rel, digest, image.size, values)
     except DECODE_ERRORS as exc:
-        raise PipelineError(f"{root / rel}: not a readable mask ({exc})") from None
-    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
-    return ScannedFile(rel, digest, (values.shape[1], values.shape[0]), tuple(int(v) for v in present))
+        raise PipelineError(f"{path}: not a readable {'mask' if is_mask else 'image'} ({exc})") from None
 
 
-def _parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``[fn(x) for x in items]`` in threads (file reads, hashing and decoding release the GIL); the
-    first failing item in order raises."""
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    if len(chunks) <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 2)) as pool:
-        return [r for part in pool.map(lambda chunk: [fn(x) for x in chunk], chunks) for r in part]
+def _scan_chunk(root: str, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile]:
+    return [_scan_file(root, rel, is_mask) for rel, is_mask in jobs]
+
+
+def scan_files(root: Path, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile]:
+    """:func:`_scan_file` for every ``(relative path, is_mask)``, in order; the first failure in
+    order raises. On small files the work is mostly Python (GIL-bound), so large datasets go to
+    forked worker processes, one per CPU; small ones to threads (reads, hashing and decoding
+    release the GIL; no process start-up)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if len(jobs) >= PROCESS_THRESHOLD and cpus > 1 and "fork" in mp.get_all_start_methods():
+        pool: Executor = ProcessPoolExecutor(cpus, mp_context=mp.get_context("fork"))
+        size = max(CHUNK, len(jobs) // (cpus * 8))
+    else:
+        pool, size = ThreadPoolExecutor(min(8, cpus + 2)), CHUNK
+    with pool:
+        parts = pool.map(functools.partial(_scan_chunk, str(root)), [jobs[i:i + size] for i in range(0, len(jobs), size)])
+        return [scanned for part in parts for scanned in part]
 
 
 def _listing(folder: Path, real_root: Path, what: str) -> list[os.DirEntry[str]]:
@@ -107,8 +111,9 @@ def _files(folder: Path, real_root: Path, extensions: Iterable[str], what: str) 
     for entry in _listing(folder, real_root, what):
         if entry.is_dir():
             raise PipelineError(f"{entry.path}: unexpected folder among {what}")
-        if Path(entry.name).suffix.lower() not in extensions:
-            raise PipelineError(f"{entry.path}: unsupported file type {Path(entry.name).suffix or '(none)'!r}"
+        suffix = os.path.splitext(entry.name)[1]
+        if suffix.lower() not in extensions:
+            raise PipelineError(f"{entry.path}: unsupported file type {suffix or '(none)'!r}"
                                 f" among {what} (supported: {', '.join(sorted(extensions))})")
         names.append(entry.name)
     return names
@@ -140,7 +145,7 @@ def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str],
     entries = _listing(root, real_root, "class folders")
     classes = [e.name for e in entries if e.is_dir()]
     if not classes:
-        loose = [e.name for e in entries if Path(e.name).suffix.lower() in IMAGE_EXTENSIONS]
+        loose = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
         hint = f" ({len(loose)} images lie directly in it)" if loose else ""
         raise PipelineError(f"data.root: {root} has no class folders{hint}; classification expects "
                             f"root/<class>/<image>")
@@ -154,13 +159,13 @@ def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str],
             raise PipelineError(f"{root / name}: empty class folder (no images of class {name!r})")
         rels += [f"{name}/{f}" for f in files]
         labels += [label] * len(files)
-    return classes, _parallel_map(lambda rel: _scan_file(root, rel, False), rels), labels
+    return classes, scan_files(root, [(rel, False) for rel in rels]), labels
 
 
 def _by_stem(names: list[str], folder: str) -> dict[str, str]:
     stems: dict[str, str] = {}
     for name in names:
-        stem = Path(name).stem
+        stem = os.path.splitext(name)[0]
         if stem in stems:
             raise PipelineError(f"{folder}/{stems[stem]} and {folder}/{name} share the stem {stem!r}; "
                                 f"images and masks are matched by stem")
@@ -191,9 +196,8 @@ def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
         raise PipelineError(f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
                             f"{mask_suffix!r}): {_several(orphans)}")
     stems = sorted(images)
-    scanned = _parallel_map(lambda job: _scan_file(root, *job), [
-        job for s in stems
-        for job in ((f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))])
+    scanned = scan_files(root, [job for s in stems for job in (
+        (f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))])
     pairs = list(zip(scanned[0::2], scanned[1::2]))
     for image, mask in pairs:
         if image.size != mask.size:
@@ -217,9 +221,10 @@ def segmentation_classes(masks: Sequence[ScannedFile], num_classes: int | None) 
             raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; "
                                 "set data.num_classes")
         return 2 if binary else seen[-1] + 1
-    if binary and 255 in seen and num_classes != 2:
-        raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
-    if seen[-1] >= num_classes:
+    if binary and 255 in seen:
+        if num_classes != 2:
+            raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
+    elif seen[-1] >= num_classes:
         holder = next(m.rel for m in masks if m.values and m.values[-1] >= num_classes)
         raise PipelineError(f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
                             f"masks store class indices 0..{num_classes - 1}")
@@ -249,14 +254,15 @@ def deal(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, stratify: bool) -> list[int]:
-    """Split index (into :data:`SPLITS`) of each item, deterministic given ``seed``; refuses a
-    positive fraction that leaves its split empty."""
+    """Split index (into :data:`SPLITS`) of each item, deterministic given ``seed``; refuses
+    fractions that leave a split empty (training needs val, evaluation needs test)."""
     problem = fraction_problem(fractions)
     if problem:
         raise PipelineError(f"split.fractions: {problem}")
     rng = np.random.default_rng(seed)
     if stratify:
-        groups = [np.flatnonzero(np.asarray(labels) == c) for c in sorted(set(labels))]
+        by_label = np.argsort(np.asarray(labels), kind="stable")
+        groups = np.split(by_label, np.flatnonzero(np.diff(np.asarray(labels)[by_label])) + 1)
         order = np.concatenate([g[rng.permutation(len(g))] for g in groups])
     else:
         order = rng.permutation(len(labels))
@@ -265,7 +271,7 @@ def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, strati
     for position, split_index in zip(order, deal(len(labels), shares)):
         result[int(position)] = split_index
     for index, name in enumerate(SPLITS):
-        if shares[index] > 0 and index not in result:
+        if index not in result:
             raise PipelineError(f"split.fractions.{name} = {shares[index]:g} leaves the {name} split empty: "
                                 f"{len(labels)} files x {shares[index]:g} = {len(labels) * shares[index]:.2f}; "
                                 f"raise the fraction or add data")
