@@ -45,3 +45,14 @@ def test_atomic_dir_replaces_whole_directory(tmp_path):
             raise RuntimeError("boom")
     assert sorted(p.name for p in target.iterdir()) == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "m.json", {})
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
