@@ -13,7 +13,7 @@ values. Images are returned as uint8 tensors: normalisation happens on the devic
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,40 @@ def mask_values(image: Image.Image, where: str) -> tuple[int, ...]:
         present = sorted(value for _, value in image.getcolors(256))
         return tuple(1 if v else 0 for v in present) if image.mode == "1" else tuple(present)
     return tuple(int(v) for v in np.flatnonzero(np.bincount(mask_array(image, where).ravel(), minlength=256)))
+
+
+def several(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c and 7 more``: enough names in an error message to find the files."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_mask_classes(masks: Sequence[tuple[str, tuple[int, ...]]], num_classes: int | None) -> int:
+    """The number of classes, from ``(mask path, values it stores)`` of every mask: checks the
+    declared ``data.num_classes`` or infers it (binary 0/1 or 0/255 -> 2, else the largest index + 1)."""
+    seen = sorted(set().union(*(values for _, values in masks)))
+    binary = set(seen) <= {0, 1} or set(seen) <= {0, 255}
+    if not binary and 255 in seen:
+        holder = next((rel for rel, values in masks if 255 in values and set(values) - {0, 255}),
+                      next(rel for rel, values in masks if 255 in values))
+        raise PipelineError(f"{holder}: mask values {several([str(v) for v in seen], 8)}: 255 beside other "
+                            f"values is neither a 0/255 binary mask nor a class index (lossy JPEG masks and "
+                            f"'ignore' labels are not supported); store class indices 0..N-1 losslessly")
+    if num_classes is None:
+        if seen == [0]:
+            raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; "
+                                "set data.num_classes")
+        return 2 if binary else seen[-1] + 1
+    if num_classes > MAX_SEGMENTATION_CLASSES:
+        raise PipelineError(f"data.num_classes: at most {MAX_SEGMENTATION_CLASSES} segmentation classes")
+    if binary and 255 in seen:
+        if num_classes != 2:
+            raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
+    elif seen[-1] >= num_classes:
+        holder = next(rel for rel, values in masks if values and values[-1] >= num_classes)
+        raise PipelineError(f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
+                            f"masks store class indices 0..{num_classes - 1}")
+    return num_classes
 
 
 def mask_to_classes(values: np.ndarray, num_classes: int) -> np.ndarray:
@@ -204,26 +238,35 @@ def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
+def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> list[Problem]:
+    """What is wrong with the dataset's folders: data.root, and for segmentation the image and mask
+    folders, which must lie inside it. Shared by ``validate`` and the split stage."""
+    if not root.is_dir():
+        return [Problem("data.root", f"{root} {'is not a folder' if root.exists() else 'does not exist'}")]
+    if task != "segmentation":
+        return []
+    if Path(images_dir) == Path(masks_dir):
+        return [Problem("data.masks_dir", f"images and masks are both in {images_dir!r}; keep them in "
+                                          f"separate folders")]
+    problems, real_root = [], root.resolve()
+    for key, name in (("images_dir", images_dir), ("masks_dir", masks_dir)):
+        folder = root / name
+        if not inside(folder, real_root):
+            problems.append(Problem(f"data.{key}", f"{folder} is outside data.root; nothing is read from "
+                                                   f"outside the data root"))
+        elif not folder.is_dir():
+            problems.append(Problem(f"data.{key}", f"no folder {name!r} in {root}"))
+    return problems
+
+
 @semantic_check("data")
 def _check_data(params: Any) -> list[Problem]:
-    """data.root exists; the segmentation folders exist inside it; num_classes fits the masks."""
-    problems = []
-    root = params.resolve_path(params.get("data.root"))
-    task = params.get("data.task")
-    num_classes = params.get("data.num_classes")
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
-        problems.append(Problem("data.root", f"{root} {what}"))
-    elif task == "segmentation":
-        real_root = root.resolve()
-        for key in ("images_dir", "masks_dir"):
-            folder = root / params.get(f"data.{key}")
-            if not inside(folder, real_root):
-                problems.append(Problem(f"data.{key}", f"{folder} is outside data.root; nothing is read "
-                                                       f"from outside the data root"))
-            elif not folder.is_dir():
-                problems.append(Problem(f"data.{key}", f"no folder {params.get(f'data.{key}')!r} in {root}"))
-    if task == "segmentation" and num_classes is not None and num_classes > MAX_SEGMENTATION_CLASSES:
-        problems.append(Problem("data.num_classes", f"{num_classes} classes: segmentation masks hold class "
-                                                    f"indices in 8 bits (at most {MAX_SEGMENTATION_CLASSES})"))
+    """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks."""
+    def get(key: str) -> Any:
+        return params.get(f"data.{key}")
+
+    problems = folder_problems(params.resolve_path(get("root")), get("task"), get("images_dir"), get("masks_dir"))
+    if get("task") == "segmentation" and (get("num_classes") or 0) > MAX_SEGMENTATION_CLASSES:
+        problems.append(Problem("data.num_classes", f"{get('num_classes')} classes: segmentation masks hold "
+                                                    f"class indices in 8 bits (at most {MAX_SEGMENTATION_CLASSES})"))
     return problems

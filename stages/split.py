@@ -4,19 +4,20 @@
 The same seed and the same files give a byte-identical manifest. Classification is stratified (each
 class dealt into the splits in proportion); every file lands in exactly one split.
 
-Scale: one read per file, in a thread pool. That read gives the content hash (the fingerprint), the
-image size from the header (masks must match their image) and, for masks only, the decoded values
-(to check or infer ``data.num_classes``). Images are never decoded here.
+Scale: one read per file, in worker processes (threads for small datasets). That read gives the
+content hash (the fingerprint), the image size from the PNG header or PIL's lazy open (masks must
+match their image) and, for masks only, the decoded values (to check or infer
+``data.num_classes``). Images are never decoded here.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import multiprocessing as mp
 import os
 import struct
 import sys
-import functools
-import multiprocessing as mp
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from pipeline.checks import semantic_check
 from pipeline.config import ParamsView
 from pipeline.errors import PipelineError, Problem
 from pipeline.stage import run_stage
-from stages.data import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, MAX_SEGMENTATION_CLASSES, SPLITS,
-                         inside, mask_values, segmentation_class_names)
+from stages.data import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, SPLITS, check_mask_classes,
+                         folder_problems, inside, mask_values, segmentation_class_names, several)
 
 PARAMS = ("data.task", "data.root", "data.num_classes", "data.images_dir", "data.masks_dir",
           "data.mask_suffix", "split")
@@ -87,9 +88,9 @@ def scan_files(root: Path, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile
         size = max(CHUNK, len(jobs) // (cpus * 8))
     else:
         pool, size = ThreadPoolExecutor(min(8, cpus + 2)), CHUNK
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     with pool:
-        parts = pool.map(functools.partial(_scan_chunk, str(root)), [jobs[i:i + size] for i in range(0, len(jobs), size)])
-        return [scanned for part in parts for scanned in part]
+        return [scanned for part in pool.map(functools.partial(_scan_chunk, str(root)), chunks) for scanned in part]
 
 
 def _listing(folder: Path, real_root: Path, what: str) -> list[os.DirEntry[str]]:
@@ -119,29 +120,16 @@ def _files(folder: Path, real_root: Path, extensions: Iterable[str], what: str) 
     return names
 
 
-def _data_root(root: Path) -> Path:
-    if not root.is_dir():
-        raise PipelineError(f"data.root: {root} {'is not a folder' if root.exists() else 'does not exist'}")
+def _real_root(root: Path, task: str, images_dir: str = "", masks_dir: str = "") -> Path:
+    problems = folder_problems(root, task, images_dir, masks_dir)
+    if problems:
+        raise PipelineError("; ".join(f"{p.key}: {p.message}" for p in problems))
     return root.resolve()
-
-
-def _subfolder(root: Path, real_root: Path, name: str, key: str) -> Path:
-    folder = root / name
-    if not inside(folder, real_root):
-        raise PipelineError(f"data.{key}: {folder} is outside data.root; nothing is read from outside the data root")
-    if not folder.is_dir():
-        raise PipelineError(f"data.{key}: no folder {name!r} in {root}")
-    return folder
-
-
-def _several(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str], list[ScannedFile], list[int]]:
     """``root/<class>/<image>`` -> (sorted class names, files, label per file)."""
-    real_root = _data_root(root)
+    real_root = _real_root(root, "classification")
     entries = _listing(root, real_root, "class folders")
     classes = [e.name for e in entries if e.is_dir()]
     if not classes:
@@ -151,7 +139,7 @@ def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str],
                             f"root/<class>/<image>")
     if num_classes is not None and num_classes != len(classes):
         raise PipelineError(f"data.num_classes is {num_classes} but {root} has {len(classes)} class folders "
-                            f"({_several(classes, 10)})")
+                            f"({several(classes, 10)})")
     rels, labels = [], []
     for label, name in enumerate(classes):
         files = _files(root / name, real_root, IMAGE_EXTENSIONS, f"the images of class {name!r}")
@@ -176,12 +164,8 @@ def _by_stem(names: list[str], folder: str) -> dict[str, str]:
 def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
                       mask_suffix: str) -> list[tuple[ScannedFile, ScannedFile]]:
     """``root/images_dir/<stem>.*`` paired with ``root/masks_dir/<stem><mask_suffix>.*``."""
-    real_root = _data_root(root)
-    if Path(images_dir) == Path(masks_dir):
-        raise PipelineError(f"data.images_dir and data.masks_dir are both {images_dir!r}; keep images and "
-                            f"masks in separate folders")
-    image_folder = _subfolder(root, real_root, images_dir, "images_dir")
-    mask_folder = _subfolder(root, real_root, masks_dir, "masks_dir")
+    real_root = _real_root(root, "segmentation", images_dir, masks_dir)
+    image_folder, mask_folder = root / images_dir, root / masks_dir
     images = _by_stem(_files(image_folder, real_root, IMAGE_EXTENSIONS, "images"), images_dir)
     masks = _by_stem(_files(mask_folder, real_root, MASK_EXTENSIONS, "masks"), masks_dir)
     if not images:
@@ -189,12 +173,12 @@ def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
     lonely = [f"{images_dir}/{n}" for s, n in images.items() if s + mask_suffix not in masks]
     if lonely:
         raise PipelineError(f"{len(lonely)} image(s) without a mask (looked for {masks_dir}/<stem>{mask_suffix}"
-                            f".<ext>, data.mask_suffix = {mask_suffix!r}): {_several(lonely)}")
+                            f".<ext>, data.mask_suffix = {mask_suffix!r}): {several(lonely)}")
     paired = {s + mask_suffix for s in images}
     orphans = [f"{masks_dir}/{n}" for s, n in masks.items() if s not in paired]
     if orphans:
         raise PipelineError(f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
-                            f"{mask_suffix!r}): {_several(orphans)}")
+                            f"{mask_suffix!r}): {several(orphans)}")
     stems = sorted(images)
     scanned = scan_files(root, [job for s in stems for job in (
         (f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))])
@@ -204,33 +188,6 @@ def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
             raise PipelineError(f"{root / mask.rel}: mask is {mask.size[0]}x{mask.size[1]} but its image "
                                 f"{image.rel} is {image.size[0]}x{image.size[1]}; a mask must have its image's size")
     return pairs
-
-
-def segmentation_classes(masks: Sequence[ScannedFile], num_classes: int | None) -> int:
-    """Check ``data.num_classes`` against the mask values, or infer it (binary: 0/1 or 0/255 -> 2)."""
-    seen = sorted(set().union(*(m.values for m in masks)))
-    binary = set(seen) <= {0, 1} or set(seen) <= {0, 255}
-    if not binary and 255 in seen:
-        holder = next((m.rel for m in masks if 255 in m.values and set(m.values) - {0, 255}),
-                      next(m.rel for m in masks if 255 in m.values))
-        raise PipelineError(f"{holder}: mask values {_several([str(v) for v in seen], 8)}: 255 beside other "
-                            f"values is neither a 0/255 binary mask nor a class index (lossy JPEG masks and "
-                            f"'ignore' labels are not supported); store class indices 0..N-1 losslessly")
-    if num_classes is None:
-        if seen == [0]:
-            raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; "
-                                "set data.num_classes")
-        return 2 if binary else seen[-1] + 1
-    if binary and 255 in seen:
-        if num_classes != 2:
-            raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
-    elif seen[-1] >= num_classes:
-        holder = next(m.rel for m in masks if m.values and m.values[-1] >= num_classes)
-        raise PipelineError(f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
-                            f"masks store class indices 0..{num_classes - 1}")
-    if num_classes > MAX_SEGMENTATION_CLASSES:
-        raise PipelineError(f"data.num_classes: at most {MAX_SEGMENTATION_CLASSES} segmentation classes")
-    return num_classes
 
 
 def fraction_problem(fractions: dict[str, float]) -> str | None:
@@ -297,7 +254,7 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
         num_classes = len(class_names)
     else:
         pairs = scan_segmentation(root, images_dir, masks_dir, mask_suffix)
-        num_classes = segmentation_classes([m for _, m in pairs], num_classes)
+        num_classes = check_mask_classes([(m.rel, m.values) for _, m in pairs], num_classes)
         class_names = segmentation_class_names(num_classes)
         entries = [{"image": i.rel, "mask": m.rel} for i, m in pairs]
         present = [tuple(1 if v and num_classes == 2 else v for v in m.values) for _, m in pairs]

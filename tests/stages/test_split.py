@@ -353,3 +353,16 @@ def test_validate_reports_fractions_by_key(tmp_path):
     assert problem.line == next(i for i, l in enumerate(params.read_text().splitlines(), 1) if "fractions" in l)
     assert main(["--params", str(params)]) == 2
     assert not (tmp_path / "outputs").exists()
+
+
+def test_images_and_masks_must_live_in_separate_folders(tmp_path):
+    root = make_segmentation(tmp_path / "data", 3)
+    with pytest.raises(PipelineError, match=r"data.masks_dir: images and masks are both in 'images'"):
+        manifest(root, task="segmentation", masks_dir="images")
+
+
+def test_nested_folders_inside_a_class_folder_are_refused(tmp_path):
+    root = make_classification(tmp_path / "data", {"a": 3, "b": 3})
+    (root / "a" / "more").mkdir()
+    with pytest.raises(PipelineError, match=r"a/more: unexpected folder among the images of class 'a'"):
+        manifest(root)
