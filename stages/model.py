@@ -35,7 +35,7 @@ PARAMS = ("model.source", "model.name", "model.num_classes", "model.in_chans", "
 MANIFEST = "outputs/split/manifest.json"
 INIT_FILE = "outputs/model/init.safetensors"
 SUMMARY_FILE = "outputs/model/summary.json"
-META_PREFIX = "yamltrain."
+META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
 
 
 def num_outputs(task: str, num_classes: int) -> int:
@@ -182,9 +182,9 @@ class ModelInfo:
         return in_prefixes(name, self.head_prefixes)
 
     def metadata(self) -> dict[str, str]:
-        values = {"arch": self.config, "head_prefixes": self.head_prefixes, "freeze": self.freeze,
+        values = {"version": 1, "arch": self.config, "head_prefixes": self.head_prefixes, "freeze": self.freeze,
                   "weights": self.weights}
-        return {"format": "pt", **{META_PREFIX + k: json.dumps(v, sort_keys=True) for k, v in values.items()}}
+        return {META_KEY: json.dumps(values, sort_keys=True)}
 
 
 def parameter_groups(model: nn.Module, info: ModelInfo, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
@@ -333,9 +333,9 @@ def load_initial_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
         raise PipelineError(f"{path} not found; run the model stage first (`dvc repro model`)")
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
-    if META_PREFIX + "arch" not in meta:
-        raise PipelineError(f"{path} was not written by the model stage (no {META_PREFIX}arch metadata)")
-    values = {k.removeprefix(META_PREFIX): json.loads(v) for k, v in meta.items() if k.startswith(META_PREFIX)}
+    if META_KEY not in meta:
+        raise PipelineError(f"{path} was not written by the model stage (no {META_KEY!r} metadata)")
+    values = json.loads(meta[META_KEY])
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
         model = build_model(values["arch"])
     model.load_state_dict(load_file(str(path)), strict=True)
