@@ -115,12 +115,15 @@ def test_dealing_keeps_every_prefix_within_one_of_its_share(n):
         assert all(abs(counts[s] - shares[s] * prefix) < 1 for s in range(3)), (prefix, counts)
 
 
-def test_process_pool_and_threads_give_the_same_manifest(tmp_path, monkeypatch):
+def test_worker_processes_give_the_same_manifest(tmp_path, monkeypatch):
     root = make_segmentation(tmp_path / "data", 12, stored=(0, 1, 2))
-    threaded = manifest(root, task="segmentation")
+    inline = manifest(root, task="segmentation")
     monkeypatch.setattr(split_stage, "PROCESS_THRESHOLD", 1)
     monkeypatch.setattr(split_stage, "CHUNK", 2)
-    assert manifest(root, task="segmentation") == threaded
+    assert manifest(root, task="segmentation") == inline
+    (root / "masks" / "im007.png").write_bytes(b"broken")  # an error in a worker surfaces as itself
+    with pytest.raises(PipelineError, match=r"masks/im007.png: not a readable mask"):
+        manifest(root, task="segmentation")
 
 
 # -- layouts and mask encodings ----------------------------------------------------------------
