@@ -142,7 +142,8 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, head_p
     where = report.path or report.source
     if clashes:
         raise PipelineError(f"model.pretrained: {where} does not fit this model; shapes differ for "
-                            f"{len(clashes)} tensor(s) outside the head, e.g. {'; '.join(clashes[:3])}")
+                            f"{len(clashes)} tensor(s) outside the head, e.g. {'; '.join(clashes[:3])}. Were the "
+                            f"weights made for another architecture (model.name, model.unet)?")
     if not usable:
         raise PipelineError(f"model.pretrained: no tensor of {where} matches the model's names "
                             f"(file: {', '.join(list(state)[:3])}...; model: {', '.join(list(target)[:3])}...)")
