@@ -98,8 +98,8 @@ def _provide_models() -> dict[str, Any]:
 
 
 MODELS = Registry("models", provider=_provide_models)
-MODELS.add("unet/classic", build_unet)
-MODELS.add("unet/<any timm/ name>", build_unet)  # a note in `list models`: every timm backbone serves
+MODELS.add("unet/classic", ClassicUNet)
+MODELS.add("unet/<timm backbone>", TimmUNet)  # a note in `list models`: name any timm/ model as encoder
 
 
 def build_model(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:

@@ -52,7 +52,9 @@ class UpBlock(nn.Module):
 
 
 class ClassicUNet(nn.Module):
-    """The classic U-Net: ``depth`` max-pool levels of double convs, channels doubling per level."""
+    """The classic U-Net (model.name: classic): double convs, max-pool down, bilinear or transposed up.
+
+    ``depth`` levels down, the channels doubling at each; the decoder mirrors the encoder."""
 
     def __init__(self, *, in_chans: int, num_outputs: int, base_channels: int = 16, depth: int = 3,
                  upsampling: str = "bilinear"):
@@ -77,9 +79,10 @@ class ClassicUNet(nn.Module):
 
 
 class TimmUNet(nn.Module):
-    """A U-Net whose encoder is a timm backbone built with ``features_only`` (its first ``depth``
-    feature levels); a double-conv decoder climbs back up the skips, and the last level is resized
-    to the input size before the head."""
+    """U-Net whose encoder is any timm backbone (model.name: the timm name), built with features_only.
+
+    The encoder's first ``depth`` feature levels are used; a double-conv decoder climbs back up the
+    skips, and the last level is resized to the input size before the head."""
 
     def __init__(self, encoder_name: str, *, in_chans: int, num_outputs: int, base_channels: int = 16,
                  depth: int = 5, upsampling: str = "bilinear", **encoder_kwargs: Any):

@@ -73,6 +73,19 @@ def test_output_shape_and_new_head(config, head):
     assert head_params and head_params[0].shape[0] == config["num_outputs"]
 
 
+def tiny_classifier(*, num_classes: int, in_chans: int) -> nn.Module:
+    """A user model factory, named in params.yaml as 'module.path:attr'."""
+    return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+
+def test_user_model_factory_gets_classes_and_channels_and_its_last_layer_is_the_head():
+    config = arch("timm", f"{__name__}:tiny_classifier", outputs=3, in_chans=2)
+    model, info, _ = build(config, freeze="backbone")
+    assert model(torch.randn(2, 2, 8, 8)).shape == (2, 3) and info.head_prefixes == ["4"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["4.weight", "4.bias"]
+
+
 def test_torchvision_vit_head_is_heads_head():
     from torchvision.models import VisionTransformer  # vit_b_16 is 86M parameters: a tiny one suffices
 
