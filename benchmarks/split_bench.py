@@ -1,8 +1,10 @@
 """Benchmark: how long the split stage's core takes on a large dataset of tiny files.
 
 Creates a dataset in a temp dir (distinct 16x16 PNGs; segmentation also writes one mask per image),
-then times :func:`stages.split.build_manifest` once cold-ish (files just written, so in the page
-cache, as on a machine that just unpacked its data) and once more. Not a test: run it by hand.
+then times :func:`stages.split.build_manifest` (files just written, so in the page cache, as on a
+machine that just unpacked its data). Prints wall time and CPU time (this process plus its worker
+processes): on a shared machine the wall time depends on the load, the CPU time much less. Not a
+test: run it by hand.
 
     python benchmarks/split_bench.py                       # 100,000 classification images, 10 classes
     python benchmarks/split_bench.py --task segmentation   # 100,000 images + 100,000 masks
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -50,6 +54,11 @@ def make_dataset(root: Path, task: str, n: int, classes: int, size: int = 16) ->
             (root / "masks" / f"img_{i:06d}.png").write_bytes(_png(mask))
 
 
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("classification", "segmentation"), default="classification")
@@ -63,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(root, args.task, args.n, args.classes)
         print(f"created {args.n} {args.task} images in {time.perf_counter() - start:.1f}s")
         for attempt in range(args.repeat):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_seconds()
             manifest = build_manifest(root, task=args.task, root_as_written="data", num_classes=None,
                                       seed=42, fractions=FRACTIONS, stratify=True)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             sizes = {s: len(v) for s, v in manifest["splits"].items()}
-            print(f"split #{attempt + 1}: {elapsed:.2f}s for {args.n} images "
-                  f"({args.n / elapsed:,.0f} images/s) -> {sizes}")
+            print(f"split #{attempt + 1}: {elapsed:.2f}s wall, {cpu:.2f}s CPU for {args.n} images "
+                  f"({args.n / elapsed:,.0f} images/s; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}) "
+                  f"-> {sizes}")
     return 0
 
 

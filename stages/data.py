@@ -28,7 +28,6 @@ from pipeline.errors import PipelineError, Problem
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
 SPLITS = ("train", "val", "test")
-TASKS = ("segmentation", "classification")
 MAX_SEGMENTATION_CLASSES = 256  # masks hold class indices in 8 bits
 
 # (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
@@ -55,14 +54,14 @@ def mask_array(image: Image.Image, where: str) -> np.ndarray:
             raise PipelineError(f"{where}: mask values must be class indices 0..255 (found {values.min()}.."
                                 f"{values.max()} in a {mode} image)")
         return values.astype(np.uint8)
-    channels = np.asarray(image.convert("RGB") if mode not in ("RGB", "RGBA", "LA") else image)
-    if channels.ndim == 3:
-        grey = channels[..., 0]
-        if mode != "LA" and not (np.array_equal(grey, channels[..., 1]) and np.array_equal(grey, channels[..., 2])):
-            raise PipelineError(f"{where}: a colour mask ({mode}); masks must store class indices in "
-                                f"one channel (greyscale or palette PNG), or 0/255 for binary masks")
-        return np.ascontiguousarray(grey, dtype=np.uint8)
-    return channels.astype(np.uint8)
+    if mode == "LA":  # grey plus alpha: the grey level
+        return np.asarray(image, dtype=np.uint8)[..., 0].copy()
+    channels = np.asarray(image if mode in ("RGB", "RGBA") else image.convert("RGB"), dtype=np.uint8)
+    grey = channels[..., 0]
+    if not (np.array_equal(grey, channels[..., 1]) and np.array_equal(grey, channels[..., 2])):
+        raise PipelineError(f"{where}: a colour mask ({mode}); masks must store class indices in one "
+                            f"channel (greyscale or palette PNG), or 0/255 for binary masks")
+    return grey.copy()
 
 
 def mask_values(image: Image.Image, where: str) -> tuple[int, ...]:

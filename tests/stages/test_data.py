@@ -66,6 +66,8 @@ def test_mask_modes_give_stored_values():
     assert mask_array(Image.fromarray(values > 1), "m").tolist() == [[0, 0], [1, 1]]
     assert mask_values(Image.fromarray(values > 1), "m") == (0, 1)
     assert mask_array(Image.fromarray(np.stack([values * 80] * 3, -1)), "m").tolist() == [[0, 80], [160, 240]]
+    assert mask_array(Image.fromarray(values * 80).convert("RGBA"), "m").tolist() == [[0, 80], [160, 240]]
+    assert mask_array(Image.fromarray(values * 80).convert("LA"), "m").tolist() == [[0, 80], [160, 240]]
     assert mask_array(Image.fromarray(values.astype(np.uint16)), "m").tolist() == values.tolist()
     assert mask_values(Image.fromarray(values.astype(np.int32)), "m") == (0, 1, 2, 3)
 
