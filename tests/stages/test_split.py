@@ -306,6 +306,12 @@ def test_folders_outside_the_root_are_refused(tmp_path):
 # -- the stage end to end ----------------------------------------------------------------------
 
 def _params_file(tmp_path: Path, root: str, **replace: str) -> Path:
+    """The repo's params.yaml in ``tmp_path`` with another data.root. The repo's folders are linked
+    beside it so that the file's other relative paths (e.g. model.pretrained) still resolve, while
+    outputs/ is the temp dir's own."""
+    for item in REPO.iterdir():
+        if item.is_dir() and not item.name.startswith(".") and item.name != "outputs":
+            (tmp_path / item.name).symlink_to(item, target_is_directory=True)
     text = (REPO / "params.yaml").read_text().replace("root: data/shapes-seg", f"root: {root}", 1)
     for old, new in replace.items():
         assert old in text
