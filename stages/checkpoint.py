@@ -1,0 +1,70 @@
+"""Training checkpoints: written atomically, resumed only when they belong to the same inputs.
+
+A checkpoint is taken at every epoch boundary. All randomness is re-derived from (train.seed, epoch)
+when an epoch starts (see :func:`seed_epoch`), so resuming from epoch k replays exactly what an
+uninterrupted run would have done (bit for bit with ``train.deterministic: true`` on CPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.atomic import write_bytes
+from pipeline.errors import PipelineError
+
+
+def fingerprint(params: dict[str, Any], files: list[Path]) -> str:
+    """sha256 over the stage's params and the bytes of its input files: what a resume must match."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(path.name.encode())
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                digest.update(child.relative_to(path).as_posix().encode())
+                digest.update(file_sha256(child).encode())
+        elif path.exists():
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Serialise ``state`` in memory first, then write it atomically: a kill never leaves half a file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is an unfinished run of the same inputs, else ``None``."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a corrupt checkpoint must not block a fresh start
+        print(f"train: ignoring unreadable checkpoint {path} ({exc})")
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != expected_fingerprint:
+        print(f"train: {path} is from different params or inputs; starting fresh")
+        return None
+    if state.get("finished"):
+        return None
+    return state
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise PipelineError(f"{path} not found: {what}")
+    return path

@@ -1,0 +1,281 @@
+"""The train stage: a flat, readable loop over the pieces the other modules build.
+
+``python -m stages.train`` reads the split manifest, the augmentation (online, or the offline cache),
+and the initial weights from the model stage; trains with the declared loss, optimizer, scheduler and
+precision; checkpoints every epoch (resumable); writes the best weights, per-epoch history (DVC plots),
+final metrics (DVC metrics) and the MLflow run id that evaluate logs into.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import tracking
+from pipeline.atomic import write_json, write_text
+from pipeline.config import ParamsView, flatten
+from pipeline.errors import PipelineError
+from pipeline.seeding import loader_generator, seed_everything, worker_init_fn
+from pipeline.stage import run_stage
+from stages import checkpoint
+from stages.augment import OfflineCacheDataset, build_transform
+from stages.data import ManifestDataset, load_manifest
+from stages.device_batch import to_device
+from stages.loss import build_loss
+from stages.metrics import make_meter
+from stages.model import load_initial_model, parameter_groups, save_model
+from stages.optim import build_optimizer
+from stages.precision import resolve_precision
+from stages.scheduler import build_scheduler
+
+PARAMS = (
+    "data.task", "data.image_size", "augment.train", "augment.eval", "augment.random_order",
+    "augment.offline", "model.lr_mult", "loss", "optimizer", "scheduler", "precision", "train",
+    "tracking",
+)
+MANIFEST = Path("outputs/split/manifest.json")
+CACHE = Path("outputs/augment/cache")
+PREVIEW = Path("outputs/augment/preview.png")
+INIT = Path("outputs/model/init.safetensors")
+OUT = Path("outputs/train")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def resolve_monitor(task: str, monitor: str, mode: str) -> tuple[str, str]:
+    """``auto`` -> val_dice (segmentation) / val_accuracy (classification); mode from the name."""
+    if monitor == "auto":
+        monitor = "val_dice" if task == "segmentation" else "val_accuracy"
+    if mode == "auto":
+        mode = "min" if monitor.endswith("loss") else "max"
+    return monitor, mode
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
+def _loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuffle: bool,
+            generator: torch.Generator | None = None) -> DataLoader:
+    workers = cfg["workers"]
+    return DataLoader(
+        dataset, batch_size=cfg["batch_size"], shuffle=shuffle, num_workers=workers,
+        worker_init_fn=worker_init_fn if workers else None, generator=generator,
+        pin_memory=device.type == "cuda", drop_last=shuffle and len(dataset) > cfg["batch_size"],
+        prefetch_factor=4 if workers else None)
+
+
+def _evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Any, meter: Any, plan: Any,
+              device: torch.device) -> dict[str, float]:
+    model.eval()
+    meter.reset()
+    total = torch.zeros((), device=device)
+    count = 0
+    with torch.no_grad(), plan.autocast():
+        for images, targets in loader:
+            x, y = to_device(images, targets, device, channels_last=plan.channels_last)
+            logits = model(x)
+            total += loss_fn(logits, y).detach().float() * x.shape[0]
+            count += x.shape[0]
+            meter.update(logits.float(), y)
+    metrics = {f"val_{k}": v for k, v in meter.compute().items() if "/" not in k}
+    metrics["val_loss"] = float(total.item() / max(count, 1))
+    return metrics
+
+
+def _history_csv(rows: list[dict[str, float]]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def train(view: ParamsView) -> dict[str, Any]:
+    """Train on the split manifest from the model stage's initial weights; return final metrics."""
+    cfg, task, root = view["train"], view["data.task"], view.root
+    manifest_path = checkpoint.require(root / MANIFEST, "run the split stage first (dvc repro)")
+    init_path = checkpoint.require(root / INIT, "run the model stage first (dvc repro)")
+    offline = view["augment.offline"]
+    inputs = [manifest_path, init_path] + ([root / CACHE] if offline["enabled"] else [])
+    fp = checkpoint.fingerprint({key: view[key] for key in PARAMS if key != "tracking"}, inputs)
+    ckpt_path = root / OUT / "checkpoint" / "last.pt"
+    state = checkpoint.load_resumable(ckpt_path, fp) if cfg["resume"] else None
+    model, info = load_initial_model(init_path)
+    hint = f"{task}-{info.config['name']}"
+    # Opening the run first fails fast on an unreachable tracking server, before any work.
+    with tracking.start_run(view["tracking"], repo_root=root, run_name=hint,
+                            run_id=state["run_id"] if state else None) as run:
+        if state is None:
+            run.log_params(flatten(view.all_params()))
+        return _fit(view, run, model, info, state, fp)
+
+
+def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: dict[str, Any] | None,
+         fp: str) -> dict[str, Any]:
+    cfg, task, root = view["train"], view["data.task"], view.root
+    manifest = load_manifest(root / MANIFEST)
+    device = resolve_device(cfg["device"])
+    torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg["deterministic"]
+    plan = resolve_precision(view["precision"], device)
+    monitor, mode = resolve_monitor(task, cfg["early_stopping"]["monitor"], cfg["early_stopping"]["mode"])
+    seed_everything(cfg["seed"])
+
+    image_size, data_root = view["data.image_size"], view.resolve_path(manifest.root)
+    if view["augment.offline"]["enabled"]:
+        train_set = OfflineCacheDataset(root / CACHE)
+        if train_set.index.get("manifest_fingerprint") != manifest.fingerprint:
+            raise PipelineError(f"{root / CACHE} was built from another split; re-run the augment stage "
+                                "(dvc repro augment)")
+    else:
+        train_set = ManifestDataset(manifest, "train", root=data_root, image_size=image_size,
+                                    transform=build_transform(view["augment.train"], task=task,
+                                                              random_order=view["augment.random_order"]))
+    val_set = ManifestDataset(manifest, "val", root=data_root, image_size=image_size,
+                              transform=build_transform(view["augment.eval"], task=task))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise PipelineError("the train or validation split is empty; adjust split.fractions")
+    generator = loader_generator(cfg["seed"])
+    train_loader = _loader(train_set, cfg, device, shuffle=True, generator=generator)
+    val_loader = _loader(val_set, cfg, device, shuffle=False)
+
+    net = plan.prepare_model(model)  # ``model`` stays the plain module for state dicts
+    loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"])
+    optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
+    schedule = build_scheduler(view["scheduler"], optimizer, epochs=cfg["epochs"],
+                               steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
+                               monitor=monitor)
+    meter = make_meter(task, manifest.num_classes, class_names=manifest.class_names)
+
+    out = root / OUT
+    history: list[dict[str, float]] = []
+    best, best_epoch, stale, start_epoch = None, -1, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        plan.scaler.load_state_dict(state["scaler"])
+        history, best, best_epoch, stale = state["history"], state["best"], state["best_epoch"], state["stale"]
+        start_epoch = state["epoch"] + 1
+        print(f"train: resuming after epoch {start_epoch} from {out / 'checkpoint' / 'last.pt'}")
+    else:
+        run.set_tags({"dataset_fingerprint": manifest.fingerprint, "device": str(device),
+                      "precision": plan.name})
+        if (root / PREVIEW).exists():
+            run.log_artifact(root / PREVIEW, "augment")
+
+    min_delta, patience = cfg["early_stopping"]["min_delta"], cfg["early_stopping"]["patience"]
+    better = (lambda a, b: a < b - min_delta) if mode == "min" else (lambda a, b: a > b + min_delta)
+    accumulate, log_every = cfg["accumulate"], cfg["log_every_steps"]
+    stopped_early = False
+    epochs = tqdm(range(start_epoch, cfg["epochs"]), desc="epochs", initial=start_epoch,
+                  total=cfg["epochs"], disable=None, file=sys.stdout)
+    for epoch in epochs:
+        # Every epoch's randomness derives from (seed, epoch): a resumed run replays it exactly.
+        seed_everything(epoch_seed(cfg["seed"], epoch))
+        generator.manual_seed(epoch_seed(cfg["seed"], epoch))
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        elif train_set.transform is not None:
+            train_set.transform.reset()  # augmenters with private RNGs follow the new seed too
+        net.train()
+        running = torch.zeros((), device=device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        seen, started = 0, time.perf_counter()
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=None, file=sys.stdout)
+        for step, (images, targets) in enumerate(batches):
+            x, y = to_device(images, targets, device, channels_last=plan.channels_last)
+            with plan.autocast():
+                logits = net(x)
+            loss = loss_fn(logits, y)
+            detached = loss.detach()
+            # The first non-finite step is recorded on the device and read back at log intervals only.
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
+            running += detached
+            last = step + 1 == len(train_loader)
+            if plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=cfg["grad_clip"],
+                                      step=(step + 1) % accumulate == 0 or last):
+                schedule.step_batch()
+            seen += x.shape[0]
+            if (step + 1) % log_every == 0 or last:
+                _raise_if_nonfinite(bad_step, epoch)
+                batches.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
+        elapsed = time.perf_counter() - started
+        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": running.item() / len(train_loader)}
+        row.update(_evaluate(net, val_loader, loss_fn, meter, plan, device))
+        row["lr"] = schedule.last_lr()[0]
+        row["images_per_s"] = seen / elapsed if elapsed > 0 else 0.0
+        if monitor not in row:
+            raise PipelineError(f"train.early_stopping.monitor {monitor!r} is not a validation metric; "
+                                f"available: {', '.join(k for k in row if k.startswith('val_'))}")
+        schedule.step_epoch(row)
+        history.append(row)
+        if best is None or better(row[monitor], best):
+            best, best_epoch, stale = row[monitor], epoch + 1, 0
+            save_model(out / "best.safetensors", model, info)
+        else:
+            stale += 1
+        stopped_early = patience is not None and stale >= patience
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        write_text(out / "history.csv", _history_csv(history))
+        checkpoint.save(out / "checkpoint" / "last.pt", {
+            "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+            "scaler": plan.scaler.state_dict(), "history": history, "best": best,
+            "best_epoch": best_epoch, "stale": stale, "run_id": run.run_id,
+            "finished": stopped_early or epoch + 1 == cfg["epochs"]})
+        epochs.set_postfix({monitor: f"{row[monitor]:.4f}"})
+        if stopped_early:
+            print(f"train: early stop after epoch {epoch + 1}: {monitor} did not improve for {stale} epochs")
+            break
+
+    final = {k: v for k, v in history[-1].items() if k != "epoch"}
+    metrics = {**final, "epochs_run": len(history), "best_epoch": best_epoch,
+               f"best_{monitor}": best, "stopped_early": stopped_early}
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "run.json", {"run_id": run.run_id, "tracking_uri": run.uri})
+    run.log_artifact(out / "history.csv", "train")
+    run.log_artifact(out / "best.safetensors", "model")
+    print(f"train: best {monitor} {best:.4f} at epoch {best_epoch}; weights in {out / 'best.safetensors'}")
+    return metrics
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int) -> None:
+    step = int(bad_step.item())
+    if step >= 0:
+        raise PipelineError(
+            f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr, "
+            f"set train.grad_clip, or use precision.dtype bf16/fp32")
+
+
+def _body(view: ParamsView) -> None:
+    """Train the model declared in params.yaml."""
+    train(view)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("train", PARAMS, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
