@@ -225,27 +225,27 @@ def _build_with_weights(config: dict[str, Any], pretrained: bool | str,
         return model, weights_io.apply_state_dict(model, state, head_prefixes=find_head(model, source), report=report)
     if pretrained is True:  # timm classifier or timm-encoder U-Net: timm adapts its own checkpoints
         path = weights_io.timm_weights_file(name)
-        return _build_through_timm(config, path, "timm")
+        report = weights_io.LoadReport("timm", str(path), weights_io.file_sha256(path))
+        return _build_through_timm(config, weights_io.read_state_dict(path), report)
     path = root / pretrained if not Path(pretrained).is_absolute() else Path(pretrained)
     state = weights_io.read_state_dict(path)
-    if source == "unet" and name != "classic" and not any(k.startswith(("encoder.", "decoder.")) for k in state):
-        return _build_through_timm(config, path, "file", str(pretrained))  # a bare backbone for the encoder
-    model = build_model(config)
     report = weights_io.LoadReport("file", str(pretrained), weights_io.file_sha256(path))
+    if source == "unet" and name != "classic" and not any(k.startswith(("encoder.", "decoder.")) for k in state):
+        return _build_through_timm(config, state, report)  # a bare backbone's checkpoint for the encoder
+    model = build_model(config)
     return model, weights_io.apply_state_dict(model, state, head_prefixes=find_head(model, source), report=report)
 
 
-def _build_through_timm(config: dict[str, Any], path: Path, source: str,
-                        shown: str | None = None) -> tuple[nn.Module, weights_io.LoadReport]:
+def _build_through_timm(config: dict[str, Any], state: dict[str, torch.Tensor],
+                        report: weights_io.LoadReport) -> tuple[nn.Module, weights_io.LoadReport]:
     """timm loads the checkpoint itself (its key filters, classifier drop, in_chans adaptation);
-    the file is still read here, with ``weights_only=True``."""
-    state = weights_io.read_state_dict(path)
-    report = weights_io.LoadReport(source, shown or str(path), weights_io.file_sha256(path))
+    the file was read here, with ``weights_only=True``."""
     from timm.models import get_pretrained_cfg
+
     try:
         model = build_model(config, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
     except (RuntimeError, KeyError, AssertionError) as exc:
-        raise PipelineError(f"model.pretrained: timm could not load {path} into {config['name']}: {exc}") from None
+        raise PipelineError(f"model.pretrained: timm could not load {report.path} into {config['name']}: {exc}") from None
     is_unet = config["source"] == "unet"
     for module in model.modules():  # do not keep a second copy of the checkpoint alive
         if isinstance(getattr(module, "pretrained_cfg", None), dict):
@@ -380,7 +380,8 @@ def run(view: ParamsView) -> None:
           f"{counts['trainable']:,} trainable; head {', '.join(info.head_prefixes)}")
     if report is not None:
         print(f"model: weights {report.path} (sha256 {report.sha256[:12]}): {report.loaded} tensors loaded"
-              + (f"; dropped {len(report.dropped)} head tensor(s) (new head): {'; '.join(report.dropped)}" if report.dropped else "")
+              + (f"; dropped {len(report.dropped)} tensor(s) that do not fit (the source's head; a new one is trained): "
+                 f"{', '.join(d.split(':')[0] for d in report.dropped[:6])}" if report.dropped else "")
               + (f"; adapted {'; '.join(report.adapted)}" if report.adapted else "")
               + (f"; {len(report.missing)} tensor(s) start random" if report.missing else ""))
 

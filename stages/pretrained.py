@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
+from stages.finetune import in_prefixes
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -106,10 +107,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (source_chans / in_chans)
 
 
-def _in_head(key: str, head_prefixes: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in head_prefixes)
-
-
 def _encoder_only(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
     """Weights of a bare backbone loaded into a U-Net: prefix them with ``encoder.``."""
     if not any(k in model_keys for k in state) and any(f"encoder.{k}" in model_keys for k in state):
@@ -131,7 +128,7 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, head_p
             report.unexpected.append(key)
         elif value.shape == target[key].shape:
             usable[key] = value
-        elif _in_head(key, head_prefixes):
+        elif in_prefixes(key, head_prefixes):
             report.dropped.append(f"{key}: {list(value.shape)} in the file, {list(target[key].shape)} in the model")
         elif key == first_conv and value.ndim == 4 and value.shape[0] == target[key].shape[0] \
                 and value.shape[2:] == target[key].shape[2:]:
@@ -151,13 +148,6 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, head_p
     report.loaded = len(usable) - len(report.adapted)
     report.missing = [k for k in target if k not in usable]
     return report
-
-
-def load_file_into(model: nn.Module, path: Path, *, head_prefixes: Sequence[str]) -> LoadReport:
-    """Read a local weight file and copy it into ``model`` (see :func:`apply_state_dict`)."""
-    state = read_state_dict(path)
-    report = LoadReport(source="file", path=str(path), sha256=file_sha256(path))
-    return apply_state_dict(model, state, head_prefixes=head_prefixes, report=report)
 
 
 # --- the libraries' own weights, offline-safe ------------------------------------------------------

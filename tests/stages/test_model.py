@@ -187,6 +187,21 @@ def test_a_head_of_another_shape_is_dropped_and_reported(tmp_path):
     assert torch.equal(model.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
 
 
+def test_a_unet_encoder_starts_from_a_classification_backbone(tmp_path):
+    backbone = build(arch("timm", "resnet10t", outputs=10))[0]
+    torch.save(backbone.state_dict(), tmp_path / "resnet10t.pth")
+    config = arch("unet", "resnet10t", task="segmentation", outputs=1, in_chans=1,
+                  unet={"base_channels": 4, "depth": 3, "upsampling": "bilinear"})
+    model, info, report = build(config, pretrained="resnet10t.pth", freeze=["encoder.*"], root=tmp_path)
+    # depth 3 uses the backbone down to layer2: the deeper stages and the classifier are dropped
+    assert {k.split(".")[0] for k in report.dropped} == {"layer3", "layer4", "fc"}
+    assert report.adapted == ["conv1.0: 3 -> 1 input channels"]
+    assert report.missing and all(k.startswith(("decoder.", "final.", "head.")) for k in report.missing)
+    assert torch.equal(model.encoder.layer2[0].conv1.weight, backbone.layer2[0].conv1.weight)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
+
+
 @pytest.mark.parametrize("in_chans", [1, 4, 6])
 def test_input_convolution_is_adapted_to_other_channel_counts(tmp_path, in_chans):
     source = build(arch("torchvision", "squeezenet1_0"))[0]
@@ -363,7 +378,7 @@ def test_stage_fine_tunes_from_the_shipped_source_weights(tmp_path, capsys):
     source = load_file(str(SHIPPED))
     model, _ = load_initial_model(tmp_path / "outputs/model/init.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items() if not k.startswith("head."))
-    assert "dropped 2 head tensor(s) (new head)" in capsys.readouterr().out
+    assert "dropped 2 tensor(s) that do not fit (the source's head; a new one is trained)" in capsys.readouterr().out
 
 
 def test_the_default_params_fine_tune_from_the_shipped_file():
