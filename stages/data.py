@@ -202,7 +202,8 @@ class ManifestDataset(torch.utils.data.Dataset):
             raise PipelineError(f"{path}: cannot decode image ({exc})") from None
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Sample ``index`` resized but not transformed: (image HxWx3 uint8, class-index mask HxW or None)."""
+        """Sample ``index`` resized, not transformed: (image HxWx3 uint8, class-index mask HxW or None),
+        both writable (a transform may work in place)."""
         entry = self.entries[index]
         image = self._open(entry["image"])
         mask = None
@@ -215,17 +216,17 @@ class ManifestDataset(torch.utils.data.Dataset):
             mask_image = Image.fromarray(classes)
             if mask_image.size != (self.width, self.height):
                 mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
-            mask = np.asarray(mask_image, dtype=np.uint8)
+            mask = np.array(mask_image, dtype=np.uint8)
         image = image.convert("RGB")
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8), mask
+        return np.array(image, dtype=np.uint8), mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        # np.array copies: PIL's arrays are read-only and a transform may return a strided view.
+        # np.array(order="C") copies: a transform may return a strided or read-only view.
         image_tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
         if self.task == "segmentation":
             return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
