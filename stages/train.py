@@ -135,7 +135,8 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
     cfg, task, root = view["train"], view["data.task"], view.root
     manifest = load_manifest(root / MANIFEST)
     device = resolve_device(cfg["device"])
-    torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
+    if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
+        torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg["deterministic"]
     plan = resolve_precision(view["precision"], device)
     monitor, mode = resolve_monitor(task, cfg["early_stopping"]["monitor"], cfg["early_stopping"]["mode"])

@@ -50,6 +50,8 @@ def test_show_fills_defaults(tmp_path):
     del data["evaluate"]["overlays"]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
+    for name in ("data", "weights"):  # relative paths in the file must still resolve
+        (tmp_path / name).symlink_to(REPO / name)
     result = run_cli("show", "evaluate", "--params", str(path))
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)

@@ -15,6 +15,10 @@ SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])
 
 
 def _write(tmp_path: Path, text: str) -> Path:
+    """A params file in ``tmp_path`` whose relative paths (data/, weights/) still resolve."""
+    for name in ("data", "weights"):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).symlink_to(REPO / name)
     path = tmp_path / "params.yaml"
     path.write_text(text)
     return path

@@ -1,0 +1,171 @@
+"""The train stage on tiny generated workspaces built by the real split and model stages: it learns,
+resumes after a real kill to the same weights, stops on NaN naming the step, runs bf16 on CPU, stops
+early, and records the run in a real MLflow store."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stages import model as model_stage
+from stages import split as split_stage
+from stages import train as train_stage
+from stages.synthetic import generate_segmentation
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A user loss that is NaN from the first step (for the NaN-stop test)."""
+    return logits.float().mean() * float("nan")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    generate_segmentation(root, n=64, size=32, seed=5)
+    return root
+
+
+def make_workspace(tmp: Path, dataset: Path, **overrides: object) -> Path:
+    """A folder with params.yaml (the shipped one, shrunk, plus ``overrides`` as dotted keys), the
+    dataset, and the split and model stages' outputs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    shrink = {"data.root": "shapes", "data.image_size": [32, 32], "model.pretrained": False,
+              "model.unet.base_channels": 8, "model.unet.depth": 2, "optimizer.lr": 0.01, "train.epochs": 3,
+              "train.batch_size": 4, "train.workers": 0, "train.device": "cpu",
+              "tracking.enabled": False, "precision.dtype": "fp32", "scheduler.warmup.epochs": 0}
+    for key, value in {**shrink, **overrides}.items():
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    shutil.copytree(dataset, tmp / "shapes")
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert split_stage.main(["--params", str(path)]) == 0
+    assert model_stage.main(["--params", str(path)]) == 0
+    return path
+
+
+def history(ws: Path) -> list[dict[str, float]]:
+    with open(ws.parent / "outputs/train/history.csv") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def test_short_run_learns_and_writes_outputs(tmp_path, dataset):
+    params = make_workspace(tmp_path, dataset, **{"train.epochs": 4, "loss.name": "dice"})
+    assert train_stage.main(["--params", str(params)]) == 0
+    rows = history(params)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert max(r["val_dice"] for r in rows[1:]) > rows[0]["val_dice"]
+    out = tmp_path / "outputs/train"
+    metrics = yaml.safe_load((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4 and metrics["best_val_dice"] == max(r["val_dice"] for r in rows)
+    model, info = model_stage.load_initial_model(out / "best.safetensors")
+    assert info.num_outputs == 1
+    assert yaml.safe_load((out / "run.json").read_text()) == {"run_id": None, "tracking_uri": None}
+
+
+def _weights(ws: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, dataset):
+    overrides = {"train.epochs": 4, "train.deterministic": True}
+    whole = make_workspace(tmp_path / "whole", dataset, **overrides)
+    assert train_stage.main(["--params", str(whole)]) == 0
+
+    cut = make_workspace(tmp_path / "cut", dataset, **overrides)
+    ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", str(cut)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_done = torch.load(ckpt, weights_only=False)["epoch"]
+    assert epoch_done < 3, "the run finished before it could be killed; the test proves nothing"
+
+    assert train_stage.main(["--params", str(cut)]) == 0
+    assert [r["epoch"] for r in history(cut)] == [1, 2, 3, 4]
+    a, b = _weights(whole), _weights(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert history(cut) == history(whole) or all(
+        abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(history(cut), history(whole)))
+
+
+def test_changed_params_start_fresh_instead_of_resuming(tmp_path, dataset, capsys):
+    params = make_workspace(tmp_path, dataset, **{"train.epochs": 2})
+    assert train_stage.main(["--params", str(params)]) == 0
+    text = params.read_text().replace("lr: 0.003", "lr: 0.002")
+    params.write_text(text)
+    assert train_stage.main(["--params", str(params)]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert len(history(params)) == 2
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, dataset, capsys):
+    params = make_workspace(tmp_path, dataset, **{"loss.name": "tests.stages.test_train:nan_loss"})
+    assert train_stage.main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or Inf at epoch 1, step 1" in err and "Traceback" not in err
+    assert not (tmp_path / "outputs/train/metrics.json").exists()
+
+
+def test_bf16_on_cpu(tmp_path, dataset):
+    params = make_workspace(tmp_path, dataset, **{"precision.dtype": "bf16", "train.epochs": 1})
+    assert train_stage.main(["--params", str(params)]) == 0
+    row = history(params)[0]
+    assert all(v == v and abs(v) != float("inf") for v in row.values())
+
+
+def test_early_stopping(tmp_path, dataset, capsys):
+    params = make_workspace(tmp_path, dataset, **{
+        "train.epochs": 6, "train.early_stopping": {"monitor": "val_loss", "mode": "auto", "patience": 1,
+                                                   "min_delta": 100.0}})
+    assert train_stage.main(["--params", str(params)]) == 0
+    assert len(history(params)) == 2  # nothing beats epoch 1 by 100: stop after one stale epoch
+    assert "early stop after epoch 2" in capsys.readouterr().out
+    metrics = yaml.safe_load((tmp_path / "outputs/train/metrics.json").read_text())
+    assert metrics["stopped_early"] is True and metrics["best_epoch"] == 1
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, dataset):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_workspace(tmp_path, dataset, **{"tracking.enabled": True, "tracking.uri": uri,
+                                                  "tracking.experiment": "t", "train.epochs": 2})
+    env = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        assert train_stage.main(["--params", str(params)]) == 0
+    finally:
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+    run_id = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss.name"] == "dice_bce" and run.data.params["train.epochs"] == "2"
+    assert len(run.data.params) > 60
+    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2]
+    assert run.data.tags["dataset_fingerprint"]
+    names = {a.path for a in client.list_artifacts(run_id, "train")} | \
+            {a.path for a in client.list_artifacts(run_id, "model")}
+    assert {"train/history.csv", "model/best.safetensors"} <= names
+    assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
