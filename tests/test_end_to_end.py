@@ -1,0 +1,144 @@
+"""The whole pipeline as a user runs it: real `dvc repro` and `dvc exp run` in a temporary git
+repository on a tiny config, real MLflow SQLite store. Checks DVC's cache behaviour stage by stage."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e",
+               DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(output: str) -> list[str]:
+    """The stages `dvc repro` executed, in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def tiny_params(text: str) -> str:
+    """The shipped params.yaml shrunk to seconds: few epochs, tiny images and model, no workers."""
+    data = yaml.safe_load(text)
+    out = text
+    for old, new in [
+        (f"  epochs: {data['train']['epochs']}", "  epochs: 2"),
+        ("  workers: 2 ", "  workers: 0 "),
+        (f"  image_size: {_flow(data['data']['image_size'])}", "  image_size: [32, 32]"),
+        (f"  batch_size: {data['train']['batch_size']}\n", "  batch_size: 8\n"),
+    ]:
+        assert old in out, old
+        out = out.replace(old, new, 1)
+    out = re.sub(r"base_channels: \d+", "base_channels: 4", out)
+    out = re.sub(r"pretrained: \S+", "pretrained: false", out)  # the shipped weights fit the default size
+    return out
+
+
+def _flow(value) -> str:
+    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    from stages.synthetic import generate_segmentation
+
+    ws = tmp_path_factory.mktemp("ws")
+    for name in ("pipeline", "stages", "schemas", "weights"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, ws / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    generate_segmentation(ws / params["data"]["root"], n=40, size=32, seed=3)
+    (ws / "params.yaml").write_text(tiny_params((REPO / "params.yaml").read_text()))
+    sh(ws, "git", "init", "-q")
+    sh(ws, "dvc", "init", "-q")
+    sh(ws, "dvc", "config", "core.autostage", "true")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "init")
+    return ws
+
+
+def _edit(ws: Path, old: str, new: str) -> None:
+    path = ws / "params.yaml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def _commit(ws: Path) -> None:
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "step", check=False)
+
+
+def test_repro_then_cache_behaviour(workspace):
+    ws = workspace
+    first = sh(ws, "dvc", "repro")
+    assert ran(first.stdout) == ["split", "augment", "model", "train", "evaluate"], first.stdout
+    metrics = yaml.safe_load((ws / "outputs/evaluate/metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0
+    _commit(ws)
+
+    assert ran(sh(ws, "dvc", "repro").stdout) == []  # nothing changed: nothing runs
+
+    _edit(ws, "# The one file", "# A comment-only edit: the one file")
+    assert ran(sh(ws, "dvc", "repro").stdout) == []
+
+    _edit(ws, "  name: dice_bce ", "  name: dice     ")
+    assert ran(sh(ws, "dvc", "repro").stdout) == ["train", "evaluate"]
+    _commit(ws)
+
+    _edit(ws, "- Fliplr: {p: 0.5}", "- Fliplr: {p: 0.4}")
+    assert ran(sh(ws, "dvc", "repro").stdout) == ["augment", "train", "evaluate"]
+    _commit(ws)
+
+    _edit(ws, "  seed: 42 ", "  seed: 43 ")
+    assert set(ran(sh(ws, "dvc", "repro").stdout)) == {"split", "augment", "model", "train", "evaluate"}
+    _commit(ws)
+
+
+def test_invalid_params_refused_before_running(workspace):
+    ws = workspace
+    _edit(ws, "  name: AdamW", "  name: AdamWW")
+    try:
+        result = sh(ws, "dvc", "repro", "-f", "-s", "train", check=False)
+        assert result.returncode != 0
+        assert "optimizer.name" in result.stdout + result.stderr
+        assert "did you mean 'AdamW'" in result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+    finally:
+        _edit(ws, "  name: AdamWW", "  name: AdamW")
+
+
+def test_exp_run_logs_to_the_default_store(workspace):
+    ws = workspace
+    result = sh(ws, "dvc", "exp", "run", "-S", "loss.name=focal", "-S", "train.epochs=3")
+    assert "train" in ran(result.stdout)
+    shown = sh(ws, "dvc", "exp", "show", "--json").stdout
+    assert "focal" in shown
+    db = ws / "mlflow.db"
+    assert db.exists()
+    with sqlite3.connect(db) as conn:
+        values = {v for (v,) in conn.execute("select value from params where key = 'loss.name'")}
+    assert "focal" in values
