@@ -31,6 +31,7 @@ from pipeline.config import Params, ParamsView
 from pipeline.errors import PipelineError, Problem
 from pipeline.registry import Registry, signature_problems
 from pipeline.stage import run_stage
+from stages.data import image_hw
 from stages.augment_cache import OfflineCacheDataset  # noqa: F401 - re-exported: training reads the cache here
 
 PARAMS = ("data.task", "data.image_size", "augment")
@@ -240,11 +241,6 @@ def _probe_sample(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
                       (xx + yy) % 256], axis=-1).astype(np.uint8)
     mask = ((yy > height // 4) & (yy < 3 * height // 4) & (xx > width // 4) & (xx < 3 * width // 4))
     return image, mask.astype(np.uint8)
-
-
-def image_hw(image_size: int | list[int]) -> tuple[int, int]:
-    """``data.image_size`` (one number or [height, width]) as (height, width)."""
-    return (int(image_size), int(image_size)) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
 
 
 def build_augmenter(spec: list, *, task: str, random_order: bool = False, key: str = "augment") -> Any:

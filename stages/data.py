@@ -158,7 +158,8 @@ def load_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
-def _size(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """``data.image_size`` (one number or [height, width]) as (height, width)."""
     if isinstance(image_size, int):
         return image_size, image_size
     height, width = image_size
@@ -181,7 +182,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.class_names = list(manifest.class_names)
         self.entries = list(manifest.splits[split])
         self.root = Path(root)
-        self.height, self.width = _size(image_size)
+        self.height, self.width = image_hw(image_size)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import PipelineError
+
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+
+def resolve_device(name: str, *, key: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for an absent CUDA device is an error
+    naming the params ``key``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"{key} is {name!r} but no CUDA device is available; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PipelineError(f"{key} is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, *,

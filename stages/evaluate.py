@@ -35,8 +35,8 @@ from pipeline.errors import PipelineError
 from pipeline.stage import run_stage
 from stages import plots
 from stages.augment import build_transform
-from stages.data import ManifestDataset, load_manifest
-from stages.device_batch import to_device
+from stages.data import ManifestDataset, image_hw, load_manifest
+from stages.device_batch import resolve_device, to_device
 from stages.loss import build_loss
 from stages.metrics import confusion_counts, make_meter, predict, segmentation_metrics
 from stages.model import load_initial_model
@@ -66,19 +66,6 @@ def read_run_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"evaluate.device is {name!r} but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    return (image_size, image_size) if isinstance(image_size, int) else (image_size[0], image_size[1])
-
-
 def _confusion_csv(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -103,7 +90,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
                             "re-run the pipeline (dvc repro)")
     weights = _require(root / WEIGHTS, "run the train stage first (dvc repro)")
     run_id = read_run_info(root / RUN_INFO).get("run_id")
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], key="evaluate.device")
     plan = resolve_precision(view["precision"], device)
     dataset = ManifestDataset(manifest, "test", root=view.resolve_path(manifest.root),
                               image_size=view["data.image_size"],
@@ -127,7 +114,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         loss_fn = build_loss(view["loss"], task=task, num_outputs=outputs)
         names = _class_names(manifest.class_names, k)
         results = _run_test_set(model, dataset, loss_fn, plan, device, cfg, task=task,
-                                class_names=names, image_hw=_image_hw(view["data.image_size"]))
+                                class_names=names, image_hw=image_hw(view["data.image_size"]))
         with atomic_dir(root / OUT) as staging:  # all four files, or none of them
             metrics = _write_outputs(staging, task, names, manifest.splits["test"], results)
         run.log_metrics(mlflow_metrics(metrics), step=0)

@@ -29,7 +29,7 @@ from pipeline.stage import run_stage
 from stages import checkpoint
 from stages.augment import OfflineCacheDataset, build_transform
 from stages.data import ManifestDataset, load_manifest
-from stages.device_batch import to_device
+from stages.device_batch import resolve_device, to_device
 from stages.loss import build_loss
 from stages.metrics import make_meter
 from stages.model import load_initial_model, parameter_groups, save_model
@@ -47,16 +47,6 @@ CACHE = Path("outputs/augment/cache")
 PREVIEW = Path("outputs/augment/preview.png")
 INIT = Path("outputs/model/init.safetensors")
 OUT = Path("outputs/train")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
-    return device
 
 
 def resolve_monitor(task: str, monitor: str, mode: str) -> tuple[str, str]:
@@ -134,7 +124,7 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
          fp: str) -> dict[str, Any]:
     cfg, task, root = view["train"], view["data.task"], view.root
     manifest = load_manifest(root / MANIFEST)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], key="train.device")
     if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
         torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg["deterministic"]
