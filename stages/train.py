@@ -73,6 +73,23 @@ def _loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuffle:
         prefetch_factor=4 if workers else None)
 
 
+def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, plan: Any, *,
+                    grad_clip: float | None, accumulate: int) -> Any:
+    """The one training step the loop (and the throughput benchmark) runs: uint8 batch -> device,
+    forward under autocast, float32 loss, backward, and when ``apply`` the optimizer step (unscale,
+    clip, step). Returns ``(detached loss, stepped)``; nothing here syncs with the host."""
+
+    def step(images: torch.Tensor, targets: torch.Tensor, *, apply: bool) -> tuple[torch.Tensor, bool]:
+        x, y = to_device(images, targets, plan.device, channels_last=plan.channels_last)
+        with plan.autocast():
+            logits = net(x)
+        loss = loss_fn(logits, y)
+        stepped = plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=grad_clip, step=apply)
+        return loss.detach(), stepped
+
+    return step
+
+
 def _evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Any, meter: Any, plan: Any,
               device: torch.device) -> dict[str, float]:
     model.eval()
@@ -175,6 +192,8 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
         if (root / PREVIEW).exists():
             run.log_artifact(root / PREVIEW, "augment")
 
+    train_step = make_train_step(net, loss_fn, optimizer, plan, grad_clip=cfg["grad_clip"],
+                                 accumulate=cfg["accumulate"])
     min_delta, patience = cfg["early_stopping"]["min_delta"], cfg["early_stopping"]["patience"]
     better = (lambda a, b: a < b - min_delta) if mode == "min" else (lambda a, b: a > b + min_delta)
     accumulate, log_every = cfg["accumulate"], cfg["log_every_steps"]
@@ -195,19 +214,14 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
         seen, started = 0, time.perf_counter()
         batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=None, file=sys.stdout)
         for step, (images, targets) in enumerate(batches):
-            x, y = to_device(images, targets, device, channels_last=plan.channels_last)
-            with plan.autocast():
-                logits = net(x)
-            loss = loss_fn(logits, y)
-            detached = loss.detach()
-            # The first non-finite step is recorded on the device and read back at log intervals only.
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
-            running += detached
             last = step + 1 == len(train_loader)
-            if plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=cfg["grad_clip"],
-                                      step=(step + 1) % accumulate == 0 or last):
+            loss, stepped = train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
+            if stepped:
                 schedule.step_batch()
-            seen += x.shape[0]
+            # The first non-finite step is recorded on the device and read back at log intervals only.
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            running += loss
+            seen += images.shape[0]
             if (step + 1) % log_every == 0 or last:
                 _raise_if_nonfinite(bad_step, epoch)
                 batches.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
