@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import tracking
-from pipeline.atomic import atomic_dir, atomic_path, write_json, write_text
+from pipeline.atomic import atomic_dir, write_json, write_text
 from pipeline.config import ParamsView, flatten
 from pipeline.errors import PipelineError
 from pipeline.stage import run_stage
@@ -72,11 +72,6 @@ def _confusion_csv(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _save_png(path: Path, image: Any) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
 
 
 def evaluate(view: ParamsView) -> dict[str, Any]:
@@ -201,7 +196,7 @@ def _write_outputs(out: Path, task: str, names: list[str], test_entries: Sequenc
         header = ("actual", "predicted")
     write_text(out / "confusion.csv", _confusion_csv(rows, header))
     unit = "test images" if task == "classification" else "test pixels"
-    _save_png(out / "confusion.png", plots.draw_confusion(matrix, names, title=f"confusion matrix, {unit}"))
+    plots.save_png(out / "confusion.png", plots.draw_confusion(matrix, names, title=f"confusion matrix, {unit}"))
     if task == "classification":
         drawn = plots.draw_classification_overlays(
             results["images"], [names[int(t)] for t in results["targets"]],
@@ -210,7 +205,7 @@ def _write_outputs(out: Path, task: str, names: list[str], test_entries: Sequenc
         captions = [f"{Path(entry['image']).name}: dice {_image_dice(t, p, k):.3f}"
                     for entry, t, p in zip(test_entries, results["targets"], results["preds"])]
         drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
-    _save_png(out / "overlays.png", drawn)
+    plots.save_png(out / "overlays.png", drawn)
     write_json(out / "metrics.json", metrics)
     return metrics
 

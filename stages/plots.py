@@ -5,12 +5,16 @@ Every function returns a ``PIL.Image`` and reads nothing from disk, so the stage
 """
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.atomic import write_bytes
 
 TILE = 160          # longest side of one drawn image, px
 PAD = 6             # gap between tiles
@@ -158,4 +162,46 @@ def draw_classification_overlays(images: Sequence[np.ndarray], truths: Sequence[
 def _empty(message: str) -> Image.Image:
     img = Image.new("RGB", (_text_width(message) + 2 * PAD, CAPTION + 2 * PAD), WHITE)
     ImageDraw.Draw(img).text((PAD, PAD), message, fill=GREY, font=_font())
+    return img
+
+
+def save_png(path: str | Path, image: Image.Image | np.ndarray) -> None:
+    """Write a picture (PIL image or HxWx3 uint8 array) as PNG, atomically."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    write_bytes(path, buffer.getvalue())
+
+
+def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: int = 300) -> Image.Image:
+    """Per-epoch curves: losses on the left panel, validation scores (0..1) on the right."""
+    panels = [("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
+              ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"])]
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    img = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(img)
+    panel_w = width // 2
+    for p, (title, keys) in enumerate(panels):
+        x0, y0 = p * panel_w + 4 * PAD, CAPTION + PAD
+        x1, y1 = (p + 1) * panel_w - PAD, height - CAPTION - PAD
+        draw.text((x0, PAD // 2), title, fill=BLACK, font=_font())
+        draw.rectangle([x0, y0, x1, y1], outline=GREY)
+        values = [r[k] for r in rows for k in keys if math.isfinite(r[k])]
+        if not values:
+            continue
+        low, high = (0.0, 1.0) if title == "validation" else (min(values), max(values))
+        high = high if high > low else low + 1.0
+        draw.text((x0 - PAD, y0), f"{high:.3g}", anchor="ra", fill=GREY, font=_font())
+        draw.text((x0 - PAD, y1), f"{low:.3g}", anchor="rd", fill=GREY, font=_font())
+        draw.text(((x0 + x1) / 2, y1 + PAD), "epoch", anchor="ma", fill=GREY, font=_font())
+        span = max(len(rows) - 1, 1)
+        for c, key in enumerate(keys):
+            colour = colours[c % len(colours)]
+            points = [(x0 + (x1 - x0) * i / span, y1 - (y1 - y0) * (r[key] - low) / (high - low))
+                      for i, r in enumerate(rows) if math.isfinite(r[key])]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            draw.text((x0 + PAD + c * 110, y0 + PAD), key, fill=colour, font=_font())
     return img

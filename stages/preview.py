@@ -6,7 +6,6 @@ mask that does not follow its image is visible at a glance.
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.atomic import write_bytes
 from pipeline.seeding import seed_everything
+from stages.plots import save_png
 
 GAP = 2                 # pixels of white between cells
 MASK_ALPHA = 0.45       # opacity of the mask overlay
@@ -89,6 +88,4 @@ def preview_rows(base: Sequence[tuple[torch.Tensor, torch.Tensor]],
 
 def write_png(path: str | Path, picture: np.ndarray) -> None:
     """Write an HxWx3 uint8 array as PNG, atomically."""
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG", optimize=True)
-    write_bytes(path, buffer.getvalue())
+    save_png(path, picture)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,6 +33,7 @@ from stages.data import ManifestDataset, load_manifest
 from stages.device_batch import resolve_device, to_device
 from stages.loss import build_loss
 from stages.metrics import make_meter
+from stages.plots import draw_history, save_png
 from stages.model import load_initial_model, parameter_groups, save_model
 from stages.optim import build_optimizer
 from stages.precision import resolve_precision
@@ -259,7 +261,10 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
                f"best_{monitor}": best, "stopped_early": stopped_early}
     write_json(out / "metrics.json", metrics)
     write_json(out / "run.json", {"run_id": run.run_id, "tracking_uri": run.uri})
-    run.log_artifact(out / "history.csv", "train")
+    save_png(out / "history.png", draw_history(history))
+    write_text(out / "params.resolved.yaml", yaml.safe_dump(view.all_params(), sort_keys=False))
+    for name in ("history.csv", "history.png", "params.resolved.yaml"):
+        run.log_artifact(out / name, "train")
     run.log_artifact(out / "best.safetensors", "model")
     print(f"train: best {monitor} {best:.4f} at epoch {best_epoch}; weights in {out / 'best.safetensors'}")
     return metrics

@@ -47,3 +47,32 @@ def test_stage_code_is_a_dependency(name):
     stage = STAGES[name]
     module_file = stage["cmd"].split()[2].replace(".", "/") + ".py"
     assert module_file in stage.get("deps", []), f"{name}: its own module is not a dep"
+
+
+def _stage_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    """Every ``stages.*`` module ``module`` imports, transitively (read from source, not executed)."""
+    import ast
+
+    seen = set() if seen is None else seen
+    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            if name.startswith("stages.") and (REPO / (name.replace(".", "/") + ".py")).exists() and name not in seen:
+                seen.add(name)
+                _stage_imports(name, seen)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_module_the_code_imports_is_a_dependency(name):
+    """Editing a helper module (say stages/plots.py) must re-run the stages that use it."""
+    stage = STAGES[name]
+    module = stage["cmd"].split()[2]
+    needed = {m.replace(".", "/") + ".py" for m in _stage_imports(module)}
+    missing = sorted(needed - set(stage.get("deps", [])))
+    assert not missing, f"{name}: dvc.yaml deps lack {missing}"
