@@ -169,3 +169,37 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, dataset):
             {a.path for a in client.list_artifacts(run_id, "model")}
     assert {"train/history.csv", "model/best.safetensors"} <= names
     assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
+
+
+def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, dataset, mlflow_server):
+    """One pipeline run = one MLflow run on a real `mlflow server`: every param, per-epoch history,
+    test metrics and the artifacts of both stages, queried back through MlflowClient."""
+    from mlflow import MlflowClient
+
+    from pipeline.config import flatten
+    from pipeline.tracking import sanitize_key
+    from stages import evaluate as evaluate_stage
+
+    params = make_workspace(tmp_path, dataset, **{"tracking.enabled": True, "tracking.uri": mlflow_server.uri,
+                                                  "tracking.experiment": "server-e2e", "train.epochs": 2})
+    env = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        assert train_stage.main(["--params", str(params)]) == 0
+        assert evaluate_stage.main(["--params", str(params)]) == 0
+    finally:
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+    run_id = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    expected = {sanitize_key(k) for k in flatten(yaml.safe_load(params.read_text()))}
+    assert expected <= set(run.data.params), sorted(expected - set(run.data.params))[:5]
+    history_ = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history_] == [1, 2]
+    assert 0.0 <= run.data.metrics["test_dice"] <= 1.0
+    artifacts = {a.path for folder in ("train", "model", "augment", "evaluate")
+                 for a in client.list_artifacts(run_id, folder)}
+    assert {"train/history.csv", "train/history.png", "train/params.resolved.yaml",
+            "model/best.safetensors"} <= artifacts
+    assert any(a.startswith("evaluate/") and a.endswith("overlays.png") for a in artifacts), artifacts
