@@ -42,8 +42,9 @@ class Registry:
     """Name -> implementation for one kind of thing (``losses``, ``schedulers``, ...)."""
 
     def __init__(self, kind: str, *, provider: Callable[[], dict[str, Any]] | None = None,
-                 allow_import_paths: bool = True):
+                 allow_import_paths: bool = True, noun: str | None = None):
         self.kind = kind
+        self.noun = noun or (kind[:-1] if kind.endswith("s") else kind)  # "losses" needs noun="loss"
         self._entries: dict[str, Any] = {}
         self._provider = provider
         self._provided: dict[str, Any] | None = None
@@ -85,7 +86,7 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         hint = did_you_mean(name, self._all())
         extra = " or 'module.path:attr' for your own" if self.allow_import_paths else ""
-        return f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}{hint}; " \
+        return f"unknown {self.noun} {name!r}{hint}; " \
                f"`python -m pipeline list {self.kind}` lists them{extra}"
 
     def describe(self, name: str) -> str:

@@ -25,7 +25,7 @@ from pipeline.checks import semantic_check
 from pipeline.errors import PipelineError, Problem
 from pipeline.registry import Registry, is_import_path, signature_problems
 
-losses = Registry("losses")
+losses = Registry("losses", noun="loss")
 BINARY, MULTICLASS = "binary", "multiclass"
 
 

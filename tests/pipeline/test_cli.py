@@ -69,3 +69,14 @@ def test_show_unknown_section():
 def test_list_unknown_kind():
     result = run_cli("list", "lossess")
     assert result.returncode == 2 and "unknown kind" in result.stderr
+
+
+def test_unknown_registry_name_reads_naturally(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("  name: dice_bce ", "  name: focl     ", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    for name in ("data", "weights"):
+        (tmp_path / name).symlink_to(REPO / name)
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2
+    assert "loss.name: unknown loss 'focl' (did you mean 'focal'?)" in result.stderr, result.stderr
