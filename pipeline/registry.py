@@ -85,7 +85,7 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         hint = did_you_mean(name, self._all())
-        extra = " or 'module.path:attr' for your own" if self.allow_import_paths else ""
+        extra = "; for your own, 'module.path:attr'" if self.allow_import_paths else ""
         return f"unknown {self.noun} {name!r}{hint}; " \
                f"`python -m pipeline list {self.kind}` lists them{extra}"
 
