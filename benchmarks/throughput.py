@@ -1,0 +1,378 @@
+"""Throughput: the train stage against a raw PyTorch loop, and the data path, in images/s.
+
+Measures in one process, on one device, with one model, batch size and precision:
+
+  (a) raw_loop    a plain loop on float tensors already normalised on the device (the ceiling):
+                  autocast forward, float32 loss, backward, clip, step; same channels_last/compile;
+  (b) train_step  the train stage's own step (``stages.train.make_train_step``) on the same synthetic
+                  data, as uint8 on the host the way the loader gives it (pinned memory on CUDA);
+  (c) data        ManifestDataset + the params.yaml training augmentation + a DataLoader with
+                  ``--workers`` persistent workers (prefetch, pin_memory on CUDA), no model: the
+                  second epoch of the split's train set (``--offline``: the offline cache instead);
+  (d) end_to_end  ``python -m stages.train`` in a temp workspace (the split and model stages run first,
+                  tracking off), two epochs of about ``--steps`` batches each: the second epoch's
+                  ``images_per_s`` from the stage's own history (the first pays for start-up).
+
+and prints the ratios b/a (target 0.95 on a GPU) and d/min(a, c) (target 0.9). On CUDA it also counts
+the host syncs per step of (a) and (b) (``torch.cuda.set_sync_debug_mode``). Not a test: run by hand.
+
+    python benchmarks/throughput.py --smoke                      # CPU: tiny U-Net, seconds
+    python benchmarks/throughput.py --model unet --image-size 256 --batch 32 --precision bf16
+    python benchmarks/throughput.py --model resnet50 --image-size 224 --batch 256 --compile --json r.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from pipeline.atomic import write_json  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
+from stages import augment as augment_stage, model as model_stage, split as split_stage  # noqa: E402
+from stages import train as train_stage  # noqa: E402
+from stages.augment import OfflineCacheDataset, build_transform  # noqa: E402
+from stages.data import ManifestDataset, load_manifest  # noqa: E402
+from stages.device_batch import resolve_device  # noqa: E402
+from stages.loss import build_loss  # noqa: E402
+from stages.model import load_initial_model, parameter_groups  # noqa: E402
+from stages.optim import build_optimizer  # noqa: E402
+from stages.precision import resolve_precision  # noqa: E402
+
+SMOKE = {"model": "unet", "image_size": 32, "batch": 4, "steps": 6, "warmup": 2, "workers": 2,
+         "unet_base_channels": 4, "unet_depth": 2}
+LABELS = {"raw_loop": "(a) raw PyTorch loop, synthetic", "train_step": "(b) train stage's step, synthetic",
+          "data": "(c) data path alone", "end_to_end": "(d) train stage end to end"}
+RATIOS = {"b/a": ("train_step", ("raw_loop",)), "d/min(a,c)": ("end_to_end", ("raw_loop", "data"))}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["unet"]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="unet", help="unet (classic), unet/<timm encoder>, a torchvision "
+                   "name (resnet50) or timm/<name>; non-U-Nets train on data/shapes-cls")
+    p.add_argument("--image-size", type=int, default=None, help="square side (default 256, smoke 32)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 32, smoke 4)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: auto (on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs, at most 16)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps/batches per figure (default 50)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, 20 with --compile)")
+    p.add_argument("--unet-base-channels", type=int, default=None,
+                   help=f"classic U-Net width (default params.yaml's {defaults['base_channels']}, smoke 4)")
+    p.add_argument("--unet-depth", type=int, default=None,
+                   help=f"U-Net levels (default params.yaml's {defaults['depth']}, smoke 2)")
+    p.add_argument("--offline", action="store_true", help="(c) and (d) read the offline augmentation cache")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--smoke", action="store_true", help="tiny U-Net, 32 px, batch 4, a few steps (CPU test)")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    fallback = {"image_size": 256, "batch": 32, "steps": 50, "warmup": 20 if args.compile else 5,
+                "workers": min(cpus, 16), "unet_base_channels": defaults["base_channels"],
+                "unet_depth": defaults["depth"]}
+    for key, value in fallback.items():
+        if getattr(args, key) is None:
+            setattr(args, key, SMOKE[key] if args.smoke and key in SMOKE else value)
+    return args
+
+
+# --- the temp workspace: the stages themselves build the split and the initial weights ----------
+
+def model_settings(name: str) -> dict[str, Any]:
+    """params.yaml overrides for ``--model``: a U-Net segments shapes-seg, anything else classifies
+    shapes-cls."""
+    if name == "unet" or name.startswith("unet/"):
+        return {"model.source": "unet", "model.name": name.partition("/")[2] or "classic",
+                "data.task": "segmentation", "dataset": "shapes-seg", "data.num_classes": 2}
+    source, _, model = name.rpartition("/")
+    return {"model.source": source or "torchvision", "model.name": model, "data.task": "classification",
+            "dataset": "shapes-cls", "data.num_classes": None,
+            "loss": {"name": "cross_entropy", "params": {}, "terms": []}}
+
+
+def _copy_repeated(src: Path, dst: Path, repeat: int) -> None:
+    """``src`` into ``dst`` ``repeat`` times (name suffix ``_rK``), hard-linked where possible."""
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        for k in range(repeat):
+            target = dst / path.relative_to(src).with_stem(f"{path.stem}_r{k}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)
+
+
+def _set(params: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        params = params.setdefault(part, {})
+    params[last] = value
+
+
+def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
+    """params.yaml (the repo's, with the benchmark's settings, tracking off) and a dataset sized so
+    that an epoch is about ``--steps`` batches; the split and model stages (and with ``--offline``
+    the augment stage) run on it. Returns the params path."""
+    overrides = model_settings(args.model)
+    src = REPO / "data" / overrides.pop("dataset")
+    images = sum(1 for p in src.rglob("*.png") if "masks" not in p.parts)
+    train_n, val_n = args.steps * args.batch + max(1, args.batch // 2), max(args.batch, 8)
+    repeat = -(-(train_n + val_n + 2) // images)
+    total = images * repeat
+    _copy_repeated(src, ws / "data", repeat)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    overrides.update({
+        "data.root": "data", "data.image_size": [args.image_size] * 2,
+        "split.fractions": {"train": train_n / total, "val": val_n / total,
+                            "test": 1 - train_n / total - val_n / total},
+        "augment.offline": {**params["augment"]["offline"], "enabled": args.offline, "copies": 2},
+        "model.pretrained": False, "model.freeze": "none", "model.num_classes": None,
+        "model.unet": {**params["model"]["unet"], "base_channels": args.unet_base_channels,
+                       "depth": args.unet_depth},
+        "precision.dtype": args.precision, "precision.compile": args.compile,
+        "precision.channels_last": "auto" if args.channels_last is None else args.channels_last,
+        "train.epochs": 2, "train.batch_size": args.batch, "train.workers": args.workers,
+        "train.device": args.device, "train.resume": False, "train.accumulate": 1,
+        "train.early_stopping.patience": None, "tracking.enabled": False})
+    for key, value in overrides.items():
+        _set(params, key, value)
+    path = ws / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = [split_stage] + ([augment_stage] if args.offline else []) + [model_stage]
+    for stage in stages:
+        if stage.main(["--params", str(path)]) != 0:
+            raise PipelineError(f"the {stage.__name__} stage failed on the benchmark workspace {ws}")
+    return path
+
+
+# --- the four measurements ----------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_rate(run_one: Callable[[], Any], *, steps: int, warmup: int, batch: int,
+               device: torch.device) -> float:
+    """images/s of ``steps`` calls after ``warmup`` untimed ones, the device synced around the timing."""
+    for _ in range(warmup):
+        run_one()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run_one()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - started)
+
+
+def host_syncs_per_step(run_one: Callable[[], Any], steps: int = 3) -> float | None:
+    """CUDA only: synchronising calls per step, as ``torch.cuda.set_sync_debug_mode`` reports them."""
+    if not torch.cuda.is_available() or torch.cuda.get_sync_debug_mode() is None:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                run_one()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
+def synthetic_batch(task: str, batch: int, size: int, num_outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N,3,H,W] and targets as the DataLoader gives them (seg: uint8 masks, cls: int64)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    if task == "segmentation":
+        classes = max(num_outputs, 2)
+        targets = torch.randint(0, classes, (batch, size, size), dtype=torch.uint8, generator=generator)
+    else:
+        targets = torch.randint(0, num_outputs, (batch,), dtype=torch.int64, generator=generator)
+    return images, targets
+
+
+def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tuple[float, float | None]:
+    """(a): plain PyTorch on float tensors already normalised on the device."""
+    model, info = load_initial_model(init)
+    device, cfg, opt_cfg = plan.device, view["train"], view["optimizer"]
+    net = model.to(device)
+    if plan.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if plan.compile:
+        net = torch.compile(net)
+    net.train()
+    images, targets = synthetic_batch(view["data.task"], args.batch, args.image_size, info.num_outputs)
+    x = torch.randn(images.shape, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if plan.channels_last else x
+    y = targets.to(device).long()
+    loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = getattr(torch.optim, opt_cfg["name"])(params, lr=opt_cfg["lr"], **opt_cfg["params"])
+    scaler = torch.amp.GradScaler(device.type, enabled=plan.dtype == torch.float16)
+    autocast = torch.autocast(device.type, dtype=plan.dtype, enabled=plan.dtype != torch.float32)
+
+    def step() -> None:
+        with autocast:
+            logits = net(x)
+        scaler.scale(loss_fn(logits, y)).backward()
+        if cfg["grad_clip"] is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    rate = timed_rate(step, steps=args.steps, warmup=args.warmup, batch=args.batch, device=device)
+    return rate, host_syncs_per_step(step) if device.type == "cuda" else None
+
+
+def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tuple[float, float | None]:
+    """(b): ``make_train_step`` with the stage's loss and optimizer, uint8 batches from the host."""
+    model, info = load_initial_model(init)
+    net = plan.prepare_model(model)
+    net.train()
+    loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)
+    optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
+    step_fn = train_stage.make_train_step(net, loss_fn, optimizer, plan, grad_clip=view["train"]["grad_clip"],
+                                          accumulate=1)
+    images, targets = synthetic_batch(view["data.task"], args.batch, args.image_size, info.num_outputs)
+    if plan.device.type == "cuda":
+        images, targets = images.pin_memory(), targets.pin_memory()
+
+    def step() -> None:
+        step_fn(images, targets, apply=True)
+
+    rate = timed_rate(step, steps=args.steps, warmup=args.warmup, batch=args.batch, device=plan.device)
+    return rate, host_syncs_per_step(step) if plan.device.type == "cuda" else None
+
+
+def data_path(view: Any, root: Path, device: torch.device, args: argparse.Namespace) -> float:
+    """(c): the second epoch of persistent workers over the train split (the first starts them)."""
+    if args.offline:
+        dataset = OfflineCacheDataset(root / "outputs/augment/cache")
+    else:
+        manifest = load_manifest(root / "outputs/split/manifest.json")
+        transform = build_transform(view["augment.train"], task=view["data.task"],
+                                    random_order=view["augment.random_order"])
+        dataset = ManifestDataset(manifest, "train", root=view.resolve_path(manifest.root),
+                                  image_size=view["data.image_size"], transform=transform)
+    workers = args.workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True,
+        worker_init_fn=worker_init_fn if workers else None, generator=loader_generator(0),
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    for _ in loader:  # warm-up epoch: starts the workers
+        pass
+    started, seen = time.perf_counter(), 0
+    for images, _ in loader:
+        seen += images.shape[0]
+    rate = seen / (time.perf_counter() - started)
+    del loader  # stops the persistent workers before (d) starts its own
+    gc.collect()
+    return rate
+
+
+def end_to_end(params_path: Path) -> dict[str, Any]:
+    """(d): the train stage itself; its history's images_per_s of epoch 2 (epoch 1 includes start-up)."""
+    started = time.perf_counter()
+    if train_stage.main(["--params", str(params_path)]) != 0:
+        raise PipelineError("the train stage failed on the benchmark workspace")
+    wall = time.perf_counter() - started
+    with open(params_path.parent / "outputs/train/history.csv", newline="") as fh:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return {"images_per_s": history[-1]["images_per_s"], "epochs": len(history), "stage_wall_s": wall,
+            "source": "history.csv images_per_s of epoch 2 (train loop only; epoch 1 is warm-up)"}
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
+    device = resolve_device(args.device, key="--device")
+    # Resolved before any work, so an impossible setting (fp16 on a CPU) fails at once.
+    plan = resolve_precision({"dtype": args.precision, "compile": args.compile, "tf32": True,
+                              "channels_last": "auto" if args.channels_last is None else args.channels_last},
+                             device)
+    params_path = build_workspace(ws, args)
+    view = load_params(params_path).view(train_stage.PARAMS + ("model.source",), stage="throughput")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the train stage sets it (not deterministic)
+    init = ws / "outputs/model/init.safetensors"
+    figures, syncs = {}, {}
+    figures["raw_loop"], syncs["raw_loop"] = raw_loop(view, init, plan, args)
+    gc.collect()
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    figures["train_step"], syncs["train_step"] = stage_step(view, init, plan, args)
+    gc.collect()
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    figures["data"] = data_path(view, ws, device, args)
+    e2e = end_to_end(params_path)
+    figures["end_to_end"] = e2e.pop("images_per_s")
+    ratios = {name: figures[num] / min(figures[d] for d in dens) for name, (num, dens) in RATIOS.items()}
+    settings = {"model": args.model, "source": view["model.source"], "task": view["data.task"],
+                "image_size": args.image_size, "batch": args.batch, "precision": plan.name,
+                "channels_last": plan.channels_last, "compile": plan.compile, "workers": args.workers,
+                "steps": args.steps, "warmup": args.warmup, "offline_cache": args.offline,
+                "optimizer": view["optimizer"]["name"], "loss": view["loss"]["name"],
+                "grad_clip": view["train"]["grad_clip"]}
+    if view["model.source"] == "unet":
+        settings["unet"] = {"base_channels": args.unet_base_channels, "depth": args.unet_depth}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy host skews CPU figures
+    return {"device": device_name(device), "torch": torch.__version__, "settings": settings, "load_average": load,
+            "images_per_s": figures, "ratios": ratios, "end_to_end": e2e,
+            "host_syncs_per_step": syncs if device.type == "cuda" else None}
+
+
+def print_report(result: dict[str, Any]) -> None:
+    load = "" if result["load_average"] is None else f"; load average {result['load_average']:.1f}"
+    print(f"\ndevice: {result['device']}; torch {result['torch']}{load}")
+    print("settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
+    print(f"{'':40s} {'images/s':>10s}")
+    for key, label in LABELS.items():
+        print(f"{label:40s} {result['images_per_s'][key]:10.1f}")
+    for name, value in result["ratios"].items():
+        print(f"{'ratio ' + name:40s} {value:10.3f}")
+    if result["host_syncs_per_step"]:
+        print("host syncs per step: " + ", ".join(f"{k} {v:g}" for k, v in result["host_syncs_per_step"].items()))
+    print(f"(d) is {result['end_to_end']['source']}; the stage took {result['end_to_end']['stage_wall_s']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+            result = measure(args, Path(tmp))
+    except PipelineError as exc:
+        print(f"throughput: error: {exc}", file=sys.stderr)
+        return 2
+    print_report(result)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
