@@ -44,15 +44,26 @@ def torchrun(params: Path, env: dict[str, str] | None = None, timeout: float = 1
                           capture_output=True, text=True, timeout=timeout, **popen)
 
 
-def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(tmp_path, dataset):
+RUN = {"train.epochs": 3, "train.accumulate": 2}  # the uninterrupted run the resume test compares with
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, dataset) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted 2-rank run with an MLflow store and the per-rank sample lists."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_workspace(tmp_path, dataset, **RUN, **{"tracking.enabled": True, "tracking.uri": uri,
+                                                         "tracking.experiment": "ddp"})
+    return params, torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
+
+
+def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(ddp_run):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = make_workspace(tmp_path, dataset, **{"train.epochs": 2, "tracking.enabled": True,
-                                                  "tracking.uri": uri, "tracking.experiment": "ddp"})
-    done = torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
+    params, done = ddp_run
+    tmp_path, uri = params.parent, f"sqlite:///{params.parent / 'mlflow.db'}"
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("effective batch 8; lr 0.01") == 1, done.stdout
+    assert done.stdout.count("2 process(es) x batch 4 x accumulate 2 = effective batch 16; lr 0.01") == 1
     assert done.stdout.count("train: best val_dice") == 1
 
     lines = {rank: (tmp_path / f"samples/rank{rank}.txt").read_text().splitlines() for rank in (0, 1)}
@@ -62,15 +73,15 @@ def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(tmp_path, data
         assert e0 == e1 and len(a) == len(b) == 22  # 45 training images: 22 each, one left over
         assert not set(a) & set(b), f"epoch {e0}: ranks share samples"
         epochs.append(a)
-    assert len(epochs) == 2 and epochs[0] != epochs[1], "set_epoch did not reshuffle"
+    assert len(epochs) == 3 and epochs[0] != epochs[1], "set_epoch did not reshuffle"
 
     out = tmp_path / "outputs/train"
-    assert [r["epoch"] for r in history(params)] == [1, 2]
+    assert [r["epoch"] for r in history(params)] == [1, 2, 3]
     run_id = yaml.safe_load((out / "run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2, 3]
     assert runs[0].data.params["train.devices"] == "auto"
 
 
@@ -94,12 +105,10 @@ def test_matches_single_process_with_the_same_effective_batch(tmp_path, dataset)
         assert x["lr"] == y["lr"]
 
 
-def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, dataset):
-    overrides = {"train.epochs": 3, "train.accumulate": 2}
-    whole = make_workspace(tmp_path / "whole", dataset, **overrides)
-    assert torchrun(whole).returncode == 0
-
-    cut = make_workspace(tmp_path / "cut", dataset, **overrides)
+def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, dataset, ddp_run):
+    whole, finished = ddp_run
+    assert finished.returncode == 0
+    cut = make_workspace(tmp_path / "cut", dataset, **RUN)  # tracking is not part of the fingerprint
     ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([*TORCHRUN, "-m", "stages.train", "--params", str(cut)], cwd=REPO, env=env,
