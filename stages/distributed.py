@@ -96,9 +96,9 @@ def setup(devices: int | str, device: torch.device) -> tuple[Context, torch.devi
 
 
 def teardown(ctx: Context) -> None:
-    """Leave the process group (after every rank is done, so none is left waiting)."""
+    """Leave the process group. No barrier: rank 0 may still be uploading to MLflow, and torchrun
+    waits for every rank to exit anyway."""
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -160,10 +160,36 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_min(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
-    if ctx.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return tensor
+def earliest_step(bad_step: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The earliest non-finite step over all ranks (-1: none), so every rank stops on the same one."""
+    if not ctx.enabled:
+        return bad_step
+    never = torch.iinfo(torch.long).max
+    earliest = torch.where(bad_step < 0, never, bad_step)
+    dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+    return torch.where(earliest == never, -1, earliest)
+
+
+def reduce_meter(meter: Any, total: torch.Tensor, count: int, ctx: Context) -> tuple[torch.Tensor, int]:
+    """Sum a validation meter's confusion matrix, loss sum and sample count over ranks (in place for
+    the meter): every rank then computes the metrics of the whole split."""
+    if not ctx.enabled:
+        return total, count
+    k = meter.num_classes
+    if meter.confusion is None:  # a rank with no validation samples
+        meter.confusion = torch.zeros(k, k, dtype=torch.int64, device=total.device)
+    dist.all_reduce(meter.confusion, op=dist.ReduceOp.SUM)
+    sums = torch.stack([total.double(), torch.tensor(float(count), dtype=torch.float64, device=total.device)])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return sums[0], int(sums[1].item())
+
+
+def print_effective_batch(ctx: Context, batch_size: int, accumulate: int, lr: float, lr_factor: int) -> None:
+    """State once (rank 0) what one optimizer step sees and the learning rate it uses."""
+    if ctx.is_main:
+        scaled = f" (optimizer.lr {lr:g} x{lr_factor}, train.scale_lr)" if lr_factor > 1 else ""
+        print(f"train: {ctx.world_size} process(es) x batch {batch_size} x accumulate {accumulate} = "
+              f"effective batch {ctx.world_size * batch_size * accumulate}; lr {lr * lr_factor:g}{scaled}")
 
 
 def write_debug_samples(sampler: Sampler[int] | None, ctx: Context, epoch: int) -> None:

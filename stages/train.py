@@ -112,13 +112,7 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Any, meter: A
             total += loss_fn(logits, y).detach().float() * x.shape[0]
             count += x.shape[0]
             meter.update(logits.float(), y)
-    if ctx.enabled:
-        k = meter.num_classes
-        meter.confusion = dist.all_reduce_sum(
-            meter.confusion if meter.confusion is not None else torch.zeros(k, k, dtype=torch.int64,
-                                                                            device=device), ctx)
-        sums = dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(count, device=device).double()]), ctx)
-        total, count = sums[0], int(sums[1].item())
+    total, count = dist.reduce_meter(meter, total, count, ctx)
     metrics = {f"val_{k}": v for k, v in meter.compute().items() if "/" not in k}
     metrics["val_loss"] = float(total.item() / max(count, 1))
     return metrics
@@ -196,10 +190,7 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
     lr_factor = ctx.world_size if cfg["scale_lr"] else 1
     for group in optimizer.param_groups:  # before the scheduler records its initial learning rates
         group["lr"] *= lr_factor
-    if ctx.is_main:
-        print(f"train: {ctx.world_size} process(es) x batch {cfg['batch_size']} x accumulate "
-              f"{cfg['accumulate']} = effective batch {ctx.world_size * cfg['batch_size'] * cfg['accumulate']}; "
-              f"lr {view['optimizer']['lr'] * lr_factor:g}" + (f" (scaled x{lr_factor})" if lr_factor > 1 else ""))
+    dist.print_effective_batch(ctx, cfg["batch_size"], cfg["accumulate"], view["optimizer"]["lr"], lr_factor)
     schedule = build_scheduler(view["scheduler"], optimizer, epochs=cfg["epochs"],
                                steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
                                monitor=monitor)
@@ -314,11 +305,7 @@ def _fit(view: ParamsView, run: Any, model: torch.nn.Module, info: Any, state: d
 
 def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, ctx: dist.Context = dist.SINGLE) -> None:
     """Stop on the first non-finite step; under DDP the ranks agree on the earliest one, so all stop."""
-    if ctx.enabled:
-        never = torch.iinfo(torch.long).max
-        bad_step = dist.all_reduce_min(torch.where(bad_step < 0, never, bad_step), ctx)
-        bad_step = torch.where(bad_step == never, -1, bad_step)
-    step = int(bad_step.item())
+    step = int(dist.earliest_step(bad_step, ctx).item())
     if step >= 0:
         raise PipelineError(
             f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr, "
