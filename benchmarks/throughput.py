@@ -7,14 +7,17 @@ Measures in one process, on one device, with one model, batch size and precision
   (b) train_step  the train stage's own step (``stages.train.make_train_step``) on the same synthetic
                   data, as uint8 on the host the way the loader gives it (pinned memory on CUDA);
   (c) data        ManifestDataset + the params.yaml training augmentation + a DataLoader with
-                  ``--workers`` persistent workers (prefetch, pin_memory on CUDA), no model: the
-                  second epoch of the split's train set (``--offline``: the offline cache instead);
+                  ``--workers`` persistent workers (prefetch, pin_memory on CUDA), no model, over
+                  the split's train set (``--offline``: the offline cache instead);
   (d) end_to_end  ``python -m stages.train`` in a temp workspace (the split and model stages run first,
                   tracking off), two epochs of about ``--steps`` batches each: the second epoch's
                   ``images_per_s`` from the stage's own history (the first pays for start-up).
 
-and prints the ratios b/a (target 0.95 on a GPU) and d/min(a, c) (target 0.9). On CUDA it also counts
-the host syncs per step of (a) and (b) (``torch.cuda.set_sync_debug_mode``). Not a test: run by hand.
+and prints the ratios b/a (target 0.95 on a GPU) and d/min(a, c) (target 0.9). Each of (a), (b) and
+(c) is warmed up, then timed ``--rounds`` times (``--steps`` batches each; (a) and (b) alternate) and
+its best round counts, so a busy host skews them alike. On CUDA it also counts the host syncs per step
+of (a) and (b) (``torch.cuda.set_sync_debug_mode``). On a shared CPU host, ``--threads 1`` gives steadier
+figures. Not a test: run it by hand (``--smoke`` is what tests/test_throughput.py runs).
 
     python benchmarks/throughput.py --smoke                      # CPU: tiny U-Net, seconds
     python benchmarks/throughput.py --model unet --image-size 256 --batch 32 --precision bf16
@@ -54,8 +57,8 @@ from stages.model import load_initial_model, parameter_groups  # noqa: E402
 from stages.optim import build_optimizer  # noqa: E402
 from stages.precision import resolve_precision  # noqa: E402
 
-SMOKE = {"model": "unet", "image_size": 32, "batch": 4, "steps": 6, "warmup": 2, "workers": 2,
-         "unet_base_channels": 4, "unet_depth": 2}
+SMOKE = {"model": "unet", "image_size": 32, "batch": 4, "steps": 5, "warmup": 2, "rounds": 2, "workers": 2,
+         "threads": 1, "unet_base_channels": 4, "unet_depth": 2}
 LABELS = {"raw_loop": "(a) raw PyTorch loop, synthetic", "train_step": "(b) train stage's step, synthetic",
           "data": "(c) data path alone", "end_to_end": "(d) train stage end to end"}
 RATIOS = {"b/a": ("train_step", ("raw_loop",)), "d/min(a,c)": ("end_to_end", ("raw_loop", "data"))}
@@ -75,18 +78,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs, at most 16)")
     p.add_argument("--steps", type=int, default=None, help="timed steps/batches per figure (default 50)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, 20 with --compile)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="(a) and (b) are timed alternately this many times; the best round counts (default 3)")
     p.add_argument("--unet-base-channels", type=int, default=None,
                    help=f"classic U-Net width (default params.yaml's {defaults['base_channels']}, smoke 4)")
     p.add_argument("--unet-depth", type=int, default=None,
                    help=f"U-Net levels (default params.yaml's {defaults['depth']}, smoke 2)")
     p.add_argument("--offline", action="store_true", help="(c) and (d) read the offline augmentation cache")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--smoke", action="store_true", help="tiny U-Net, 32 px, batch 4, a few steps (CPU test)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (default: torch's; smoke 1, steadier on a shared host)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny U-Net, 32 px, batch 4, a few steps, one thread (the CPU test)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fallback = {"image_size": 256, "batch": 32, "steps": 50, "warmup": 20 if args.compile else 5,
-                "workers": min(cpus, 16), "unet_base_channels": defaults["base_channels"],
+    fallback = {"image_size": 256, "batch": 32, "steps": 50, "rounds": 3, "warmup": 20 if args.compile else 5,
+                "workers": min(cpus, 16), "threads": None, "unet_base_channels": defaults["base_channels"],
                 "unet_depth": defaults["depth"]}
     for key, value in fallback.items():
         if getattr(args, key) is None:
@@ -120,13 +128,6 @@ def _copy_repeated(src: Path, dst: Path, repeat: int) -> None:
                 shutil.copyfile(path, target)
 
 
-def _set(params: dict[str, Any], key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    for part in parents:
-        params = params.setdefault(part, {})
-    params[last] = value
-
-
 def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
     """params.yaml (the repo's, with the benchmark's settings, tracking off) and a dataset sized so
     that an epoch is about ``--steps`` batches; the split and model stages (and with ``--offline``
@@ -153,7 +154,11 @@ def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
         "train.device": args.device, "train.resume": False, "train.accumulate": 1,
         "train.early_stopping.patience": None, "tracking.enabled": False})
     for key, value in overrides.items():
-        _set(params, key, value)
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
     path = ws / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     stages = [split_stage] + ([augment_stage] if args.offline else []) + [model_stage]
@@ -165,28 +170,34 @@ def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
 
 # --- the four measurements ----------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_rate(run_one: Callable[[], Any], *, steps: int, warmup: int, batch: int,
-               device: torch.device) -> float:
-    """images/s of ``steps`` calls after ``warmup`` untimed ones, the device synced around the timing."""
-    for _ in range(warmup):
-        run_one()
-    _sync(device)
+def timed_rate(run_one: Callable[[], Any], *, steps: int, batch: int, device: torch.device) -> float:
+    """images/s of ``steps`` calls, the device synced before and after (no sync inside)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
     started = time.perf_counter()
     for _ in range(steps):
         run_one()
-    _sync(device)
+    sync(device)
     return steps * batch / (time.perf_counter() - started)
 
 
-def host_syncs_per_step(run_one: Callable[[], Any], steps: int = 3) -> float | None:
-    """CUDA only: synchronising calls per step, as ``torch.cuda.set_sync_debug_mode`` reports them."""
-    if not torch.cuda.is_available() or torch.cuda.get_sync_debug_mode() is None:
-        return None
+def best_rates(steps_by_name: dict[str, Callable[[], Any]], args: argparse.Namespace,
+               device: torch.device) -> dict[str, float]:
+    """Warm every step up, then time them in alternating rounds and keep each one's best round: a
+    shared or busy host (and CPU clocks) then skews both alike instead of whichever ran first."""
+    for run_one in steps_by_name.values():
+        for _ in range(args.warmup):
+            run_one()
+    best = dict.fromkeys(steps_by_name, 0.0)
+    for _ in range(args.rounds):
+        for name, run_one in steps_by_name.items():
+            rate = timed_rate(run_one, steps=args.steps, batch=args.batch, device=device)
+            best[name] = max(best[name], rate)
+    return best
+
+
+def host_syncs_per_step(run_one: Callable[[], Any], steps: int = 3) -> float:
+    """CUDA: synchronising calls per step, as ``torch.cuda.set_sync_debug_mode`` reports them."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -210,7 +221,7 @@ def synthetic_batch(task: str, batch: int, size: int, num_outputs: int) -> tuple
     return images, targets
 
 
-def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tuple[float, float | None]:
+def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(a): plain PyTorch on float tensors already normalised on the device."""
     model, info = load_initial_model(init)
     device, cfg, opt_cfg = plan.device, view["train"], view["optimizer"]
@@ -241,11 +252,10 @@ def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tupl
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    rate = timed_rate(step, steps=args.steps, warmup=args.warmup, batch=args.batch, device=device)
-    return rate, host_syncs_per_step(step) if device.type == "cuda" else None
+    return step
 
 
-def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tuple[float, float | None]:
+def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(b): ``make_train_step`` with the stage's loss and optimizer, uint8 batches from the host."""
     model, info = load_initial_model(init)
     net = plan.prepare_model(model)
@@ -261,12 +271,11 @@ def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> tu
     def step() -> None:
         step_fn(images, targets, apply=True)
 
-    rate = timed_rate(step, steps=args.steps, warmup=args.warmup, batch=args.batch, device=plan.device)
-    return rate, host_syncs_per_step(step) if plan.device.type == "cuda" else None
+    return step
 
 
 def data_path(view: Any, root: Path, device: torch.device, args: argparse.Namespace) -> float:
-    """(c): the second epoch of persistent workers over the train split (the first starts them)."""
+    """(c): persistent workers over the train split, best epoch after the first (which starts them)."""
     if args.offline:
         dataset = OfflineCacheDataset(root / "outputs/augment/cache")
     else:
@@ -282,10 +291,12 @@ def data_path(view: Any, root: Path, device: torch.device, args: argparse.Namesp
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     for _ in loader:  # warm-up epoch: starts the workers
         pass
-    started, seen = time.perf_counter(), 0
-    for images, _ in loader:
-        seen += images.shape[0]
-    rate = seen / (time.perf_counter() - started)
+    rate = 0.0
+    for _ in range(args.rounds):  # the best of ``--rounds`` epochs, as for (a) and (b)
+        started, seen = time.perf_counter(), 0
+        for images, _ in loader:
+            seen += images.shape[0]
+        rate = max(rate, seen / (time.perf_counter() - started))
     del loader  # stops the persistent workers before (d) starts its own
     gc.collect()
     return rate
@@ -312,22 +323,24 @@ def device_name(device: torch.device) -> str:
 
 
 def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device")
-    # Resolved before any work, so an impossible setting (fp16 on a CPU) fails at once.
-    plan = resolve_precision({"dtype": args.precision, "compile": args.compile, "tf32": True,
-                              "channels_last": "auto" if args.channels_last is None else args.channels_last},
-                             device)
+    # Checked before any work, so an impossible setting (fp16 on a CPU) fails at once.
+    resolve_precision({"dtype": args.precision, "compile": args.compile,
+                       "channels_last": "auto" if args.channels_last is None else args.channels_last}, device)
     params_path = build_workspace(ws, args)
     view = load_params(params_path).view(train_stage.PARAMS + ("model.source",), stage="throughput")
+    plan = resolve_precision(view["precision"], device)  # exactly the plan the train stage makes
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as the train stage sets it (not deterministic)
     init = ws / "outputs/model/init.safetensors"
-    figures, syncs = {}, {}
-    figures["raw_loop"], syncs["raw_loop"] = raw_loop(view, init, plan, args)
+    steps = {"raw_loop": raw_loop(view, init, plan, args), "train_step": stage_step(view, init, plan, args)}
+    figures = best_rates(steps, args, device)
+    syncs = {name: host_syncs_per_step(step) for name, step in steps.items()} if device.type == "cuda" else None
+    del steps
     gc.collect()
-    torch.cuda.empty_cache() if device.type == "cuda" else None
-    figures["train_step"], syncs["train_step"] = stage_step(view, init, plan, args)
-    gc.collect()
-    torch.cuda.empty_cache() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     figures["data"] = data_path(view, ws, device, args)
     e2e = end_to_end(params_path)
     figures["end_to_end"] = e2e.pop("images_per_s")
@@ -335,7 +348,8 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     settings = {"model": args.model, "source": view["model.source"], "task": view["data.task"],
                 "image_size": args.image_size, "batch": args.batch, "precision": plan.name,
                 "channels_last": plan.channels_last, "compile": plan.compile, "workers": args.workers,
-                "steps": args.steps, "warmup": args.warmup, "offline_cache": args.offline,
+                "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                "threads": torch.get_num_threads(), "offline_cache": args.offline,
                 "optimizer": view["optimizer"]["name"], "loss": view["loss"]["name"],
                 "grad_clip": view["train"]["grad_clip"]}
     if view["model.source"] == "unet":
@@ -343,7 +357,7 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy host skews CPU figures
     return {"device": device_name(device), "torch": torch.__version__, "settings": settings, "load_average": load,
             "images_per_s": figures, "ratios": ratios, "end_to_end": e2e,
-            "host_syncs_per_step": syncs if device.type == "cuda" else None}
+            "host_syncs_per_step": syncs}
 
 
 def print_report(result: dict[str, Any]) -> None:
