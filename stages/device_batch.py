@@ -2,6 +2,8 @@
 traffic than float32, and the normalisation runs where the compute is. Train and evaluate share this."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from pipeline.errors import PipelineError
@@ -24,25 +26,28 @@ def resolve_device(name: str, *, key: str) -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=16)
+def _affine(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_uint8 * scale + shift == (x / 255 - mean) / std``, built once per device: creating the
+    constants on the device every step would be a blocking copy (a host sync) per batch."""
+    mean = torch.tensor((MEAN * channels)[:channels]).view(1, -1, 1, 1)
+    std = torch.tensor((STD * channels)[:channels]).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
+
+
 def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, *,
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
     non_blocking = device.type == "cuda"
     x = images.to(device, non_blocking=non_blocking)
     y = targets.to(device, non_blocking=non_blocking).long()
-    x = x.float().div_(255.0)
-    channels = x.shape[1]
-    mean = torch.tensor((MEAN * channels)[:channels], device=device)
-    std = torch.tensor((STD * channels)[:channels], device=device)
-    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
+        x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less memory to move
+    scale, shift = _affine(device, x.shape[1])
+    return torch.addcmul(shift, x.float(), scale), y
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_device`'s normalisation, back to uint8 (for drawing overlays)."""
-    channels = x.shape[1]
-    mean = torch.tensor((MEAN * channels)[:channels], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor((STD * channels)[:channels], device=x.device).view(1, -1, 1, 1)
-    return ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    scale, shift = _affine(x.device, x.shape[1])
+    return ((x.float() - shift) / scale).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,28 @@
+"""On-device normalisation: exact to float rounding, channels_last kept, invertible for drawing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from stages.device_batch import MEAN, STD, denormalise, resolve_device, to_device
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalisation_matches_the_formula_and_round_trips(channels_last):
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    targets = torch.randint(0, 2, (2, 8, 8), dtype=torch.uint8)
+    x, y = to_device(images, targets, torch.device("cpu"), channels_last=channels_last)
+    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.allclose(x, expected, atol=1e-6)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(denormalise(x), images)
+
+
+def test_absent_cuda_is_named_by_key():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device exists here")
+    with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA device"):
+        resolve_device("cuda", key="train.device")
+    assert resolve_device("auto", key="train.device").type == "cpu"
