@@ -74,21 +74,6 @@ def _resolve(schema: dict[str, Any], resolver: referencing.Resolver) -> tuple[di
     return schema, resolver
 
 
-def subschema(path: KeyPath) -> dict[str, Any] | None:
-    """The schema that describes the value at ``path`` (following properties/items), if any."""
-    root, registry = _bundle()
-    schema, resolver = _resolve(root, registry.resolver(base_uri=ROOT_SCHEMA))
-    for part in path:
-        if isinstance(part, int):
-            schema = schema.get("items") if isinstance(schema.get("items"), dict) else None
-        else:
-            schema = schema.get("properties", {}).get(part)
-        if not isinstance(schema, dict):
-            return None
-        schema, resolver = _resolve(schema, resolver)
-    return schema
-
-
 def fill_defaults(instance: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of ``instance`` with every schema default filled in where the key is absent."""
     root, registry = _bundle()

@@ -32,7 +32,3 @@ def run_stage(name: str, keys: Sequence[str], body: Callable[[ParamsView], None]
         return 130
     return 0
 
-
-def stage_main(name: str, keys: Sequence[str], body: Callable[[ParamsView], None]) -> None:
-    """``if __name__ == "__main__": stage_main(...)``: run and exit with the stage's status."""
-    sys.exit(run_stage(name, keys, body))
