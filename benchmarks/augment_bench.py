@@ -33,13 +33,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.config import load_params  # noqa: E402
+from pipeline.components import load_params  # noqa: E402
 from pipeline.seeding import loader_generator, seed_everything, worker_init_fn  # noqa: E402
-from stages.augment import OfflineCacheDataset, build_transform  # noqa: E402
-from stages.data import image_hw  # noqa: E402
-from stages.augment_cache import write_cache  # noqa: E402
-from stages.data import (IMAGE_EXTENSIONS, Manifest, ManifestDataset,  # noqa: E402
-                         segmentation_class_names)
+from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
+from pipeline.augment.build import build_transform
+from pipeline.data.dataset import image_hw  # noqa: E402
+from pipeline.augment.cache import write_cache  # noqa: E402
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.manifest import Manifest
+from pipeline.data.files import IMAGE_EXTENSIONS, segmentation_class_names
 
 
 class GeneratedDataset(Dataset):

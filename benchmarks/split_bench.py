@@ -1,7 +1,7 @@
 """Benchmark: how long the split stage's core takes on a large dataset of tiny files.
 
 Creates a dataset in a temp dir (distinct 16x16 PNGs; segmentation also writes one mask per image),
-then times :func:`stages.split.build_manifest` (files just written, so in the page cache, as on a
+then times :func:`pipeline.data.split.build_manifest` (files just written, so in the page cache, as on a
 machine that just unpacked its data). Prints wall time and CPU time (this process plus its worker
 processes): on a shared machine the wall time depends on the load, the CPU time much less. Not a
 test: run it by hand.
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stages.split import build_manifest  # noqa: E402
+from pipeline.data.split import build_manifest  # noqa: E402
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

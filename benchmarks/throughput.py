@@ -44,18 +44,21 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from pipeline.atomic import write_json  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.components import load_params  # noqa: E402
+from pipeline.config.errors import PipelineError  # noqa: E402
 from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
 from stages import augment as augment_stage, model as model_stage, split as split_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
-from stages.augment import OfflineCacheDataset, build_transform  # noqa: E402
-from stages.data import ManifestDataset, load_manifest  # noqa: E402
-from stages.device_batch import resolve_device  # noqa: E402
-from stages.loss import build_loss  # noqa: E402
-from stages.model import load_initial_model, parameter_groups  # noqa: E402
-from stages.optim import build_optimizer  # noqa: E402
-from stages.precision import resolve_precision  # noqa: E402
+from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
+from pipeline.augment.build import build_transform
+from pipeline.data.dataset import ManifestDataset  # noqa: E402
+from pipeline.data.manifest import load_manifest
+from pipeline.training.device import resolve_device  # noqa: E402
+from pipeline.training.loss import build_loss  # noqa: E402
+from pipeline.training.optimizer import parameter_groups  # noqa: E402
+from pipeline.models.file import load_model
+from pipeline.training.optimizer import build_optimizer  # noqa: E402
+from pipeline.training.precision import resolve_precision  # noqa: E402
 
 SMOKE = {"model": "unet", "image_size": 32, "batch": 4, "steps": 5, "warmup": 2, "rounds": 2, "workers": 2,
          "threads": 1, "unet_base_channels": 4, "unet_depth": 2}
@@ -223,7 +226,7 @@ def synthetic_batch(task: str, batch: int, size: int, num_outputs: int) -> tuple
 
 def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(a): plain PyTorch on float tensors already normalised on the device."""
-    model, info = load_initial_model(init)
+    model, info = load_model(init)
     device, cfg, opt_cfg = plan.device, view["train"], view["optimizer"]
     net = model.to(device)
     if plan.channels_last:
@@ -257,7 +260,7 @@ def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Call
 
 def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(b): ``make_train_step`` with the stage's loss and optimizer, uint8 batches from the host."""
-    model, info = load_initial_model(init)
+    model, info = load_model(init)
     net = plan.prepare_model(model)
     net.train()
     loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import yaml
 
-from pipeline import checks
-from pipeline.config import DEFAULT_PARAMS, load_params, lookup
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.registry import REGISTRIES
-from pipeline.schema import did_you_mean
+from pipeline.config.params import DEFAULT_PARAMS, lookup
+from pipeline.components import load_params
+from pipeline.config.errors import PipelineError, report
+from pipeline.config.registry import REGISTRIES
+from pipeline.config.schema import did_you_mean
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -37,7 +37,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    checks.import_check_modules()
     if args.kind not in REGISTRIES:
         kinds = ", ".join(sorted(REGISTRIES)) or "none yet"
         raise PipelineError(f"unknown kind {args.kind!r}{did_you_mean(args.kind, REGISTRIES)}; kinds: {kinds}")
@@ -72,10 +71,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        print(f"{exc.filename}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return 2
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc, "pipeline")

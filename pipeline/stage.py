@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.config import DEFAULT_PARAMS, ParamsView, load_params
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.config.params import DEFAULT_PARAMS, ParamsView
+from pipeline.components import load_params
+from pipeline.config.errors import PipelineError, report
 
 
 def run_stage(name: str, keys: Sequence[str], body: Callable[[ParamsView], None],
@@ -19,14 +20,8 @@ def run_stage(name: str, keys: Sequence[str], body: Callable[[ParamsView], None]
     try:
         params = load_params(args.params)
         body(params.view(keys, stage=name))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        print(f"{name}: {args.params} is invalid ({len(exc.problems)} problem(s)); nothing was run",
-              file=sys.stderr)
-        return 2
     except PipelineError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc, name)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.atomic import atomic_path  # noqa: E402
-from stages.device_batch import to_device  # noqa: E402
-from stages.pretrained import file_sha256  # noqa: E402
-from stages.synthetic import segmentation_scene  # noqa: E402
-from stages.unet import ClassicUNet  # noqa: E402
+from pipeline.training.device import to_device  # noqa: E402
+from pipeline.hashing import file_sha256  # noqa: E402
+from pipeline.data.synthetic import segmentation_scene  # noqa: E402
+from pipeline.models.unet import ClassicUNet  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "weights" / "unet_classic_shapes_boundary.safetensors"
 UNET = {"base_channels": 16, "depth": 3, "upsampling": "bilinear"}  # = params.yaml model.unet

@@ -28,37 +28,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import tracking
+from pipeline.tracking import run as tracking
+from pipeline import outputs
 from pipeline.atomic import atomic_dir, write_json, write_text
-from pipeline.config import ParamsView, flatten
-from pipeline.errors import PipelineError
+from pipeline.config.params import ParamsView, flatten
+from pipeline.config.errors import PipelineError
 from pipeline.stage import run_stage
-from stages import plots
-from stages.augment import build_transform
-from stages.data import ManifestDataset, image_hw, load_manifest
-from stages.device_batch import resolve_device, to_device
-from stages.loss import build_loss
-from stages.metrics import confusion_counts, make_meter, predict, segmentation_metrics
-from stages.model import load_initial_model
-from stages.precision import resolve_precision
+from pipeline import plots
+from pipeline.augment.build import build_transform
+from pipeline.data.dataset import ManifestDataset, image_hw
+from pipeline.data.manifest import read_manifest
+from pipeline.training.device import resolve_device, to_device
+from pipeline.training.loss import build_loss
+from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
+from pipeline.models.file import load_model
+from pipeline.training.precision import resolve_precision
 
 PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss", "tracking")
-MANIFEST = Path("outputs/split/manifest.json")
-WEIGHTS = Path("outputs/train/best.safetensors")
-RUN_INFO = Path("outputs/train/run.json")
-OUT = Path("outputs/evaluate")
-
-
-def _require(path: Path, hint: str) -> Path:
-    if not path.is_file():
-        raise PipelineError(f"{path} does not exist; {hint}")
-    return path
+MANIFEST = outputs.MANIFEST
+WEIGHTS = outputs.TRAIN_BEST
+RUN_INFO = outputs.TRAIN_RUN
+OUT = outputs.EVALUATE
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
     """train's ``run.json``: ``{"run_id": str | null, "tracking_uri": str | null}``."""
     try:
-        info = json.loads(_require(path, "run the train stage first (dvc repro)").read_text())
+        info = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the train stage") from None
     if not isinstance(info, dict) or not isinstance(info.get("run_id"), (str, type(None))):
@@ -79,12 +75,9 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     cfg = view["evaluate"]
     task = view["data.task"]
     root = view.root
-    manifest = load_manifest(_require(root / MANIFEST, "run the split stage first (dvc repro)"))
-    if manifest.task != task:
-        raise PipelineError(f"{MANIFEST} is a {manifest.task} split but data.task is {task!r}; "
-                            "re-run the pipeline (dvc repro)")
-    weights = _require(root / WEIGHTS, "run the train stage first (dvc repro)")
-    run_id = read_run_info(root / RUN_INFO).get("run_id")
+    manifest = read_manifest(root, task)
+    weights = outputs.require(root, WEIGHTS)
+    run_id = read_run_info(outputs.require(root, RUN_INFO)).get("run_id")
     device = resolve_device(cfg["device"], key="evaluate.device")
     plan = resolve_precision(view["precision"], device)
     dataset = ManifestDataset(manifest, "test", root=view.resolve_path(manifest.root),
@@ -92,11 +85,11 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
                               transform=build_transform(view["augment.eval"], task=task))
     if len(dataset) == 0:
         raise PipelineError("the test split is empty; raise split.fractions.test")
-    model, info = load_initial_model(weights)
+    model, info = load_model(weights)
     k = manifest.num_classes
-    outputs = int(info.config["num_outputs"])
-    if outputs not in (k, 1 if k == 2 else k):
-        raise PipelineError(f"{WEIGHTS} has {outputs} outputs but the data has {k} classes "
+    num_outputs = int(info.config["num_outputs"])
+    if num_outputs not in (k, 1 if k == 2 else k):
+        raise PipelineError(f"{WEIGHTS} has {num_outputs} outputs but the data has {k} classes "
                             f"(expected {k}{' or 1' if k == 2 else ''}); check model.num_classes")
     # Opened before the evaluation so an unreachable server fails at the start, not after it.
     run = (tracking.start_run(view["tracking"], repo_root=root, run_id=run_id, run_name=f"{task}-evaluate")
@@ -106,7 +99,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         # changed_param.* tag, so the run says which settings its test metrics came from.
         run.log_params(flatten(view.all_params()))
         model = plan.prepare_model(model.to(device)).eval()
-        loss_fn = build_loss(view["loss"], task=task, num_outputs=outputs)
+        loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs)
         names = _class_names(manifest.class_names, k)
         results = _run_test_set(model, dataset, loss_fn, plan, device, cfg, task=task,
                                 class_names=names, image_hw=image_hw(view["data.image_size"]))

@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,35 +20,39 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import tracking
+from pipeline.tracking import run as tracking
+from pipeline import outputs
 from pipeline.atomic import write_json, write_text
-from pipeline.config import ParamsView, flatten
-from pipeline.errors import PipelineError
+from pipeline.config.params import ParamsView, flatten
+from pipeline.config.errors import PipelineError
 from pipeline.seeding import loader_generator, seed_everything, worker_init_fn
 from pipeline.stage import run_stage
-from stages import checkpoint
-from stages import distributed as dist
-from stages.augment import OfflineCacheDataset, build_transform
-from stages.data import ManifestDataset, load_manifest
-from stages.device_batch import resolve_device, to_device
-from stages.loss import build_loss
-from stages.metrics import make_meter
-from stages.plots import draw_history, save_png
-from stages.model import load_initial_model, parameter_groups, save_model
-from stages.optim import build_optimizer
-from stages.precision import resolve_precision
-from stages.scheduler import build_scheduler
+from pipeline.training import checkpoint
+from pipeline.training import distributed as dist
+from pipeline.augment.cache import OfflineCacheDataset
+from pipeline.augment.build import build_transform
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.manifest import load_manifest
+from pipeline.training.device import resolve_device, to_device
+from pipeline.training.loss import build_loss
+from pipeline.training.metrics import make_meter
+from pipeline.plots import draw_history, save_png
+from pipeline.training.optimizer import parameter_groups
+from pipeline.models.file import load_model, save_model
+from pipeline.training.optimizer import build_optimizer
+from pipeline.training.precision import resolve_precision
+from pipeline.training.scheduler import build_scheduler
 
 PARAMS = (
     "data.task", "data.image_size", "augment.train", "augment.eval", "augment.random_order",
     "augment.offline", "model.lr_mult", "loss", "optimizer", "scheduler", "precision", "train",
     "tracking",
 )
-MANIFEST = Path("outputs/split/manifest.json")
-CACHE = Path("outputs/augment/cache")
-PREVIEW = Path("outputs/augment/preview.png")
-INIT = Path("outputs/model/init.safetensors")
-OUT = Path("outputs/train")
+MANIFEST = outputs.MANIFEST
+CACHE = outputs.AUGMENT_CACHE
+PREVIEW = outputs.AUGMENT_PREVIEW
+INIT = outputs.MODEL_INIT
+OUT = outputs.TRAIN
 
 
 def resolve_monitor(task: str, monitor: str, mode: str) -> tuple[str, str]:
@@ -130,14 +133,14 @@ def _history_csv(rows: list[dict[str, float]]) -> str:
 def train(view: ParamsView) -> dict[str, Any]:
     """Train on the split manifest from the model stage's initial weights; return final metrics."""
     cfg, task, root = view["train"], view["data.task"], view.root
-    manifest_path = checkpoint.require(root / MANIFEST, "run the split stage first (dvc repro)")
-    init_path = checkpoint.require(root / INIT, "run the model stage first (dvc repro)")
+    manifest_path = outputs.require(root, MANIFEST)
+    init_path = outputs.require(root, INIT)
     offline = view["augment.offline"]
     inputs = [manifest_path, init_path] + ([root / CACHE] if offline["enabled"] else [])
     fp = checkpoint.fingerprint({key: view[key] for key in PARAMS if key != "tracking"}, inputs)
     ckpt_path = root / OUT / "checkpoint" / "last.pt"
     state = checkpoint.load_resumable(ckpt_path, fp) if cfg["resume"] else None  # every rank: same file
-    model, info = load_initial_model(init_path)
+    model, info = load_model(init_path)
     hint = f"{task}-{info.config['name']}"
     device = resolve_device(cfg["device"], key="train.device")
     ctx, device = dist.setup(cfg["devices"], device)

@@ -61,7 +61,7 @@ def _flow(value) -> str:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from stages.synthetic import generate_segmentation
+    from pipeline.data.synthetic import generate_segmentation
 
     ws = tmp_path_factory.mktemp("ws")
     for name in ("pipeline", "stages", "schemas", "weights"):
@@ -106,6 +106,11 @@ def test_repro_then_cache_behaviour(workspace):
     assert ran(sh(ws, "dvc", "repro").stdout) == []
 
     _edit(ws, "  name: dice_bce ", "  name: dice     ")
+    assert ran(sh(ws, "dvc", "repro").stdout) == ["train", "evaluate"]
+    _commit(ws)
+
+    loss_code = ws / "pipeline/training/loss.py"  # the loss module's code: the same two stages
+    loss_code.write_text(loss_code.read_text() + "\n# an edit to the loss module\n")
     assert ran(sh(ws, "dvc", "repro").stdout) == ["train", "evaluate"]
     _commit(ws)
 

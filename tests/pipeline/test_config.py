@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import flatten, load_params
-from pipeline.errors import ConfigError
+from pipeline.config.params import flatten
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])

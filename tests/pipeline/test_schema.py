@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipeline.schema import SCHEMA_DIR, fill_defaults, root_schema
+from pipeline.config.schema import SCHEMA_DIR, fill_defaults, root_schema
 
 FILES = sorted(SCHEMA_DIR.rglob("*.json"))
 

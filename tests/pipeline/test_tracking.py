@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import tracking
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.tracking import run as tracking, store as tracking_store
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
 DVC = Path(sys.executable).with_name("dvc")
@@ -212,7 +212,7 @@ def test_a_run_logged_over_http_is_visible_through_the_client(mlflow_server, tmp
 
 def test_environment_uri_overrides_params(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == mlflow_server.uri
+    assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == mlflow_server.uri
     run = tracking.start_run(_cfg(experiment="from-env"), repo_root=tmp_path)
     run.end()
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("from-env").experiment_id == run.experiment_id
@@ -234,21 +234,21 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
 # --- where the store is -------------------------------------------------------------------------
 
 def test_relative_sqlite_resolves_against_the_repo_root_others_unchanged(tmp_path, monkeypatch):
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tracking.resolve_tracking_uri("sqlite:///runs/m.db", tmp_path) == f"sqlite:///{tmp_path / 'runs/m.db'}"
-    assert tracking.resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
-    assert tracking.resolve_tracking_uri("https://mlflow.example.com/", tmp_path) == "https://mlflow.example.com"
+    assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_store.resolve_tracking_uri("sqlite:///runs/m.db", tmp_path) == f"sqlite:///{tmp_path / 'runs/m.db'}"
+    assert tracking_store.resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert tracking_store.resolve_tracking_uri("https://mlflow.example.com/", tmp_path) == "https://mlflow.example.com"
     monkeypatch.chdir(tmp_path / "..")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")  # the env var wins, same rules
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'other.db'}"
+    assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'other.db'}"
 
 
 @pytest.mark.parametrize("uri", ["./mlruns", "mlruns", "file:///tmp/mlruns"])
 def test_file_store_is_refused_unless_opted_in(uri, tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match="file store .* use sqlite:///mlflow.db"):
-        tracking.resolve_tracking_uri(uri, tmp_path)
+        tracking_store.resolve_tracking_uri(uri, tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    assert tracking.resolve_tracking_uri(uri, tmp_path).startswith("file:///")
+    assert tracking_store.resolve_tracking_uri(uri, tmp_path).startswith("file:///")
 
 
 @pytest.mark.parametrize("workspace", [".dvc/tmp/exps/standalone/tmpab12cd", ".dvc/tmp/exps/tmpab12cd"])
@@ -257,10 +257,10 @@ def test_dvc_temp_workspace_resolves_to_the_original_repo(tmp_path, workspace):
     copy = repo / workspace
     (copy / "project").mkdir(parents=True)
     (repo / "project").mkdir()
-    assert tracking.original_repo_root(copy) == repo
-    assert tracking.original_repo_root(copy / "project") == repo / "project"  # dvc repo in a git subdir
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db", copy) == f"sqlite:///{repo / 'mlflow.db'}"
-    assert tracking.original_repo_root(repo) == repo
+    assert tracking_store.original_repo_root(copy) == repo
+    assert tracking_store.original_repo_root(copy / "project") == repo / "project"  # dvc repo in a git subdir
+    assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", copy) == f"sqlite:///{repo / 'mlflow.db'}"
+    assert tracking_store.original_repo_root(repo) == repo
 
 
 def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_path):
@@ -272,7 +272,7 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
     (repo / "log_run.py").write_text(textwrap.dedent("""
         import json, os, sys
         sys.path.insert(0, sys.argv[1])
-        from pipeline import tracking
+        from pipeline.tracking import run as tracking, store as tracking_store
         cfg = {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "exp", "run_name": None}
         with tracking.start_run(cfg, repo_root=os.getcwd(), run_name="hint") as run:
             run.log_params({"lr": 0.2})
@@ -318,7 +318,7 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
 def test_uri_problems(uri, expected):
     if expected and "driver" in expected and __import__("importlib").util.find_spec("psycopg2"):
         pytest.skip("psycopg2 is installed here")
-    reason = tracking.uri_problem(uri)
+    reason = tracking_store.uri_problem(uri)
     assert (reason is None) if expected is None else (expected in reason)
 
 
@@ -343,7 +343,7 @@ def test_the_check_reports_a_bad_environment_uri(tmp_path, monkeypatch):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     params = load_params(path, semantic=False)
-    assert tracking._check_tracking(params) == []
+    assert tracking_store._check_tracking(params) == []
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
-    [problem] = tracking._check_tracking(params)
+    [problem] = tracking_store._check_tracking(params)
     assert problem.key == "tracking.uri" and "overridden by MLFLOW_TRACKING_URI='mlruns'" in problem.message

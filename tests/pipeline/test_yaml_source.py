@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.yaml_source import dotted, load_yaml
+from pipeline.config.yaml_source import dotted, load_yaml
 
 
 def _load(tmp_path: Path, text: str):

@@ -16,12 +16,14 @@ from PIL import Image
 import imgaug.augmenters as iaa
 import imgaug.parameters as iap
 import imgaug.random as iarandom
-from pipeline.config import ConfigError, load_params
-from pipeline.errors import PipelineError
+from pipeline.config.params import ConfigError
+from pipeline.components import load_params
+from pipeline.config.errors import PipelineError
+from pipeline.augment import build as augment_build
 from stages import augment
-from stages.augment import (SEGMENTATION_UNSAFE, augment_problems, augmenters, build_augmenter,
-                            build_transform)
-from stages.preview import PALETTE, grid_size, overlay_mask
+from pipeline.augment.checks import augment_problems
+from pipeline.augment.build import SEGMENTATION_UNSAFE, augmenters, build_augmenter, build_transform
+from pipeline.plots import PALETTE, colour_mask, grid_size
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,7 +181,7 @@ def test_the_unsafe_list_is_what_imgaug_actually_refuses():
                 continue  # needs arguments
             try:  # RandAugment picks its operations at random: give the unsafe ones many chances
                 for _ in range(40 if name in SEGMENTATION_UNSAFE else 3):
-                    augment._apply(aug, image, mask)
+                    augment_build._apply(aug, image, mask)
             except AssertionError as exc:
                 assert "only process image data" in str(exc), (name, exc)
                 raising.add(name)
@@ -224,7 +226,7 @@ def test_mask_follows_a_reflected_border():
     out_image, out_mask = build_transform(spec, task="segmentation")(image, mask)
     assert np.array_equal(out_image[..., 0], out_mask)
     plain = iaa.Affine(rotate=35, translate_px={"x": 12}, order=0, mode="reflect")  # imgaug's default
-    _, plain_mask = augment._apply(plain, image, mask)
+    _, plain_mask = augment_build._apply(plain, image, mask)
     assert not np.array_equal(out_image[..., 0], plain_mask)
 
 
@@ -296,19 +298,23 @@ def test_check_leaves_global_random_state_untouched():
 # --- the preview and the stage ------------------------------------------------------------------
 
 def test_overlay_colours_labelled_pixels_only():
-    image = np.full((4, 4, 3), 100, np.uint8)
-    mask = np.zeros((4, 4), np.uint8)
-    mask[0, 0], mask[1, 1] = 1, 2
-    out = overlay_mask(image, mask, alpha=0.5)
-    assert out[0, 0].tolist() == np.round(0.5 * 100 + 0.5 * PALETTE[0]).astype(int).tolist()
-    assert out[1, 1].tolist() == np.round(0.5 * 100 + 0.5 * PALETTE[1]).astype(int).tolist()
-    assert (out[2:, 2:] == 100).all()
+    """The preview draws masks with the one palette the evaluation overlays use: a class's inside is
+    blended with its colour, its outline drawn in it, unlabelled pixels are left alone."""
+    image = np.full((8, 8, 3), 100, np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0:3, 0:3], mask[4:7, 4:7] = 1, 2
+    out = colour_mask(image, mask, alpha=0.5)
+    assert out[1, 1].tolist() == np.round(0.5 * 100 + 0.5 * np.array(PALETTE[1])).astype(int).tolist()
+    assert out[5, 5].tolist() == np.round(0.5 * 100 + 0.5 * np.array(PALETTE[2])).astype(int).tolist()
+    assert out[0, 2].tolist() == list(PALETTE[1]) and out[4, 4].tolist() == list(PALETTE[2])
+    assert (out[mask == 0] == 100).all()
 
 
 def write_dataset(root: Path, count: int = 6, size: int = 24) -> Path:
     """A tiny segmentation dataset, its params file and its split manifest (as the split stage
     writes it), all under ``root``."""
-    from stages.data import Manifest, segmentation_class_names
+    from pipeline.data.manifest import Manifest
+    from pipeline.data.files import segmentation_class_names
     from pipeline.atomic import write_json
 
     rng = np.random.default_rng(0)
@@ -366,7 +372,8 @@ def test_augment_stage_refuses_a_missing_manifest(tmp_path, capsys):
 def test_classification_preview_shows_original_then_versions_without_overlay():
     import torch
 
-    from stages.preview import preview_rows, render_grid
+    from pipeline.augment.preview import preview_rows
+    from pipeline.plots import render_grid
 
     rng = np.random.default_rng(2)
     base = [(torch.from_numpy(rng.integers(0, 256, (3, 6, 8), dtype=np.uint8)), torch.tensor(i)) for i in range(5)]

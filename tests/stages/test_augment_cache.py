@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import PipelineError
+from pipeline.config.errors import PipelineError
 from pipeline.seeding import loader_generator, worker_init_fn
 from stages import augment
-from stages.augment import OfflineCacheDataset, build_transform
-from stages.augment_cache import write_cache, write_disabled
+from pipeline.augment.cache import OfflineCacheDataset
+from pipeline.augment.build import build_transform
+from pipeline.augment.cache import write_cache, write_disabled
 
 SPEC = [{"Fliplr": {"p": 0.5}}, {"Affine": {"rotate": [-30, 30], "mode": "reflect"}},
         {"AdditiveGaussianNoise": {"scale": [0, 10]}}]

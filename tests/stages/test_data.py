@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 
 from pipeline.atomic import write_json
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
-from stages.data import Manifest, ManifestDataset, load_manifest, mask_array, mask_to_classes, mask_values
-from stages.split import build_manifest
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.manifest import Manifest, load_manifest
+from pipeline.data.files import mask_array, mask_to_classes, mask_values
+from pipeline.data.split import build_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from stages.device_batch import MEAN, STD, denormalise, resolve_device, to_device
+from pipeline.config.errors import PipelineError
+from pipeline.training.device import MEAN, STD, denormalise, resolve_device, to_device
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ConfigError, load_params
-from pipeline.errors import PipelineError
-from stages import distributed
+from pipeline.config.params import ConfigError
+from pipeline.components import load_params
+from pipeline.config.errors import PipelineError
+from pipeline.training import distributed
 from stages import train as train_stage
 from tests.stages.test_train import REPO, dataset, history, make_workspace  # noqa: F401 (fixture)
 

@@ -17,11 +17,11 @@ from PIL import Image
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import split as split_stage
-from stages.device_batch import MEAN, STD
-from stages.loss import build_loss
-from stages.metrics import segmentation_metrics
-from stages.precision import resolve_precision
-from stages.synthetic import generate_classification, generate_segmentation
+from pipeline.training.device import MEAN, STD
+from pipeline.training.loss import build_loss
+from pipeline.training.metrics import segmentation_metrics
+from pipeline.training.precision import resolve_precision
+from pipeline.data.synthetic import generate_classification, generate_segmentation
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 32
@@ -210,7 +210,7 @@ def test_missing_weights_is_a_clear_error(segmentation_workspace: Path, tmp_path
     shutil.rmtree(workspace / "outputs/evaluate", ignore_errors=True)
     assert evaluate_stage.main(["--params", str(workspace / "params.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "best.safetensors does not exist" in err and "train" in err
+    assert "best.safetensors not found; run the train stage first" in err
     assert not (workspace / "outputs/evaluate").exists()
 
 
@@ -237,7 +237,7 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
                                                            mlflow_server, monkeypatch: pytest.MonkeyPatch):
     from mlflow import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.tracking import run as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "ws"
@@ -267,8 +267,8 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
 
 def test_a_failure_midway_leaves_the_previous_outputs_whole(segmentation_workspace: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
-    from pipeline.errors import PipelineError
-    from stages import plots
+    from pipeline.config.errors import PipelineError
+    from pipeline import plots
 
     workspace = tmp_path / "ws"
     shutil.copytree(segmentation_workspace.parent, workspace)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import yaml
 from torchvision.ops import sigmoid_focal_loss
 
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
-from stages.loss import BINARY, MULTICLASS, build_loss, losses
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.training.loss import BINARY, MULTICLASS, build_loss, losses
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = [n for n in losses.names() if n != "sum"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stages.metrics import (classification_metrics, confusion_counts, make_meter, predict,
+from pipeline.training.metrics import (classification_metrics, confusion_counts, make_meter, predict,
                             segmentation_metrics)
 
 

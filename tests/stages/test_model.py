@@ -14,13 +14,17 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.hashing import file_sha256
 from pipeline.cli import main as cli_main
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
 from stages import model as model_stage
-from stages import pretrained as weights_io
-from stages.finetune import find_head, frozen_batchnorm_layers
-from stages.model import initial_model, load_initial_model, num_outputs, parameter_groups, save_model
+from pipeline.models import weights as weights_io
+from pipeline.models.finetune import find_head, frozen_batchnorm_layers
+from pipeline.training.optimizer import parameter_groups
+from pipeline.models.initial import initial_model
+from pipeline.models.file import load_model, save_model
+from pipeline.models.build import num_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "weights" / "unet_classic_shapes_boundary.safetensors"
@@ -174,7 +178,7 @@ def test_local_weights_round_trip_pt_and_safetensors(tmp_path):
         model, info, report = initial_model(config, pretrained=name, freeze="none", seed=1, root=tmp_path)
         assert all(torch.equal(model.state_dict()[k], state[k]) for k in state), name
         assert report.loaded == len(state) and not (report.dropped or report.missing or report.adapted)
-        assert report.sha256 == weights_io.file_sha256(tmp_path / name) and info.weights["sha256"] == report.sha256
+        assert report.sha256 == file_sha256(tmp_path / name) and info.weights["sha256"] == report.sha256
 
 
 def test_a_head_of_another_shape_is_dropped_and_reported(tmp_path):
@@ -302,7 +306,7 @@ def test_save_and_load_initial_model_rebuilds_module_freezing_and_info(tmp_path)
     model, info, _ = build(config, freeze=["encoder.*"])
     compiled = torch.compile(model)  # train may save a compiled model: the wrapper must not leak into names
     save_model(tmp_path / "init.safetensors", compiled, info)
-    again, info2 = load_initial_model(tmp_path / "init.safetensors")
+    again, info2 = load_model(tmp_path / "init.safetensors")
     assert info2.config == config and info2.head_prefixes == ["head"] and info2.num_outputs == 1
     assert info2.freeze == ["encoder.*"] and info2.frozen == info.frozen
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
@@ -310,7 +314,7 @@ def test_save_and_load_initial_model_rebuilds_module_freezing_and_info(tmp_path)
     assert not again.encoder[0][1].training and again.decoder[0].conv[1].training
     with pytest.raises(PipelineError, match="not written by the model stage"):
         save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
-        load_initial_model(tmp_path / "plain.safetensors")
+        load_model(tmp_path / "plain.safetensors")
 
 
 # --- checks and the stage -------------------------------------------------------------------------
@@ -321,7 +325,9 @@ def write_params(root: Path, *, task: str = "segmentation", data_classes: int = 
     params["model"].update({"unet": TINY_UNET, "pretrained": False, "freeze": "none", **model})
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    manifest = {"task": task, "num_classes": data_classes, "class_names": [f"c{i}" for i in range(data_classes)]}
+    names = [f"c{i}" for i in range(data_classes)]  # the model stage reads the task and class count only
+    manifest = {"task": task, "root": params["data"]["root"], "num_classes": data_classes, "class_names": names,
+                "splits": {"train": [], "val": [], "test": []}, "counts": {}, "fingerprint": "0" * 64}
     (root / "outputs" / "split").mkdir(parents=True, exist_ok=True)
     (root / "outputs" / "split" / "manifest.json").write_text(json.dumps(manifest))
     return path
@@ -356,12 +362,12 @@ def test_stage_end_to_end_is_deterministic_and_reloadable(tmp_path, capsys):
     first = init.read_bytes()
     summary = json.loads(summary_file.read_text())
     assert summary["architecture"] == "unet/classic" and summary["num_outputs"] == 1
-    assert summary["parameters"]["frozen"] == sum(p.numel() for n, p in load_initial_model(init)[0].named_parameters()
+    assert summary["parameters"]["frozen"] == sum(p.numel() for n, p in load_model(init)[0].named_parameters()
                                                   if n.startswith("encoder.0."))
-    assert summary["init_sha256"] == weights_io.file_sha256(init) and summary["weights"] is None
+    assert summary["init_sha256"] == file_sha256(init) and summary["weights"] is None
     assert model_stage.main(["--params", str(path)]) == 0
     assert init.read_bytes() == first                                    # same seed, same bytes
-    model, info = load_initial_model(init)
+    model, info = load_model(init)
     assert model(torch.randn(1, 3, 24, 24)).shape == (1, 1, 24, 24) and info.task == "segmentation"
     assert sorted(load_file(str(init))) == sorted(model.state_dict())
 
@@ -374,9 +380,9 @@ def test_stage_fine_tunes_from_the_shipped_source_weights(tmp_path, capsys):
     summary = json.loads((tmp_path / "outputs/model/summary.json").read_text())
     weights = summary["weights"]
     assert weights["head_replaced"] and sorted(d.split(":")[0] for d in weights["dropped"]) == ["head.bias", "head.weight"]
-    assert weights["missing"] == 2 and weights["sha256"] == weights_io.file_sha256(SHIPPED)
+    assert weights["missing"] == 2 and weights["sha256"] == file_sha256(SHIPPED)
     source = load_file(str(SHIPPED))
-    model, _ = load_initial_model(tmp_path / "outputs/model/init.safetensors")
+    model, _ = load_model(tmp_path / "outputs/model/init.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items() if not k.startswith("head."))
     assert "dropped 2 tensor(s) that do not fit (the source's head; a new one is trained)" in capsys.readouterr().out
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
-from stages.optim import UNSUPPORTED, build_optimizer, optimizers
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.training.optimizer import UNSUPPORTED, build_optimizer, optimizers
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
-from stages.precision import PrecisionPlan, resolve_precision, unwrap_model
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.training.precision import PrecisionPlan, resolve_precision, unwrap_model
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")

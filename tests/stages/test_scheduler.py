@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
-from stages.scheduler import LRSchedule, build_scheduler, schedulers
+from pipeline.components import load_params
+from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.training.scheduler import LRSchedule, build_scheduler, schedulers
 
 REPO = Path(__file__).resolve().parents[2]
 # Required arguments the pipeline cannot guess; everything else is auto-filled or defaulted.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.synthetic import (CLASS_NAMES, CLASSIFICATION_DEFAULTS, REPO_DATA, SEGMENTATION_DEFAULTS,
+from pipeline.data.synthetic import (CLASS_NAMES, CLASSIFICATION_DEFAULTS, REPO_DATA, SEGMENTATION_DEFAULTS,
                               classification_scene, generate_classification, generate_segmentation,
                               segmentation_scene)
 

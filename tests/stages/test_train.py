@@ -17,10 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pipeline.models.file import load_model
 from stages import model as model_stage
 from stages import split as split_stage
 from stages import train as train_stage
-from stages.synthetic import generate_segmentation
+from pipeline.data.synthetic import generate_segmentation
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,7 +79,7 @@ def test_short_run_learns_and_writes_outputs(tmp_path, dataset):
     out = tmp_path / "outputs/train"
     metrics = yaml.safe_load((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4 and metrics["best_val_dice"] == max(r["val_dice"] for r in rows)
-    model, info = model_stage.load_initial_model(out / "best.safetensors")
+    model, info = load_model(out / "best.safetensors")
     assert info.num_outputs == 1
     assert yaml.safe_load((out / "run.json").read_text()) == {"run_id": None, "tracking_uri": None}
 
@@ -180,8 +181,8 @@ def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, dataset
     test metrics and the artifacts of both stages, queried back through MlflowClient."""
     from mlflow import MlflowClient
 
-    from pipeline.config import flatten
-    from pipeline.tracking import sanitize_key
+    from pipeline.config.params import flatten
+    from pipeline.tracking.run import sanitize_key
     from stages import evaluate as evaluate_stage
 
     params = make_workspace(tmp_path, dataset, **{"tracking.enabled": True, "tracking.uri": mlflow_server.uri,

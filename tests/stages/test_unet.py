@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.unet import ClassicUNet, TimmUNet
+from pipeline.models.unet import ClassicUNet, TimmUNet
 
 
 @pytest.mark.parametrize("upsampling", ["bilinear", "transposed"])

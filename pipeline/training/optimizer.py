@@ -9,13 +9,17 @@ get ``weight_decay = 0`` (decaying them only pulls normalisation scales towards 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
-from pipeline.registry import Registry, signature_problems
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.registry import Registry, signature_problems
+
+if TYPE_CHECKING:
+    from pipeline.models.file import ModelInfo
 
 
 def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -113,3 +117,16 @@ def check_optimizer(params: Any) -> list[Problem]:
     problems += [Problem(f"optimizer.params.{arg}" if arg else "optimizer.params", message)
                  for arg, message in signature_problems(cls, rest, provided=("params", "lr"))]
     return problems
+
+
+def parameter_groups(model: nn.Module, info: "ModelInfo", lr_mult: dict[str, float]) -> list[dict[str, Any]]:
+    """Optimizer groups ``backbone`` and ``head`` with their learning-rate multipliers; frozen
+    parameters are left out, and so is a group with nothing left to train."""
+    groups = {part: {"params": [], "names": [], "lr_mult": float(lr_mult.get(part, 1.0)), "name": part}
+              for part in ("backbone", "head")}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            group = groups["head" if info.is_head(name) else "backbone"]
+            group["params"].append(param)
+            group["names"].append(name)
+    return [g for g in groups.values() if g["params"]]

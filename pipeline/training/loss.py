@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
-from pipeline.registry import Registry, is_import_path, signature_problems
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.registry import Registry, is_import_path, signature_problems
 
 losses = Registry("losses", noun="loss")
 BINARY, MULTICLASS = "binary", "multiclass"

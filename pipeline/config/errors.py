@@ -1,6 +1,7 @@
 """The errors a user may meet. Each says what is wrong and where (file, key or path); no traceback."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 
@@ -30,3 +31,15 @@ class ConfigError(PipelineError):
         self.filename = filename
         self.problems = problems
         super().__init__("\n".join(p.format(filename) for p in problems))
+
+
+def report(exc: PipelineError, prog: str) -> int:
+    """Print a user-facing failure for ``prog`` (a stage or the CLI) on stderr, no traceback; return
+    the exit status (2). A :class:`ConfigError` lists every problem, then a count."""
+    if isinstance(exc, ConfigError):
+        print(exc, file=sys.stderr)
+        print(f"{prog}: {exc.filename} is invalid ({len(exc.problems)} problem(s)); nothing was run",
+              file=sys.stderr)
+    else:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2

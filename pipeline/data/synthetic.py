@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.atomic import atomic_dir
 
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 SEGMENTATION_DEFAULTS = {"n": 400, "size": 64, "seed": 1234}
 CLASSIFICATION_DEFAULTS = {"n_per_class": 100, "size": 64, "seed": 4321}
 CLASS_NAMES = ("circle", "square", "triangle")

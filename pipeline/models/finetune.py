@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.schema import did_you_mean
+from pipeline.config.errors import PipelineError
+from pipeline.config.schema import did_you_mean
 
 TORCHVISION_HEADS = ("heads", "fc", "head", "classifier")  # ViT, ResNet & co, Swin, the rest
 

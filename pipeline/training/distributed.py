@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-from pipeline.errors import PipelineError
+from pipeline.config.errors import PipelineError
 
 DEBUG_SAMPLES_ENV = "YAMLTRAIN_DEBUG_SAMPLES"  # a folder: each rank writes the indices it trains on
 

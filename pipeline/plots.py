@@ -1,4 +1,5 @@
-"""Drawings the evaluate stage writes: a confusion matrix and prediction overlays (PIL only).
+"""Every drawing the pipeline writes: the augmentation preview grid, the confusion matrix, prediction
+overlays and the training history (PIL only), with one class palette for masks everywhere.
 
 Every function returns a ``PIL.Image`` and reads nothing from disk, so the stage decides where and how
 (atomically) to save it. Sizes are deterministic functions of the inputs (tests rely on that).
@@ -205,3 +206,40 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
             draw.text((x0 + PAD + c * 110, y0 + PAD), key, fill=colour, font=_font())
     return img
+
+
+GAP = 2                 # pixels of white between cells
+
+
+Sample = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def _fit_cell(image: np.ndarray, mask: np.ndarray | None, cell: tuple[int, int]) -> Sample:
+    """Resize to the cell (bilinear image, nearest mask) when an augmenter changed the size."""
+    height, width = cell
+    if image.shape[:2] == (height, width):
+        return image, mask
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    return image, mask
+
+
+def grid_size(rows: int, columns: int, cell: tuple[int, int], gap: int = GAP) -> tuple[int, int]:
+    """(height, width) in pixels of a grid of ``rows`` x ``columns`` cells."""
+    return rows * cell[0] + (rows + 1) * gap, columns * cell[1] + (columns + 1) * gap
+
+
+def render_grid(rows: Sequence[Sequence[Sample]], cell: tuple[int, int], gap: int = GAP) -> np.ndarray:
+    """One HxWx3 uint8 picture of ``rows`` of ``(image, mask or None)`` cells on white."""
+    columns = max((len(r) for r in rows), default=0)
+    height, width = grid_size(len(rows), columns, cell, gap)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, (image, mask) in enumerate(row):
+            image, mask = _fit_cell(image, mask, cell)
+            if mask is not None:
+                image = colour_mask(image, mask)
+            top, left = gap + r * (cell[0] + gap), gap + c * (cell[1] + gap)
+            canvas[top:top + cell[0], left:left + cell[1]] = image
+    return canvas

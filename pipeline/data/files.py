@@ -1,4 +1,4 @@
-"""Reading datasets: the file layouts, the mask convention, the split manifest and a torch Dataset.
+"""The dataset layouts on disk and the mask convention: what the split stage scans and ``validate`` checks.
 
 Two layouts, the same for the embedded default data and a user's own:
 
@@ -7,31 +7,30 @@ Two layouts, the same for the embedded default data and a user's own:
   (Carvana: ``<id>.jpg`` with ``<id>_mask.gif``).
 
 Masks store class indices. Binary masks may store 0/1 or 0/255; both become {0, 1}. The split stage
-(:mod:`stages.split`) checks every mask against ``data.num_classes`` once, so loading only has to map
-values. Images are returned as uint8 tensors: normalisation happens on the device, later.
+checks every mask against ``data.num_classes`` once, so loading only has to map values.
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
+
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
 MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
-SPLITS = ("train", "val", "test")
+
+
 MAX_SEGMENTATION_CLASSES = 256  # masks hold class indices in 8 bits
 
-# (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
-Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
+
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -110,128 +109,6 @@ def check_mask_classes(masks: Sequence[tuple[str, tuple[int, ...]]], num_classes
 def mask_to_classes(values: np.ndarray, num_classes: int) -> np.ndarray:
     """Stored mask values -> class indices: binary masks (0/1 or 0/255) -> {0, 1}, others as stored."""
     return (values > 0).astype(np.uint8) if num_classes == 2 else values
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The split stage's output (``outputs/split/manifest.json``): which files are in which split.
-
-    Entries are paths relative to ``root`` (as written in params.yaml): segmentation
-    ``{"image", "mask"}``, classification ``{"image", "label"}``."""
-
-    task: str
-    root: str
-    num_classes: int
-    class_names: list[str]
-    splits: dict[str, list[dict[str, Any]]]
-    counts: dict[str, dict[str, int]]
-    fingerprint: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def labels(self, split: str) -> list[int]:
-        """Classification labels of ``split``, in entry order (for samplers and class weights)."""
-        return [int(entry["label"]) for entry in self.splits[split]]
-
-
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest written by the split stage; a clear error if it is missing or damaged."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no manifest; run the split stage first (dvc repro split)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable manifest ({exc}); re-run the split stage") from None
-    fields = Manifest.__dataclass_fields__
-    if not isinstance(raw, dict) or set(fields) - set(raw):
-        missing = sorted(set(fields) - set(raw)) if isinstance(raw, dict) else list(fields)
-        raise PipelineError(f"{path}: not a split manifest (missing {', '.join(missing)}); re-run the split stage")
-    manifest = Manifest(**{name: raw[name] for name in fields})
-    needed = {"segmentation": ("image", "mask"), "classification": ("image", "label")}.get(manifest.task)
-    if needed is None or not isinstance(manifest.splits, dict) or any(
-            split not in manifest.splits or not all(isinstance(e, dict) and all(k in e for k in needed)
-                                                    for e in manifest.splits[split]) for split in SPLITS):
-        raise PipelineError(f"{path}: damaged manifest (task {manifest.task!r}, splits {SPLITS} with "
-                            f"entries holding {needed}); re-run the split stage")
-    return manifest
-
-
-def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    """``data.image_size`` (one number or [height, width]) as (height, width)."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
-
-
-class ManifestDataset(torch.utils.data.Dataset):
-    """One split of a manifest as ``(image uint8 [3,H,W], target)``, decoded lazily from disk.
-
-    target: segmentation a uint8 [H,W] tensor of class indices, classification an int64 scalar.
-    Images are resized bilinearly, masks with NEAREST (class indices must not blend), then
-    ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers)."""
-
-    def __init__(self, manifest: Manifest, split: str, *, root: str | Path,
-                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None):
-        if split not in manifest.splits:
-            raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
-        self.task = manifest.task
-        self.num_classes = manifest.num_classes
-        self.class_names = list(manifest.class_names)
-        self.entries = list(manifest.splits[split])
-        self.root = Path(root)
-        self.height, self.width = image_hw(image_size)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def labels(self) -> list[int] | None:
-        """Classification labels in index order without decoding anything; None for segmentation."""
-        return [int(e["label"]) for e in self.entries] if self.task == "classification" else None
-
-    def _open(self, rel: str) -> Image.Image:
-        path = self.root / rel
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return image
-        except DECODE_ERRORS as exc:
-            raise PipelineError(f"{path}: cannot decode image ({exc})") from None
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Sample ``index`` resized, not transformed: (image HxWx3 uint8, class-index mask HxW or None),
-        both writable (a transform may work in place)."""
-        entry = self.entries[index]
-        image = self._open(entry["image"])
-        mask = None
-        if self.task == "segmentation":
-            mask_image = self._open(entry["mask"])
-            if mask_image.size != image.size:
-                raise PipelineError(f"{self.root / entry['mask']}: mask is {mask_image.size[0]}x{mask_image.size[1]}"
-                                    f" but its image {entry['image']} is {image.size[0]}x{image.size[1]}")
-            classes = mask_to_classes(mask_array(mask_image, str(self.root / entry["mask"])), self.num_classes)
-            mask_image = Image.fromarray(classes)
-            if mask_image.size != (self.width, self.height):
-                mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
-            mask = np.array(mask_image, dtype=np.uint8)
-        image = image.convert("RGB")
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        return np.array(image, dtype=np.uint8), mask
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.load(index)
-        if self.transform is not None:
-            image, mask = self.transform(image, mask)
-        # np.array(order="C") copies: a transform may return a strided or read-only view.
-        image_tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
-        if self.task == "segmentation":
-            return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
-        return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)
 
 
 def inside(path: Path, root: Path) -> bool:

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.config.errors import PipelineError
 
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise.
 MEAN = (0.485, 0.456, 0.406)

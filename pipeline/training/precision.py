@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -21,10 +21,10 @@ import referencing
 from jsonschema.exceptions import ValidationError, best_match
 from referencing.jsonschema import DRAFT202012
 
-from pipeline.errors import Problem
-from pipeline.yaml_source import KeyPath, Marks, dotted
+from pipeline.config.errors import Problem
+from pipeline.config.yaml_source import KeyPath, Marks, dotted
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 ROOT_SCHEMA = "params.schema.json"
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
-from pipeline.registry import Registry, is_import_path, signature_problems
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.registry import Registry, is_import_path, signature_problems
 
 # Need Python callables or scheduler objects, which params.yaml cannot hold (warmup is built in).
 UNSUPPORTED = {

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.errors import PipelineError
+from pipeline.config.errors import PipelineError
 from pipeline.seeding import seed_everything
 
 FORMAT_VERSION = 1

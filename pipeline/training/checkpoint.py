@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from pipeline.hashing import file_sha256
 from pipeline.atomic import write_bytes
-from pipeline.errors import PipelineError
 
 
 def fingerprint(params: dict[str, Any], files: list[Path]) -> str:
@@ -29,14 +29,6 @@ def fingerprint(params: dict[str, Any], files: list[Path]) -> str:
                 digest.update(file_sha256(child).encode())
         elif path.exists():
             digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -64,7 +56,3 @@ def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | No
     return state
 
 
-def require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise PipelineError(f"{path} not found: {what}")
-    return path

@@ -11,8 +11,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pipeline.errors import PipelineError
-from pipeline.schema import did_you_mean
+from pipeline.config.errors import PipelineError
+from pipeline.config.schema import did_you_mean
 
 REGISTRIES: dict[str, "Registry"] = {}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import Problem
+from pipeline.config.errors import Problem
 
 KeyPath = tuple[str | int, ...]
 

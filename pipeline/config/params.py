@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import checks, schema
-from pipeline.errors import ConfigError, PipelineError, Problem
-from pipeline.yaml_source import KeyPath, Marks, load_yaml
+from pipeline.config import checks
+
+from pipeline.config import schema
+from pipeline.config.errors import ConfigError, PipelineError, Problem
+from pipeline.config.yaml_source import KeyPath, Marks, load_yaml
 
 DEFAULT_PARAMS = "params.yaml"
 

@@ -12,7 +12,6 @@ which says how to supply a local file instead.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import threading
@@ -25,8 +24,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
-from stages.finetune import in_prefixes
+from pipeline.config.errors import PipelineError
+from pipeline.models.finetune import in_prefixes
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -49,14 +48,6 @@ class LoadReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,10 +1,5 @@
-"""MLflow tracking for train and evaluate: one pipeline run, one MLflow run.
-
-The default store is ``sqlite:///mlflow.db`` beside params.yaml *of the original repository*: DVC runs
-``dvc exp run --temp`` and queued experiments in a throw-away copy under ``<repo>/.dvc/tmp/exps/``,
-so a store resolved against the copy would vanish with it. ``MLFLOW_TRACKING_URI`` overrides
-``tracking.uri``. A tracking server that does not answer fails the stage before any training.
-mlflow is imported lazily (``python -m pipeline validate`` imports this module for its check).
+"""MLflow runs for train and evaluate: one pipeline run, one MLflow run (in the store that
+:mod:`pipeline.tracking.store` resolves). mlflow is imported lazily: it takes seconds.
 """
 from __future__ import annotations
 
@@ -23,23 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, TypeVar
 
-from pipeline.checks import semantic_check
-from pipeline.errors import PipelineError, Problem
-from pipeline.schema import did_you_mean
+from pipeline.config.errors import PipelineError
+from pipeline.tracking.store import ARTIFACTS_DIR, check_reachable, resolve_tracking_uri, sqlite_path
 
-if TYPE_CHECKING:
-    from pipeline.config import Params
-
-ENV_URI = "MLFLOW_TRACKING_URI"
-ENV_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
-ARTIFACTS_DIR = "mlartifacts"  # beside a local sqlite store; ignored by git like mlflow.db
 # MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -47,122 +32,6 @@ MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
-# scheme -> default SQLAlchemy driver module (None: no driver needed)
-SCHEMES: dict[str, str | None] = {"sqlite": None, "http": None, "https": None,
-                                  "postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc",
-                                  "databricks": None, "databricks-uc": None}
-_DRIVER_MODULES = {"mysqldb": "MySQLdb", "mysqlconnector": "mysql.connector"}
-_EXPS_DIR = (".dvc", "tmp", "exps")
-
-
-def _file_store_allowed() -> bool:
-    return os.environ.get(ENV_ALLOW_FILE_STORE, "").strip().lower() in ("1", "true", "yes")
-
-
-def _scheme(uri: str) -> tuple[str, str]:
-    """``(scheme, driver)``: ``postgresql+psycopg2://`` -> ``('postgresql', 'psycopg2')``; a bare
-    ``databricks`` (a profile) is a scheme, a bare path is ``('', '')`` (a file store)."""
-    if uri.lower() in ("databricks", "databricks-uc"):
-        return uri.lower(), ""
-    scheme, _, driver = urlsplit(uri).scheme.lower().partition("+")
-    return scheme, driver
-
-
-def uri_problem(uri: str) -> str | None:
-    """Why ``uri`` cannot be used as a tracking store, or None when it can."""
-    parts = urlsplit(uri)
-    scheme, driver = _scheme(uri)
-    if scheme in ("", "file"):
-        if _file_store_allowed():
-            return None
-        return (f"{uri!r} is a file store (./mlruns), which current MLflow refuses (maintenance mode; "
-                f"{ENV_ALLOW_FILE_STORE}=true opts back in); use sqlite:///mlflow.db (the default) "
-                "or a tracking server URL, and move old runs with `mlflow migrate-filestore`")
-    if scheme not in SCHEMES:
-        return (f"unsupported tracking URI scheme {scheme!r}{did_you_mean(scheme, SCHEMES)} "
-                f"(supported: {', '.join(SCHEMES)}, e.g. sqlite:///mlflow.db or http://host:5000)")
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.lower().startswith("sqlite:///") else ""
-        if parts.netloc or not path or path == ":memory:":
-            return (f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
-                    "or sqlite:////absolute/path/mlflow.db")
-    if scheme in ("http", "https") and not parts.netloc:
-        return f"{uri!r} names no host (e.g. http://127.0.0.1:5000)"
-    module = _DRIVER_MODULES.get(driver, driver) if driver else SCHEMES[scheme]
-    if module and importlib.util.find_spec(module.split(".")[0]) is None:
-        return f"{uri!r} needs the database driver {module!r}, which is not installed"
-    return None
-
-
-def original_repo_root(repo_root: str | os.PathLike[str]) -> Path:
-    """The real repository for ``repo_root``: itself, or, inside DVC's temporary experiment copy
-    (``<repo>/.dvc/tmp/exps[/standalone]/tmpXXXX/...``, used by ``--temp`` and queued runs), the same
-    directory in the repository that copy was made from."""
-    root = Path(repo_root).resolve()
-    parts = root.parts
-    for i in range(len(parts) - len(_EXPS_DIR)):
-        if parts[i:i + len(_EXPS_DIR)] != _EXPS_DIR:
-            continue
-        dvc_root = Path(*parts[:i])
-        rest = parts[i + len(_EXPS_DIR):]
-        rest = rest[1:] if rest[:1] == ("standalone",) else rest
-        if not rest:  # the exps folder itself is no workspace
-            return root
-        # the copy is a clone of the git work tree, so its inside maps onto the original git root
-        git_root = next((p for p in (dvc_root, *dvc_root.parents) if (p / ".git").exists()), dvc_root)
-        candidate = git_root.joinpath(*rest[1:])
-        return candidate if candidate.is_dir() else dvc_root
-    return root
-
-
-def resolve_tracking_uri(uri: str, repo_root: str | os.PathLike[str]) -> str:
-    """The store to use: ``MLFLOW_TRACKING_URI`` if set, else ``uri``; a relative sqlite (or allowed
-    file-store) path is made absolute against the original repository's root; servers unchanged."""
-    source = f"{ENV_URI}={os.environ[ENV_URI]!r}" if os.environ.get(ENV_URI) else "tracking.uri"
-    uri = os.environ.get(ENV_URI) or uri
-    reason = uri_problem(uri)
-    if reason:
-        raise PipelineError(f"{source}: {reason}")
-    scheme = _scheme(uri)[0]
-    if scheme == "sqlite":
-        path = Path(unquote(uri[len("sqlite:///"):])).expanduser()
-        if not path.is_absolute():
-            path = original_repo_root(repo_root) / path
-        return f"sqlite:///{path}"
-    if scheme in ("", "file"):
-        path = Path(unquote(urlsplit(uri).path) if scheme == "file" else uri).expanduser()
-        path = path if path.is_absolute() else original_repo_root(repo_root) / path
-        return path.as_uri()
-    return uri.rstrip("/") if scheme in ("http", "https") else uri
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (PipelineError) when the store cannot be reached, instead of MLflow's minutes of
-    retries in the middle of a run: a server must answer HTTP, a database must accept TCP."""
-    parts = urlsplit(uri)
-    scheme = _scheme(uri)[0]
-    hint = f"start it or set tracking.uri / {ENV_URI}"
-    if scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            return  # it answered: reachable (a proxy may not know /health)
-        except (urllib.error.URLError, OSError) as exc:
-            why = getattr(exc, "reason", exc)
-            raise PipelineError(f"tracking server {uri} is not reachable ({why}); {hint}") from None
-    elif scheme in ("postgresql", "mysql", "mssql") and parts.hostname:
-        port = parts.port or {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-        except OSError as exc:
-            raise PipelineError(f"tracking database {parts.hostname}:{port} is not reachable "
-                                f"({exc}); {hint}") from None
-    elif scheme == "sqlite":
-        folder = Path(unquote(uri[len("sqlite:///"):])).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PipelineError(f"tracking store {uri}: cannot create {folder} ({exc})") from None
 
 
 def _git(repo_root: Path, *args: str) -> str | None:
@@ -369,9 +238,8 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
             raise PipelineError(f"tracking: experiment {name!r} is deleted in {uri}; restore it "
                                 f"(mlflow experiments restore) or choose another tracking.experiment")
         return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):  # else MLflow puts artifacts in ./mlruns of the cwd
-        location = (Path(unquote(uri[len("sqlite:///"):])).parent / ARTIFACTS_DIR).as_uri()
+    database = sqlite_path(uri)  # else MLflow puts artifacts in ./mlruns of the cwd
+    location = (database.parent / ARTIFACTS_DIR).as_uri() if database is not None else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a parallel (queued) run
@@ -417,15 +285,3 @@ def start_run(cfg: Mapping[str, Any], *, repo_root: str | os.PathLike[str], run_
     return TrackingRun(client, created.info.run_id, experiment_id, uri)
 
 
-@semantic_check("tracking")
-def _check_tracking(params: "Params") -> list[Problem]:
-    if not params.get("tracking.enabled"):
-        return []
-    problems = []
-    reason = uri_problem(params.get("tracking.uri"))
-    if reason:
-        problems.append(Problem("tracking.uri", reason))
-    env = os.environ.get(ENV_URI)
-    if env and (env_reason := uri_problem(env)):
-        problems.append(Problem("tracking.uri", f"overridden by {ENV_URI}={env!r}: {env_reason}"))
-    return problems

@@ -1,0 +1,331 @@
+"""Augmentation declared in params.yaml: imgaug pipelines built from YAML.
+
+A pipeline is a list of imgaug augmenters written as the imgaug docs write them: ``"Fliplr"``,
+``{Affine: {rotate: [-25, 25]}}`` or ``{Name: null}``; containers (``Sequential``, ``SomeOf``,
+``OneOf``, ``Sometimes``, ``WithChannels``, ``BlendAlpha``...) take nested lists. YAML lists become
+the tuples imgaug reads as ranges; ``{choice: [a, b]}`` gives the Python list imgaug reads as "one of".
+
+One builder serves the stages and ``validate``: :class:`Builder` collects every problem at its dotted
+key. imgaug is imported lazily: it takes seconds and most commands need none.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import os
+import pkgutil
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.registry import Registry, signature_problems
+
+
+# Keyword arguments that take augmenters (a list, or one) rather than values.
+AUGMENTER_ARGS = frozenset({"children", "then_list", "else_list", "foreground", "background"})
+
+
+# Found by running every augmenter on an image with a segmentation map (the test suite repeats the
+# sweep): these raise "can currently only process image data". Every other augmenter either moves
+# the mask with the image (geometric) or leaves it alone (pixel-level), as it should.
+SEGMENTATION_UNSAFE = {
+    "pillike.Affine": "pillike.Affine transforms images only; use Affine, which also moves the mask",
+    "imgcorruptlike.ElasticTransform": "it transforms images only; use ElasticTransformation",
+    "RandAugment": "it applies pillike.Affine, which transforms images only; compose Affine and "
+                   "pixel-level augmenters instead",
+}
+
+
+# Containers that augment a subset of the image channels: a geometric child would move those
+# channels away from the others and from the mask.
+CHANNEL_SUBSET_WRAPPERS = frozenset({"WithChannels", "WithBrightnessChannels", "WithHueAndSaturation"})
+
+
+GEOMETRIC_MODULES = ("imgaug.augmenters.flip", "imgaug.augmenters.geometric", "imgaug.augmenters.size")
+
+
+def _augmenter_classes() -> dict[str, type]:
+    """Every public, concrete Augmenter in ``imgaug.augmenters``; a submodule's own classes that the
+    package does not export (``pillike``, ``imgcorruptlike``) are named ``submodule.Class``."""
+    import imgaug.augmenters as iaa
+
+    found: dict[str, type] = {}
+    for info in pkgutil.iter_modules(iaa.__path__):
+        module = importlib.import_module(f"{iaa.__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if (name.startswith("_") or not inspect.isclass(obj) or obj.__module__ != module.__name__
+                    or not issubclass(obj, iaa.Augmenter) or inspect.isabstract(obj)):
+                continue
+            found[name if getattr(iaa, name, None) is obj else f"{info.name}.{name}"] = obj
+    return found
+
+
+augmenters = Registry("augmenters", provider=_augmenter_classes)
+
+
+def _to_imgaug_value(value: Any) -> Any:
+    """YAML lists -> tuples (imgaug ranges), ``{choice: [...]}`` -> list (imgaug "one of"), recursively."""
+    if isinstance(value, list):
+        return tuple(_to_imgaug_value(v) for v in value)
+    if isinstance(value, dict):
+        if set(value) == {"choice"} and isinstance(value["choice"], list):
+            return [_to_imgaug_value(v) for v in value["choice"]]
+        return {k: _to_imgaug_value(v) for k, v in value.items()}
+    return value
+
+
+def _looks_like_spec(item: Any) -> bool:
+    if isinstance(item, dict) and len(item) == 1:
+        (name, kwargs), = item.items()
+        return isinstance(name, str) and (kwargs is None or isinstance(kwargs, dict)) and name in augmenters
+    return False
+
+
+def _takes_augmenters(arg: str, value: Any) -> bool:
+    """Whether a keyword argument holds nested augmenter specs (built recursively, not tupled)."""
+    if arg in AUGMENTER_ARGS:
+        return True
+    if isinstance(value, list):
+        return bool(value) and all(_looks_like_spec(v) for v in value)
+    return _looks_like_spec(value)
+
+
+class Builder:
+    """Walks a spec, building augmenters and collecting every problem at its dotted key."""
+
+    def __init__(self, task: str, probe: tuple[int, int] | None = None):
+        self.task = task
+        self.problems: list[Problem] = []
+        self.probe_sample = _probe_sample(probe) if probe else None
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(Problem(key, message))
+
+    def pipeline(self, spec: Any, key: str) -> list[Any] | None:
+        if not isinstance(spec, list):
+            self.fail(key, f"expected a list of augmenters, got {type(spec).__name__}")
+            return None
+        built = [self.node(item, f"{key}[{i}]") for i, item in enumerate(spec)]
+        return None if any(b is None for b in built) else built
+
+    def node(self, item: Any, key: str) -> Any:
+        if isinstance(item, str):
+            name, kwargs, node_key = item, {}, key
+        elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (dict, type(None))):
+            (name, kwargs), = item.items()
+            kwargs, node_key = dict(kwargs or {}), f"{key}.{name}"
+        else:
+            hint = ""
+            if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), list):
+                hint = f"; a nested list goes under its argument, e.g. {{{next(iter(item))}: {{children: [...]}}}}"
+            self.fail(key, "expected an augmenter: 'Name', {Name: {argument: value}} or {Name: null}" + hint)
+            return None
+        cls = self.resolve(name, node_key)
+        if cls is None:
+            return None
+        arg_problems = signature_problems(cls.__init__, kwargs, skip=1)
+        for arg, message in arg_problems:
+            self.fail(f"{node_key}.{arg}" if arg else node_key, f"{name}: {message}")
+        if arg_problems:
+            return None
+        values, ok = {}, True
+        for arg, value in kwargs.items():
+            if _takes_augmenters(arg, value):
+                values[arg] = self.nested(value, f"{node_key}.{arg}")
+                ok = ok and (value is None or values[arg] is not None)
+            else:
+                values[arg] = _to_imgaug_value(value)
+        if not ok:
+            return None
+        augmenter = self.construct(cls, name, values, node_key)
+        if augmenter is not None and self.task == "segmentation" and name in CHANNEL_SUBSET_WRAPPERS:
+            moving = [type(a).__name__ for a in augmenter.get_all_children(flat=True)
+                      if type(a).__module__ in GEOMETRIC_MODULES]
+            if moving:
+                self.fail(node_key, f"{name} applies {', '.join(moving)} to some image channels only, so "
+                                    "the mask cannot follow; put geometric augmenters outside it")
+                return None
+        if augmenter is not None and self.probe_sample is not None and not self.probe(augmenter, name, node_key):
+            return None
+        return augmenter
+
+    def nested(self, value: Any, key: str) -> Any:
+        if value is None:
+            return None
+        return self.pipeline(value, key) if isinstance(value, list) else self.node(value, key)
+
+    def resolve(self, name: str, key: str) -> type | None:
+        import imgaug.augmenters as iaa
+
+        if name not in augmenters:
+            self.fail(key, augmenters.unknown_message(name))
+            return None
+        try:
+            cls = augmenters.get(name)
+        except PipelineError as exc:
+            self.fail(key, str(exc))
+            return None
+        if not (inspect.isclass(cls) and issubclass(cls, iaa.Augmenter)):
+            self.fail(key, f"{name!r} is not an imgaug Augmenter class")
+            return None
+        if self.task == "segmentation" and name in SEGMENTATION_UNSAFE:
+            self.fail(key, f"{name} cannot handle segmentation masks ({SEGMENTATION_UNSAFE[name]})")
+            return None
+        return cls
+
+    def construct(self, cls: type, name: str, values: dict[str, Any], key: str) -> Any:
+        """Build ``cls(**values)``; on failure, blame the argument(s) whose value imgaug rejects."""
+        try:
+            return cls(**values)
+        except Exception as exc:  # imgaug validates with asserts and bare Exceptions
+            message = _one_line(exc)
+        required = {p.name for p in inspect.signature(cls.__init__).parameters.values()
+                    if p.default is p.empty and p.name in values}
+        base = {k: v for k, v in values.items() if k in required}
+        blamed = []
+        if _constructs(cls, base):
+            for arg in values:
+                if arg not in base and not _constructs(cls, {**base, arg: values[arg]}):
+                    blamed.append(arg)
+        for arg in blamed or [None]:
+            self.fail(f"{key}.{arg}" if arg else key, f"{name}: {message}")
+        return None
+
+    def probe(self, augmenter: Any, name: str, key: str) -> bool:
+        """Run once on a small synthetic image (and mask) to catch values imgaug only checks when used
+        (``mode: reflec``) and augmenters that refuse masks."""
+        image, mask = self.probe_sample
+        try:
+            with warnings.catch_warnings():  # imgaug's own deprecation noise is not the user's problem
+                warnings.simplefilter("ignore")
+                _apply(augmenter, image.copy(), mask.copy() if self.task == "segmentation" else None)
+        except Exception as exc:
+            text = _one_line(exc)
+            if "only process image data" in text:
+                text = f"cannot handle segmentation masks ({text})"
+            self.fail(key, f"{name} fails on a test image: {text}")
+            return False
+        return True
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _constructs(cls: type, values: dict[str, Any]) -> bool:
+    try:
+        cls(**values)
+    except Exception:
+        return False
+    return True
+
+
+def build_augmenter(spec: list, *, task: str, random_order: bool = False, key: str = "augment") -> Any:
+    """An ``iaa.Sequential`` of the augmenters ``spec`` declares; :class:`PipelineError` lists every
+    problem (unknown name, bad argument, mask-unsafe augmenter for segmentation) at its key."""
+    import imgaug.augmenters as iaa
+    import imgaug.parameters as iap
+
+    # imgaug pre-draws 10,000 samples per parameter and keeps them across reseeding, so a seed would
+    # not repeat the stream (nor would a resumed run); per-image draws cost microseconds.
+    iap.toggle_prefetching(False)
+    builder = Builder(task)
+    children = builder.pipeline(spec, key)
+    if builder.problems or children is None:
+        raise PipelineError("invalid augmentation:\n" + "\n".join(f"  {p.key}: {p.message}" for p in builder.problems))
+    sequential = iaa.Sequential(children, random_order=random_order)
+    if task == "segmentation":
+        _masks_follow_borders(sequential)
+    return sequential
+
+
+def _masks_follow_borders(augmenter: Any) -> None:
+    """imgaug fills the border of a warped mask with background even when the image border is
+    reflected or replicated (``mode: reflect``), so a reflected object would be labelled background.
+    Where an augmenter has one fixed fill mode, warp its masks with that mode too."""
+    import imgaug.parameters as iap
+
+    for aug in [augmenter, *augmenter.get_all_children(flat=True)]:
+        mode = getattr(aug, "mode", None)
+        if hasattr(aug, "_mode_segmentation_maps") and isinstance(mode, iap.Deterministic):
+            value = getattr(aug, "_BORDER_MODE_STR_TO_INT", {}).get(mode.value, mode.value)  # cv2 codes
+            if type(value) is type(aug._mode_segmentation_maps):
+                aug._mode_segmentation_maps = value
+
+
+def _apply(augmenter: Any, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    image = np.ascontiguousarray(image)
+    if mask is None:
+        return np.ascontiguousarray(augmenter(image=image)), None
+    from imgaug.augmentables.segmaps import SegmentationMapsOnImage
+
+    segmap = SegmentationMapsOnImage(np.ascontiguousarray(mask), shape=image.shape)
+    image_aug, segmap_aug = augmenter(image=image, segmentation_maps=segmap)
+    if segmap_aug.arr.shape[:2] != image_aug.shape[:2]:  # e.g. Jigsaw keeps maps at their old size
+        segmap_aug = segmap_aug.resize(image_aug.shape[:2], interpolation="nearest")
+    return np.ascontiguousarray(image_aug), np.ascontiguousarray(segmap_aug.get_arr(), dtype=np.uint8)
+
+
+class AugmentTransform:
+    """``(image HxWx3 uint8, mask HxW uint8 | None) -> (image, mask)``: the declared pipeline.
+
+    Picklable: it pickles the spec, and each process (each DataLoader worker, forked or spawned)
+    builds its own augmenters on first use, after :func:`pipeline.seeding.worker_init_fn` reseeded
+    that process's imgaug RNG; so even augmenters that keep a private RNG (Rain, Snowflakes) follow
+    the seed. Masks go through ``SegmentationMapsOnImage``: geometric augmenters move them with the
+    image (nearest neighbour), pixel-level ones leave them alone."""
+
+    def __init__(self, spec: list, *, task: str, random_order: bool = False):
+        self.spec = copy.deepcopy(list(spec))
+        self.task = task
+        self.random_order = random_order
+        self._built: tuple[int, Any] | None = None
+        if self.spec:
+            self.augmenter  # noqa: B018 - build now so a bad spec fails here, not in a worker
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "task": self.task, "random_order": self.random_order}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._built = None
+
+    def reset(self) -> None:
+        """Rebuild the augmenters on next use (after seeding, so private RNGs follow the seed)."""
+        self._built = None
+
+    @property
+    def augmenter(self) -> Any:
+        if self._built is None or self._built[0] != os.getpid():
+            self._built = (os.getpid(), build_augmenter(self.spec, task=self.task, random_order=self.random_order))
+        return self._built[1]
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.spec:
+            return image, mask
+        return _apply(self.augmenter, image, mask)
+
+    def __repr__(self) -> str:
+        return f"AugmentTransform({len(self.spec)} augmenters, task={self.task!r})"
+
+
+def build_transform(spec: list, *, task: str, random_order: bool = False) -> AugmentTransform:
+    """The picklable ``(image, mask) -> (image, mask)`` callable ManifestDataset applies; empty spec:
+    identity."""
+    return AugmentTransform(spec, task=task, random_order=random_order)
+
+
+PROBE_MAX_SIDE = 128
+
+
+def _probe_sample(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    height, width = (min(int(s), PROBE_MAX_SIDE) for s in size)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
+                      (xx + yy) % 256], axis=-1).astype(np.uint8)
+    mask = ((yy > height // 4) & (yy < 3 * height // 4) & (xx > width // 4) & (xx < 3 * width // 4))
+    return image, mask.astype(np.uint8)

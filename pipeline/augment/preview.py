@@ -1,0 +1,39 @@
+"""The augmentation preview: a grid people look at before training (and train logs to MLflow).
+
+Each row is one training image: the original, then ``versions`` augmented versions of it;
+:func:`pipeline.plots.render_grid` draws the rows, masks overlaid, so a mask that does not follow its
+image is visible at a glance.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.plots import Sample
+from pipeline.seeding import seed_everything
+
+
+
+
+def preview_rows(base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 transform: Callable[[np.ndarray, np.ndarray | None], Sample], *, images: int,
+                 versions: int, seed: int, segmentation: bool) -> list[list[Sample]]:
+    """For ``images`` training samples spread over ``base`` (un-augmented ``(uint8 [3,H,W], target)``),
+    the original and ``versions`` augmented versions; repeatable from ``seed``."""
+    if len(base) == 0:
+        return []
+    seed_everything(seed)
+    if hasattr(transform, "reset"):
+        transform.reset()
+    picks = np.unique(np.linspace(0, len(base) - 1, min(images, len(base))).round().astype(int))
+    rows = []
+    for i in picks:
+        image, target = base[int(i)]
+        image = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        mask = np.ascontiguousarray(target.numpy()) if segmentation else None
+        rows.append([(image, mask)] + [transform(image, mask) for _ in range(versions)])
+    return rows
+
+

@@ -1,0 +1,96 @@
+"""A split of the manifest as a torch Dataset: images and masks decoded lazily from disk, resized to
+``data.image_size``, augmented by the declared transform. Images are returned as uint8 tensors:
+normalisation happens on the device, later."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config.errors import PipelineError
+from pipeline.data.files import DECODE_ERRORS, mask_array, mask_to_classes
+from pipeline.data.manifest import Manifest
+
+# (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
+Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
+
+
+def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """``data.image_size`` (one number or [height, width]) as (height, width)."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
+class ManifestDataset(torch.utils.data.Dataset):
+    """One split of a manifest as ``(image uint8 [3,H,W], target)``, decoded lazily from disk.
+
+    target: segmentation a uint8 [H,W] tensor of class indices, classification an int64 scalar.
+    Images are resized bilinearly, masks with NEAREST (class indices must not blend), then
+    ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers)."""
+
+    def __init__(self, manifest: Manifest, split: str, *, root: str | Path,
+                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None):
+        if split not in manifest.splits:
+            raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
+        self.task = manifest.task
+        self.num_classes = manifest.num_classes
+        self.class_names = list(manifest.class_names)
+        self.entries = list(manifest.splits[split])
+        self.root = Path(root)
+        self.height, self.width = image_hw(image_size)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def labels(self) -> list[int] | None:
+        """Classification labels in index order without decoding anything; None for segmentation."""
+        return [int(e["label"]) for e in self.entries] if self.task == "classification" else None
+
+    def _open(self, rel: str) -> Image.Image:
+        path = self.root / rel
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image
+        except DECODE_ERRORS as exc:
+            raise PipelineError(f"{path}: cannot decode image ({exc})") from None
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sample ``index`` resized, not transformed: (image HxWx3 uint8, class-index mask HxW or None),
+        both writable (a transform may work in place)."""
+        entry = self.entries[index]
+        image = self._open(entry["image"])
+        mask = None
+        if self.task == "segmentation":
+            mask_image = self._open(entry["mask"])
+            if mask_image.size != image.size:
+                raise PipelineError(f"{self.root / entry['mask']}: mask is {mask_image.size[0]}x{mask_image.size[1]}"
+                                    f" but its image {entry['image']} is {image.size[0]}x{image.size[1]}")
+            classes = mask_to_classes(mask_array(mask_image, str(self.root / entry["mask"])), self.num_classes)
+            mask_image = Image.fromarray(classes)
+            if mask_image.size != (self.width, self.height):
+                mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
+            mask = np.array(mask_image, dtype=np.uint8)
+        image = image.convert("RGB")
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        return np.array(image, dtype=np.uint8), mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        # np.array(order="C") copies: a transform may return a strided or read-only view.
+        image_tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
+        if self.task == "segmentation":
+            return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
+        return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)
+
+

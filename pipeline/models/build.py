@@ -1,0 +1,132 @@
+"""Building networks from an architecture config: torchvision and timm classifiers, the classic
+U-Net and U-Nets with a timm encoder, or the user's own ``module.path:factory``. Nothing here
+downloads: weights are loaded afterwards (:mod:`pipeline.models.initial`)."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from pipeline.config.checks import semantic_check
+from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.params import Params
+from pipeline.config.registry import Registry, import_object, is_import_path
+from pipeline.config.schema import did_you_mean
+from pipeline.models import weights as weights_io
+from pipeline.models.finetune import replace_first_conv
+from pipeline.models.unet import ClassicUNet, TimmUNet
+
+
+def num_outputs(task: str, num_classes: int) -> int:
+    """Output units of the head: one logit channel for binary segmentation (sigmoid), else one per
+    class (softmax)."""
+    return 1 if task == "segmentation" and num_classes == 2 else num_classes
+
+
+def build_torchvision(config: dict[str, Any]) -> nn.Module:
+    """torchvision classification model (new head: fc, classifier's last layer, or heads)."""
+    import torchvision
+
+    name, extra = config["name"], {}
+    if name in ("inception_v3", "googlenet"):
+        extra["aux_logits"] = False  # auxiliary outputs would turn the logits into a tuple
+    if name.startswith("vit_"):
+        height, width = config["image_size"]
+        if height != width:
+            raise PipelineError(f"model.name: torchvision {name} needs square images, got data.image_size {config['image_size']}")
+        extra["image_size"] = height
+    model = torchvision.models.get_model(name, weights=None, num_classes=config["num_outputs"], **extra)
+    return replace_first_conv(model, config["in_chans"]) if config["in_chans"] != 3 else model
+
+
+def build_timm(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
+    """timm classification model (new head via num_classes / reset_classifier)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(config["name"])
+    if cfg is not None and cfg.fixed_input_size:
+        timm_kwargs.setdefault("img_size", tuple(config["image_size"]))
+    return timm.create_model(config["name"], num_classes=config["num_outputs"], in_chans=config["in_chans"],
+                             **timm_kwargs)
+
+
+def build_unet(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
+    """U-Net: name classic, or any timm backbone with features_only as the encoder (unet/<timm name>)."""
+    unet = config["unet"]
+    common = dict(in_chans=config["in_chans"], num_outputs=config["num_outputs"],
+                  base_channels=unet["base_channels"], depth=unet["depth"], upsampling=unet["upsampling"])
+    if config["name"] == "classic":
+        return ClassicUNet(**common)
+    try:
+        return TimmUNet(config["name"], **common, **timm_kwargs)
+    except ValueError as exc:
+        raise PipelineError(f"model.name: {exc}") from None
+
+
+def _provide_models() -> dict[str, Any]:
+    import timm
+    import torchvision
+
+    found: dict[str, Any] = {f"torchvision/{n}": build_torchvision
+                             for n in torchvision.models.list_models(module=torchvision.models)}
+    found.update({f"timm/{n}": build_timm for n in timm.list_models()})
+    return found
+
+
+MODELS = Registry("models", provider=_provide_models)
+MODELS.add("unet/classic", ClassicUNet)
+MODELS.add("unet/<timm backbone>", TimmUNet)  # a note in `list models`: name any timm/ model as encoder
+
+
+def build_model(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
+    """The module for an architecture config (random init; never downloads anything)."""
+    if is_import_path(config["name"]):
+        return import_object(config["name"])(num_classes=config["num_outputs"], in_chans=config["in_chans"])
+    builder = {"torchvision": build_torchvision, "timm": build_timm, "unet": build_unet}[config["source"]]
+    return builder(config, **timm_kwargs)
+
+
+def _timm_names() -> list[str]:
+    import timm
+    return timm.list_models()
+
+
+@semantic_check("model", "data")
+def check_model(params: Params) -> list[Problem]:
+    """The model exists for its source and task; a pretrained path exists and is a weight file."""
+    model, task = params.get("model"), params.get("data.task")
+    source, name, problems = model["source"], model["name"], []
+    if task == "segmentation" and source != "unet":
+        problems.append(Problem("model.source", f"{source} builds classifiers; segmentation needs "
+                                "source: unet (name: classic, or a timm backbone as the encoder)"))
+    if task == "classification" and source == "unet":
+        problems.append(Problem("model.source", "a U-Net segments; classification needs torchvision or timm"))
+    if not is_import_path(name):
+        if source == "unet" and name != "classic":
+            import timm
+            if not timm.is_model(name):
+                problems.append(Problem("model.name", f"unknown U-Net encoder {name!r}"
+                                        f"{did_you_mean(name, ['classic', *_timm_names()])}; use classic or a "
+                                        "timm backbone (`python -m pipeline list models 'timm/*'`)"))
+        elif source == "timm":
+            import timm
+            if not timm.is_model(name):
+                problems.append(Problem("model.name", f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
+                                        "`python -m pipeline list models 'timm/*'` lists them"))
+        elif source == "torchvision" and f"torchvision/{name}" not in MODELS:
+            names = [n.split("/", 1)[1] for n in MODELS.names() if n.startswith("torchvision/")]
+            problems.append(Problem("model.name", f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
+                                    "`python -m pipeline list models 'torchvision/*'` lists them"))
+    pretrained = model["pretrained"]
+    if pretrained is True and source == "unet" and name == "classic":
+        problems.append(Problem("model.pretrained", "the classic U-Net has no library weights; use false or "
+                                "a path to a .pt/.pth/.safetensors state dict"))
+    if isinstance(pretrained, str):
+        path = params.resolve_path(pretrained)
+        if path.suffix not in weights_io.SUFFIXES:
+            problems.append(Problem("model.pretrained", f"{pretrained!r}: unsupported extension; expected "
+                                    f"{', '.join(weights_io.SUFFIXES)}"))
+        elif not path.is_file():
+            problems.append(Problem("model.pretrained", f"weight file {str(path)!r} does not exist"))
+    return problems
