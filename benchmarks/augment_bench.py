@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.components import load_params  # noqa: E402
 from pipeline.seeding import loader_generator, seed_everything, worker_init_fn  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import image_hw  # noqa: E402
 from pipeline.augment.cache import write_cache  # noqa: E402
 from pipeline.data.dataset import ManifestDataset

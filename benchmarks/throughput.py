@@ -50,7 +50,7 @@ from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
 from stages import augment as augment_stage, model as model_stage, split as split_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.manifest import load_manifest
 from pipeline.training.device import resolve_device  # noqa: E402

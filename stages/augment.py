@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import outputs, plots
 from pipeline.augment import cache as augment_cache
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.augment.preview import preview_rows
 from pipeline.config.params import ParamsView
 from pipeline.data.dataset import ManifestDataset, image_hw

@@ -35,7 +35,7 @@ from pipeline.config.params import ParamsView, flatten
 from pipeline.config.errors import PipelineError
 from pipeline.stage import run_stage
 from pipeline import plots
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import ManifestDataset, image_hw
 from pipeline.data.manifest import read_manifest
 from pipeline.training.device import resolve_device, to_device

@@ -30,7 +30,7 @@ from pipeline.stage import run_stage
 from pipeline.training import checkpoint
 from pipeline.training import distributed as dist
 from pipeline.augment.cache import OfflineCacheDataset
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import load_manifest
 from pipeline.training.device import resolve_device, to_device

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import imgaug.random as iarandom
 from pipeline.seeding import derived_seeds, loader_generator, seed_everything, worker_init_fn
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 
 SPEC = [{"Affine": {"rotate": [-45, 45], "translate_px": [-4, 4]}}, {"AdditiveGaussianNoise": {"scale": [5, 20]}}]
 

@@ -22,7 +22,8 @@ from pipeline.config.errors import PipelineError
 from pipeline.augment import build as augment_build
 from stages import augment
 from pipeline.augment.checks import augment_problems
-from pipeline.augment.build import SEGMENTATION_UNSAFE, augmenters, build_augmenter, build_transform
+from pipeline.augment.build import SEGMENTATION_UNSAFE, augmenters, build_augmenter
+from pipeline.augment.transform import build_transform
 from pipeline.plots import PALETTE, colour_mask, grid_size
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,7 +182,7 @@ def test_the_unsafe_list_is_what_imgaug_actually_refuses():
                 continue  # needs arguments
             try:  # RandAugment picks its operations at random: give the unsafe ones many chances
                 for _ in range(40 if name in SEGMENTATION_UNSAFE else 3):
-                    augment_build._apply(aug, image, mask)
+                    augment_build.apply_augmenter(aug, image, mask)
             except AssertionError as exc:
                 assert "only process image data" in str(exc), (name, exc)
                 raising.add(name)
@@ -226,7 +227,7 @@ def test_mask_follows_a_reflected_border():
     out_image, out_mask = build_transform(spec, task="segmentation")(image, mask)
     assert np.array_equal(out_image[..., 0], out_mask)
     plain = iaa.Affine(rotate=35, translate_px={"x": 12}, order=0, mode="reflect")  # imgaug's default
-    _, plain_mask = augment_build._apply(plain, image, mask)
+    _, plain_mask = augment_build.apply_augmenter(plain, image, mask)
     assert not np.array_equal(out_image[..., 0], plain_mask)
 
 

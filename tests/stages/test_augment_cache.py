@@ -12,7 +12,7 @@ from pipeline.config.errors import PipelineError
 from pipeline.seeding import loader_generator, worker_init_fn
 from stages import augment
 from pipeline.augment.cache import OfflineCacheDataset
-from pipeline.augment.build import build_transform
+from pipeline.augment.transform import build_transform
 from pipeline.augment.cache import write_cache, write_disabled
 
 SPEC = [{"Fliplr": {"p": 0.5}}, {"Affine": {"rotate": [-30, 30], "mode": "reflect"}},
