@@ -4,7 +4,7 @@
 wrote, and writes ``outputs/evaluate/`` (as a whole, atomically):
 
 - ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size), the task's
-  metrics from :mod:`stages.metrics` (segmentation: pooled ``dice``, ``iou``, ``pixel_accuracy`` and
+  metrics from :mod:`pipeline.training.metrics` (segmentation: pooled ``dice``, ``iou``, ``pixel_accuracy`` and
   per class; classification: ``accuracy``, per-class precision/recall/F1, ``macro_f1``), the
   ``confusion_matrix`` (rows = actual) and ``class_names``;
 - ``confusion.csv`` (DVC plots, confusion template): ``actual,predicted`` rows; classification one

@@ -10,7 +10,7 @@ in exactly the layout a user's data would have (the same reading code serves bot
 - ``data/shapes-cls/<circle|square|triangle>/*.png``: one shape per image, same kind of backgrounds.
 
 Only IEEE-exact arithmetic (+, -, *, /, sqrt, floor) and uniform draws are used, so regeneration
-gives the same pixels on any platform; ``python -m stages.synthetic`` rewrites both datasets.
+gives the same pixels on any platform; ``python -m pipeline.data.synthetic`` rewrites both datasets.
 """
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def generate_classification(root: str | Path, *, n_per_class: int, size: int, se
 
 def main(argv: list[str] | None = None) -> int:
     """Regenerate the committed default datasets (``data/shapes-seg`` and ``data/shapes-cls``)."""
-    parser = argparse.ArgumentParser(prog="python -m stages.synthetic", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.synthetic", description=main.__doc__)
     parser.add_argument("--out", type=Path, default=REPO_DATA, help="parent folder (default: the repo's data/)")
     args = parser.parse_args(argv)
     generate_segmentation(args.out / "shapes-seg", **SEGMENTATION_DEFAULTS)
