@@ -75,9 +75,6 @@ class Params:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
 
-    def locate(self, key: str) -> tuple[int, int] | tuple[None, None]:
-        return self.marks.locate(_keypath(key))
-
     def view(self, keys: Sequence[str], stage: str = "stage") -> "ParamsView":
         return ParamsView(self, tuple(keys), stage)
 
