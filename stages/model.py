@@ -18,7 +18,7 @@ from pipeline.atomic import write_json
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
 from pipeline.data.manifest import Manifest, load_manifest
-from pipeline.models.build import num_outputs
+from pipeline.models import build
 from pipeline.models.file import save_model
 from pipeline.models.initial import initial_model, summarize
 from pipeline.stage import run_stage
@@ -34,11 +34,9 @@ def architecture(view: ParamsView, manifest: Manifest) -> dict[str, Any]:
     if wanted is not None and wanted < data_classes:
         raise PipelineError(f"model.num_classes: {wanted} is fewer than the {data_classes} classes in the data "
                             f"({outputs.MANIFEST}); use null to follow the data")
-    classes = wanted or data_classes
-    source = view["model.source"]
-    return {"source": source, "name": view["model.name"], "task": task, "num_classes": classes,
-            "num_outputs": num_outputs(task, classes), "in_chans": view["model.in_chans"],
-            "image_size": list(view["data.image_size"]), "unet": view["model.unet"] if source == "unet" else None}
+    declared = {key: view[f"model.{key}"] for key in ("source", "name", "in_chans", "unet")}
+    return build.architecture(declared, task=task, num_classes=wanted or data_classes,
+                              image_size=view["data.image_size"])
 
 
 def model(view: ParamsView) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.building import blamed_attempt, one_line, required_arguments, resolve
+from pipeline.config.errors import ComponentError, Problem
 from pipeline.config.registry import Registry, signature_problems
 
 
@@ -158,13 +159,10 @@ class Builder:
     def resolve(self, name: str, key: str) -> type | None:
         import imgaug.augmenters as iaa
 
-        if name not in augmenters:
-            self.fail(key, augmenters.unknown_message(name))
-            return None
         try:
-            cls = augmenters.get(name)
-        except PipelineError as exc:
-            self.fail(key, str(exc))
+            cls = resolve(augmenters, name, key)
+        except ComponentError as exc:
+            self.problems += exc.problems
             return None
         if not (inspect.isclass(cls) and issubclass(cls, iaa.Augmenter)):
             self.fail(key, f"{name!r} is not an imgaug Augmenter class")
@@ -177,20 +175,11 @@ class Builder:
     def construct(self, cls: type, name: str, values: dict[str, Any], key: str) -> Any:
         """Build ``cls(**values)``; on failure, blame the argument(s) whose value imgaug rejects."""
         try:
-            return cls(**values)
-        except Exception as exc:  # imgaug validates with asserts and bare Exceptions
-            message = _one_line(exc)
-        required = {p.name for p in inspect.signature(cls.__init__).parameters.values()
-                    if p.default is p.empty and p.name in values}
-        base = {k: v for k, v in values.items() if k in required}
-        blamed = []
-        if _constructs(cls, base):
-            for arg in values:
-                if arg not in base and not _constructs(cls, {**base, arg: values[arg]}):
-                    blamed.append(arg)
-        for arg in blamed or [None]:
-            self.fail(f"{key}.{arg}" if arg else key, f"{name}: {message}")
-        return None
+            return blamed_attempt(lambda args: cls(**args), values, key=key, what=name,
+                                  required=required_arguments(cls))
+        except ComponentError as exc:
+            self.problems += exc.problems
+            return None
 
     def probe(self, augmenter: Any, name: str, key: str) -> bool:
         """Run once on a small synthetic image (and mask) to catch values imgaug only checks when used
@@ -201,7 +190,7 @@ class Builder:
                 warnings.simplefilter("ignore")
                 apply_augmenter(augmenter, image.copy(), mask.copy() if self.task == "segmentation" else None)
         except Exception as exc:
-            text = _one_line(exc)
+            text = one_line(exc)
             if "only process image data" in text:
                 text = f"cannot handle segmentation masks ({text})"
             self.fail(key, f"{name} fails on a test image: {text}")
@@ -209,21 +198,8 @@ class Builder:
         return True
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
-
-
-def _constructs(cls: type, values: dict[str, Any]) -> bool:
-    try:
-        cls(**values)
-    except Exception:
-        return False
-    return True
-
-
 def build_augmenter(spec: list, *, task: str, random_order: bool = False, key: str = "augment") -> Any:
-    """An ``iaa.Sequential`` of the augmenters ``spec`` declares; :class:`PipelineError` lists every
+    """An ``iaa.Sequential`` of the augmenters ``spec`` declares; :class:`ComponentError` lists every
     problem (unknown name, bad argument, mask-unsafe augmenter for segmentation) at its key."""
     import imgaug.augmenters as iaa
     import imgaug.parameters as iap
@@ -234,7 +210,7 @@ def build_augmenter(spec: list, *, task: str, random_order: bool = False, key: s
     builder = Builder(task)
     children = builder.pipeline(spec, key)
     if builder.problems or children is None:
-        raise PipelineError("invalid augmentation:\n" + "\n".join(f"  {p.key}: {p.message}" for p in builder.problems))
+        raise ComponentError(builder.problems)
     sequential = iaa.Sequential(children, random_order=random_order)
     if task == "segmentation":
         _masks_follow_borders(sequential)

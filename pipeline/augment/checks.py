@@ -39,7 +39,7 @@ def augment_problems(spec: Any, *, task: str, key: str, image_size: int | list[i
     return builder.problems
 
 
-@semantic_check("augment", "data")
+@semantic_check("augment", "data.task", "data.image_size")
 def check_augment(params: Params) -> list[Problem]:
     """Augmenter names exist, their arguments bind and their values are accepted, and for
     segmentation every augmenter can carry the mask along."""

@@ -24,6 +24,20 @@ class Problem:
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
+class ComponentError(PipelineError):
+    """A declared component (loss, optimizer, scheduler, augmenter, model) cannot be built or run as
+    declared. Raised by the builders the stages use; ``validate`` runs the same builders on tiny
+    stand-ins and reports each problem at its key."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p.key}: {p.message}" if p.key else p.message for p in problems))
+
+    @classmethod
+    def at(cls, key: str, message: str) -> "ComponentError":
+        return cls([Problem(key, message)])
+
+
 class ConfigError(PipelineError):
     """The params file is invalid; carries every problem found, not just the first."""
 
@@ -41,5 +55,14 @@ def report(exc: PipelineError, prog: str) -> int:
         print(f"{prog}: {exc.filename} is invalid ({len(exc.problems)} problem(s)); nothing was run",
               file=sys.stderr)
     else:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_without_worker_traceback(str(exc))}", file=sys.stderr)
     return 2
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A failure in a DataLoader worker comes back as "Caught X in DataLoader worker process N.
+    Original Traceback ...: X: <message>"; the user needs the message (it names the file and why)."""
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message

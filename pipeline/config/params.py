@@ -127,10 +127,6 @@ class ParamsView:
         return copy.deepcopy(self.params.data)
 
 
-def _sections(problems: Iterable[Problem]) -> set[str]:
-    return {p.key.split(".")[0].split("[")[0] for p in problems if p.key}
-
-
 def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
     out = []
     for p in problems:
@@ -150,7 +146,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True) -> 
     problems += schema.validate(data, marks)
     params = Params(schema.fill_defaults(data), path, marks)
     if semantic:
-        problems += _locate_all(checks.run_checks(params, _sections(problems)), marks)
+        problems += _locate_all(checks.run_checks(params, [p.key for p in problems]), marks)
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.key))
         raise ConfigError(str(path), problems)

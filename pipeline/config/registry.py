@@ -83,6 +83,10 @@ class Registry:
             raise PipelineError(self.unknown_message(name))
         return entries[name]
 
+    def find(self, name: str) -> Any:
+        """The registered entry ``name``, or None (never imports user code)."""
+        return self._all().get(name)
+
     def unknown_message(self, name: str) -> str:
         hint = did_you_mean(name, self._all())
         extra = "; for your own, 'module.path:attr'" if self.allow_import_paths else ""

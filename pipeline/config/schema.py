@@ -163,4 +163,15 @@ def _explain_alternatives(error: ValidationError, marks: Marks) -> Iterator[Prob
         message = f"expected {' or '.join(dict.fromkeys(wanted))}, got {json_type(error.instance)} {error.instance!r}{hint}"
         yield _at(path, message + (f" ({desc})" if desc and len(desc) < 80 else ""), marks)
         return
+    # The branch the value's type fits tells what is wrong ([64, -1]: -1 is below the minimum, not
+    # "expected integer"); else the best match over all branches.
+    branches: dict[Any, list[ValidationError]] = {}
+    for e in context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+    fitting = [errors for errors in branches.values()
+               if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errors)]
+    if len(fitting) == 1:
+        for e in fitting[0]:
+            yield from _explain(e, marks)
+        return
     yield from _explain(best_match(context), marks)

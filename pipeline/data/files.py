@@ -34,6 +34,21 @@ MAX_SEGMENTATION_CLASSES = 256  # masks hold class indices in 8 bits
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def decode_error_reason(exc: BaseException, size: int | None = None) -> str:
+    """Why PIL could not decode a file, in words ("cannot identify image file <_io.BytesIO ...>"
+    names a buffer, not the file)."""
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL can read"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too large to decode safely ({exc})"
+    text = " ".join(str(exc).split())
+    if "truncated" in text:
+        return "truncated: the file ends before the image data does"
+    return text or type(exc).__name__
+
+
 def segmentation_class_names(num_classes: int) -> list[str]:
     """``background`` is class 0; binary masks call class 1 ``foreground``."""
     if num_classes == 2:

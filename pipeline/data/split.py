@@ -16,7 +16,6 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +28,10 @@ from PIL import Image
 from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.data.files import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, check_mask_classes,
-                                 folder_problems, inside, mask_values, segmentation_class_names, several)
+                                 decode_error_reason, folder_problems, inside, mask_values, segmentation_class_names, several)
 from pipeline.data.manifest import SPLITS
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 CHUNK = 256  # files per pool task at least: per-file futures would cost more than tiny reads
@@ -53,7 +51,8 @@ class ScannedFile:
 
 
 def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
-    """Read one file once: hash it, take its size from the header, decode it only if it is a mask.
+    """Read one file once: hash it and decode it fully, so a truncated or corrupt file is reported
+    here with its path rather than by a DataLoader worker mid-training; masks also give their values.
     (Plain strings, not pathlib, on this path: it runs once per file.)"""
     path = os.path.join(root, rel)
     try:
@@ -62,14 +61,14 @@ def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
     digest = hashlib.sha256(data).hexdigest()
-    if not is_mask and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":  # no PIL for most images
-        return ScannedFile(rel, digest, struct.unpack(">II", data[16:24]))
     try:
         with Image.open(io.BytesIO(data)) as image:
+            image.load()
             values = mask_values(image, path) if is_mask else ()
             return ScannedFile(rel, digest, image.size, values)
     except DECODE_ERRORS as exc:
-        raise PipelineError(f"{path}: not a readable {'mask' if is_mask else 'image'} ({exc})") from None
+        raise PipelineError(f"{path}: not a readable {'mask' if is_mask else 'image'} "
+                            f"({decode_error_reason(exc, len(data))})") from None
 
 
 def _scan_chunk(root: str, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile]:
@@ -167,12 +166,12 @@ def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
     masks = _by_stem(_files(mask_folder, real_root, MASK_EXTENSIONS, "masks"), masks_dir)
     if not images:
         raise PipelineError(f"{image_folder}: no images")
-    lonely = [f"{images_dir}/{n}" for s, n in images.items() if s + mask_suffix not in masks]
+    lonely = [str(image_folder / n) for s, n in images.items() if s + mask_suffix not in masks]
     if lonely:
         raise PipelineError(f"{len(lonely)} image(s) without a mask (looked for {masks_dir}/<stem>{mask_suffix}"
                             f".<ext>, data.mask_suffix = {mask_suffix!r}): {several(lonely)}")
     paired = {s + mask_suffix for s in images}
-    orphans = [f"{masks_dir}/{n}" for s, n in masks.items() if s not in paired]
+    orphans = [str(mask_folder / n) for s, n in masks.items() if s not in paired]
     if orphans:
         raise PipelineError(f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
                             f"{mask_suffix!r}): {several(orphans)}")
@@ -251,7 +250,10 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
         num_classes = len(class_names)
     else:
         pairs = scan_segmentation(root, images_dir, masks_dir, mask_suffix)
-        num_classes = check_mask_classes([(m.rel, m.values) for _, m in pairs], num_classes)
+        try:
+            num_classes = check_mask_classes([(m.rel, m.values) for _, m in pairs], num_classes)
+        except PipelineError as exc:  # name the folder: the message may speak of all masks at once
+            raise PipelineError(f"{root / masks_dir}: {exc}") from None
         class_names = segmentation_class_names(num_classes)
         entries = [{"image": i.rel, "mask": m.rel} for i, m in pairs]
         present = [tuple(1 if v and num_classes == 2 else v for v in m.values) for _, m in pairs]

@@ -8,12 +8,13 @@ from typing import Any
 from torch import nn
 
 from pipeline.config.checks import semantic_check
+from pipeline.config.building import located, one_line
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.params import Params
 from pipeline.config.registry import Registry, import_object, is_import_path
 from pipeline.config.schema import did_you_mean
 from pipeline.models import weights as weights_io
-from pipeline.models.finetune import replace_first_conv
+from pipeline.models.finetune import freeze_problem, replace_first_conv
 from pipeline.models.unet import ClassicUNet, TimmUNet
 
 
@@ -92,7 +93,7 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-@semantic_check("model", "data")
+@semantic_check("model", "data.task", "data.num_classes", "data.image_size")
 def check_model(params: Params) -> list[Problem]:
     """The model exists for its source and task; a pretrained path exists and is a weight file."""
     model, task = params.get("model"), params.get("data.task")
@@ -129,4 +130,40 @@ def check_model(params: Params) -> list[Problem]:
                                     f"{', '.join(weights_io.SUFFIXES)}"))
         elif not path.is_file():
             problems.append(Problem("model.pretrained", f"weight file {str(path)!r} does not exist"))
+    freezing = freeze_problem(model["freeze"], pretrained)
+    if freezing:
+        problems.append(Problem("model.freeze", freezing))
+    if not any(p.key in ("model.source", "model.name", "model.freeze") for p in problems):
+        problems += _build_problems(params)
     return problems
+
+
+def architecture(model: dict[str, Any], *, task: str, num_classes: int, image_size: Any) -> dict[str, Any]:
+    """The architecture config a model file records (all that rebuilding it needs)."""
+    source = model["source"]
+    return {"source": source, "name": model["name"], "task": task, "num_classes": num_classes,
+            "num_outputs": num_outputs(task, num_classes), "in_chans": model["in_chans"],
+            "image_size": list(image_size) if isinstance(image_size, (list, tuple)) else [image_size] * 2,
+            "unet": model["unet"] if source == "unet" else None}
+
+
+def _build_problems(params: Params) -> list[Problem]:
+    """Build the declared architecture as the model stage will, on the meta device (no memory, no
+    weights, no download), find its head and apply ``model.freeze``: a U-Net too deep for its encoder,
+    a user factory that fails, a freeze pattern that matches nothing are found here."""
+    import torch
+
+    from pipeline.models.finetune import apply_freeze, find_head
+
+    model, task = params.get("model"), params.get("data.task")
+    classes = model["num_classes"] or params.get("data.num_classes") or 2  # the head's size cannot fail
+    config = architecture(model, task=task, num_classes=classes, image_size=params.get("data.image_size"))
+    try:
+        with torch.device("meta"):
+            net = build_model(config)
+        apply_freeze(net, model["freeze"], find_head(net, config["source"]))
+    except PipelineError as exc:
+        return [located(exc, "model")]
+    except Exception as exc:  # a user factory or a library may fail in any way
+        return [Problem("model", f"building {config['source']}/{config['name']} failed: {one_line(exc)}")]
+    return []

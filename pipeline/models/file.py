@@ -45,7 +45,7 @@ class ModelInfo:
 
     def metadata(self) -> dict[str, str]:
         values = {"version": 1, "arch": self.config, "head_prefixes": self.head_prefixes, "freeze": self.freeze,
-                  "weights": self.weights}
+                  "frozen": self.frozen, "weights": self.weights}
         return {META_KEY: json.dumps(values, sort_keys=True)}
 
 
@@ -78,5 +78,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
         model = build_model(values["arch"])
     model.load_state_dict(load_file(str(path)), strict=True)
-    frozen = apply_freeze(model, values["freeze"], values["head_prefixes"])
+    # The exact tensors frozen when the file was made ("backbone" depends on what the starting weights
+    # covered, which only the model stage knew); files from before the list was recorded re-derive it.
+    recorded = values.get("frozen")
+    freeze = recorded if recorded else values["freeze"] if recorded is None else "none"
+    frozen = apply_freeze(model, freeze, values["head_prefixes"])
     return model, ModelInfo(values["arch"], values["head_prefixes"], values["freeze"], values["weights"], frozen)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from torch import nn
 
@@ -74,16 +74,28 @@ def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def frozen_predicate(freeze: str | list[str], head_prefixes: Sequence[str]) -> Callable[[str], bool]:
-    """``none``, ``backbone`` (all but the head) or glob patterns -> is this parameter frozen?"""
+def frozen_predicate(freeze: str | list[str], head_prefixes: Sequence[str],
+                     fresh: Collection[str] = ()) -> Callable[[str], bool]:
+    """``none``, ``backbone`` (what the starting weights gave: all but the head and the ``fresh``,
+    randomly initialised, tensors) or glob patterns -> is this parameter frozen?"""
     if freeze == "none":
         return lambda name: False
     if freeze == "backbone":
-        return lambda name: not in_prefixes(name, head_prefixes)
+        fresh = frozenset(fresh)
+        return lambda name: not in_prefixes(name, head_prefixes) and name not in fresh
     return lambda name: any(fnmatch.fnmatchcase(name, p) or in_prefixes(name, [p]) for p in freeze)
 
 
-def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Sequence[str]) -> list[str]:
+def freeze_problem(freeze: str | list[str], pretrained: bool | str) -> str | None:
+    """Why ``model.freeze`` cannot work with ``model.pretrained`` (checked by validate and the stage)."""
+    if freeze == "backbone" and pretrained is False:
+        return ("backbone freezes what the starting weights give, and model.pretrained is false: every layer "
+                "starts random; set model.pretrained, or freeze: none, or name the layers to freeze")
+    return None
+
+
+def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Sequence[str], *,
+                 fresh: Collection[str] = ()) -> list[str]:
     """Set ``requires_grad=False`` on frozen parameters and pin frozen BatchNorm layers to eval mode
     (``requires_grad`` alone does not stop running statistics). Returns the frozen names.
 
@@ -96,7 +108,7 @@ def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Seque
                 raise PipelineError(f"model.freeze: pattern {pattern!r} matches no parameter"
                                     f"{did_you_mean(pattern, modules + names)}; names look like "
                                     f"{', '.join(names[:4])} (globs such as 'layer1.*' work)")
-    is_frozen = frozen_predicate(freeze, head_prefixes)
+    is_frozen = frozen_predicate(freeze, head_prefixes, fresh)
     frozen = [n for n in names if is_frozen(n)]
     for name, param in model.named_parameters():
         if is_frozen(name):
@@ -105,11 +117,28 @@ def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Seque
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
             if all(is_frozen(n) for n in own or [f"{name}.weight"]):
-                # An instance attribute wins over nn.Module.train, and parents call child.train(mode),
-                # so model.train() anywhere (and copy.deepcopy of the model) keeps this layer in eval.
-                module.train = types.MethodType(_stay_in_eval, module)
-                module.eval()
+                pin_eval(module)
     return frozen
+
+
+def pin_eval(module: nn.Module) -> None:
+    """Keep ``module`` in eval mode for good. An instance attribute wins over ``nn.Module.train``, and
+    parents call ``child.train(mode)``, so ``model.train()`` anywhere (and a deepcopy) keeps it in eval."""
+    module.train = types.MethodType(_stay_in_eval, module)
+    module.eval()
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps frozen BatchNorm layers pinned in eval:
+    the conversion builds new modules and would drop the pin, letting frozen statistics move."""
+    import torch
+
+    pinned = set(frozen_batchnorm_layers(model))
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, module in converted.named_modules():
+        if name in pinned:
+            pin_eval(module)
+    return converted
 
 
 def frozen_batchnorm_layers(model: nn.Module) -> list[str]:

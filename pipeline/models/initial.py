@@ -13,17 +13,20 @@ from pipeline.config.errors import PipelineError
 from pipeline.models import weights as weights_io
 from pipeline.models.build import build_model
 from pipeline.models.file import ModelInfo
-from pipeline.models.finetune import apply_freeze, find_head, frozen_batchnorm_layers, in_prefixes
+from pipeline.models.finetune import apply_freeze, find_head, freeze_problem, frozen_batchnorm_layers, in_prefixes
 
 
 def initial_model(config: dict[str, Any], *, pretrained: bool | str, freeze: str | list[str], seed: int,
                   root: Path) -> tuple[nn.Module, ModelInfo, weights_io.LoadReport | None]:
     """Build (seeded), load the starting weights, fit the new head, freeze: the pure core of the stage."""
+    problem = freeze_problem(freeze, pretrained)
+    if problem:
+        raise PipelineError(f"model.freeze: {problem}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, report = _build_with_weights(config, pretrained, root)
     head = find_head(model, config["source"])
-    frozen = apply_freeze(model, freeze, head)
+    frozen = apply_freeze(model, freeze, head, fresh=report.missing if report is not None else ())
     brief = None if report is None else {"source": report.source, "path": report.path, "sha256": report.sha256}
     return model, ModelInfo(config, head, freeze, brief, frozen), report
 
@@ -112,5 +115,5 @@ def summarize(model: nn.Module, info: ModelInfo, report: weights_io.LoadReport |
             "parameters": {"total": total, "trainable": trainable, "frozen": total - trainable,
                            "head": sum(p.numel() for n, p in params if info.is_head(n))},
             "head": info.head_prefixes, "freeze": info.freeze,
-            "frozen_batchnorm_layers": len(frozen_batchnorm_layers(model)),
+            "frozen_batchnorm_layers": len(frozen_batchnorm_layers(model)), "frozen_tensors": info.frozen,
             "weights": weights, "init_sha256": init_sha256}

@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from pipeline import torchfile
+from pipeline.config.building import one_line
 from pipeline.config.errors import PipelineError
 from pipeline.models.finetune import in_prefixes
 
@@ -64,10 +66,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             obj: Any = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or a pickle holding more than tensors
-        raise PipelineError(f"model.pretrained: cannot read {str(path)!r} as a state dict "
-                            f"(safetensors, or torch.load with weights_only=True): {exc}") from None
+            obj = torchfile.load(path)
+    except PipelineError as exc:  # a pickle holding more than tensors, or a corrupt file
+        raise PipelineError(f"model.pretrained: {exc}") from None
+    except Exception as exc:  # safetensors' own errors on a corrupt file
+        raise PipelineError(f"model.pretrained: {path}: not a readable safetensors file ({one_line(exc)})") from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

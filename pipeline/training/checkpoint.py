@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from pipeline.hashing import file_sha256
+from pipeline import torchfile
 from pipeline.atomic import write_bytes
+from pipeline.config.errors import PipelineError
 
 
 def fingerprint(params: dict[str, Any], files: list[Path]) -> str:
@@ -40,13 +42,20 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it is an unfinished run of the same inputs, else ``None``."""
+    """The checkpoint at ``path`` if it is an unfinished run of the same inputs, else ``None``.
+
+    It is read with ``weights_only=True`` (tensors and plain data: what :func:`save` writes); a file
+    holding other pickled objects is refused (:class:`pipeline.torchfile.UnsafeFileError`) and nothing
+    in it runs. A merely unreadable one (a torn copy) is ignored: training starts fresh over it."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt checkpoint must not block a fresh start
-        print(f"train: ignoring unreadable checkpoint {path} ({exc})")
+        state = torchfile.load(path)
+    except torchfile.UnsafeFileError as exc:
+        raise PipelineError(f"{exc}; this pipeline never writes such a checkpoint: delete it to train "
+                            "from scratch") from None
+    except PipelineError as exc:  # a corrupt checkpoint must not block a fresh start
+        print(f"train: ignoring the checkpoint: {exc}")
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != expected_fingerprint:
         print(f"train: {path} is from different params or inputs; starting fresh")

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
 from pipeline.config.errors import PipelineError
+from pipeline.models.finetune import convert_sync_batchnorm
 
 DEBUG_SAMPLES_ENV = "YAMLTRAIN_DEBUG_SAMPLES"  # a folder: each rank writes the indices it trains on
 
@@ -110,7 +111,7 @@ def wrap_model(net: torch.nn.Module, ctx: Context, device: torch.device, *, sync
         if device.type != "cuda":
             raise PipelineError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
                                 "kernel); set it to false for CPU runs")
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = convert_sync_batchnorm(net)  # frozen BatchNorms stay pinned in eval
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 

@@ -1,63 +1,45 @@
-"""Losses: the ``loss`` section -> an ``nn.Module`` called as ``loss(logits, target)``, and its
-validate-time check.
+"""Losses: the ``loss`` section -> an ``nn.Module`` called as ``loss(logits, target)``.
 
 Every loss takes logits and computes in float32 with autocast switched off, using the
 ``*_with_logits`` / ``log_softmax`` forms (``sigmoid`` + ``F.binary_cross_entropy`` is refused by
 CUDA autocast and loses precision). The loss modules themselves are in :mod:`pipeline.training.losses`.
+``validate`` builds the declared loss with :func:`build_loss` and calls it on a two-sample batch of
+the task's shape, so a value the loss only rejects when called (``alpha: 'high'``) is found there.
 """
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
+from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
 from pipeline.config.checks import semantic_check
-from pipeline.config.errors import PipelineError, Problem
-from pipeline.config.registry import is_import_path, signature_problems
+from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.registry import is_import_path
 from pipeline.training.losses import BINARY, MULTICLASS, Float32Loss, FunctionLoss, WeightedSum, losses
+
 
 def _mode(num_outputs: int) -> str:
     return BINARY if num_outputs == 1 else MULTICLASS
 
 
-def _build_one(name: str, params: dict[str, Any], num_outputs: int) -> nn.Module:
-    if name == "sum":
-        raise PipelineError("loss.terms: sum cannot be nested inside terms; list the terms directly")
-    impl = losses.get(name)
-    if is_import_path(name):
-        if inspect.isclass(impl):
-            if not issubclass(impl, nn.Module):
-                raise PipelineError(f"loss {name!r}: a class must be a torch.nn.Module")
-            return impl(**params)
-        if not callable(impl):
-            raise PipelineError(f"loss {name!r} is neither an nn.Module class nor a function")
-        return FunctionLoss(impl, params)
-    mode = _mode(num_outputs)
-    if mode not in impl.supports:
-        raise PipelineError(_mode_message(name, mode, num_outputs))
-    for arg, message in _per_class_problems(name, params, num_outputs):
-        raise PipelineError(f"loss {name!r} params.{arg}: {message}")
-    return impl(**params)
-
-
-def _per_class_problems(name: str, params: dict[str, Any], num_outputs: int | None) -> list[tuple[str, str]]:
+def _per_class_problem(name: str, params: dict[str, Any], num_outputs: int) -> tuple[str, str] | None:
     """Per-class weight lists (cross_entropy ``weight``, focal ``alpha``) must match the classes."""
     arg = {"cross_entropy": "weight", "focal": "alpha"}.get(name)
     value = params.get(arg) if arg else None
-    if value is None or num_outputs is None:
-        return []
-    if num_outputs == 1:
-        if isinstance(value, list):
-            return [(arg, "binary focal alpha is one number (the weight of the positive class)")]
-        return []
-    if isinstance(value, list) and len(value) != num_outputs:
-        return [(arg, f"{len(value)} per-class weights for {num_outputs} classes")]
-    return []
+    if value is None:
+        return None
+    if num_outputs == 1 and isinstance(value, list):
+        return arg, "binary focal alpha is one number (the weight of the positive class)"
+    if num_outputs > 1 and isinstance(value, list) and len(value) != num_outputs:
+        return arg, f"{len(value)} per-class weights for {num_outputs} classes"
+    return None
 
 
-def _mode_message(name: str, mode: str, num_outputs: int | None) -> str:
-    outs = f" ({num_outputs} output channels)" if num_outputs else ""
+def _mode_message(name: str, mode: str, num_outputs: int) -> str:
+    outs = f" ({num_outputs} output channels)" if mode == MULTICLASS else ""
     if mode == MULTICLASS and name in ("bce", "dice_bce"):
         return (f"{name} is for binary tasks (one logit channel); this task is multi-class{outs}: use "
                 "cross_entropy, or name: sum with terms [{name: dice}, {name: cross_entropy}]")
@@ -67,79 +49,102 @@ def _mode_message(name: str, mode: str, num_outputs: int | None) -> str:
     return f"{name} does not support multi-class tasks{outs}"
 
 
-def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int) -> nn.Module:
-    """The loss module for the resolved ``loss`` section; ``num_outputs`` is the model's logit count
-    (1 = binary). ``task`` is recorded for messages only: the mode comes from ``num_outputs``."""
-    name = cfg["name"]
+def _build_one(name: str, params: dict[str, Any], num_outputs: int, key: str, task: str) -> nn.Module:
+    """One loss (``key`` is ``loss`` or ``loss.terms[i]``), called once on a stand-in batch: its
+    constructor and its forward see every value before training does."""
     if name == "sum":
-        terms = cfg.get("terms") or []
-        if not terms:
-            raise PipelineError("loss.terms: name: sum needs at least one term")
-        inner: nn.Module = WeightedSum([(float(t.get("weight", 1.0)),
-                                         _build_one(t["name"], dict(t.get("params") or {}), num_outputs))
-                                        for t in terms])
-    else:
-        inner = _build_one(name, dict(cfg.get("params") or {}), num_outputs)
-    return Float32Loss(inner, f"{name} ({task})")
-
-
-# --- validate-time checks --------------------------------------------------------------------------
-
-def _expected_outputs(params: Any) -> tuple[str | None, int | None]:
-    """(binary or multi-class, logit channels) from the data section, as far as known without data."""
-    if params.has("model.num_classes") and params.get("model.num_classes") is not None:
-        return None, None  # the model overrides the head size; build_loss checks at run time
-    task, num_classes = params.get("data.task"), params.get("data.num_classes")
-    if task == "classification":
-        return MULTICLASS, num_classes
-    if num_classes is None:
-        return None, None
-    return (BINARY, 1) if num_classes == 2 else (MULTICLASS, num_classes)
-
-
-def _loss_problems(name: str, loss_params: dict[str, Any], key: str,
-                   expected: tuple[str | None, int | None]) -> list[Problem]:
-    """Problems of one loss entry at ``key`` (``loss`` or ``loss.terms[i]``)."""
-    if name == "sum":
-        return [Problem(f"{key}.name", "sum cannot be nested inside terms; list the terms directly")]
-    if name not in losses:
-        return [Problem(f"{key}.name", losses.unknown_message(name))]
-    try:
-        impl = losses.get(name)
-    except Exception as exc:  # user code may fail to import in any way; report it, no traceback
-        return [Problem(f"{key}.name", str(exc) if isinstance(exc, PipelineError)
-                        else f"importing {name!r} failed: {type(exc).__name__}: {exc}")]
-    skip, (mode, num_outputs) = 0, expected
+        raise ComponentError.at(f"{key}.name", "sum cannot be nested inside terms; list the terms directly")
+    impl = resolve(losses, name, f"{key}.name")
+    skip = 0
     if is_import_path(name):
         if inspect.isclass(impl) and not issubclass(impl, nn.Module):
-            return [Problem(f"{key}.name", f"{name!r} is a class but not a torch.nn.Module")]
+            raise ComponentError.at(f"{key}.name", f"{name!r} is a class but not a torch.nn.Module")
         if not callable(impl):
-            return [Problem(f"{key}.name", f"{name!r} is neither an nn.Module class nor a function")]
+            raise ComponentError.at(f"{key}.name", f"{name!r} is neither an nn.Module class nor a function")
         skip = 0 if inspect.isclass(impl) else 2  # a function takes (logits, target) first
-    elif mode is not None and mode not in impl.supports:
-        return [Problem(f"{key}.name", _mode_message(name, mode, None))]
-    bad = signature_problems(impl, loss_params, skip=skip)
-    if not is_import_path(name):
-        bad += _per_class_problems(name, loss_params, num_outputs)
-    return [Problem(f"{key}.params.{arg}" if arg else f"{key}.params", message) for arg, message in bad]
-
-
-@semantic_check("loss", "data")
-def check_loss(params: Any) -> list[Problem]:
-    """Loss names exist, their params bind, sum has terms, and the loss fits the task."""
-    cfg = params.get("loss")
-    expected = _expected_outputs(params)
-    problems: list[Problem] = []
-    if cfg["name"] == "sum":
-        if not cfg["terms"]:
-            problems.append(Problem("loss.terms", "name: sum needs at least one term, e.g. "
-                                    "[{name: dice, weight: 1}, {name: focal, weight: 0.5}]"))
-        if cfg["params"]:
-            problems.append(Problem("loss.params", "name: sum takes no params; give each term its own params"))
-        for i, term in enumerate(cfg["terms"]):
-            problems += _loss_problems(term["name"], term.get("params") or {}, f"loss.terms[{i}]", expected)
     else:
-        if cfg["terms"]:
-            problems.append(Problem("loss.terms", f"terms are only used with name: sum (name is {cfg['name']!r})"))
-        problems += _loss_problems(cfg["name"], cfg["params"], "loss", expected)
-    return problems
+        mode = _mode(num_outputs)
+        if mode not in impl.supports:
+            raise ComponentError.at(f"{key}.name", _mode_message(name, mode, num_outputs))
+        bad = _per_class_problem(name, params, num_outputs)
+        if bad:
+            raise ComponentError.at(f"{key}.params.{bad[0]}", bad[1])
+    check_binding(impl, params, key=f"{key}.params", skip=skip)
+
+    def attempt(args: dict[str, Any]) -> nn.Module:
+        module = impl(**args) if inspect.isclass(impl) else FunctionLoss(impl, args)
+        probe(Float32Loss(module, name), num_outputs, task)
+        return module
+
+    required = required_arguments(impl) if inspect.isclass(impl) else set()
+    return blamed_attempt(attempt, params, key=f"{key}.params", what=name, required=required)
+
+
+def probe(loss: nn.Module, num_outputs: int, task: str) -> None:
+    """Call ``loss`` on a two-sample batch of the task's shape (4x4 masks, or labels) with random
+    logits and valid targets, and backward through it: what raises here would raise in training. (A
+    non-finite value is the train loop's NaN stop to report.) Its own generator leaves the global RNG,
+    and so training, untouched."""
+    generator = torch.Generator().manual_seed(0)
+    classes = 2 if num_outputs == 1 else num_outputs
+    spatial = (4, 4) if task == "segmentation" else ()
+    logits = torch.randn(2, num_outputs, *spatial, generator=generator, requires_grad=True)
+    target = torch.randint(0, classes, (2, *spatial), generator=generator)
+    loss(logits, target).backward()
+
+
+def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int) -> nn.Module:
+    """The loss module for the resolved ``loss`` section; ``num_outputs`` is the model's logit count
+    (1 = binary, which is the mode), ``task`` the shape of a batch (masks or labels)."""
+    name = cfg["name"]
+    params = dict(cfg.get("params") or {})
+    terms = cfg.get("terms") or []
+    if name != "sum":
+        if terms:
+            raise ComponentError.at("loss.terms", f"terms are only used with name: sum (name is {name!r})")
+        return Float32Loss(_build_one(name, params, num_outputs, "loss", task), f"{name} ({task})")
+    problems = []
+    if not terms:
+        problems.append(Problem("loss.terms", "name: sum needs at least one term, e.g. "
+                                "[{name: dice, weight: 1}, {name: focal, weight: 0.5}]"))
+    if params:
+        problems.append(Problem("loss.params", "name: sum takes no params; give each term its own params"))
+    built = []
+    for i, term in enumerate(terms):
+        try:
+            built.append((float(term.get("weight", 1.0)),
+                          _build_one(term["name"], dict(term.get("params") or {}), num_outputs, f"loss.terms[{i}]", task)))
+        except ComponentError as exc:
+            problems += exc.problems
+    if problems:
+        raise ComponentError(problems)
+    return Float32Loss(WeightedSum(built), f"{name} ({task})")
+
+
+def _expected_outputs(params: Any) -> int | None:
+    """The model's logit count as far as the file tells without the data (model.num_classes, else
+    data.num_classes); None when only the split stage can know (num_classes: null)."""
+    task = params.get("data.task")
+    num_classes = params.get("model.num_classes") or params.get("data.num_classes")
+    if num_classes is None:
+        return None
+    return 1 if task == "segmentation" and num_classes == 2 else num_classes
+
+
+@semantic_check("loss", "data.task", "data.num_classes", "model.num_classes")
+def check_loss(params: Any) -> list[Problem]:
+    """Build the declared loss with the train stage's builder and call it on a stand-in batch; when
+    the class count is not known before the split, build it for a mode the loss supports."""
+    cfg = params.get("loss")
+    num_outputs = _expected_outputs(params)
+    if num_outputs is None:  # a mode the loss supports (classification is multi-class)
+        supported = getattr(losses.find(cfg["name"]), "supports", (BINARY, MULTICLASS))
+        binary = BINARY in supported and params.get("data.task") == "segmentation"
+        num_outputs = 1 if binary else 3
+    try:
+        build_loss(cfg, task=params.get("data.task"), num_outputs=num_outputs)
+    except ComponentError as exc:
+        return exc.problems
+    except PipelineError as exc:
+        return [Problem("loss", str(exc))]
+    return []

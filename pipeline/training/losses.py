@@ -186,17 +186,21 @@ class FocalLoss(nn.Module):
         if logits.shape[1] == 1:
             t = _binary_target(logits, target)
             ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-            p = torch.sigmoid(logits)
-            p_t = p * t + (1 - p) * (1 - t)
-            loss = ce * (1 - p_t) ** self.gamma
+            # (1 - p_t) ** gamma as exp(gamma * log(1 - p_t)), log(1 - p_t) = logsigmoid(-z_t): the power's
+            # gradient is infinite where p_t -> 1 for gamma < 1 (NaN gradients at a finite loss).
+            z_t = logits * (2 * t - 1)
+            loss = ce * torch.exp(self.gamma * F.logsigmoid(-z_t))
             if self.alpha is not None:
                 if not isinstance(self.alpha, (int, float)):
                     raise PipelineError("loss focal: binary alpha must be one number (the weight of positives)")
                 loss = loss * (self.alpha * t + (1 - self.alpha) * (1 - t))
             return loss.mean()
         idx = target.long().unsqueeze(1)
-        logp_t = F.log_softmax(logits, dim=1).gather(1, idx).squeeze(1)
-        loss = -logp_t * (1 - logp_t.exp()) ** self.gamma
+        logp = F.log_softmax(logits, dim=1)
+        logp_t = logp.gather(1, idx).squeeze(1)
+        # log(1 - p_t) is the log-sum of the other classes' probabilities: finite where p_t -> 1
+        log_rest = torch.logsumexp(logp.scatter(1, idx, float("-inf")), dim=1)
+        loss = -logp_t * torch.exp(self.gamma * log_rest)
         if isinstance(self.alpha, list):
             if len(self.alpha) != logits.shape[1]:
                 raise PipelineError(f"loss focal: alpha has {len(self.alpha)} weights for {logits.shape[1]} classes")

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from pipeline.config.checks import semantic_check
-from pipeline.config.errors import PipelineError, Problem
-from pipeline.config.registry import Registry, signature_problems
+from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
+from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.models.file import ModelInfo
@@ -78,45 +79,63 @@ def optimizer_groups(groups: list[dict[str, Any]], *, lr: float, split_no_decay:
 
 def build_optimizer(cfg: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The optimizer for the resolved ``optimizer`` section over the model's parameter groups
-    (``{"params", "names", "lr_mult", "name"}`` dicts)."""
+    (``{"params", "names", "lr_mult", "name"}`` dicts). ``validate`` runs this very function on a
+    one-parameter stand-in, so every rule lives here; problems raise :class:`ComponentError` at their key."""
     name = cfg["name"]
     if name in UNSUPPORTED:
-        raise PipelineError(f"optimizer.name: {UNSUPPORTED[name]}")
-    cls = optimizers.get(name)
+        raise ComponentError.at("optimizer.name", UNSUPPORTED[name])
+    cls = resolve(optimizers, name, "optimizer.name")
     kwargs = dict(cfg.get("params") or {})
+    pipeline_args = [Problem(f"optimizer.params.{key}", f"set by the pipeline; use {where}")
+                     for key, where in (("params", "the model's parameter groups"), ("lr", "optimizer.lr"))
+                     if key in kwargs]
+    if pipeline_args:
+        raise ComponentError(pipeline_args)
+    check_binding(cls, kwargs, key="optimizer.params", provided=("params", "lr"))
     split = bool(cfg.get("no_decay_norm_bias", True)) and _accepts_weight_decay(cls)
-    torch_groups = optimizer_groups(groups, lr=float(cfg["lr"]), split_no_decay=split)
+    lr = float(cfg["lr"])
+    torch_groups = optimizer_groups(groups, lr=lr, split_no_decay=split)
     if not torch_groups:
         raise PipelineError("optimizer: the model has no trainable parameters (is everything frozen? see model.freeze)")
-    try:
-        return cls(torch_groups, lr=float(cfg["lr"]), **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise PipelineError(f"optimizer {name!r}: {exc} (optimizer.params)") from None
+
+    def attempt(args: dict[str, Any]) -> torch.optim.Optimizer:
+        optimizer = cls(torch_groups, lr=lr, **args)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{name} built a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+        return optimizer
+
+    return blamed_attempt(attempt, kwargs, key="optimizer.params", what=name, required=required_arguments(cls))
 
 
-@semantic_check("optimizer")
+def stand_in_groups() -> list[dict[str, Any]]:
+    """One weight and one bias, as a model's backbone group: what ``validate`` builds optimizers on."""
+    weight, bias = torch.zeros(2, 2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    return [{"params": [weight, bias], "names": ["stand_in.weight", "stand_in.bias"], "name": "backbone"}]
+
+
+def _step_once(optimizer: torch.optim.Optimizer) -> None:
+    """One optimizer step on a gradient of ones: values such as ``betas: [2, 0.9]`` only fail here."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = torch.ones_like(param)
+    optimizer.step()
+
+
+@semantic_check("optimizer.name", "optimizer.params", "optimizer.no_decay_norm_bias")
 def check_optimizer(params: Any) -> list[Problem]:
-    """The optimizer exists, is usable here, and its params bind to its signature."""
-    cfg = params.get("optimizer")
-    name, kwargs = cfg["name"], cfg["params"]
-    if name in UNSUPPORTED:
-        return [Problem("optimizer.name", UNSUPPORTED[name])]
-    if name not in optimizers:
-        return [Problem("optimizer.name", optimizers.unknown_message(name))]
+    """Build the declared optimizer (the train stage's own builder) on a stand-in and step it once."""
+    cfg = {**params.get("optimizer"), "lr": 1e-3}  # optimizer.lr's range is the schema's to check
+    def attempt(args: dict[str, Any]) -> None:
+        _step_once(build_optimizer({**cfg, "params": args}, stand_in_groups()))
+
     try:
-        cls = optimizers.get(name)
-    except Exception as exc:  # user code may fail to import in any way; report it, no traceback
-        return [Problem("optimizer.name", str(exc) if isinstance(exc, PipelineError)
-                        else f"importing {name!r} failed: {type(exc).__name__}: {exc}")]
-    problems = []
-    for key in ("params", "lr"):
-        if key in kwargs:
-            where = "optimizer.lr" if key == "lr" else "the model's parameter groups"
-            problems.append(Problem(f"optimizer.params.{key}", f"set by the pipeline; use {where}"))
-    rest = {k: v for k, v in kwargs.items() if k not in ("params", "lr")}
-    problems += [Problem(f"optimizer.params.{arg}" if arg else "optimizer.params", message)
-                 for arg, message in signature_problems(cls, rest, provided=("params", "lr"))]
-    return problems
+        build_optimizer(cfg, stand_in_groups())  # binding and construction problems, located
+        blamed_attempt(attempt, dict(cfg["params"] or {}), key="optimizer.params", what=f"{cfg['name']}.step()")
+    except ComponentError as exc:
+        return exc.problems
+    except PipelineError as exc:
+        return [Problem("optimizer", str(exc))]
+    return []
 
 
 def parameter_groups(model: nn.Module, info: "ModelInfo", lr_mult: dict[str, float]) -> list[dict[str, Any]]:

@@ -129,7 +129,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-@semantic_check("precision", "train")
+@semantic_check("precision.dtype", "train.device")
 def check_precision(params: Any) -> list[Problem]:
     """fp16 on a device that is certainly a CPU is refused before anything runs."""
     if params.get("precision.dtype") == "fp16" and params.get("train.device") in ("cpu", "mps"):

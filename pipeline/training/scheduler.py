@@ -23,8 +23,9 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from pipeline.config.checks import semantic_check
-from pipeline.config.errors import PipelineError, Problem
-from pipeline.config.registry import Registry, is_import_path, signature_problems
+from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
+from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.registry import Registry, is_import_path
 
 # Need Python callables or scheduler objects, which params.yaml cannot hold (warmup is built in).
 UNSUPPORTED = {
@@ -201,60 +202,75 @@ class LRSchedule:
 def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, *, epochs: int,
                     steps_per_epoch: int, monitor: str | None = None) -> LRSchedule:
     """The schedule for the resolved ``scheduler`` section. ``monitor`` is the train stage's
-    resolution of ``monitor: auto`` (an explicit ``scheduler.monitor`` wins)."""
+    resolution of ``monitor: auto`` (an explicit ``scheduler.monitor`` wins). ``validate`` runs this
+    very function on a stand-in optimizer (:func:`exercise_scheduler`); problems raise
+    :class:`ComponentError` at their key."""
     name = cfg["name"]
     if name in UNSUPPORTED:
-        raise PipelineError(f"scheduler.name: {UNSUPPORTED[name]}")
-    cls = schedulers.get(name)
+        raise ComponentError.at("scheduler.name", UNSUPPORTED[name])
+    cls = resolve(schedulers, name, "scheduler.name")
     warmup = dict(cfg.get("warmup") or {})
+    if int(warmup.get("epochs") or 0) > 0 and int(warmup.get("steps") or 0) > 0:
+        raise ComponentError.at("scheduler.warmup", "set warmup.epochs or warmup.steps, not both")
+    if int(warmup.get("epochs") or 0) >= epochs:
+        raise ComponentError.at("scheduler.warmup.epochs",
+                                f"{warmup['epochs']} warmup epochs leave nothing of train.epochs = {epochs}")
     interval = auto_interval(name, cfg.get("interval", "auto"))
     if cfg.get("monitor", "auto") != "auto":
         monitor = cfg["monitor"]
     if cls is torch_schedulers.ReduceLROnPlateau and interval == "step":
-        raise PipelineError("scheduler.interval: ReduceLROnPlateau steps on a validation metric, per epoch")
-    main = None
-    if cls is not _NoSchedule:
-        length = _main_length(interval, warmup, epochs, max(1, steps_per_epoch))
-        kwargs = _auto_args(cls, dict(cfg.get("params") or {}), optimizer, length, steps_per_epoch, monitor)
-        try:
-            main = cls(optimizer, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise PipelineError(f"scheduler {name!r}: {exc} (scheduler.params)") from None
-    return LRSchedule(optimizer, main, interval=interval, warmup=warmup, monitor=monitor)
-
-
-@semantic_check("scheduler", "train")
-def check_scheduler(params: Any) -> list[Problem]:
-    """The scheduler exists, its params bind, its interval makes sense, and warmup fits the run."""
-    cfg = params.get("scheduler")
-    name, kwargs = cfg["name"], cfg["params"]
-    problems: list[Problem] = []
-    warmup = cfg["warmup"]
-    if warmup["epochs"] > 0 and warmup["steps"] > 0:
-        problems.append(Problem("scheduler.warmup", "set warmup.epochs or warmup.steps, not both"))
-    if warmup["epochs"] >= params.get("train.epochs"):
-        problems.append(Problem("scheduler.warmup.epochs",
-                                f"{warmup['epochs']} warmup epochs leave nothing of train.epochs = {params.get('train.epochs')}"))
-    if name in UNSUPPORTED:
-        return problems + [Problem("scheduler.name", UNSUPPORTED[name])]
-    if name not in schedulers:
-        return problems + [Problem("scheduler.name", schedulers.unknown_message(name))]
-    try:
-        cls = schedulers.get(name)
-    except Exception as exc:  # user code may fail to import in any way; report it, no traceback
-        return problems + [Problem("scheduler.name", str(exc) if isinstance(exc, PipelineError)
-                                   else f"importing {name!r} failed: {type(exc).__name__}: {exc}")]
+        raise ComponentError.at("scheduler.interval", "ReduceLROnPlateau steps on a validation metric, i.e. per "
+                                "epoch; use interval: epoch or auto")
+    kwargs = dict(cfg.get("params") or {})
     if cls is _NoSchedule:
         if kwargs:
-            problems.append(Problem("scheduler.params", f"scheduler {name!r} takes no params"))
-        return problems
-    if name == "ReduceLROnPlateau" and cfg["interval"] == "step":
-        problems.append(Problem("scheduler.interval", "ReduceLROnPlateau steps on a validation metric, "
-                                "i.e. per epoch; use interval: epoch or auto"))
+            raise ComponentError.at("scheduler.params", f"scheduler {name!r} takes no params")
+        return LRSchedule(optimizer, None, interval=interval, warmup=warmup, monitor=monitor)
     if "optimizer" in kwargs:
-        problems.append(Problem("scheduler.params.optimizer", "set by the pipeline"))
-    rest = {k: v for k, v in kwargs.items() if k != "optimizer"}
+        raise ComponentError.at("scheduler.params.optimizer", "set by the pipeline")
     provided = AUTO_ARGS.get(getattr(cls, "__name__", ""), ()) if not is_import_path(name) else ()
-    problems += [Problem(f"scheduler.params.{arg}" if arg else "scheduler.params", message)
-                 for arg, message in signature_problems(cls, rest, skip=1, provided=provided)]
-    return problems
+    check_binding(cls, kwargs, key="scheduler.params", skip=1, provided=provided)
+    length = _main_length(interval, warmup, epochs, max(1, steps_per_epoch))
+
+    def attempt(args: dict[str, Any]) -> LRSchedule:
+        main = cls(optimizer, **_auto_args(cls, args, optimizer, length, steps_per_epoch, monitor))
+        return LRSchedule(optimizer, main, interval=interval, warmup=warmup, monitor=monitor)
+
+    return blamed_attempt(attempt, kwargs, key="scheduler.params", what=name, required=required_arguments(cls))
+
+
+def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_loss") -> None:
+    """Build the schedule on a one-parameter optimizer and run it as the train loop would, two
+    optimizer steps an epoch, through warmup and across the next epoch boundary: values that only fail
+    when stepped (``gamma: 'abc'``) fail here, at validate time."""
+    steps_per_epoch = 2
+    warm_epochs = int((cfg.get("warmup") or {}).get("epochs") or 0)
+    warm_steps = int((cfg.get("warmup") or {}).get("steps") or 0)
+    run_epochs = min(epochs, warm_epochs + math.ceil(warm_steps / steps_per_epoch) + 2)
+    watched = cfg["monitor"] if cfg.get("monitor", "auto") != "auto" else monitor
+
+    def attempt(args: dict[str, Any]) -> None:
+        parameter = torch.zeros(1, requires_grad=True)
+        optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)
+        schedule = build_scheduler({**cfg, "params": args}, optimizer, epochs=epochs,
+                                   steps_per_epoch=steps_per_epoch, monitor=monitor)
+        for _ in range(run_epochs):
+            for _ in range(steps_per_epoch):
+                optimizer.step()
+                schedule.step_batch()
+            schedule.step_epoch({watched: 0.5})
+        if not all(math.isfinite(lr) for lr in schedule.last_lr()):
+            raise ValueError(f"the learning rate became {schedule.last_lr()}")
+
+    blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params",
+                   what=f"{cfg['name']} when stepped")
+
+
+@semantic_check("scheduler", "train.epochs")
+def check_scheduler(params: Any) -> list[Problem]:
+    """Build the declared schedule (the train stage's own builder) and step it across epochs."""
+    try:
+        exercise_scheduler(params.get("scheduler"), epochs=params.get("train.epochs"))
+    except ComponentError as exc:
+        return exc.problems
+    return []
