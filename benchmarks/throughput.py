@@ -4,8 +4,8 @@ Measures in one process, on one device, with one model, batch size and precision
 
   (a) raw_loop    a plain loop on float tensors already normalised on the device (the ceiling):
                   autocast forward, float32 loss, backward, clip, step; same channels_last/compile;
-  (b) train_step  the train stage's own step (``stages.train.make_train_step``) on the same synthetic
-                  data, as uint8 on the host the way the loader gives it (pinned memory on CUDA);
+  (b) train_step  the train stage's own step (``pipeline.training.loop.make_train_step``) on the same
+                  synthetic data, as uint8 on the host the way the loader gives it (pinned memory on CUDA);
   (c) data        ManifestDataset + the params.yaml training augmentation + a DataLoader with
                   ``--workers`` persistent workers (prefetch, pin_memory on CUDA), no model, over
                   the split's train set (``--offline``: the offline cache instead);
@@ -54,6 +54,7 @@ from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.manifest import load_manifest
 from pipeline.training.device import resolve_device  # noqa: E402
+from pipeline.training.loop import make_train_step  # noqa: E402
 from pipeline.training.loss import build_loss  # noqa: E402
 from pipeline.training.optimizer import parameter_groups  # noqa: E402
 from pipeline.models.file import load_model
@@ -265,8 +266,7 @@ def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Ca
     net.train()
     loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)
     optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
-    step_fn = train_stage.make_train_step(net, loss_fn, optimizer, plan, grad_clip=view["train"]["grad_clip"],
-                                          accumulate=1)
+    step_fn = make_train_step(net, loss_fn, optimizer, plan, grad_clip=view["train"]["grad_clip"], accumulate=1)
     images, targets = synthetic_batch(view["data.task"], args.batch, args.image_size, info.num_outputs)
     if plan.device.type == "cuda":
         images, targets = images.pin_memory(), targets.pin_memory()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline.config.errors import PipelineError
-from pipeline.data.files import DECODE_ERRORS, mask_array, mask_to_classes
+from pipeline.data.files import DECODE_ERRORS, decode_error_reason, mask_array, mask_to_classes
 from pipeline.data.manifest import Manifest
 
 # (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
@@ -48,6 +48,14 @@ class ManifestDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of each epoch, after the global RNGs were reseeded: the transform draws
+        from them, and its augmenters with a private RNG (Rain, Snowflakes) are reset to follow them too.
+        The epoch number itself is not needed (``OfflineCacheDataset.set_epoch`` picks a copy by it)."""
+        del epoch
+        if self.transform is not None and hasattr(self.transform, "reset"):
+            self.transform.reset()
+
     @property
     def labels(self) -> list[int] | None:
         """Classification labels in index order without decoding anything; None for segmentation."""
@@ -60,7 +68,8 @@ class ManifestDataset(torch.utils.data.Dataset):
                 image.load()
                 return image
         except DECODE_ERRORS as exc:
-            raise PipelineError(f"{path}: cannot decode image ({exc})") from None
+            size = path.stat().st_size if path.exists() else None
+            raise PipelineError(f"{path}: cannot decode image ({decode_error_reason(exc, size)})") from None
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Sample ``index`` resized, not transformed: (image HxWx3 uint8, class-index mask HxW or None),

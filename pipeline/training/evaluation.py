@@ -1,0 +1,145 @@
+"""The evaluate stage's library: the test-set pass (the shared :func:`~pipeline.training.scoring.score`
+plus what only evaluate keeps: confusion-plot samples and overlay images), the files it writes, and
+what it reads from train (``run.json``) and logs to MLflow."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import outputs, plots
+from pipeline.atomic import write_json, write_text
+from pipeline.config.errors import PipelineError
+from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
+from pipeline.training.scoring import score
+
+
+def read_run_info(path: Path) -> dict[str, Any]:
+    """train's ``run.json``: ``{"run_id": str | null, "tracking_uri": str | null}``."""
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the train stage") from None
+    if not isinstance(info, dict) or not isinstance(info.get("run_id"), (str, type(None))):
+        raise PipelineError(f"{path}: expected {{\"run_id\": string or null, ...}}; re-run the train stage")
+    return info
+
+
+def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``metrics.json`` as MLflow metrics, prefixed ``test_`` (train logs ``val_*``)."""
+    return {key if key.startswith("test_") else f"test_{key}": float(value)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """The manifest's class names, or the class indices as text when it has none."""
+    return [str(n) for n in names] if names else [str(i) for i in range(num_classes)]
+
+
+class TestSamples:
+    """What evaluate keeps of each batch beside the meter: the confusion-plot rows (classification
+    every image, segmentation every ``stride``-th pixel of the whole test set; kept on the device
+    until the end, so no per-batch host sync) and the first ``overlays`` images with predictions."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, task: str, *, threshold: float, stride: int, overlays: int):
+        self.task, self.threshold, self.stride, self.overlays = task, threshold, stride, overlays
+        self.offset = 0  # pixels seen so far: the stride runs across batch boundaries
+        self.actual: list[torch.Tensor] = []
+        self.predicted: list[torch.Tensor] = []
+        self.drawn: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                 y: torch.Tensor) -> None:
+        pred = predict(logits, self.threshold)
+        if self.task == "classification":
+            self.actual.append(y)
+            self.predicted.append(pred)
+        else:
+            start = (-self.offset) % self.stride
+            self.actual.append(y.reshape(-1)[start::self.stride])
+            self.predicted.append(pred.reshape(-1)[start::self.stride])
+            self.offset += y.numel()
+        need = self.overlays - len(self.drawn["images"])
+        if need > 0:
+            self.drawn["images"] += [im.permute(1, 2, 0).numpy() for im in images[:need]]
+            self.drawn["targets"] += [t.numpy() for t in targets[:need]]
+            self.drawn["preds"] += [p.numpy() for p in pred[:need].cpu()]
+
+
+def run_test_set(model: Any, dataset: Any, loss_fn: Any, plan: Any, device: torch.device,
+                 cfg: dict[str, Any], *, task: str, class_names: list[str],
+                 image_hw: tuple[int, int]) -> dict[str, Any]:
+    """One pass over the test set (``model`` in eval mode): the loss, the confusion meter, the
+    confusion-plot rows and the first ``cfg["overlays"]`` images with their predictions."""
+    loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=False,
+                        num_workers=cfg["workers"], pin_memory=device.type == "cuda")
+    meter = make_meter(task, len(class_names), threshold=cfg["threshold"], class_names=class_names)
+    pixels = len(dataset) * image_hw[0] * image_hw[1]
+    samples = TestSamples(task, threshold=cfg["threshold"], overlays=cfg["overlays"],
+                          stride=max(1, math.ceil(pixels / cfg["confusion_sample"])))
+    loss = score(model, loader, loss_fn, meter, plan, on_batch=samples)
+    return {"meter": meter, "loss": loss.mean(), "count": loss.count,
+            "actual": torch.cat(samples.actual).cpu().tolist(),
+            "predicted": torch.cat(samples.predicted).cpu().tolist(), **samples.drawn}
+
+
+def write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence[Any],
+                  results: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.json, confusion.csv, confusion.png and overlays.png into ``out``; return the metrics."""
+    meter = results["meter"]
+    k = len(names)
+    matrix = meter.confusion_matrix()
+    loss = results["loss"]
+    if not math.isfinite(loss):  # JSON has no NaN; DVC shows a missing value instead
+        print(f"evaluate: warning: the test loss is {loss}; written as null", file=sys.stderr)
+    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, "images": results["count"]}
+    metrics |= meter.compute()
+    metrics |= {"confusion_matrix": matrix, "class_names": names}
+    pairs = zip(results["actual"], results["predicted"])
+    if task == "classification":
+        rows = [(entry["image"], names[a], names[p]) for entry, (a, p) in zip(test_entries, pairs)]
+        header: tuple[str, ...] = ("image", "actual", "predicted")
+    else:
+        rows = [(names[a], names[p]) for a, p in pairs if 0 <= a < k]
+        header = ("actual", "predicted")
+    write_text(out / outputs.EVALUATE_CONFUSION_CSV.name, _csv_text(header, rows))
+    unit = "test images" if task == "classification" else "test pixels"
+    plots.save_png(out / outputs.EVALUATE_CONFUSION_PNG.name,
+                   plots.draw_confusion(matrix, names, title=f"confusion matrix, {unit}"))
+    if task == "classification":
+        drawn = plots.draw_classification_overlays(
+            results["images"], [names[int(t)] for t in results["targets"]],
+            [names[int(p)] for p in results["preds"]])
+    else:
+        captions = [f"{Path(entry['image']).name}: dice {image_dice(t, p, k):.3f}"
+                    for entry, t, p in zip(test_entries, results["targets"], results["preds"])]
+        drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
+    plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)
+    write_json(out / outputs.EVALUATE_METRICS.name, metrics)
+    return metrics
+
+
+def image_dice(target: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    """One image's Dice (the caption of its overlay row)."""
+    counts = confusion_counts(torch.from_numpy(target), torch.from_numpy(pred), num_classes)
+    return segmentation_metrics(counts)["dice"]
+
+
+def _csv_text(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,289 @@
+"""The training loop, nanoGPT style: :func:`build` turns the params into data, model, loss, optimizer
+and schedule once; :func:`fit` is then a flat loop over epochs (train, validate, record, checkpoint,
+maybe stop). The train stage opens the tracking run around the two and writes the final outputs.
+
+Every epoch's randomness derives from (train.seed, epoch) alone, so a run resumed from its checkpoint
+replays exactly what the uninterrupted run would have done (bit for bit with train.deterministic on CPU).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import outputs
+from pipeline.atomic import write_text
+from pipeline.augment.transform import build_transform
+from pipeline.augment.cache import OfflineCacheDataset
+from pipeline.config.errors import PipelineError
+from pipeline.config.params import ParamsView
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.manifest import Manifest
+from pipeline.models.file import ModelInfo, save_model
+from pipeline.seeding import loader_generator, seed_everything, worker_init_fn
+from pipeline.training import checkpoint
+from pipeline.training import distributed as dist
+from pipeline.training.device import to_device
+from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
+from pipeline.training.loss import build_loss
+from pipeline.training.metrics import ConfusionMeter, make_meter
+from pipeline.training.optimizer import build_optimizer, parameter_groups
+from pipeline.training.precision import PrecisionPlan, resolve_precision
+from pipeline.training.scheduler import LRSchedule, build_scheduler
+from pipeline.training.scoring import LossSum, score
+
+# Part of the resume fingerprint: a checkpoint laid out otherwise (say, by an older loop) is not resumed.
+CHECKPOINT_FORMAT = 2
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
+def make_loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuffle: bool,
+                generator: torch.Generator | None = None, sampler: Any = None) -> DataLoader:
+    """A DataLoader as the ``train`` section asks (shuffled and dropping a ragged last batch: training)."""
+    workers = cfg["workers"]
+    share = len(sampler) if sampler is not None else len(dataset)  # this rank's samples
+    return DataLoader(
+        dataset, batch_size=cfg["batch_size"], shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, worker_init_fn=worker_init_fn if workers else None, generator=generator,
+        pin_memory=device.type == "cuda", drop_last=shuffle and share > cfg["batch_size"],
+        prefetch_factor=4 if workers else None)
+
+
+def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, plan: Any, *,
+                    grad_clip: float | None, accumulate: int) -> Any:
+    """The one training step the loop (and the throughput benchmark) runs: uint8 batch -> device,
+    forward under autocast, float32 loss, backward, and when ``apply`` the optimizer step (unscale,
+    clip, step). Returns ``(detached loss, stepped)``; nothing here syncs with the host. A DDP ``net``
+    all-reduces gradients only on stepping micro-batches (``no_sync`` on the others)."""
+
+    def step(images: torch.Tensor, targets: torch.Tensor, *, apply: bool) -> tuple[torch.Tensor, bool]:
+        x, y = to_device(images, targets, plan.device, channels_last=plan.channels_last)
+        with dist.maybe_no_sync(net, apply):
+            with plan.autocast():
+                logits = net(x)
+            loss = loss_fn(logits, y)
+            stepped = plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=grad_clip,
+                                             step=apply)
+        return loss.detach(), stepped
+
+    return step
+
+
+@dataclass
+class Trainer:
+    """Everything the build phase makes and the loop uses."""
+
+    cfg: dict[str, Any]                           # the train section
+    ctx: dist.Context
+    plan: PrecisionPlan
+    model: torch.nn.Module                        # the plain module: state dicts and saved weights
+    info: ModelInfo
+    net: torch.nn.Module                          # prepared (device, channels_last, compile): validation
+    ddp_net: torch.nn.Module                      # ``net`` wrapped for DDP (``net`` itself when single)
+    train_step: Any                               # make_train_step over ``ddp_net``
+    train_set: ManifestDataset | OfflineCacheDataset
+    sampler: Any                                  # DDP's DistributedSampler, None when single
+    generator: torch.Generator
+    train_loader: DataLoader
+    val_loader: DataLoader
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    meter: ConfusionMeter
+    monitor: str
+    stopper: EarlyStopping
+
+
+def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: ModelInfo, ctx: dist.Context,
+          device: torch.device) -> Trainer:
+    """The build phase: numerics, seeds, data, model, loss, optimizer, schedule, meter, stopper."""
+    cfg, task = view["train"], view["data.task"]
+    # -- numerics and the run's seed
+    if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
+        torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg["deterministic"]
+    plan = resolve_precision(view["precision"], device)
+    stopping = cfg["early_stopping"]
+    monitor, mode = resolve_monitor(task, stopping["monitor"], stopping["mode"])
+    seed_everything(cfg["seed"])
+
+    # -- data: each rank its shard of the training set, validation split likewise
+    train_set, val_set = _datasets(view, manifest)
+    generator = loader_generator(cfg["seed"])
+    sampler = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
+    train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=sampler)
+    val_loader = make_loader(val_set, cfg, device, shuffle=False, sampler=dist.eval_sampler(val_set, ctx))
+
+    # -- model, loss, optimizer, schedule
+    net = plan.prepare_model(model)  # ``model`` stays the plain module for state dicts
+    ddp_net = dist.wrap_model(net, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # ``net`` when single
+    loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"])
+    optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
+    lr_factor = ctx.world_size if cfg["scale_lr"] else 1
+    for group in optimizer.param_groups:  # before the scheduler records its initial learning rates
+        group["lr"] *= lr_factor
+    dist.print_effective_batch(ctx, cfg["batch_size"], cfg["accumulate"], view["optimizer"]["lr"], lr_factor)
+    schedule = build_scheduler(view["scheduler"], optimizer, epochs=cfg["epochs"],
+                               steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
+                               monitor=monitor)
+    train_step = make_train_step(ddp_net, loss_fn, optimizer, plan, grad_clip=cfg["grad_clip"],
+                                 accumulate=cfg["accumulate"])
+    return Trainer(
+        cfg=cfg, ctx=ctx, plan=plan, model=model, info=info, net=net, ddp_net=ddp_net, train_step=train_step,
+        train_set=train_set, sampler=sampler, generator=generator, train_loader=train_loader,
+        val_loader=val_loader, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+        meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names), monitor=monitor,
+        stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]))
+
+
+def _datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | OfflineCacheDataset,
+                                                              ManifestDataset]:
+    """The training set (augmented online, or the augment stage's offline cache) and the validation set."""
+    task, root = view["data.task"], view.root
+    image_size, data_root = view["data.image_size"], view.resolve_path(manifest.root)
+    train_set: ManifestDataset | OfflineCacheDataset
+    if view["augment.offline"]["enabled"]:
+        train_set = OfflineCacheDataset(root / outputs.AUGMENT_CACHE)
+        if train_set.index.get("manifest_fingerprint") != manifest.fingerprint:
+            raise PipelineError(f"{root / outputs.AUGMENT_CACHE} was built from another split; re-run the "
+                                "augment stage (dvc repro augment)")
+    else:
+        train_set = ManifestDataset(manifest, "train", root=data_root, image_size=image_size,
+                                    transform=build_transform(view["augment.train"], task=task,
+                                                              random_order=view["augment.random_order"]))
+    val_set = ManifestDataset(manifest, "val", root=data_root, image_size=image_size,
+                              transform=build_transform(view["augment.eval"], task=task))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise PipelineError("the train or validation split is empty; adjust split.fractions")
+    return train_set, val_set
+
+
+def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
+        state: dict[str, Any] | None = None) -> list[dict[str, float]]:
+    """The epoch loop, from the start or from the checkpoint ``state``; returns the whole history.
+
+    Rank 0 writes ``history.csv``, the best weights and the checkpoint after every epoch."""
+    history: list[dict[str, float]] = []
+    start = 0
+    # -- resume: everything that carries over between epochs, as the checkpoint left it
+    if state is not None:
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.schedule.load_state_dict(state["scheduler"])
+        t.plan.scaler.load_state_dict(state["scaler"])
+        t.stopper.load_state_dict(state["early_stopping"])
+        history, start = state["history"], state["epoch"] + 1
+        if t.ctx.is_main:
+            print(f"train: resuming after epoch {start} from {root / outputs.TRAIN_CHECKPOINT / 'last.pt'}")
+
+    # -- the loop: train, validate, record, checkpoint, maybe stop
+    epochs = tqdm(range(start, t.cfg["epochs"]), desc="epochs", initial=start, total=t.cfg["epochs"],
+                  disable=None if t.ctx.is_main else True, file=sys.stdout)
+    for epoch in epochs:
+        train_loss, images_per_s = train_epoch(t, epoch)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(t)}
+        row["lr"] = t.schedule.last_lr()[0]
+        row["images_per_s"] = images_per_s
+        if t.monitor not in row:
+            raise PipelineError(f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
+                                f"available: {', '.join(k for k in row if k.startswith('val_'))}")
+        t.schedule.step_epoch(row)
+        history.append(row)
+        if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
+            save_model(root / outputs.TRAIN_BEST, t.model, t.info)
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all
+            write_text(root / outputs.TRAIN_HISTORY, history_csv(history))
+            checkpoint.save(root / outputs.TRAIN_CHECKPOINT / "last.pt", {
+                "fingerprint": fingerprint, "epoch": epoch, "model": t.model.state_dict(),
+                "optimizer": t.optimizer.state_dict(), "scheduler": t.schedule.state_dict(),
+                "scaler": t.plan.scaler.state_dict(), "early_stopping": t.stopper.state_dict(),
+                "history": history, "run_id": run.run_id,
+                "finished": t.stopper.should_stop or epoch + 1 == t.cfg["epochs"]})
+        epochs.set_postfix({t.monitor: f"{row[t.monitor]:.4f}"})
+        if t.stopper.should_stop:
+            if t.ctx.is_main:
+                print(f"train: early stop after epoch {epoch + 1}: {t.monitor} did not improve for "
+                      f"{t.stopper.stale} epochs")
+            break
+    return history
+
+
+def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
+    """One pass over the training data: (mean step loss over every rank, images per second)."""
+    # Ranks add their rank to the epoch's seed, so their augmentations (and dropout) differ; rank 0
+    # alone is exactly a single-process run.
+    seed = epoch_seed(t.cfg["seed"], epoch) + t.ctx.rank
+    seed_everything(seed)
+    t.generator.manual_seed(seed)
+    if t.sampler is not None:
+        t.sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
+        dist.write_debug_samples(t.sampler, t.ctx, epoch)
+    t.train_set.set_epoch(epoch)
+    t.ddp_net.train()
+    device, accumulate, log_every = t.plan.device, t.cfg["accumulate"], t.cfg["log_every_steps"]
+    running = torch.zeros((), device=device)
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    seen, started = 0, time.perf_counter()
+    batches = tqdm(t.train_loader, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=None if t.ctx.is_main else True, file=sys.stdout)
+    for step, (images, targets) in enumerate(batches):
+        last = step + 1 == len(t.train_loader)
+        loss, stepped = t.train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
+        if stepped:
+            t.schedule.step_batch()
+        # The first non-finite step is recorded on the device and read back at log intervals only.
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        running += loss
+        seen += images.shape[0]
+        if (step + 1) % log_every == 0 or last:
+            _raise_if_nonfinite(bad_step, epoch, t.ctx)
+            batches.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
+    elapsed = time.perf_counter() - started
+    totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]),
+                                 t.ctx)
+    return (totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
+            totals[1].item() / elapsed if elapsed > 0 else 0.0)
+
+
+def validate(t: Trainer) -> dict[str, float]:
+    """Validation loss and metrics; under DDP each rank scores its shard and the confusion matrix, loss
+    sum and count are all-reduced, so every rank gets the numbers of the whole split."""
+    t.net.eval()
+    shard = score(t.net, t.val_loader, t.loss_fn, t.meter, t.plan)
+    whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.count, t.ctx))
+    metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
+    metrics["val_loss"] = whole.mean()
+    return metrics
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, ctx: dist.Context = dist.SINGLE) -> None:
+    """Stop on the first non-finite step; under DDP the ranks agree on the earliest one, so all stop."""
+    step = int(dist.earliest_step(bad_step, ctx).item())
+    if step >= 0:
+        raise PipelineError(
+            f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr, "
+            f"set train.grad_clip, or use precision.dtype bf16/fp32")
+
+
+def history_csv(rows: list[dict[str, float]]) -> str:
+    """The per-epoch rows as CSV text (columns in first-seen order): DVC plots read it."""
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
