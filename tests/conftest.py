@@ -1,19 +1,135 @@
-"""Shared fixtures. ``mlflow_server``: a real ``mlflow server`` on 127.0.0.1 (SQLite backend, artifacts
-in a temp dir), started once per session on a free port and always stopped."""
+"""Shared test helpers, imported as ``from tests.conftest import ...``:
+
+- ``REPO``: the repository root;
+- ``write_params``: a params file = the shipped params.yaml (or another base) with text replacements,
+  dotted overrides and dropped keys;
+- ``problems_by_key``: what validation reports for a params file, as {dotted key: message};
+- ``make_workspace``: a tiny repo-like folder (generated data, a shrunk params.yaml, the split and
+  model stages already run), the starting point of every stage-level test;
+
+and the session fixture ``mlflow_server``: a real ``mlflow server`` on 127.0.0.1 (SQLite backend,
+artifacts in a temp dir), started once per session on a free port and always stopped."""
 from __future__ import annotations
 
+import copy
+import importlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PARAMS = REPO / "params.yaml"
+
+
+# --- params files ------------------------------------------------------------------------------
+
+def write_params(path: Path, base: Path | None = None, *, replace: Mapping[str, str] | None = None,
+                 drop: Iterable[str] = (), link: bool = False, **overrides: object) -> Path:
+    """Write ``base`` (the shipped params.yaml unless given) to ``path``, edited, and return ``path``.
+
+    ``replace`` edits the text: each old string must occur, its first occurrence is replaced, and
+    everything else (comments, lines, columns) stays as in ``base``, for tests of reported positions.
+    ``overrides`` set dotted keys (``**{"loss.name": "dice"}``; a key without a dot sets a whole
+    section) and ``drop`` deletes dotted keys; both rewrite the file through YAML (comments go).
+    ``link`` symlinks the repo's data/ and weights/ beside the file, so that the shipped relative paths
+    (data.root, model.pretrained) still resolve."""
+    text = (base or SHIPPED_PARAMS).read_text()
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    if overrides or drop:
+        data = yaml.safe_load(text)
+        for key, value in overrides.items():
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = copy.deepcopy(value)  # no shared objects: YAML would write them as aliases
+        for key in drop:
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            del node[last]
+        text = yaml.safe_dump(data, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if link:
+        for name in ("data", "weights"):
+            if not (path.parent / name).exists():
+                (path.parent / name).symlink_to(REPO / name, target_is_directory=True)
+    return path
+
+
+def problems_by_key(path: Path, prefix: str = "") -> dict[str, str]:
+    """Validate ``path`` as ``python -m pipeline validate`` does and return {dotted key: message} for
+    each problem whose key starts with ``prefix``; {} when the file is valid. Every such problem must
+    be located (carry a line)."""
+    from pipeline.components import load_params  # imported when used: collection stays light
+    from pipeline.config.errors import ConfigError
+
+    try:
+        load_params(path)
+    except ConfigError as exc:
+        located = [p for p in exc.problems if p.key.startswith(prefix)]
+        assert all(p.line is not None for p in located), located
+        return {p.key: p.message for p in located}
+    return {}
+
+
+# --- workspaces --------------------------------------------------------------------------------
+
+TINY = {  # the shipped pipeline shrunk to a CPU and seconds
+    "data.root": "data", "data.image_size": [32, 32], "data.num_classes": None,
+    "model.pretrained": False, "model.freeze": "none",
+    "train.epochs": 2, "train.batch_size": 4, "train.workers": 0, "train.device": "cpu",
+    "scheduler.warmup.epochs": 0, "precision.dtype": "fp32",
+    "evaluate.batch_size": 4, "evaluate.workers": 0, "evaluate.device": "cpu", "evaluate.overlays": 3,
+    "tracking.enabled": False,
+}
+TINY_BY_TASK = {
+    "segmentation": {"model.source": "unet", "model.name": "classic",
+                     "model.unet": {"base_channels": 4, "depth": 2, "upsampling": "bilinear"}},
+    "classification": {"model.source": "timm", "model.name": "test_resnet",
+                       "loss": {"name": "cross_entropy", "params": {}, "terms": []}},
+}
+
+
+def make_workspace(root: Path, *, task: str = "segmentation", dataset: Path | None = None,
+                   images: int | None = None, stages: Iterable[str] = ("split", "model"),
+                   **overrides: object) -> Path:
+    """A tiny repo-like folder in ``root``; returns its params.yaml.
+
+    The data in root/data is a copy of ``dataset`` or generated (32 px, seed 1): ``images`` images for
+    segmentation (20) or per class for classification (7). params.yaml is the shipped file with
+    ``TINY`` and ``TINY_BY_TASK[task]`` set, then ``overrides`` (dotted keys, as in ``write_params``).
+    Then each of ``stages`` is run through its ``main``, in order, and must succeed."""
+    from pipeline.data.synthetic import generate_classification, generate_segmentation
+
+    if dataset is not None:
+        shutil.copytree(dataset, root / "data")
+    elif task == "segmentation":
+        generate_segmentation(root / "data", n=images or 20, size=32, seed=1)
+    else:
+        generate_classification(root / "data", n_per_class=images or 7, size=32, seed=1)
+    path = write_params(root / "params.yaml", **{"data.task": task, **TINY, **TINY_BY_TASK[task], **overrides})
+    for name in stages:
+        assert importlib.import_module(f"stages.{name}").main(["--params", str(path)]) == 0, name
+    return path
+
+
+# --- a real MLflow tracking server ---------------------------------------------------------------
 
 SERVER_START_TIMEOUT_S = 90.0
 

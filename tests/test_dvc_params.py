@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pipeline.components import load_params
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 

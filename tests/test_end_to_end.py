@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, write_params
+
 BIN = Path(sys.executable).parent
 
 
@@ -38,21 +39,18 @@ def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def tiny_params(text: str) -> str:
-    """The shipped params.yaml shrunk to seconds: few epochs, tiny images and model, no workers."""
-    data = yaml.safe_load(text)
-    out = text
-    for old, new in [
-        (f"  epochs: {data['train']['epochs']}", "  epochs: 2"),
-        ("  workers: 2 ", "  workers: 0 "),
-        (f"  image_size: {_flow(data['data']['image_size'])}", "  image_size: [32, 32]"),
-        (f"  batch_size: {data['train']['batch_size']}\n", "  batch_size: 8\n"),
-    ]:
-        assert old in out, old
-        out = out.replace(old, new, 1)
-    out = re.sub(r"base_channels: \d+", "base_channels: 4", out)
-    out = re.sub(r"pretrained: \S+", "pretrained: false", out)  # the shipped weights fit the default size
-    return out
+def tiny_params(path: Path) -> Path:
+    """The shipped params.yaml shrunk to seconds at ``path``: few epochs, tiny images and model, no
+    workers; edited as text, so that its comments and layout stay for the tests to edit."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    return write_params(path, replace={
+        f"  epochs: {data['train']['epochs']}": "  epochs: 2",
+        "  workers: 2 ": "  workers: 0 ",
+        f"  image_size: {_flow(data['data']['image_size'])}": "  image_size: [32, 32]",
+        f"  batch_size: {data['train']['batch_size']}\n": "  batch_size: 8\n",
+        f"base_channels: {data['model']['unet']['base_channels']}": "base_channels: 4",
+        f"pretrained: {data['model']['pretrained']}": "pretrained: false",  # the shipped weights fit the default size
+    })
 
 
 def _flow(value) -> str:
@@ -71,7 +69,7 @@ def workspace(tmp_path_factory) -> Path:
         shutil.copy(REPO / name, ws / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     generate_segmentation(ws / params["data"]["root"], n=40, size=32, seed=3)
-    (ws / "params.yaml").write_text(tiny_params((REPO / "params.yaml").read_text()))
+    tiny_params(ws / "params.yaml")
     sh(ws, "git", "init", "-q")
     sh(ws, "dvc", "init", "-q")
     sh(ws, "dvc", "config", "core.autostage", "true")
@@ -81,10 +79,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _edit(ws: Path, old: str, new: str) -> None:
-    path = ws / "params.yaml"
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
+    write_params(ws / "params.yaml", ws / "params.yaml", replace={old: new})
 
 
 def _commit(ws: Path) -> None:

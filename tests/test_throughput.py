@@ -6,11 +6,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 SCRIPT = REPO / "benchmarks" / "throughput.py"
 FIGURES = ("raw_loop", "train_step", "data", "end_to_end")
 

@@ -25,8 +25,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
 
 
 def loss_failing_on_rank1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A user loss that raises on rank 1 only (a failure one rank sees, e.g. a corrupt file)."""
-    if os.environ.get("RANK") == "1":
+    """A user loss that raises on rank 1 only (a failure one rank sees, e.g. a corrupt file), on a
+    training batch (32 px; validate's 4 px stand-in batch passes)."""
+    if os.environ.get("RANK") == "1" and target.shape[-1] > 4:
         raise PipelineError("rank 1 cannot read its batch")
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.float())
 

@@ -1,5 +1,6 @@
-"""The evaluate stage: its test-set loop against a model with known answers, and end to end through
-``main(["--params", ...])`` on tiny generated workspaces built by the real split and model stages."""
+"""The evaluate stage: its test-set loop (pipeline.training.evaluation) against a model with known
+answers, and end to end through ``main(["--params", ...])`` on tiny generated workspaces built by the
+real split and model stages."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +18,7 @@ from PIL import Image
 from stages import evaluate as evaluate_stage
 from stages import model as model_stage
 from stages import split as split_stage
+from pipeline.training import evaluation
 from pipeline.training.device import MEAN, STD
 from pipeline.training.loss import build_loss
 from pipeline.training.metrics import segmentation_metrics
@@ -53,9 +55,9 @@ def red_dataset(n: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def run_loop(model: torch.nn.Module, data: list, **cfg: object) -> dict:
     device = torch.device("cpu")
     loss = build_loss({"name": "dice_bce", "params": {}, "terms": []}, task="segmentation", num_outputs=1)
-    return evaluate_stage._run_test_set(model, data, loss, resolve_precision(FP32, device), device,
-                                        {**CFG, **cfg}, task="segmentation",
-                                        class_names=["background", "foreground"], image_hw=(SIZE, SIZE))
+    return evaluation.run_test_set(model, data, loss, resolve_precision(FP32, device), device,
+                                   {**CFG, **cfg}, task="segmentation",
+                                   class_names=["background", "foreground"], image_hw=(SIZE, SIZE))
 
 
 def test_loop_scores_a_perfect_model_perfectly():
@@ -87,8 +89,8 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
     data = red_dataset(3)
     results = run_loop(lambda x: torch.full_like(x[:, :1], float("nan")), data)
     entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
-    metrics = evaluate_stage._write_outputs(tmp_path, "segmentation", ["background", "foreground"],
-                                            entries, results)
+    metrics = evaluation.write_outputs(tmp_path, "segmentation", ["background", "foreground"],
+                                       entries, results)
     assert metrics["test_loss"] is None and "written as null" in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.json").read_text())["dice"] == 0.0  # NaN logit: background
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -96,9 +98,9 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
 
 
 def test_mlflow_metrics_are_prefixed_numbers_only():
-    got = evaluate_stage.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
-                                         "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
-                                         "iou": None})
+    got = evaluation.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
+                                     "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
+                                     "iou": None})
     assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8, "test_images": 3.0}
 
 

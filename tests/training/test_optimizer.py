@@ -6,14 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from pipeline.components import load_params
-from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.errors import PipelineError
 from pipeline.training.optimizer import UNSUPPORTED, build_optimizer, optimizers
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, problems_by_key, write_params
 
 
 def _model() -> nn.Sequential:
@@ -107,24 +104,6 @@ def test_user_optimizer_by_import_path() -> None:
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
 
 
-def _params_file(tmp_path: Path, optimizer: dict) -> Path:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["optimizer"] = {**data["optimizer"], **optimizer}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _optimizer_problems(path: Path) -> dict[str, str]:
-    try:
-        load_params(path)
-    except ConfigError as exc:
-        located = [p for p in exc.problems if p.key.startswith("optimizer")]
-        assert all(p.line is not None for p in located)
-        return {p.key: p.message for p in located}
-    return {}
-
-
 @pytest.mark.parametrize("optimizer,key,needle", [
     ({"name": "SGD", "params": {"momentun": 0.9}}, "optimizer.params.momentun", "did you mean 'momentum'"),
     ({"name": "AdamWW", "params": {}}, "optimizer.name", "did you mean 'AdamW'"),
@@ -133,10 +112,12 @@ def _optimizer_problems(path: Path) -> dict[str, str]:
     ({"name": "torch.optim:Nope", "params": {}}, "optimizer.name", "has no attribute"),
 ])
 def test_validate_optimizer_errors(tmp_path: Path, optimizer: dict, key: str, needle: str) -> None:
-    assert needle in _optimizer_problems(_params_file(tmp_path, optimizer))[key]
+    path = write_params(tmp_path / "params.yaml", **{f"optimizer.{k}": v for k, v in optimizer.items()})
+    assert needle in problems_by_key(path, "optimizer")[key]
 
 
 def test_validate_accepts_good_arguments(tmp_path: Path) -> None:
     good = {"name": "SGD", "params": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}}
-    assert _optimizer_problems(_params_file(tmp_path, good)) == {}
-    assert _optimizer_problems(REPO / "params.yaml") == {}
+    path = write_params(tmp_path / "params.yaml", **{f"optimizer.{k}": v for k, v in good.items()})
+    assert problems_by_key(path, "optimizer") == {}
+    assert problems_by_key(REPO / "params.yaml", "optimizer") == {}

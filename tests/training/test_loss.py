@@ -7,14 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torchvision.ops import sigmoid_focal_loss
 
-from pipeline.components import load_params
-from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.errors import PipelineError
 from pipeline.training.loss import BINARY, MULTICLASS, build_loss, losses
+from tests.conftest import REPO, problems_by_key, write_params
 
-REPO = Path(__file__).resolve().parents[2]
 SINGLE = [n for n in losses.names() if n != "sum"]
 
 
@@ -201,33 +199,16 @@ def test_user_loss_by_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- validate-time errors, through load_params on a temp copy of params.yaml -----------------------
 
-def _params_file(tmp_path: Path, **sections: dict) -> Path:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _loss_problems(path: Path) -> dict[str, str]:
-    try:
-        load_params(path)
-    except ConfigError as exc:
-        located = [p for p in exc.problems if p.key.startswith("loss")]
-        assert all(p.line is not None for p in located)
-        return {p.key: p.message for p in located}
-    return {}
-
-
 def test_validate_reports_loss_param_typos_at_their_key(tmp_path: Path) -> None:
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "focal", "params": {"gama": 2}}))
+    path = write_params(tmp_path / "params.yaml", **{"loss.name": "focal", "loss.params": {"gama": 2}})
+    problems = problems_by_key(path, "loss")
     assert "did you mean 'gamma'" in problems["loss.params.gama"]
 
 
 def test_validate_reports_terms_problems_at_their_index(tmp_path: Path) -> None:
     terms = [{"name": "dice", "params": {"smoth": 1}}, {"name": "focall"}, {"name": "iou", "params": {"per_sample": True}}]
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "sum", "params": {}, "terms": terms}))
+    path = write_params(tmp_path / "params.yaml", loss={"name": "sum", "params": {}, "terms": terms})
+    problems = problems_by_key(path, "loss")
     assert "did you mean 'smooth'" in problems["loss.terms[0].params.smoth"]
     assert "did you mean 'focal'" in problems["loss.terms[1].name"]
     assert set(problems) == {"loss.terms[0].params.smoth", "loss.terms[1].name"}
@@ -243,24 +224,26 @@ def test_validate_reports_terms_problems_at_their_index(tmp_path: Path) -> None:
 ])
 def test_validate_loss_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: dict, key: str, needle: str) -> None:
     monkeypatch.syspath_prepend(str(REPO))
-    problems = _loss_problems(_params_file(tmp_path, loss={"params": {}, "terms": [], **loss}))
+    problems = problems_by_key(write_params(tmp_path / "params.yaml", loss={"params": {}, "terms": [], **loss}), "loss")
     assert needle in problems[key]
 
 
 def test_validate_loss_vs_task(tmp_path: Path) -> None:
-    multi = {"task": "segmentation", "num_classes": 3}
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "bce"}, data=multi))
+    path = tmp_path / "params.yaml"
+    multi = {"data.task": "segmentation", "data.num_classes": 3}
+    problems = problems_by_key(write_params(path, **multi, **{"loss.name": "bce"}), "loss")
     assert "binary" in problems["loss.name"]
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "cross_entropy"}, data={"num_classes": 2}))
+    problems = problems_by_key(write_params(path, **{"loss.name": "cross_entropy", "data.num_classes": 2}), "loss")
     assert "binary (one logit channel)" in problems["loss.name"]
-    assert _loss_problems(_params_file(tmp_path, loss={"name": "focal"}, data=multi)) == {}
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "cross_entropy", "params": {"weight": [1, 2]}},
-                                           data=multi))
+    assert problems_by_key(write_params(path, **multi, **{"loss.name": "focal"}), "loss") == {}
+    problems = problems_by_key(write_params(path, **multi, **{"loss.name": "cross_entropy",
+                                                              "loss.params": {"weight": [1, 2]}}), "loss")
     assert "2 per-class weights for 3 classes" in problems["loss.params.weight"]
-    problems = _loss_problems(_params_file(tmp_path, loss={"name": "focal", "params": {"alpha": [0.5, 0.5]}}))
+    problems = problems_by_key(write_params(path, **{"loss.name": "focal", "loss.params": {"alpha": [0.5, 0.5]}}), "loss")
     assert "one number" in problems["loss.params.alpha"]
-    assert _loss_problems(_params_file(tmp_path, loss={"name": "dice_bce", "params": {"per_sample": True}})) == {}
+    assert problems_by_key(write_params(path, **{"loss.name": "dice_bce", "loss.params": {"per_sample": True}}),
+                           "loss") == {}
 
 
 def test_shipped_loss_section_is_valid() -> None:
-    assert _loss_problems(REPO / "params.yaml") == {}
+    assert problems_by_key(REPO / "params.yaml", "loss") == {}

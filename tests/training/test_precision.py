@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
 from pipeline.training.precision import PrecisionPlan, resolve_precision, unwrap_model
+from tests.conftest import write_params
 
-REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
@@ -123,11 +122,7 @@ def test_accumulation_equals_one_big_batch(dtype: str) -> None:
 
 
 def test_validate_refuses_fp16_with_a_cpu_device(tmp_path: Path) -> None:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["precision"]["dtype"] = "fp16"
-    data["train"]["device"] = "cpu"
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path = write_params(tmp_path / "params.yaml", **{"precision.dtype": "fp16", "train.device": "cpu"})
     with pytest.raises(ConfigError) as info:
         load_params(path)
     problem = next(p for p in info.value.problems if p.key == "precision.dtype")

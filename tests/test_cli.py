@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, write_params
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -22,10 +22,8 @@ def test_validate_default_file():
 
 
 def test_validate_reports_every_problem_and_exits_2(tmp_path):
-    text = (REPO / "params.yaml").read_text()
-    text = text.replace("  epochs: ", "  epochs: -3 #", 1).replace("  task: segmentation ", "  tsk: segmentation  ", 1)
-    bad = tmp_path / "params.yaml"
-    bad.write_text(text)
+    bad = write_params(tmp_path / "params.yaml", replace={"  epochs: ": "  epochs: -3 #",
+                                                          "  task: segmentation ": "  tsk: segmentation  "})
     result = run_cli("validate", str(bad))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -45,13 +43,9 @@ def test_validate_bad_inputs_have_no_traceback(tmp_path):
 
 
 def test_show_fills_defaults(tmp_path):
-    text = (REPO / "params.yaml").read_text()
-    data = yaml.safe_load(text)
-    del data["evaluate"]["overlays"]
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    for name in ("data", "weights"):  # relative paths in the file must still resolve
-        (tmp_path / name).symlink_to(REPO / name)
+    # linked: relative paths in the file must still resolve
+    path = write_params(tmp_path / "params.yaml", drop=["evaluate.overlays"], link=True)
+    data = yaml.safe_load(path.read_text())
     result = run_cli("show", "evaluate", "--params", str(path))
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
@@ -72,11 +66,7 @@ def test_list_unknown_kind():
 
 
 def test_unknown_registry_name_reads_naturally(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("  name: dice_bce ", "  name: focl     ", 1)
-    path = tmp_path / "params.yaml"
-    path.write_text(text)
-    for name in ("data", "weights"):
-        (tmp_path / name).symlink_to(REPO / name)
+    path = write_params(tmp_path / "params.yaml", replace={"  name: dice_bce ": "  name: focl     "}, link=True)
     result = run_cli("validate", str(path))
     assert result.returncode == 2
     assert "loss.name: unknown loss 'focl' (did you mean 'focal'?)" in result.stderr, result.stderr

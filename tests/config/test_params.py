@@ -10,62 +10,45 @@ import yaml
 from pipeline.config.params import flatten
 from pipeline.components import load_params
 from pipeline.config.errors import ConfigError
+from tests.conftest import REPO, write_params
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    """A params file in ``tmp_path`` whose relative paths (data/, weights/) still resolve."""
-    for name in ("data", "weights"):
-        if not (tmp_path / name).exists():
-            (tmp_path / name).symlink_to(REPO / name)
-    path = tmp_path / "params.yaml"
-    path.write_text(text)
-    return path
-
-
-def _replace(text: str, old: str, new: str) -> str:
-    assert old in text, old
-    return text.replace(old, new, 1)
 
 
 def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
-@pytest.fixture()
-def default_text() -> str:
-    return (REPO / "params.yaml").read_text()
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_params_file_validates(path, tmp_path):
     # configs/*.yaml are used by copying them over params.yaml: validate them from the repo root.
-    params = load_params(_write(tmp_path, path.read_text()))
+    params = load_params(write_params(tmp_path / "params.yaml", path, link=True))
     assert params.get("data.task") in ("segmentation", "classification")
 
 
-def test_defaults_are_filled(tmp_path, default_text):
-    text = _replace(default_text, "  grad_clip: 1.0                # max gradient norm (null: off)\n", "")
-    params = load_params(_write(tmp_path, text))
+def test_defaults_are_filled(tmp_path):
+    path = write_params(tmp_path / "params.yaml", link=True,
+                        replace={"  grad_clip: 1.0                # max gradient norm (null: off)\n": ""})
+    params = load_params(path)
     assert params.get("train.grad_clip") is None  # the schema's default
-    assert params.get("train.epochs") == yaml.safe_load(default_text)["train"]["epochs"]
+    assert params.get("train.epochs") == yaml.safe_load((REPO / "params.yaml").read_text())["train"]["epochs"]
 
 
-def _problems(tmp_path: Path, text: str) -> list[str]:
+def _problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_params(_write(tmp_path, text))
+        load_params(path)
     return str(info.value).splitlines()
 
 
-def test_each_kind_of_error_located(tmp_path, default_text):
-    text = default_text
-    text = _replace(text, "  task: segmentation ", "  task: segmentaton  ")  # enum typo
-    text = _replace(text, "  epochs: ", "  epochs: many #")  # wrong type
-    text = _replace(text, "  batch_size: 16", "  batch_size: 0")  # out of range
-    text = _replace(text, "  seed: 42 ", "  sed: 42  ")  # unknown key
-    lines = _problems(tmp_path, text)
+def test_each_kind_of_error_located(tmp_path):
+    path = write_params(tmp_path / "params.yaml", link=True, replace={
+        "  task: segmentation ": "  task: segmentaton  ",  # enum typo
+        "  epochs: ": "  epochs: many #",  # wrong type
+        "  batch_size: 16": "  batch_size: 0",  # out of range
+        "  seed: 42 ": "  sed: 42  ",  # unknown key
+    })
+    text = path.read_text()
+    lines = _problems(path)
     name = str(tmp_path / "params.yaml")
     expected = {
         "data.task": (_line_of(text, "task: segmentaton"), 9, "did you mean 'segmentation'?"),
@@ -79,28 +62,25 @@ def test_each_kind_of_error_located(tmp_path, default_text):
         assert matching and hint in matching[0], (key, lines)
 
 
-def test_duplicate_keys_and_schema_errors_together(tmp_path, default_text):
-    text = _replace(default_text, "  epochs: ", "  epochs: 3\n  epochs: ")
-    text = _replace(text, "  workers: 2", "  workers: -1")
-    lines = _problems(tmp_path, text)
+def test_duplicate_keys_and_schema_errors_together(tmp_path):
+    lines = _problems(write_params(tmp_path / "params.yaml", link=True, replace={
+        "  epochs: ": "  epochs: 3\n  epochs: ", "  workers: 2": "  workers: -1"}))
     assert any("train.epochs: duplicate key" in l for l in lines)
     assert any("train.workers" in l and "minimum" in l for l in lines)
 
 
-def test_missing_section_named(tmp_path, default_text):
-    data = yaml.safe_load(default_text)
-    del data["tracking"]
-    lines = _problems(tmp_path, yaml.safe_dump(data))
+def test_missing_section_named(tmp_path):
+    lines = _problems(write_params(tmp_path / "params.yaml", link=True, drop=["tracking"]))
     assert any(re.search(r":1:1: tracking: missing", l) for l in lines), lines
 
 
-def test_unknown_top_level_section(tmp_path, default_text):
-    lines = _problems(tmp_path, default_text + "evalute: {}\n")
+def test_unknown_top_level_section(tmp_path):
+    lines = _problems(write_params(tmp_path / "params.yaml", link=True, evalute={}))
     assert any("evalute: unknown key (did you mean 'evaluate'?)" in l for l in lines)
 
 
-def test_view_refuses_undeclared_keys(tmp_path, default_text):
-    params = load_params(_write(tmp_path, default_text))
+def test_view_refuses_undeclared_keys(tmp_path):
+    params = load_params(write_params(tmp_path / "params.yaml", link=True))
     view = params.view(["data.task", "loss"], stage="demo")
     assert view["data.task"] == "segmentation"
     assert view["loss.name"] == params.get("loss.name")
@@ -110,8 +90,8 @@ def test_view_refuses_undeclared_keys(tmp_path, default_text):
         view["data"]  # the whole section would be more than declared
 
 
-def test_view_returns_copies(tmp_path, default_text):
-    params = load_params(_write(tmp_path, default_text))
+def test_view_returns_copies(tmp_path):
+    params = load_params(write_params(tmp_path / "params.yaml", link=True))
     view = params.view(["loss"])
     view["loss"]["name"] = "mutated"
     assert params.get("loss.name") != "mutated"

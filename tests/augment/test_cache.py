@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader
 
 from pipeline.config.errors import PipelineError
 from pipeline.seeding import loader_generator, worker_init_fn
-from stages import augment
 from pipeline.augment.cache import OfflineCacheDataset
 from pipeline.augment.transform import build_transform
 from pipeline.augment.cache import write_cache, write_disabled
@@ -116,21 +115,3 @@ def test_images_of_changing_size_are_refused_and_the_old_cache_kept(tmp_path):
                     shard_size=4, seed=0)
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temporary left behind
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["enabled"] is False
-
-
-def test_augment_stage_writes_the_cache_training_reads(tmp_path):
-    from tests.stages.test_augment import write_dataset
-
-    params = write_dataset(tmp_path)
-    text = params.read_text().replace("    enabled: false", "    enabled: true")
-    text = text.replace("copies: 4  ", "copies: 3  ").replace("shard_size: 1024", "shard_size: 5   ")
-    params.write_text(text)
-    assert augment.main(["--params", str(params)]) == 0
-    cache = tmp_path / "outputs" / "augment" / "cache"
-    index = json.loads((cache / "index.json").read_text())
-    assert (index["samples"], index["copies"], len(index["shards"])) == (4, 3, 3)
-    assert index["image_shape"] == [3, 16, 20] and index["class_names"] == ["background", "foreground"]
-    dataset = OfflineCacheDataset(cache)
-    dataset.set_epoch(2)
-    image, mask = dataset[3]
-    assert image.shape == (3, 16, 20) and mask.shape == (16, 20) and set(mask.unique().tolist()) <= {0, 1}

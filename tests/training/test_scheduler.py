@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from pipeline.components import load_params
-from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.errors import PipelineError
 from pipeline.training.scheduler import LRSchedule, build_scheduler, schedulers
+from tests.conftest import problems_by_key, write_params
 
-REPO = Path(__file__).resolve().parents[2]
 # Required arguments the pipeline cannot guess; everything else is auto-filled or defaulted.
 MINIMAL = {"StepLR": {"step_size": 1}, "MultiStepLR": {"milestones": [1]}, "ExponentialLR": {"gamma": 0.9},
            "CosineAnnealingWarmRestarts": {"T_0": 2}}
@@ -190,18 +188,8 @@ def test_step_decay_values_and_checkpoint_round_trip() -> None:
 # --- validate-time errors ---------------------------------------------------------------------------
 
 def _problems(tmp_path: Path, scheduler: dict, epochs: int = 8) -> dict[str, str]:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["scheduler"] = {"params": {}, **scheduler}
-    data["train"]["epochs"] = epochs
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    try:
-        load_params(path)
-    except ConfigError as exc:
-        located = [p for p in exc.problems if p.key.startswith("scheduler")]
-        assert all(p.line is not None for p in located)
-        return {p.key: p.message for p in located}
-    return {}
+    path = write_params(tmp_path / "params.yaml", scheduler={"params": {}, **scheduler}, **{"train.epochs": epochs})
+    return problems_by_key(path, "scheduler")
 
 
 @pytest.mark.parametrize("scheduler,key,needle", [
