@@ -58,10 +58,6 @@ def _bundle() -> tuple[dict[str, Any], referencing.Registry]:
     return root, referencing.Registry().with_resources(resources)
 
 
-def root_schema() -> dict[str, Any]:
-    return _bundle()[0]
-
-
 def _validator() -> jsonschema.Draft202012Validator:
     root, registry = _bundle()
     return jsonschema.Draft202012Validator(root, registry=registry)

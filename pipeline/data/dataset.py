@@ -56,10 +56,6 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.transform is not None and hasattr(self.transform, "reset"):
             self.transform.reset()
 
-    @property
-    def labels(self) -> list[int] | None:
-        """Classification labels in index order without decoding anything; None for segmentation."""
-        return [int(e["label"]) for e in self.entries] if self.task == "classification" else None
 
     def _open(self, rel: str) -> Image.Image:
         path = self.root / rel

@@ -32,9 +32,6 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def labels(self, split: str) -> list[int]:
-        """Classification labels of ``split``, in entry order (for samplers and class weights)."""
-        return [int(entry["label"]) for entry in self.splits[split]]
 
 
 def load_manifest(path: str | Path) -> Manifest:

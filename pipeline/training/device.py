@@ -45,9 +45,3 @@ def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
         x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less memory to move
     scale, shift = _affine(device, x.shape[1])
     return torch.addcmul(shift, x.float(), scale), y
-
-
-def denormalise(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_device`'s normalisation, back to uint8 (for drawing overlays)."""
-    scale, shift = _affine(x.device, x.shape[1])
-    return ((x.float() - shift) / scale).round().clamp(0, 255).to(torch.uint8)

@@ -52,7 +52,6 @@ class PrecisionPlan:
     compile: bool
     scaler: torch.amp.GradScaler
     _autocast: Any = field(repr=False, default=None)
-    last_grad_norm: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def name(self) -> str:
@@ -72,13 +71,6 @@ class PrecisionPlan:
             model = torch.compile(model)
         return model
 
-    def prepare_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Move an input batch to the device (non-blocking), channels_last for 4-D images when on."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
                           model: nn.Module, grad_clip: float | None, step: bool) -> bool:
         """Backward (scaled for fp16); when ``step``: unscale, clip to ``grad_clip``, step, update
@@ -91,7 +83,7 @@ class PrecisionPlan:
         if grad_clip is not None:
             self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             params = [p for g in optimizer.param_groups for p in g["params"]]
-            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -122,11 +114,6 @@ def resolve_precision(cfg: dict[str, Any], device: torch.device) -> PrecisionPla
     ctx = contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return PrecisionPlan(dtype, device, channels_last, bool(cfg.get("compile", False)), scaler, ctx)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module under ``torch.compile`` (whose state dict has the plain parameter names)."""
-    return getattr(model, "_orig_mod", model)
 
 
 @semantic_check("precision.dtype", "train.device")

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
-from pipeline.training.precision import PrecisionPlan, resolve_precision, unwrap_model
+from pipeline.training.precision import PrecisionPlan, resolve_precision
 from tests.conftest import write_params
 
 CPU = torch.device("cpu")
@@ -51,18 +51,7 @@ def test_channels_last_when_asked_on_cpu() -> None:
     plan = resolve_precision(_cfg("fp32", channels_last=True), CPU)
     model = plan.prepare_model(nn.Sequential(nn.Conv2d(3, 4, 3)))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
-    x = plan.prepare_batch(torch.randn(2, 3, 8, 8))
-    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    assert plan.prepare_batch(torch.zeros(2, 8, 8)).is_contiguous()  # masks are left alone
-
-
-def test_unwrap_model_returns_the_module_under_compile() -> None:
-    # torch.compile returns an OptimizedModule holding the original as `_orig_mod` (compiling for real
-    # costs seconds of import; the attribute is what matters for state-dict names).
-    inner, wrapper = nn.Linear(2, 2), nn.Module()
-    wrapper._orig_mod = inner
-    assert unwrap_model(inner) is inner and unwrap_model(wrapper) is inner
-    assert list(unwrap_model(wrapper).state_dict()) == ["weight", "bias"]
+    # the batches: pipeline.training.device.to_device (tests/training/test_device.py)
 
 
 def _scaled_plan(init_scale: float = 1024.0) -> PrecisionPlan:
@@ -84,8 +73,7 @@ def test_clipping_happens_after_unscaling() -> None:
     w0 = model.weight.detach().clone()
     stepped = plan.backward_and_step(model(x).sum(), optimizer, model=model, grad_clip=1.0, step=True)
     # True gradient = x = [3, 4, 0], norm 5, clipped to norm 1: the step is [0.6, 0.8, 0].
-    assert stepped
-    assert plan.last_grad_norm.item() == pytest.approx(5.0)  # the true norm, not 1024 x 5
+    assert stepped  # clipping the scaled gradient (norm 1024 x 5) would have stepped by [0.6, 0.8, 0] / 1024
     assert torch.allclose(w0 - model.weight.detach(), torch.tensor([[0.6, 0.8, 0.0]]))
     assert model.weight.grad is None  # zeroed after the step
 
