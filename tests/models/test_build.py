@@ -3,6 +3,7 @@ new head, a user factory plugs in, the seed decides the initialisation, and `val
 wrong families and missing weight files at their keys."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,13 @@ def arch(source: str, name: str, *, task: str = "classification", outputs: int =
 
 
 def build(config: dict, *, pretrained: bool | str = False, freeze: str | list = "none", root: Path = REPO):
+    """The model stage's core. ``freeze="backbone"`` freezes what starting weights give, so without
+    ``pretrained`` it starts from a source model of the same architecture (another seed) that covers
+    every tensor: the backbone is then all but the head."""
+    if freeze == "backbone" and pretrained is False:
+        source = initial_model(config, pretrained=False, freeze="none", seed=1, root=root)[0]
+        pretrained = str(Path(tempfile.mkdtemp()) / "source.pt")
+        torch.save(source.state_dict(), pretrained)
     return initial_model(config, pretrained=pretrained, freeze=freeze, seed=0, root=root)
 
 

@@ -24,3 +24,19 @@ def test_save_and_load_initial_model_rebuilds_module_freezing_and_info(tmp_path)
     with pytest.raises(PipelineError, match="not written by the model stage"):
         save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
         load_model(tmp_path / "plain.safetensors")
+
+
+def test_weight_files_get_the_mode_of_every_other_output(tmp_path):
+    """safetensors writes owner-only files; an output must be as readable as the others."""
+    import os
+
+    from pipeline.atomic import write_text
+
+    model, info, _ = build(arch("unet", "classic", task="segmentation", outputs=1, unet=TINY_UNET))
+    save_model(tmp_path / "init.safetensors", model, info)
+    write_text(tmp_path / "other.json", "{}")
+    mode = (tmp_path / "other.json").stat().st_mode & 0o777
+    assert (tmp_path / "init.safetensors").stat().st_mode & 0o777 == mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

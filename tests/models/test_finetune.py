@@ -12,6 +12,8 @@ from torch import nn
 from pipeline.config.errors import PipelineError
 from pipeline.models.finetune import find_head, frozen_batchnorm_layers
 from pipeline.training.optimizer import parameter_groups
+from pipeline.models.initial import initial_model
+from tests.conftest import REPO
 from tests.models.test_build import TINY_UNET, arch, build
 
 
@@ -81,3 +83,45 @@ def test_parameter_groups_split_head_and_backbone_and_leave_frozen_out():
     assert len(groups[0]["names"]) + 2 + len(info.frozen) == len(list(model.parameters()))
     only_head = parameter_groups(*build(arch("timm", "resnet10t"), freeze="backbone")[:2], {"backbone": 1.0})
     assert [g["name"] for g in only_head] == ["head"] and only_head[0]["lr_mult"] == 1.0
+
+
+def test_frozen_batchnorm_stays_in_eval_after_syncbatchnorm_conversion():
+    """DDP's train.sync_batchnorm rebuilds every BatchNorm; a frozen one must keep its eval pin."""
+    from pipeline.models.finetune import convert_sync_batchnorm
+
+    model, _, _ = build(arch("timm", "resnet10t"), freeze=["conv1.*", "bn1.*", "layer1.*"])
+    converted = convert_sync_batchnorm(model)
+    converted.train()
+    frozen, free = converted.layer1[0].bn1, converted.layer2[0].bn1
+    assert isinstance(frozen, nn.SyncBatchNorm) and isinstance(free, nn.SyncBatchNorm)
+    assert not frozen.training and free.training
+    stats = frozen.running_mean.clone()
+    with torch.no_grad():  # SyncBatchNorm has no CPU kernel in train mode: run the frozen layer alone
+        frozen(torch.randn(4, frozen.num_features, 8, 8) * 3 + 1)
+    assert torch.equal(frozen.running_mean, stats)
+
+
+def test_freeze_backbone_freezes_only_what_the_weights_gave(tmp_path):
+    """A U-Net whose encoder starts from a classification backbone: backbone = the encoder; the decoder
+    (random) and the head train, and the model file carries exactly that."""
+    from pipeline.models.file import load_model, save_model
+    from pipeline.models.initial import summarize
+
+    torch.save(build(arch("timm", "resnet10t", outputs=10))[0].state_dict(), tmp_path / "resnet10t.pth")
+    config = arch("unet", "resnet10t", task="segmentation", outputs=1,
+                  unet={"base_channels": 4, "depth": 3, "upsampling": "bilinear"})
+    model, info, report = build(config, pretrained="resnet10t.pth", freeze="backbone", root=tmp_path)
+    names = [n for n, _ in model.named_parameters()]
+    assert info.frozen == [n for n in names if n.startswith("encoder.")] and info.frozen
+    assert all(p.requires_grad == (not n.startswith("encoder.")) for n, p in model.named_parameters())
+    assert not set(info.frozen) & set(report.missing)  # nothing random is frozen
+    assert summarize(model, info, report, "0" * 64)["frozen_tensors"] == info.frozen
+    save_model(tmp_path / "init.safetensors", model, info)
+    again, info2 = load_model(tmp_path / "init.safetensors")
+    assert info2.frozen == info.frozen
+    assert [n for n, p in again.named_parameters() if not p.requires_grad] == info.frozen
+
+
+def test_freeze_backbone_without_starting_weights_is_refused():
+    with pytest.raises(PipelineError, match="model.freeze: backbone freezes what the starting weights give"):
+        initial_model(arch("timm", "resnet10t"), pretrained=False, freeze="backbone", seed=0, root=REPO)

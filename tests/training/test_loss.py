@@ -247,3 +247,21 @@ def test_validate_loss_vs_task(tmp_path: Path) -> None:
 
 def test_shipped_loss_section_is_valid() -> None:
     assert problems_by_key(REPO / "params.yaml", "loss") == {}
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_focal_gradients_stay_finite_at_saturated_logits(gamma: float, outputs: int) -> None:
+    """(1 - p_t) ** gamma has an infinite slope where p_t -> 1 for gamma < 1; the loss is a finite 0
+    there, and so must its gradient be."""
+    loss = build_loss({"name": "focal", "params": {"gamma": gamma}}, task="segmentation", num_outputs=outputs)
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    if outputs == 1:
+        logits = torch.where(target == 1, 50.0, -50.0).float().unsqueeze(1)
+    else:
+        logits = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 100 - 50
+    logits.requires_grad_(True)
+    value = loss(logits, target)
+    value.backward()
+    assert torch.isfinite(value) and value.item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(logits.grad).all()
