@@ -12,8 +12,7 @@ from typing import Any
 from pipeline import outputs
 from pipeline.atomic import write_json
 from pipeline.config.params import ParamsView
-from pipeline.data.manifest import SPLITS
-from pipeline.data.split import build_manifest
+from pipeline.data.split import build_manifest, describe
 from pipeline.stage import run_stage
 
 PARAMS = ("data.task", "data.root", "data.num_classes", "data.images_dir", "data.masks_dir",
@@ -28,9 +27,7 @@ def split(view: ParamsView) -> dict[str, Any]:
         masks_dir=view["data.masks_dir"], mask_suffix=view["data.mask_suffix"],
         seed=view["split.seed"], fractions=view["split.fractions"], stratify=view["split.stratify"])
     write_json(view.root / outputs.MANIFEST, manifest)
-    sizes = ", ".join(f"{s} {len(manifest['splits'][s])}" for s in SPLITS)
-    print(f"split: {manifest['task']} data {manifest['root']}, {manifest['num_classes']} classes: {sizes} "
-          f"-> {outputs.MANIFEST}")
+    print(f"split: {describe(manifest)} -> {outputs.MANIFEST}")
     return manifest
 
 

@@ -274,3 +274,9 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
 def _check_fractions(params: Any) -> list[Problem]:
     problem = fraction_problem(params.get("split.fractions"))
     return [Problem("split.fractions", problem)] if problem else []
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line for the log: the task, the data, the classes and the size of each split."""
+    sizes = ", ".join(f"{s} {len(manifest['splits'][s])}" for s in SPLITS)
+    return f"{manifest['task']} data {manifest['root']}, {manifest['num_classes']} classes: {sizes}"
