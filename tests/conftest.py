@@ -6,12 +6,16 @@
 - ``problems_by_key``: what validation reports for a params file, as {dotted key: message};
 - ``make_workspace``: a tiny repo-like folder (generated data, a shrunk params.yaml, the split and
   model stages already run), the starting point of every stage-level test;
+- ``train_workspace`` and ``train_history``: a workspace for the train stage (on the ``shapes_dataset``
+  fixture) and the history.csv it writes;
 
-and the session fixture ``mlflow_server``: a real ``mlflow server`` on 127.0.0.1 (SQLite backend,
-artifacts in a temp dir), started once per session on a free port and always stopped."""
+and the session fixtures ``shapes_dataset`` (64 generated segmentation images) and ``mlflow_server``:
+a real ``mlflow server`` on 127.0.0.1 (SQLite backend, artifacts in a temp dir), started once per
+session on a free port and always stopped."""
 from __future__ import annotations
 
 import copy
+import csv
 import importlib
 import os
 import shutil
@@ -198,3 +202,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield MlflowServer(uri, backend, artifacts, log)
     finally:
         _stop(proc)
+
+
+# --- the train stage's workspaces (tests/stages/test_train.py, test_distributed.py) ---------------
+
+TRAIN = {"model.unet.base_channels": 8, "optimizer.lr": 0.01, "train.epochs": 3}  # over make_workspace
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 generated 32 px segmentation images (seed 5): 45 train, enough for two ranks of 22."""
+    from pipeline.data.synthetic import generate_segmentation
+
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    generate_segmentation(root, n=64, size=32, seed=5)
+    return root
+
+
+def train_workspace(root: Path, dataset: Path, **overrides: object) -> Path:
+    """``make_workspace`` on a copy of ``dataset`` with ``TRAIN`` and then ``overrides`` set: split and
+    model have run, train is next. Returns its params.yaml."""
+    return make_workspace(root, dataset=dataset, **{**TRAIN, **overrides})
+
+
+def train_history(params: Path) -> list[dict[str, float]]:
+    """The rows of the train stage's history.csv in the workspace of ``params``, as numbers."""
+    with open(params.parent / "outputs/train/history.csv") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]

@@ -1,6 +1,7 @@
 """DDP under a real `torchrun --nproc_per_node=2` (CPU, gloo) on tiny workspaces: the run completes with
 disjoint per-rank samples, rank 0 alone records outputs and one MLflow run, it matches a single process
-with the same effective batch, resume after a kill, failures stop every rank; plus the plumbing itself."""
+with the same effective batch, resume after a kill, failures stop every rank. The plumbing itself
+(pipeline.training.distributed) is tested in tests/training/test_distributed.py."""
 from __future__ import annotations
 
 import os
@@ -14,12 +15,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config.params import ConfigError
-from pipeline.components import load_params
 from pipeline.config.errors import PipelineError
 from pipeline.training import distributed
 from stages import train as train_stage
-from tests.stages.test_train import REPO, dataset, history, make_workspace  # noqa: F401 (fixture)
+from tests.conftest import REPO, train_history, train_workspace
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--monitor_interval=0.1"]
 
@@ -50,12 +49,12 @@ RUN = {"train.epochs": 3, "train.accumulate": 2}  # the uninterrupted run the re
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, dataset) -> tuple[Path, subprocess.CompletedProcess]:
+def ddp_run(tmp_path_factory, shapes_dataset) -> tuple[Path, subprocess.CompletedProcess]:
     """One uninterrupted 2-rank run with an MLflow store and the per-rank sample lists."""
     tmp_path = tmp_path_factory.mktemp("ddp")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = make_workspace(tmp_path, dataset, **RUN, **{"tracking.enabled": True, "tracking.uri": uri,
-                                                         "tracking.experiment": "ddp"})
+    params = train_workspace(tmp_path, shapes_dataset, **RUN, **{
+        "tracking.enabled": True, "tracking.uri": uri, "tracking.experiment": "ddp"})
     return params, torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
 
 
@@ -78,7 +77,7 @@ def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(ddp_run):
     assert len(epochs) == 3 and epochs[0] != epochs[1], "set_epoch did not reshuffle"
 
     out = tmp_path / "outputs/train"
-    assert [r["epoch"] for r in history(params)] == [1, 2, 3]
+    assert [r["epoch"] for r in train_history(params)] == [1, 2, 3]
     run_id = yaml.safe_load((out / "run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
@@ -87,19 +86,19 @@ def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(ddp_run):
     assert runs[0].data.params["train.devices"] == "auto"
 
 
-def test_matches_single_process_with_the_same_effective_batch(tmp_path, dataset):
+def test_matches_single_process_with_the_same_effective_batch(tmp_path, shapes_dataset):
     """Full-batch steps (44 images: one batch of 44 vs 2 ranks x 22), no augmentation, so sample order
     does not matter. What still differs: BatchNorm normalises over 22 images per rank instead of 44 (no
     SyncBatchNorm on CPU) and which one of the 45 images is left out each epoch. Measured: train and
     val losses agree within 1.2% over 4 epochs, while training moves them by ~10%; tolerance 3%."""
     common = {"train.epochs": 4, "augment.train": []}
-    single = make_workspace(tmp_path / "single", dataset, **common, **{"train.batch_size": 44})
-    ddp = make_workspace(tmp_path / "ddp", dataset, **common, **{"train.batch_size": 22})
+    single = train_workspace(tmp_path / "single", shapes_dataset, **common, **{"train.batch_size": 44})
+    ddp = train_workspace(tmp_path / "ddp", shapes_dataset, **common, **{"train.batch_size": 22})
     assert train_stage.main(["--params", str(single)]) == 0
     done = torchrun(ddp)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es) x batch 22 x accumulate 1 = effective batch 44" in done.stdout
-    a, b = history(single), history(ddp)
+    a, b = train_history(single), train_history(ddp)
     assert b[-1]["train_loss"] < b[0]["train_loss"] * 0.95, "the DDP run did not learn"
     for x, y in zip(a, b, strict=True):
         for key in ("train_loss", "val_loss"):
@@ -107,10 +106,10 @@ def test_matches_single_process_with_the_same_effective_batch(tmp_path, dataset)
         assert x["lr"] == y["lr"]
 
 
-def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, dataset, ddp_run):
+def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, ddp_run):
     whole, finished = ddp_run
     assert finished.returncode == 0
-    cut = make_workspace(tmp_path / "cut", dataset, **RUN)  # tracking is not part of the fingerprint
+    cut = train_workspace(tmp_path / "cut", shapes_dataset, **RUN)  # tracking is not part of the fingerprint
     ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([*TORCHRUN, "-m", "stages.train", "--params", str(cut)], cwd=REPO, env=env,
@@ -130,7 +129,7 @@ def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, da
     done = torchrun(cut)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"resuming after epoch {epoch_done + 1}") == 1
-    assert [r["epoch"] for r in history(cut)] == [1, 2, 3]
+    assert [r["epoch"] for r in train_history(cut)] == [1, 2, 3]
     a = torch.load(whole.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
     b = torch.load(ckpt, weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -148,9 +147,9 @@ def _children(pid: int) -> list[int]:
     ("loss_failing_on_rank1", "rank 1 cannot read its batch", 1),  # rank 1 exits; torchrun stops rank 0
     ("loss_nan_on_rank1", "the loss became NaN or Inf at epoch 1, step 1", 2),  # both agree and stop
 ])
-def test_a_failure_on_one_rank_stops_all(tmp_path, dataset, loss, message, ranks):
-    params = make_workspace(tmp_path, dataset, **{"loss.name": f"tests.stages.test_distributed:{loss}",
-                                                  "train.epochs": 1})
+def test_a_failure_on_one_rank_stops_all(tmp_path, shapes_dataset, loss, message, ranks):
+    params = train_workspace(tmp_path, shapes_dataset, **{
+        "loss.name": f"tests.stages.test_distributed:{loss}", "train.epochs": 1})
     started = time.monotonic()
     done = torchrun(params, timeout=90)
     assert done.returncode != 0
@@ -159,47 +158,8 @@ def test_a_failure_on_one_rank_stops_all(tmp_path, dataset, loss, message, ranks
     assert not (tmp_path / "outputs/train/metrics.json").exists()
 
 
-def test_devices_above_one_without_torchrun_says_how_to_launch(tmp_path, dataset, capsys):
-    params = make_workspace(tmp_path, dataset, **{"train.devices": 2})
+def test_devices_above_one_without_torchrun_says_how_to_launch(tmp_path, shapes_dataset, capsys):
+    params = train_workspace(tmp_path, shapes_dataset, **{"train.devices": 2})
     assert train_stage.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "torchrun --nproc_per_node=2 -m stages.train" in err and "Traceback" not in err
-
-
-def test_check_devices_against_the_launch():
-    distributed.check_devices("auto", {})
-    distributed.check_devices(1, {})
-    distributed.check_devices(2, {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})  # 2 nodes x 2
-    with pytest.raises(PipelineError, match="--nproc_per_node=3"):
-        distributed.check_devices(3, {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
-
-
-def test_samplers_split_without_overlap():
-    ctxs = [distributed.Context(rank=r, local_rank=r, world_size=3) for r in range(3)]
-    shards = [list(distributed.eval_sampler(range(10), c)) for c in ctxs]
-    assert sorted(sum(shards, [])) == list(range(10))  # every validation sample exactly once
-    samplers = [distributed.train_sampler(range(10), c, seed=1) for c in ctxs]
-    for epoch in (0, 1):
-        parts = []
-        for s in samplers:
-            s.set_epoch(epoch)
-            parts.append(list(s))
-        flat = sum(parts, [])
-        assert len(flat) == 9 and len(set(flat)) == 9
-    assert distributed.train_sampler(range(10), distributed.SINGLE, seed=1) is None
-
-
-def test_sync_batchnorm_on_cpu_is_refused():
-    ctx = distributed.Context(rank=0, local_rank=0, world_size=2)
-    with pytest.raises(PipelineError, match="train.sync_batchnorm needs CUDA"):
-        distributed.wrap_model(torch.nn.BatchNorm2d(2), ctx, torch.device("cpu"), sync_batchnorm=True)
-
-
-def test_new_train_keys_are_validated(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert params["train"]["devices"] == "auto"
-    params["train"]["devices"] = 0
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match="train.devices"):
-        load_params(path, semantic=False)

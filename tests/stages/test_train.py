@@ -3,27 +3,19 @@ resumes after a real kill to the same weights, stops on NaN naming the step, run
 early, and records the run in a real MLflow store."""
 from __future__ import annotations
 
-import csv
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from pipeline.models.file import load_model
-from stages import model as model_stage
-from stages import split as split_stage
 from stages import train as train_stage
-from pipeline.data.synthetic import generate_segmentation
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, train_history, train_workspace, write_params
 
 
 def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,48 +23,14 @@ def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.float().mean() * float("nan")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes"
-    generate_segmentation(root, n=64, size=32, seed=5)
-    return root
-
-
-def make_workspace(tmp: Path, dataset: Path, **overrides: object) -> Path:
-    """A folder with params.yaml (the shipped one, shrunk, plus ``overrides`` as dotted keys), the
-    dataset, and the split and model stages' outputs."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    shrink = {"data.root": "shapes", "data.image_size": [32, 32], "model.pretrained": False,
-              "model.unet.base_channels": 8, "model.unet.depth": 2, "optimizer.lr": 0.01, "train.epochs": 3,
-              "train.batch_size": 4, "train.workers": 0, "train.device": "cpu",
-              "tracking.enabled": False, "precision.dtype": "fp32", "scheduler.warmup.epochs": 0}
-    for key, value in {**shrink, **overrides}.items():
-        node = params
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    shutil.copytree(dataset, tmp / "shapes")
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    assert split_stage.main(["--params", str(path)]) == 0
-    assert model_stage.main(["--params", str(path)]) == 0
-    return path
-
-
-def history(ws: Path) -> list[dict[str, float]]:
-    with open(ws.parent / "outputs/train/history.csv") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def test_short_run_learns_and_writes_outputs(tmp_path, dataset):
+def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     # Fine-tunes the shipped source-task U-Net (as the default pipeline does): from scratch, a few
     # dozen steps on 32 px images are too few for a reliable gain.
-    params = make_workspace(tmp_path, dataset, **{
+    params = train_workspace(tmp_path, shapes_dataset, **{
         "train.epochs": 4, "model.pretrained": str(REPO / "weights/unet_classic_shapes_boundary.safetensors"),
         "model.unet.base_channels": 16, "model.unet.depth": 3, "optimizer.lr": 0.003})
     assert train_stage.main(["--params", str(params)]) == 0
-    rows = history(params)
+    rows = train_history(params)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert max(r["val_dice"] for r in rows[1:]) > rows[0]["val_dice"]
@@ -88,12 +46,12 @@ def _weights(ws: Path) -> dict[str, torch.Tensor]:
     return torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, dataset):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset):
     overrides = {"train.epochs": 4, "train.deterministic": True}
-    whole = make_workspace(tmp_path / "whole", dataset, **overrides)
+    whole = train_workspace(tmp_path / "whole", shapes_dataset, **overrides)
     assert train_stage.main(["--params", str(whole)]) == 0
 
-    cut = make_workspace(tmp_path / "cut", dataset, **overrides)
+    cut = train_workspace(tmp_path / "cut", shapes_dataset, **overrides)
     ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", str(cut)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,62 +64,57 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, dataset):
     assert epoch_done < 3, "the run finished before it could be killed; the test proves nothing"
 
     assert train_stage.main(["--params", str(cut)]) == 0
-    assert [r["epoch"] for r in history(cut)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in train_history(cut)] == [1, 2, 3, 4]
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    assert history(cut) == history(whole) or all(
-        abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(history(cut), history(whole)))
+    assert train_history(cut) == train_history(whole) or all(
+        abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(train_history(cut), train_history(whole)))
 
 
-def test_changed_params_start_fresh_instead_of_resuming(tmp_path, dataset, capsys):
-    params = make_workspace(tmp_path, dataset, **{"train.epochs": 2})
+def test_changed_params_start_fresh_instead_of_resuming(tmp_path, shapes_dataset, capsys):
+    params = train_workspace(tmp_path, shapes_dataset, **{"train.epochs": 2})
     assert train_stage.main(["--params", str(params)]) == 0
-    text = params.read_text().replace("lr: 0.003", "lr: 0.002")
-    params.write_text(text)
+    write_params(params, params, **{"optimizer.lr": 0.002})
     assert train_stage.main(["--params", str(params)]) == 0
     assert "resuming" not in capsys.readouterr().out
-    assert len(history(params)) == 2
+    assert len(train_history(params)) == 2
 
 
-def test_nan_loss_stops_with_epoch_and_step(tmp_path, dataset, capsys):
-    params = make_workspace(tmp_path, dataset, **{"loss.name": "tests.stages.test_train:nan_loss"})
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, shapes_dataset, capsys):
+    params = train_workspace(tmp_path, shapes_dataset, **{"loss.name": "tests.stages.test_train:nan_loss"})
     assert train_stage.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "NaN or Inf at epoch 1, step 1" in err and "Traceback" not in err
     assert not (tmp_path / "outputs/train/metrics.json").exists()
 
 
-def test_bf16_on_cpu(tmp_path, dataset):
-    params = make_workspace(tmp_path, dataset, **{"precision.dtype": "bf16", "train.epochs": 1})
+def test_bf16_on_cpu(tmp_path, shapes_dataset):
+    params = train_workspace(tmp_path, shapes_dataset, **{"precision.dtype": "bf16", "train.epochs": 1})
     assert train_stage.main(["--params", str(params)]) == 0
-    row = history(params)[0]
+    row = train_history(params)[0]
     assert all(v == v and abs(v) != float("inf") for v in row.values())
 
 
-def test_early_stopping(tmp_path, dataset, capsys):
-    params = make_workspace(tmp_path, dataset, **{
+def test_early_stopping(tmp_path, shapes_dataset, capsys):
+    params = train_workspace(tmp_path, shapes_dataset, **{
         "train.epochs": 6, "train.early_stopping": {"monitor": "val_loss", "mode": "auto", "patience": 1,
                                                    "min_delta": 100.0}})
     assert train_stage.main(["--params", str(params)]) == 0
-    assert len(history(params)) == 2  # nothing beats epoch 1 by 100: stop after one stale epoch
+    assert len(train_history(params)) == 2  # nothing beats epoch 1 by 100: stop after one stale epoch
     assert "early stop after epoch 2" in capsys.readouterr().out
     metrics = yaml.safe_load((tmp_path / "outputs/train/metrics.json").read_text())
     assert metrics["stopped_early"] is True and metrics["best_epoch"] == 1
 
 
-def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, dataset):
+def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, monkeypatch):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = make_workspace(tmp_path, dataset, **{"tracking.enabled": True, "tracking.uri": uri,
-                                                  "tracking.experiment": "t", "train.epochs": 2})
-    env = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        assert train_stage.main(["--params", str(params)]) == 0
-    finally:
-        if env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+    params = train_workspace(tmp_path, shapes_dataset, **{"tracking.enabled": True, "tracking.uri": uri,
+                                                          "tracking.experiment": "t", "train.epochs": 2})
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train_stage.main(["--params", str(params)]) == 0
     run_id = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
@@ -176,7 +129,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, dataset):
     assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
 
 
-def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, dataset, mlflow_server):
+def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_dataset, mlflow_server,
+                                                               monkeypatch):
     """One pipeline run = one MLflow run on a real `mlflow server`: every param, per-epoch history,
     test metrics and the artifacts of both stages, queried back through MlflowClient."""
     from mlflow import MlflowClient
@@ -185,15 +139,12 @@ def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, dataset
     from pipeline.tracking.run import sanitize_key
     from stages import evaluate as evaluate_stage
 
-    params = make_workspace(tmp_path, dataset, **{"tracking.enabled": True, "tracking.uri": mlflow_server.uri,
-                                                  "tracking.experiment": "server-e2e", "train.epochs": 2})
-    env = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        assert train_stage.main(["--params", str(params)]) == 0
-        assert evaluate_stage.main(["--params", str(params)]) == 0
-    finally:
-        if env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+    params = train_workspace(tmp_path, shapes_dataset, **{
+        "tracking.enabled": True, "tracking.uri": mlflow_server.uri, "tracking.experiment": "server-e2e",
+        "train.epochs": 2})
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train_stage.main(["--params", str(params)]) == 0
+    assert evaluate_stage.main(["--params", str(params)]) == 0
     run_id = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     run = client.get_run(run_id)

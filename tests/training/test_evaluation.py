@@ -1,0 +1,93 @@
+"""The evaluate stage's test-set pass (pipeline.training.evaluation) against models with known answers:
+a perfect model scores perfectly, an all-background one as counted by hand (and the sampled confusion
+pixels), a non-finite loss is written as null, and only prefixed numbers go to MLflow. The stage end to
+end is in tests/stages/test_evaluate.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.training import evaluation
+from pipeline.training.device import MEAN, STD
+from pipeline.training.loss import build_loss
+from pipeline.training.precision import resolve_precision
+
+SIZE = 32
+FP32 = {"dtype": "fp32", "channels_last": False, "tf32": False, "compile": False}
+CFG = {"batch_size": 3, "workers": 0, "device": "cpu", "threshold": 0.5, "overlays": 2,
+       "confusion_sample": 10_000}
+
+
+class RedThreshold(torch.nn.Module):
+    """Predicts foreground exactly where the red channel exceeds 128 (undoing the normalisation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, :1] * STD[0] + MEAN[0]
+        return (red - 128.5 / 255) * 1000
+
+
+def red_dataset(n: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Images whose red channel is 255 inside a mask (the target) and 0 elsewhere."""
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(n):
+        mask = (torch.rand(SIZE, SIZE, generator=gen) > 0.6).to(torch.uint8)
+        image = torch.randint(0, 256, (3, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+        image[0] = mask * 255
+        samples.append((image, mask))
+    return samples
+
+
+def run_loop(model: torch.nn.Module, data: list, **cfg: object) -> dict:
+    device = torch.device("cpu")
+    loss = build_loss({"name": "dice_bce", "params": {}, "terms": []}, task="segmentation", num_outputs=1)
+    return evaluation.run_test_set(model, data, loss, resolve_precision(FP32, device), device,
+                                   {**CFG, **cfg}, task="segmentation",
+                                   class_names=["background", "foreground"], image_hw=(SIZE, SIZE))
+
+
+def test_loop_scores_a_perfect_model_perfectly():
+    data = red_dataset()
+    results = run_loop(RedThreshold(), data)
+    foreground = sum(int(mask.sum()) for _, mask in data)
+    assert results["meter"].confusion_matrix() == [[5 * SIZE * SIZE - foreground, 0], [0, foreground]]
+    metrics = results["meter"].compute()
+    assert metrics["dice"] == 1.0 and metrics["pixel_accuracy"] == 1.0
+    assert results["count"] == 5
+    assert len(results["images"]) == 2 and results["images"][0].shape == (SIZE, SIZE, 3)
+    assert (results["preds"][1] == data[1][1].numpy()).all()
+
+
+def test_loop_scores_an_all_background_model_by_hand():
+    data = red_dataset()
+    results = run_loop(lambda x: torch.full_like(x[:, :1], -5.0), data, confusion_sample=1000)
+    foreground = sum(int(mask.sum()) for _, mask in data)
+    metrics = results["meter"].compute()
+    assert metrics["dice"] == 0.0
+    assert metrics["pixel_accuracy"] == pytest.approx(1 - foreground / (5 * SIZE * SIZE))
+    # every ceil(5120 / 1000) = 6th pixel of the whole test set, across batch boundaries
+    flat = torch.cat([mask.reshape(-1) for _, mask in data]).long()
+    assert results["actual"] == flat[::6].tolist()
+    assert results["predicted"] == [0] * len(flat[::6])
+
+
+def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, capsys):
+    data = red_dataset(3)
+    results = run_loop(lambda x: torch.full_like(x[:, :1], float("nan")), data)
+    entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
+    metrics = evaluation.write_outputs(tmp_path, "segmentation", ["background", "foreground"],
+                                       entries, results)
+    assert metrics["test_loss"] is None and "written as null" in capsys.readouterr().err
+    assert json.loads((tmp_path / "metrics.json").read_text())["dice"] == 0.0  # NaN logit: background
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confusion.csv", "confusion.png", "metrics.json", "overlays.png"]
+
+
+def test_mlflow_metrics_are_prefixed_numbers_only():
+    got = evaluation.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
+                                     "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
+                                     "iou": None})
+    assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8, "test_images": 3.0}
