@@ -111,6 +111,7 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
           device: torch.device) -> Trainer:
     """The build phase: numerics, seeds, data, model, loss, optimizer, schedule, meter, stopper."""
     cfg, task = view["train"], view["data.task"]
+    info.eval_augment = view["augment.eval"]  # the best weights' file says how evaluation prepares images
     # -- numerics and the run's seed
     if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
         torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
@@ -234,7 +235,10 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
         dist.write_debug_samples(t.sampler, t.ctx, epoch)
     t.train_set.set_epoch(epoch)
     t.ddp_net.train()
-    device, accumulate, log_every = t.plan.device, t.cfg["accumulate"], t.cfg["log_every_steps"]
+    device, accumulate = t.plan.device, t.cfg["accumulate"]
+    # Read the loss back every log_every_steps, and at least four times an epoch: a NaN stops the run
+    # within a quarter of an epoch, and the bar shows a running loss, at a handful of host syncs.
+    check_every = max(1, min(t.cfg["log_every_steps"], math.ceil(len(t.train_loader) / 4)))
     running = torch.zeros((), device=device)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     seen, started = 0, time.perf_counter()
@@ -249,8 +253,8 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
         running += loss
         seen += images.shape[0]
-        if (step + 1) % log_every == 0 or last:
-            _raise_if_nonfinite(bad_step, epoch, t.ctx)
+        if (step + 1) % check_every == 0 or last:
+            _raise_if_nonfinite(bad_step, epoch, t.plan.name, t.ctx)
             batches.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
     elapsed = time.perf_counter() - started
     totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]),
@@ -270,13 +274,18 @@ def validate(t: Trainer) -> dict[str, float]:
     return metrics
 
 
-def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, ctx: dist.Context = dist.SINGLE) -> None:
-    """Stop on the first non-finite step; under DDP the ranks agree on the earliest one, so all stop."""
+NAN_PRECISION_HINTS = {"fp16": ", or precision.dtype bf16 or fp32", "bf16": ", or precision.dtype fp32"}
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, precision: str,
+                        ctx: dist.Context = dist.SINGLE) -> None:
+    """Stop on the first non-finite step; under DDP the ranks agree on the earliest one, so all stop.
+    The hint names a wider precision only to a run that has one to go to."""
     step = int(dist.earliest_step(bad_step, ctx).item())
     if step >= 0:
         raise PipelineError(
-            f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr, "
-            f"set train.grad_clip, or use precision.dtype bf16/fp32")
+            f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr or set "
+            f"train.grad_clip{NAN_PRECISION_HINTS.get(precision, '')}")
 
 
 def history_csv(rows: list[dict[str, float]]) -> str:

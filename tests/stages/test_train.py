@@ -3,6 +3,8 @@ resumes after a real kill to the same weights, stops on NaN naming the step, run
 early, and records the run in a real MLflow store."""
 from __future__ import annotations
 
+import json
+import math
 import signal
 import subprocess
 import sys
@@ -21,6 +23,18 @@ from tests.conftest import REPO, train_history, train_workspace, write_params
 def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """A user loss that is NaN from the first step (for the NaN-stop test)."""
     return logits.float().mean() * float("nan")
+
+
+TRAINING_CALLS: list[int] = []
+
+
+def nan_from_second_step(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Finite on the first training batch, NaN from the second; counts the training batches it sees
+    (validate's 4 px stand-in batch is not one)."""
+    if target.shape[-1] > 4:
+        TRAINING_CALLS.append(1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+    return loss * float("nan") if len(TRAINING_CALLS) >= 2 else loss
 
 
 def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
@@ -87,6 +101,20 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, shapes_dataset, capsys):
     err = capsys.readouterr().err
     assert "NaN or Inf at epoch 1, step 1" in err and "Traceback" not in err
     assert not (tmp_path / "outputs/train/metrics.json").exists()
+
+
+def test_nan_stops_within_a_quarter_of_an_epoch_without_a_wider_precision_hint_in_fp32(tmp_path, shapes_dataset,
+                                                                                      capsys):
+    """log_every_steps (20) is longer than the epoch: the loss is still read back four times an epoch."""
+    TRAINING_CALLS.clear()
+    params = train_workspace(tmp_path, shapes_dataset, **{"loss.name": "tests.stages.test_train:nan_from_second_step",
+                                                          "train.log_every_steps": 20})
+    assert train_stage.main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    batches = len(json.loads((tmp_path / "outputs/split/manifest.json").read_text())["splits"]["train"]) // 4
+    assert batches >= 8 and "NaN or Inf at epoch 1, step 2" in err
+    assert len(TRAINING_CALLS) <= math.ceil(batches / 4), (len(TRAINING_CALLS), batches)
+    assert "precision.dtype" not in err and "train.grad_clip" in err  # fp32 has no wider precision to go to
 
 
 def test_bf16_on_cpu(tmp_path, shapes_dataset):
