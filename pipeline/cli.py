@@ -1,10 +1,11 @@
-"""``python -m pipeline``: validate, show and list, without running anything heavy."""
+"""``python -m pipeline``: validate, show and list a params file; predict with and export a trained model."""
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -48,6 +49,23 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.inference.predict import predict_files
+    from pipeline.inference.predictor import Predictor
+    from pipeline.tracking.model import local_weights
+
+    predictor = Predictor.from_file(local_weights(args.model), device=args.device, threshold=args.threshold,
+                                    flip_tta=args.tta)
+    done = predict_files(predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays)
+    what = "predictions.csv" if predictor.task == "classification" else "masks/"
+    print(f"predict: {done.predicted} image(s) -> {Path(args.out) / what}")
+    for path, reason in done.failed:
+        print(f"predict: could not read {path}: {reason}", file=sys.stderr)
+    if done.failed:
+        print(f"predict: {len(done.failed)} input(s) could not be read (listed above)", file=sys.stderr)
+    return 1 if done.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline",
                                      description="Declarative PyTorch image training: params.yaml tools.")
@@ -64,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
     p.add_argument("--long", action="store_true", help="with a one-line description")
     p.set_defaults(func=_list)
+    p = sub.add_parser("predict", help="predict with a trained model: classes (CSV) or masks (PNG)")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--model", default="outputs/train/best.safetensors",
+                   help="a model file, or runs:/RUN_ID (its weights in the MLflow store)")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
+    p.add_argument("--threshold", type=float, help="binary segmentation: foreground above this probability "
+                   "(default: the model file's, 0.5)")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--overlays", action="store_true", help="segmentation: also write the masks drawn on the images")
+    p.set_defaults(func=_predict)
     return parser
 
 

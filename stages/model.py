@@ -46,6 +46,7 @@ def model(view: ParamsView) -> dict[str, Any]:
     config = architecture(view, manifest)
     net, info, report = initial_model(config, pretrained=view["model.pretrained"], freeze=view["model.freeze"],
                                       seed=view["train.seed"], root=view.root)
+    info.class_names = list(manifest.class_names)
     init_sha256 = save_model(view.root / outputs.MODEL_INIT, net, info)
     summary = summarize(net, info, report, init_sha256)
     write_json(view.root / outputs.MODEL_SUMMARY, summary)

@@ -18,6 +18,32 @@ from pipeline.data.manifest import Manifest
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
 
 
+def open_image(path: Path) -> Image.Image:
+    """A decoded image; :class:`PipelineError` naming the path and why it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except DECODE_ERRORS as exc:
+        size = path.stat().st_size if path.exists() else None
+        raise PipelineError(f"{path}: cannot decode image ({decode_error_reason(exc, size)})") from None
+
+
+def rgb_resized(image: Image.Image, hw: tuple[int, int]) -> np.ndarray:
+    """The image as the model sees it before augmentation: RGB, resized bilinearly to (height, width),
+    HxWx3 uint8 and writable. Training, evaluation and predict all prepare images here."""
+    image = image.convert("RGB")
+    if image.size != (hw[1], hw[0]):
+        image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)
+
+
+def chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> a contiguous uint8 [3,H,W] tensor (a copy: a transform may return a strided or
+    read-only view)."""
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
+
+
 def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     """``data.image_size`` (one number or [height, width]) as (height, width)."""
     if isinstance(image_size, int):
@@ -58,14 +84,7 @@ class ManifestDataset(torch.utils.data.Dataset):
 
 
     def _open(self, rel: str) -> Image.Image:
-        path = self.root / rel
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return image
-        except DECODE_ERRORS as exc:
-            size = path.stat().st_size if path.exists() else None
-            raise PipelineError(f"{path}: cannot decode image ({decode_error_reason(exc, size)})") from None
+        return open_image(self.root / rel)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Sample ``index`` resized, not transformed: (image HxWx3 uint8, class-index mask HxW or None),
@@ -83,17 +102,13 @@ class ManifestDataset(torch.utils.data.Dataset):
             if mask_image.size != (self.width, self.height):
                 mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
             mask = np.array(mask_image, dtype=np.uint8)
-        image = image.convert("RGB")
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        return np.array(image, dtype=np.uint8), mask
+        return rgb_resized(image, (self.height, self.width)), mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        # np.array(order="C") copies: a transform may return a strided or read-only view.
-        image_tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
+        image_tensor = chw_tensor(image)
         if self.task == "segmentation":
             return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
         return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)

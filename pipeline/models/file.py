@@ -1,6 +1,8 @@
-"""The model file: safetensors weights with their recipe in one metadata key (architecture, task,
-head, freezing, where the starting weights came from), so :func:`load_model` rebuilds the module
-without params.yaml. The model stage's initial weights and train's best weights are such files."""
+"""The model file: safetensors weights with their recipe in one metadata key, so :func:`load_model`
+rebuilds the module without params.yaml, and predict, export and the MLflow Model need nothing else:
+the architecture, task and class names, the head and what is frozen, where the starting weights came
+from, and the preprocessing (image size, normalisation, the evaluation augmentation) and threshold.
+The model stage's initial weights and train's best weights are such files."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.config.building import one_line
 from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.models.build import build_model
@@ -19,17 +22,40 @@ from pipeline.models.finetune import apply_freeze, in_prefixes
 
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
+FORMAT_VERSION = 2  # 2 adds class_names, preprocess and threshold; version 1 files load with defaults
+# ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
+# file records them; batches are normalised with them on the device (pipeline.training.device).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class ModelInfo:
-    """How an initial model was made: enough to rebuild it and to split its parameters."""
+    """How a model was made and how it is used: enough to rebuild it, split its parameters, and
+    prepare an image for it exactly as evaluation does."""
 
     config: dict[str, Any]
     head_prefixes: list[str]
     freeze: str | list[str] = "none"
     weights: dict[str, Any] | None = None     # source, path, sha256 of the starting weights
     frozen: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
+    eval_augment: list[Any] = field(default_factory=list)  # augment.eval, applied after the resize
+    threshold: float = 0.5                    # binary: foreground where sigmoid(logit) > threshold
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) images are resized to."""
+        height, width = self.config["image_size"]
+        return int(height), int(width)
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names (``class_<i>`` for files written before they were recorded)."""
+        names = list(self.class_names or [])
+        return names + [f"class_{i}" for i in range(len(names), int(self.config["num_classes"]))]
 
     @property
     def num_outputs(self) -> int:
@@ -44,9 +70,21 @@ class ModelInfo:
         return in_prefixes(name, self.head_prefixes)
 
     def metadata(self) -> dict[str, str]:
-        values = {"version": 1, "arch": self.config, "head_prefixes": self.head_prefixes, "freeze": self.freeze,
-                  "frozen": self.frozen, "weights": self.weights}
-        return {META_KEY: json.dumps(values, sort_keys=True)}
+        return {META_KEY: json.dumps(self.recipe(), sort_keys=True)}
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-ready data (also what export and MLflow carry)."""
+        return {"version": FORMAT_VERSION, "arch": self.config, "head_prefixes": self.head_prefixes,
+                "freeze": self.freeze, "frozen": self.frozen, "weights": self.weights,
+                "class_names": self.classes, "eval_augment": self.eval_augment, "threshold": self.threshold,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_recipe(cls, values: dict[str, Any], frozen: list[str]) -> "ModelInfo":
+        return cls(values["arch"], values["head_prefixes"], values["freeze"], values["weights"], frozen,
+                   class_names=values.get("class_names"), eval_augment=list(values.get("eval_augment") or []),
+                   threshold=float(values.get("threshold", 0.5)),
+                   mean=tuple(values.get("mean") or IMAGENET_MEAN), std=tuple(values.get("std") or IMAGENET_STD))
 
 
 def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> str:
@@ -64,17 +102,10 @@ def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> str:
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the module from the file's metadata, load its weights, re-apply the freezing."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run the model stage first (`dvc repro model`)")
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-    if META_KEY not in meta:
-        raise PipelineError(f"{path} was not written by the model stage (no {META_KEY!r} metadata)")
-    values = json.loads(meta[META_KEY])
+    values = read_recipe(path)
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
         model = build_model(values["arch"])
     model.load_state_dict(load_file(str(path)), strict=True)
@@ -83,4 +114,26 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     recorded = values.get("frozen")
     freeze = recorded if recorded else values["freeze"] if recorded is None else "none"
     frozen = apply_freeze(model, freeze, values["head_prefixes"])
-    return model, ModelInfo(values["arch"], values["head_prefixes"], values["freeze"], values["weights"], frozen)
+    return model, ModelInfo.from_recipe(values, frozen)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe stored in a model file (no weights are read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors' own errors on a file of another kind
+        raise PipelineError(f"{path}: not a safetensors model file ({one_line(exc)})") from None
+    if META_KEY not in meta:
+        raise PipelineError(f"{path} was not written by this pipeline (no {META_KEY!r} metadata); the model "
+                            "stage and train write such files (outputs/train/best.safetensors)")
+    values = json.loads(meta[META_KEY])
+    if int(values.get("version", 1)) > FORMAT_VERSION:
+        raise PipelineError(f"{path} is a model file of format {values['version']}, newer than this code reads "
+                            f"({FORMAT_VERSION}); update the pipeline")
+    return values

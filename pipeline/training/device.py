@@ -7,10 +7,9 @@ import functools
 import torch
 
 from pipeline.config.errors import PipelineError
+from pipeline.models.file import IMAGENET_MEAN, IMAGENET_STD
 
-# ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # the defaults; a model file records its own
 
 
 def resolve_device(name: str, *, key: str) -> torch.device:
@@ -27,21 +26,28 @@ def resolve_device(name: str, *, key: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=16)
-def _affine(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(device: torch.device, channels: int, mean: tuple[float, ...] = MEAN,
+            std: tuple[float, ...] = STD) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_uint8 * scale + shift == (x / 255 - mean) / std``, built once per device: creating the
     constants on the device every step would be a blocking copy (a host sync) per batch."""
-    mean = torch.tensor((MEAN * channels)[:channels]).view(1, -1, 1, 1)
-    std = torch.tensor((STD * channels)[:channels]).view(1, -1, 1, 1)
+    mean = torch.tensor((tuple(mean) * channels)[:channels]).view(1, -1, 1, 1)
+    std = torch.tensor((tuple(std) * channels)[:channels]).view(1, -1, 1, 1)
     return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
+
+
+def normalise(images: torch.Tensor, device: torch.device, *, channels_last: bool = False,
+              mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+    """uint8 [N,C,H,W] images -> normalised float32 on ``device``: what every model here sees
+    (training, evaluation, predict)."""
+    x = images.to(device, non_blocking=device.type == "cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less memory to move
+    scale, shift = _affine(device, x.shape[1], tuple(mean), tuple(std))
+    return torch.addcmul(shift, x.float(), scale)
 
 
 def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, *,
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
-    non_blocking = device.type == "cuda"
-    x = images.to(device, non_blocking=non_blocking)
-    y = targets.to(device, non_blocking=non_blocking).long()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less memory to move
-    scale, shift = _affine(device, x.shape[1])
-    return torch.addcmul(shift, x.float(), scale), y
+    y = targets.to(device, non_blocking=device.type == "cuda").long()
+    return normalise(images, device, channels_last=channels_last), y

@@ -21,7 +21,7 @@ def test_save_and_load_initial_model_rebuilds_module_freezing_and_info(tmp_path)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     again.train()
     assert not again.encoder[0][1].training and again.decoder[0].conv[1].training
-    with pytest.raises(PipelineError, match="not written by the model stage"):
+    with pytest.raises(PipelineError, match="was not written by this pipeline"):
         save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
         load_model(tmp_path / "plain.safetensors")
 
@@ -40,3 +40,27 @@ def test_weight_files_get_the_mode_of_every_other_output(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_the_file_carries_what_predict_needs_and_older_files_still_load(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from pipeline.models.file import META_KEY
+
+    config = arch("unet", "classic", task="segmentation", outputs=1, unet=TINY_UNET)
+    model, info, _ = build(config)
+    info.class_names, info.eval_augment, info.threshold = ["background", "car"], ["Fliplr"], 0.4
+    save_model(tmp_path / "m.safetensors", model, info)
+    _, again = load_model(tmp_path / "m.safetensors")
+    assert again.classes == ["background", "car"] and again.eval_augment == ["Fliplr"] and again.threshold == 0.4
+    assert again.image_hw == (32, 32) and again.mean == (0.485, 0.456, 0.406) and again.std == (0.229, 0.224, 0.225)
+    # A version-1 file (before the recipe held classes and preprocessing) loads with the defaults.
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as fh:
+        recipe = json.loads(fh.metadata()[META_KEY])
+    old = {k: recipe[k] for k in ("arch", "head_prefixes", "freeze", "weights")} | {"version": 1}
+    save_file(model.state_dict(), str(tmp_path / "v1.safetensors"), metadata={META_KEY: json.dumps(old)})
+    _, v1 = load_model(tmp_path / "v1.safetensors")
+    assert v1.classes == [f"class_{i}" for i in range(config["num_classes"])]
+    assert v1.eval_augment == [] and v1.threshold == 0.5

@@ -1,0 +1,84 @@
+"""A trained model file, ready to predict: the module rebuilt from its recipe, and images prepared
+exactly as the evaluate stage prepares them (the same resize, evaluation augmentation and
+normalisation functions), so a prediction here equals evaluate's for the same image.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.augment.transform import build_transform
+from pipeline.data.dataset import chw_tensor, rgb_resized
+from pipeline.models.file import ModelInfo, load_model
+from pipeline.training.device import normalise, resolve_device
+from pipeline.training.metrics import predict as classes_from_logits
+
+
+@dataclass
+class Predictor:
+    """``model`` in eval mode on ``device`` with the file's recipe (``info``)."""
+
+    model: torch.nn.Module
+    info: ModelInfo
+    device: torch.device
+    threshold: float
+    flip_tta: bool = False
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str = "auto", threshold: float | None = None,
+                  flip_tta: bool = False) -> "Predictor":
+        model, info = load_model(path)
+        where = resolve_device(device, key="--device")
+        return cls(model.to(where).eval(), info, where, info.threshold if threshold is None else float(threshold),
+                   flip_tta)
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """An image as the model takes it: uint8 [3,H,W] at the recipe's size, evaluation augmentation
+        applied (the evaluate stage's ManifestDataset does the same)."""
+        array = rgb_resized(image, self.info.image_hw)
+        if self.info.eval_augment:
+            array, _ = self._transform(array, None)
+        return chw_tensor(array)
+
+    @functools.cached_property
+    def _transform(self) -> Any:
+        return build_transform(self.info.eval_augment, task=self.task)
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a uint8 [N,3,H,W] batch; with flip TTA the mean of the image's and its
+        mirror's (the mirror's flipped back for segmentation)."""
+        x = normalise(batch, self.device, mean=self.info.mean, std=self.info.std)
+        out = self.model(x).float()
+        if self.flip_tta:
+            mirrored = self.model(torch.flip(x, dims=[3])).float()
+            out = (out + (torch.flip(mirrored, dims=[3]) if self.task == "segmentation" else mirrored)) / 2
+        return out
+
+    def classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class indices, as evaluate computes them (binary: sigmoid(logit) > threshold)."""
+        return classes_from_logits(logits, self.threshold)
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities: softmax over C, or [1 - p, p] for one sigmoid channel."""
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits)
+            return torch.cat([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def mask_at_size(classes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A [H,W] class-index mask resized (nearest: classes never blend) to ``size`` = (width, height)."""
+    mask = Image.fromarray(classes.to("cpu", torch.uint8).numpy())
+    return np.asarray(mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST))
