@@ -73,7 +73,7 @@ def train(view: ParamsView) -> dict[str, Any]:
             write_text(root / outputs.TRAIN_PARAMS, yaml.safe_dump(view.all_params(), sort_keys=False))
             for path in (outputs.TRAIN_HISTORY, outputs.TRAIN_HISTORY_PNG, outputs.TRAIN_PARAMS):
                 run.log_artifact(root / path, "train")
-            run.log_artifact(root / outputs.TRAIN_BEST, "model")
+            run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
             print(f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "
                   f"weights in {root / outputs.TRAIN_BEST}")
     dist.teardown(ctx)

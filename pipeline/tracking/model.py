@@ -30,11 +30,12 @@ def signature_and_example(weights: Path) -> tuple[Any, Any]:
 
     info = ModelInfo.from_recipe(read_recipe(weights), [])
     height, width = info.image_hw
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "images")])
+    # Unnamed tensors: the model takes and returns plain arrays ({"inputs": [...]} over HTTP).
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
     if info.task == "classification":
-        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classes)), "probabilities")])
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classes)))])
     else:
-        outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "masks")])
+        outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
     example = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     return ModelSignature(inputs=inputs, outputs=outputs), example
 
@@ -45,7 +46,9 @@ def log_pyfunc(uri: str, run_id: str, weights: Path, *, register_as: str | None 
     import mlflow
 
     signature, example = signature_and_example(weights)
-    previous = mlflow.get_tracking_uri()
+    # mlflow's fluent API logs models; it keeps the store in a global and in MLFLOW_TRACKING_URI, and
+    # both must be as they were afterwards (evaluate, in this process or a child, resolves its own).
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_id=run_id):
@@ -55,7 +58,7 @@ def log_pyfunc(uri: str, run_id: str, weights: Path, *, register_as: str | None 
                 code_paths=[str(PACKAGE)], signature=signature, input_example=example,
                 pip_requirements=_requirements(), registered_model_name=register_as)
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous)  # None unsets the global and the variable
     return info.model_uri
 
 

@@ -148,6 +148,9 @@ class NullRun(_RunContext):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
+    def log_model(self, weights: str | os.PathLike[str], *, register_as: str | None = None) -> None:
+        pass
+
     def end(self, status: str = "FINISHED") -> None:
         pass
 
@@ -212,6 +215,13 @@ class TrackingRun(_RunContext):
         rows = [RunTag(sanitize_key(k), as_text(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
         for batch in _chunks(rows, MAX_PARAMS_TAGS_PER_BATCH):
             self._call("set tags", self.client.log_batch, self.run_id, tags=batch)
+
+    def log_model(self, weights: str | os.PathLike[str], *, register_as: str | None = None) -> None:
+        """The trained model file as this run's MLflow Model ``model`` (pyfunc), registered as a new
+        version of ``register_as`` when given (see :mod:`pipeline.tracking.model`)."""
+        from pipeline.tracking.model import log_pyfunc
+
+        self._call("log the model", log_pyfunc, self.uri, self.run_id, Path(weights), register_as=register_as)
 
     def end(self, status: str = "FINISHED") -> None:
         self._call("end the run", self.client.set_terminated, self.run_id, status)
