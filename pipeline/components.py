@@ -13,6 +13,7 @@ from pipeline.augment import checks as _augment_checks  # noqa: F401 - registers
 from pipeline.config import params as _params
 from pipeline.config.params import DEFAULT_PARAMS, Params
 from pipeline.data import files as _data_files  # noqa: F401
+from pipeline.data import labels as _data_labels  # noqa: F401
 from pipeline.data import split as _data_split  # noqa: F401
 from pipeline.models import build as _models  # noqa: F401
 from pipeline.tracking import store as _tracking_store  # noqa: F401

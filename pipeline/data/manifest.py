@@ -3,7 +3,7 @@ writes it; every later stage reads it through :func:`load_manifest`."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ class Manifest:
     """The split stage's output (``outputs/split/manifest.json``): which files are in which split.
 
     Entries are paths relative to ``root`` (as written in params.yaml): segmentation
-    ``{"image", "mask"}``, classification ``{"image", "label"}``."""
+    ``{"image", "mask"}``, classification ``{"image", "label"}``, each with its ``group`` when
+    ``split.group_by`` is set. ``summary``: the achieved fractions, groups per split, cross-split
+    duplicates and the fold (see :func:`pipeline.data.split.describe`)."""
 
     task: str
     root: str
@@ -28,6 +30,7 @@ class Manifest:
     splits: dict[str, list[dict[str, Any]]]
     counts: dict[str, dict[str, int]]
     fingerprint: str
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,11 +46,11 @@ def load_manifest(path: str | Path) -> Manifest:
         raise PipelineError(f"{path}: no manifest; run the split stage first (dvc repro split)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineError(f"{path}: not a readable manifest ({exc}); re-run the split stage") from None
-    fields = Manifest.__dataclass_fields__
-    if not isinstance(raw, dict) or set(fields) - set(raw):
-        missing = sorted(set(fields) - set(raw)) if isinstance(raw, dict) else list(fields)
+    required = {f.name for f in fields(Manifest) if f.default is MISSING and f.default_factory is MISSING}
+    if not isinstance(raw, dict) or required - set(raw):
+        missing = sorted(required - set(raw)) if isinstance(raw, dict) else sorted(required)
         raise PipelineError(f"{path}: not a split manifest (missing {', '.join(missing)}); re-run the split stage")
-    manifest = Manifest(**{name: raw[name] for name in fields})
+    manifest = Manifest(**{f.name: raw[f.name] for f in fields(Manifest) if f.name in raw})
     needed = {"segmentation": ("image", "mask"), "classification": ("image", "label")}.get(manifest.task)
     if needed is None or not isinstance(manifest.splits, dict) or any(
             split not in manifest.splits or not all(isinstance(e, dict) and all(k in e for k in needed)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.data.split as split_lib
+import pipeline.data.scan as scan_lib
 from pipeline.atomic import write_json
 from pipeline.config.errors import PipelineError
 from pipeline.data.manifest import SPLITS
-from pipeline.data.split import build_manifest, deal
+from pipeline.data.assign import deal
+from pipeline.data.split import build_manifest
 from tests.conftest import REPO
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -117,8 +118,8 @@ def test_dealing_keeps_every_prefix_within_one_of_its_share(n):
 def test_worker_processes_give_the_same_manifest(tmp_path, monkeypatch):
     root = make_segmentation(tmp_path / "data", 12, stored=(0, 1, 2))
     inline = manifest(root, task="segmentation")
-    monkeypatch.setattr(split_lib, "PROCESS_THRESHOLD", 1)
-    monkeypatch.setattr(split_lib, "CHUNK", 2)
+    monkeypatch.setattr(scan_lib, "PROCESS_THRESHOLD", 1)
+    monkeypatch.setattr(scan_lib, "CHUNK", 2)
     assert manifest(root, task="segmentation") == inline
     (root / "masks" / "im007.png").write_bytes(b"broken")  # an error in a worker surfaces as itself
     with pytest.raises(PipelineError, match=r"masks/im007.png: not a readable mask"):

@@ -23,7 +23,7 @@ def test_stage_writes_the_manifest(tmp_path, capsys):
     m = load_manifest(out)
     assert m.root == "mydata" and m.task == "segmentation" and m.num_classes == 2
     assert [len(m.splits[s]) for s in SPLITS] == [14, 3, 3]
-    assert "train 14, val 3, test 3" in capsys.readouterr().out
+    assert "train 14 (70.0%), val 3 (15.0%), test 3 (15.0%)" in capsys.readouterr().out
     assert main(["--params", str(params)]) == 0
     assert out.read_bytes() == first
     assert sorted(p.name for p in out.parent.iterdir()) == ["manifest.json"]  # no temp files left
