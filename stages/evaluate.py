@@ -73,8 +73,9 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         with atomic_dir(root / outputs.EVALUATE) as staging:  # all four files, or none of them
             metrics = write_outputs(staging, task, names, manifest.splits["test"], results)
         run.log_metrics(mlflow_metrics(metrics), step=0)
-        for path in outputs.BY_STAGE["evaluate"]:
-            run.log_artifact(root / path, "evaluate")
+        run.set_tags({"test_images": metrics["images"]})  # a count, not a measurement
+        for path in outputs.BY_STAGE["evaluate"]:  # at the run's root (the compare view's), named apart
+            run.log_artifact(root / path, name="test_metrics.json" if path == outputs.EVALUATE_METRICS else None)
     shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics

@@ -58,8 +58,13 @@ def train(view: ParamsView) -> dict[str, Any]:
         if state is None:
             run.set_tags({"dataset_fingerprint": manifest.fingerprint, "device": str(device),
                           "precision": trainer.plan.name})
+            # The fingerprint is the data's (its files), not the split's: the split goes in the input's tags.
+            run.log_dataset(manifest.root, digest=manifest.fingerprint, source=str(view.resolve_path(manifest.root)),
+                            profile={"fingerprint": manifest.fingerprint},
+                            tags={"task": manifest.task, "num_classes": manifest.num_classes,
+                                  **{f"split.{s}": len(e) for s, e in manifest.splits.items()}})
             if (root / outputs.AUGMENT_PREVIEW).exists():
-                run.log_artifact(root / outputs.AUGMENT_PREVIEW, "augment")
+                run.log_artifact(root / outputs.AUGMENT_PREVIEW, name="augment_preview.png")
         history = loop.fit(trainer, run, root=root, fingerprint=fp, state=state)
 
         stopper, monitor = trainer.stopper, trainer.monitor
@@ -72,7 +77,10 @@ def train(view: ParamsView) -> dict[str, Any]:
             save_png(root / outputs.TRAIN_HISTORY_PNG, draw_history(history))
             write_text(root / outputs.TRAIN_PARAMS, yaml.safe_dump(view.all_params(), sort_keys=False))
             for path in (outputs.TRAIN_HISTORY, outputs.TRAIN_HISTORY_PNG, outputs.TRAIN_PARAMS):
-                run.log_artifact(root / path, "train")
+                run.log_artifact(root / path)  # at the root, where the compare view looks
+            # Counts and indices are not curves: the outcome is tags; the best score, a metric at its epoch.
+            run.set_tags({key: metrics[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
+            run.log_metrics({f"best_{monitor}": stopper.best}, step=stopper.best_epoch)
             run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
             print(f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "
                   f"weights in {root / outputs.TRAIN_BEST}")

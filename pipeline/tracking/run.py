@@ -1,5 +1,11 @@
 """MLflow runs for train and evaluate: one pipeline run, one MLflow run (in the store that
 :mod:`pipeline.tracking.store` resolves). mlflow is imported lazily: it takes seconds.
+
+What the MLflow 3 UI needs to show a run as a model-training run: the experiment's kind tag (what the
+UI's own kind selector writes), the ``workflowType`` in the printed link (the 3.17 UI ships with a
+GenAI / model-training switch in place of that selector and takes the view from the link, else from
+the switch, which starts on GenAI in every new browser), the split as the run's dataset input (the
+Dataset column), and artifacts at the root of the run (the compare view lists the root only).
 """
 from __future__ import annotations
 
@@ -14,16 +20,18 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.config.errors import PipelineError
-from pipeline.tracking.store import ARTIFACTS_DIR, check_reachable, resolve_tracking_uri, sqlite_path
+from pipeline.tracking.store import ARTIFACTS_DIR, check_reachable, resolve_tracking_uri, sqlite_path, ui_link
 
 # MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
 MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -31,7 +39,14 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
 MAX_KEY_LENGTH = 250
+MAX_DATASET_DIGEST_SIZE = 36
+MAX_INPUT_TAG_VALUE_SIZE = 500
 TRUNCATED = "...[truncated]"
+
+# The MLflow UI's names (its JavaScript bundle; tests/tracking/test_ui.py holds them to the installed one).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning": the runs view, not traces
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 
 def _git(repo_root: Path, *args: str) -> str | None:
@@ -142,7 +157,12 @@ class NullRun(_RunContext):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None, *,
+                     name: str | None = None) -> None:
+        pass
+
+    def log_dataset(self, name: str, *, digest: str, source: str, profile: Mapping[str, Any],
+                    tags: Mapping[str, Any], context: str = "train") -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -201,13 +221,33 @@ class TrackingRun(_RunContext):
         for batch in _chunks(rows, MAX_METRICS_PER_BATCH):
             self._call("log metrics", self.client.log_batch, self.run_id, metrics=batch)
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None, *,
+                     name: str | None = None) -> None:
+        """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path`` (the
+        root when None: the only level the compare view lists), a file as ``name`` when given."""
         path = Path(path)
         if not path.exists():
             raise PipelineError(f"tracking: artifact {path} does not exist")
+        if name and path.is_file() and name != path.name:  # MLflow keeps a file's own name: copy it
+            with tempfile.TemporaryDirectory() as tmp:
+                return self.log_artifact(shutil.copyfile(path, Path(tmp) / name), artifact_path)
         log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
         self._call(f"log artifact {path}", log, self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, *, digest: str, source: str, profile: Mapping[str, Any],
+                    tags: Mapping[str, Any], context: str = "train") -> None:
+        """The run's input dataset (the runs table's Dataset column): ``name``, ``digest`` (MLflow keeps
+        36 characters: a longer hex digest is cut to its prefix), a local ``source`` path. MLflow keeps
+        one dataset per experiment, name and digest, whose first ``profile`` and ``source`` every later
+        run shares: the profile must follow from the digest alone. What is this run's own goes in
+        ``tags`` (input tags are per run), beside ``mlflow.data.context``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:MAX_DATASET_DIGEST_SIZE], source_type="local",
+                          source=json.dumps({"uri": source}), profile=json.dumps(profile, default=str))
+        rows = [InputTag(DATASET_CONTEXT_TAG, context)]
+        rows += [InputTag(sanitize_key(k), as_text(v, MAX_INPUT_TAG_VALUE_SIZE)) for k, v in tags.items()]
+        self._call("log the dataset", self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, rows)])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -240,6 +280,8 @@ def _quiet_mlflow() -> None:
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
+    """The experiment ``name``, created as a model-training experiment when missing; one without a
+    kind gets that kind (a kind someone chose, GenAI say, stays)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
@@ -247,11 +289,14 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         if experiment.lifecycle_stage == "deleted":
             raise PipelineError(f"tracking: experiment {name!r} is deleted in {uri}; restore it "
                                 f"(mlflow experiments restore) or choose another tracking.experiment")
+        if not experiment.tags.get(EXPERIMENT_KIND_TAG):
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     database = sqlite_path(uri)  # else MLflow puts artifacts in ./mlruns of the cwd
     location = (database.parent / ARTIFACTS_DIR).as_uri() if database is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:  # created meanwhile by a parallel (queued) run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -292,6 +337,5 @@ def start_run(cfg: Mapping[str, Any], *, repo_root: str | os.PathLike[str], run_
                                           for k, v in all_tags.items()})
     except MlflowException as exc:
         raise PipelineError(f"tracking: cannot open a run at {uri}: {exc.message}") from None
+    print(f"tracking: run {created.info.run_name} ({created.info.run_id}); MLflow UI: {ui_link(uri, experiment_id)}")
     return TrackingRun(client, created.info.run_id, experiment_id, uri)
-
-

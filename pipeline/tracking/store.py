@@ -35,6 +35,14 @@ ENV_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 ARTIFACTS_DIR = "mlartifacts"  # beside a local sqlite store; ignored by git like mlflow.db
 
 
+# The MLflow 3.17 UI takes its view (GenAI or model training) from this query, else from a per-browser
+# toggle that starts on GenAI; an experiment's kind tag no longer decides it.
+UI_VIEW_QUERY = "workflowType=machine_learning"
+
+
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
+
+
 # scheme -> default SQLAlchemy driver module (None: no driver needed)
 SCHEMES: dict[str, str | None] = {"sqlite": None, "http": None, "https": None,
                                   "postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc",
@@ -169,6 +177,15 @@ def _check_tracking(params: "Params") -> list[Problem]:
     if env and (env_reason := uri_problem(env)):
         problems.append(Problem("tracking.uri", f"overridden by {ENV_URI}={env!r}: {env_reason}"))
     return problems
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """Where an experiment opens in the MLflow UI in the model-training view (its runs table): the
+    tracking server's page, or for a database store the page of ``mlflow ui`` started on it."""
+    page = f"#/experiments/{experiment_id}?{UI_VIEW_QUERY}"
+    if _scheme(uri)[0] in ("http", "https"):
+        return f"{uri}/{page}"
+    return f"{UI_DEFAULT}/{page} (after: mlflow ui --backend-store-uri {uri})"
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -35,10 +35,11 @@ def read_run_info(path: Path) -> dict[str, Any]:
 
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of ``metrics.json`` as MLflow metrics, prefixed ``test_`` (train logs ``val_*``)."""
+    """The measurements of ``metrics.json`` (losses and scores, all floats) as MLflow metrics, prefixed
+    ``test_`` (train logs ``val_*``). Whole numbers there are counts (``images``), which MLflow would
+    chart as if measured: evaluate logs them as tags."""
     return {key if key.startswith("test_") else f"test_{key}": float(value)
-            for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+            for key, value in metrics.items() if isinstance(value, float)}
 
 
 def class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:

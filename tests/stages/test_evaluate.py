@@ -164,8 +164,10 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
     assert run.data.metrics["val_dice"] == 0.5
     assert run.data.params["evaluate.overlays"] == "3"
     assert run.info.status == "FINISHED"
-    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert logged == {"metrics.json", "confusion.csv", "confusion.png", "overlays.png"}
+    assert "test_images" not in run.data.metrics  # a count: a tag
+    assert run.data.tags["test_images"] == str(metrics["images"])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}  # at the root: the compare view's level
+    assert logged == {"test_metrics.json", "confusion.csv", "confusion.png", "overlays.png"}
 
 
 def test_a_failure_midway_leaves_the_previous_outputs_whole(segmentation_workspace: Path, tmp_path: Path,

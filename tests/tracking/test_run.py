@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import time
 
@@ -23,9 +24,10 @@ def test_mlflow_limits_match_mlflow():
     from mlflow.utils import validation as v
 
     assert (tracking.MAX_PARAMS_TAGS_PER_BATCH, tracking.MAX_METRICS_PER_BATCH, tracking.MAX_PARAM_VAL_LENGTH,
-            tracking.MAX_TAG_VAL_LENGTH, tracking.MAX_KEY_LENGTH) == (
+            tracking.MAX_TAG_VAL_LENGTH, tracking.MAX_KEY_LENGTH, tracking.MAX_DATASET_DIGEST_SIZE,
+            tracking.MAX_INPUT_TAG_VALUE_SIZE) == (
         v.MAX_PARAMS_TAGS_PER_BATCH, v.MAX_METRICS_PER_BATCH, v.MAX_PARAM_VAL_LENGTH,
-        v.MAX_TAG_VAL_LENGTH, v.MAX_ENTITY_KEY_LENGTH)
+        v.MAX_TAG_VAL_LENGTH, v.MAX_ENTITY_KEY_LENGTH, v.MAX_DATASET_DIGEST_SIZE, v.MAX_INPUT_TAG_VALUE_SIZE)
 
 
 def test_params_go_in_batches_of_100_long_values_truncated_keys_sanitised(store, monkeypatch):
@@ -51,10 +53,12 @@ def test_metric_history_has_every_step_and_artifacts_are_stored(store, tmp_path)
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "history.csv").write_text("epoch,loss\n1,0.9\n")
     (tmp_path / "params.json").write_text("{}")
+    (tmp_path / "preview.png").write_bytes(b"png")
     with tracking.start_run(_cfg(), repo_root=store) as run:
         for epoch, loss in enumerate([0.9, 0.5, 0.25], start=1):
             run.log_metrics({"train_loss": loss, "val_dice": 1 - loss}, step=epoch)
         run.log_artifact(tmp_path / "params.json")
+        run.log_artifact(tmp_path / "preview.png", name="augment_preview.png")  # at the root, renamed
         run.log_artifact(tmp_path / "plots", "plots")
         with pytest.raises(PipelineError, match="missing.png does not exist"):
             run.log_artifact(tmp_path / "missing.png")
@@ -62,10 +66,28 @@ def test_metric_history_has_every_step_and_artifacts_are_stored(store, tmp_path)
     history = client.get_metric_history(run.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.5), (3, 0.25)]
     assert [m.value for m in client.get_metric_history(run.run_id, "val_dice")] == pytest.approx([0.1, 0.5, 0.75])
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"params.json", "plots"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"params.json", "augment_preview.png", "plots"}
+    assert (tmp_path / "preview.png").exists()  # the original stays where it is
     assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/history.csv"]
     assert (store / "mlartifacts" / run.run_id / "artifacts" / "plots" / "history.csv").read_text().startswith("epoch")
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_dataset_is_shared_by_name_and_digest_its_input_tags_are_per_run(store):
+    fingerprint = "0123456789abcdef" * 4  # 64 characters, as the split's; MLflow keeps 36
+    runs = []
+    for source, train in (("/first/data/shapes", 30), ("/second/data/shapes", 40)):
+        with tracking.start_run(_cfg(experiment="datasets"), repo_root=store) as run:
+            run.log_dataset("data/shapes", digest=fingerprint, source=source,
+                            profile={"fingerprint": fingerprint}, tags={"split.train": train, "task": "x" * 600})
+        runs.append(MlflowClient(run.uri).get_run(run.run_id).inputs.dataset_inputs)
+    for (got,), train in zip(runs, ("30", "40")):
+        assert (got.dataset.name, got.dataset.digest) == ("data/shapes", fingerprint[:36])
+        assert json.loads(got.dataset.profile) == {"fingerprint": fingerprint}
+        assert json.loads(got.dataset.source) == {"uri": "/first/data/shapes"}  # the first run's, shared
+        tags = {t.key: t.value for t in got.tags}
+        assert tags["mlflow.data.context"] == "train" and tags["split.train"] == train
+        assert len(tags["task"]) == 500 and tags["task"].endswith(tracking.TRUNCATED)
 
 
 def test_resume_by_run_id_appends_to_the_same_run(store):

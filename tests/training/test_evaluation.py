@@ -86,8 +86,9 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
         "confusion.csv", "confusion.png", "metrics.json", "overlays.png"]
 
 
-def test_mlflow_metrics_are_prefixed_numbers_only():
+def test_mlflow_metrics_are_prefixed_scores_only():
+    """Counts (the number of test images) are no measurements to chart: a tag, not a metric."""
     got = evaluation.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
                                      "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
                                      "iou": None})
-    assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8, "test_images": 3.0}
+    assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8}
