@@ -174,37 +174,87 @@ def save_png(path: str | Path, image: Image.Image | np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+CURVES = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+GRID = (232, 232, 232)
+SWATCH = 16         # legend: the width of the line drawn before each name
+INSET = 4           # curves keep this far from the frame, so markers are not cut by it
+
+
+def _legend_rows(keys: Sequence[str], width: int) -> list[list[tuple[int, str]]]:
+    """(curve index, name) entries wrapped into rows that fit ``width`` pixels."""
+    rows: list[list[tuple[int, str]]] = [[]]
+    used = 0
+    for c, key in enumerate(keys):
+        entry = SWATCH + PAD + _text_width(key)
+        if rows[-1] and used + 2 * PAD + entry > width:
+            rows.append([])
+            used = 0
+        used += (2 * PAD if rows[-1] else 0) + entry
+        rows[-1].append((c, key))
+    return rows
+
+
+def _tick_labels(values: Sequence[float]) -> list[str]:
+    """Labels for ``values`` with as few digits as keep them apart (3 at least, 6 at most)."""
+    labels = [f"{v:.3g}" for v in values]
+    for digits in range(4, 7):
+        if len(set(labels)) == len(labels):
+            break
+        labels = [f"{v:.{digits}g}" for v in values]
+    return labels
+
+
 def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: int = 300) -> Image.Image:
-    """Per-epoch curves: losses on the left panel, validation scores (0..1) on the right."""
+    """Per-epoch curves: losses on the left panel, validation scores (0..1) on the right.
+
+    Each panel's legend sits in a band above its plot area (never over a curve), and its left margin
+    is as wide as its widest y label, so no label is cut off at the image's edge."""
     panels = [("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
               ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"])]
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)
     panel_w = width // 2
-    for p, (title, keys) in enumerate(panels):
-        x0, y0 = p * panel_w + 4 * PAD, CAPTION + PAD
-        x1, y1 = (p + 1) * panel_w - PAD, height - CAPTION - PAD
-        draw.text((x0, PAD // 2), title, fill=BLACK, font=_font())
-        draw.rectangle([x0, y0, x1, y1], outline=GREY)
+    legends = [_legend_rows(keys, panel_w - 2 * PAD) for _, keys in panels]
+    top = 2 * PAD + CAPTION * (1 + max(len(legend) for legend in legends))  # title, then the legend band
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+    for p, ((title, keys), legend) in enumerate(zip(panels, legends)):
+        left = p * panel_w + PAD
+        draw.text((left, PAD // 2), title, fill=BLACK, font=_font())
+        for line, entries in enumerate(legend):
+            x, y = left, PAD // 2 + CAPTION * (line + 1) + CAPTION // 2
+            for c, key in entries:
+                colour = CURVES[c % len(CURVES)]
+                draw.line([(x, y), (x + SWATCH, y)], fill=colour, width=2)
+                draw.text((x + SWATCH + PAD, y), key, anchor="lm", fill=colour, font=_font())
+                x += SWATCH + 3 * PAD + _text_width(key)
         values = [r[k] for r in rows for k in keys if math.isfinite(r[k])]
-        if not values:
-            continue
-        low, high = (0.0, 1.0) if title == "validation" else (min(values), max(values))
+        low, high = (0.0, 1.0) if title == "validation" else (min(values, default=0.0), max(values, default=1.0))
         high = high if high > low else low + 1.0
-        draw.text((x0 - PAD, y0), f"{high:.3g}", anchor="ra", fill=GREY, font=_font())
-        draw.text((x0 - PAD, y1), f"{low:.3g}", anchor="rd", fill=GREY, font=_font())
-        draw.text(((x0 + x1) / 2, y1 + PAD), "epoch", anchor="ma", fill=GREY, font=_font())
+        ticks = [low + (high - low) * i / 4 for i in range(5)]
+        labels = _tick_labels(ticks) if values else []
+        x0 = left + max((_text_width(label) for label in labels), default=0) + PAD
+        x1, y0, y1 = (p + 1) * panel_w - PAD, top, height - CAPTION - 2 * PAD
         span = max(len(rows) - 1, 1)
+
+        def at(i: int, value: float) -> tuple[float, float]:
+            return (x0 + INSET + (x1 - x0 - 2 * INSET) * i / span,
+                    y1 - INSET - (y1 - y0 - 2 * INSET) * (value - low) / (high - low))
+
+        for tick, label in zip(ticks, labels):
+            y = at(0, tick)[1]
+            draw.line([(x0 + 1, y), (x1 - 1, y)], fill=GRID)
+            draw.text((x0 - PAD // 2, y), label, anchor="rm", fill=GREY, font=_font())
+        draw.rectangle([x0, y0, x1, y1], outline=GREY)
+        draw.text(((x0 + x1) / 2, y1 + PAD), "epoch", anchor="ma", fill=GREY, font=_font())
+        for i in sorted({0, len(rows) - 1}) if values else ():  # the first and the last epoch
+            draw.text((at(i, low)[0], y1 + PAD), str(epochs[i]), anchor="ma", fill=GREY, font=_font())
         for c, key in enumerate(keys):
-            colour = colours[c % len(colours)]
-            points = [(x0 + (x1 - x0) * i / span, y1 - (y1 - y0) * (r[key] - low) / (high - low))
-                      for i, r in enumerate(rows) if math.isfinite(r[key])]
+            colour = CURVES[c % len(CURVES)]
+            points = [at(i, r[key]) for i, r in enumerate(rows) if math.isfinite(r[key])]
             if len(points) > 1:
                 draw.line(points, fill=colour, width=2)
             for x, y in points:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-            draw.text((x0 + PAD + c * 110, y0 + PAD), key, fill=colour, font=_font())
     return img
 
 

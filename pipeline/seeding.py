@@ -48,8 +48,13 @@ def worker_init_fn(worker_id: int) -> None:
 
     PyTorch reseeds torch (and, in recent versions, ``random`` and numpy) per worker, but not imgaug,
     whose global RNG every forked worker would otherwise copy: all workers, and every epoch, would
-    then repeat one augmentation stream. All three are reseeded here, whatever the torch version."""
+    then repeat one augmentation stream. All three are reseeded here, whatever the torch version.
+
+    Each worker also runs torch on one thread: the training process sizes its own threads counting
+    one core per worker (:mod:`pipeline.training.threads`). OpenCV's are left alone: resizing its
+    pool in a forked worker deadlocks once the parent has used it (validation runs the augmenters)."""
     del worker_id  # already part of torch.initial_seed()
+    torch.set_num_threads(1)
     py_seed, np_seed, imgaug_seed = derived_seeds(torch.initial_seed(), 3)
     random.seed(py_seed)
     np.random.seed(np_seed)

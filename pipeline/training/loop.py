@@ -40,6 +40,7 @@ from pipeline.training.optimizer import build_optimizer, parameter_groups
 from pipeline.training.precision import PrecisionPlan, resolve_precision
 from pipeline.training.scheduler import LRSchedule, build_scheduler
 from pipeline.training.scoring import LossSum, score
+from pipeline.training.threads import apply_threads
 
 # Part of the resume fingerprint: a checkpoint laid out otherwise (say, by an older loop) is not resumed.
 CHECKPOINT_FORMAT = 2
@@ -111,6 +112,7 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
           device: torch.device) -> Trainer:
     """The build phase: numerics, seeds, data, model, loss, optimizer, schedule, meter, stopper."""
     cfg, task = view["train"], view["data.task"]
+    apply_threads(cfg["threads"], workers=cfg["workers"])  # before any parallel work sizes the pools
     info.eval_augment = view["augment.eval"]  # the best weights' file says how evaluation prepares images
     # -- numerics and the run's seed
     if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
@@ -191,8 +193,7 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
             print(f"train: resuming after epoch {start} from {root / outputs.TRAIN_CHECKPOINT / 'last.pt'}")
 
     # -- the loop: train, validate, record, checkpoint, maybe stop
-    epochs = tqdm(range(start, t.cfg["epochs"]), desc="epochs", initial=start, total=t.cfg["epochs"],
-                  disable=None if t.ctx.is_main else True, file=sys.stdout)
+    epochs = progress(range(start, t.cfg["epochs"]), t.ctx, desc="epochs", initial=start, total=t.cfg["epochs"])
     for epoch in epochs:
         train_loss, images_per_s = train_epoch(t, epoch)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(t)}
@@ -223,6 +224,23 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
     return history
 
 
+def progress(iterable: Any, ctx: dist.Context, **kwargs: Any) -> tqdm:
+    """A progress bar on stdout: rank 0 only, and quiet when stdout is not a terminal (logs, DVC)."""
+    return tqdm(iterable, disable=None if ctx.is_main else True, file=sys.stdout, dynamic_ncols=True, **kwargs)
+
+
+def readback_steps(batches: int, log_every: int) -> frozenset[int]:
+    """The steps (1-based) after which an epoch of ``batches`` reads its loss back to the host: every
+    ``log_every`` steps when that comes four times an epoch or more, else at each quarter of the epoch;
+    and the last step. A NaN then stops the run within a quarter of an epoch and the bar's running
+    loss moves at least four times an epoch, at a handful of host syncs rather than one per step."""
+    if batches >= 4 * log_every:
+        steps = set(range(log_every, batches + 1, log_every))
+    else:
+        steps = {-(-quarter * batches // 4) for quarter in range(1, 5)}  # ceil(quarter * batches / 4)
+    return frozenset(steps | {batches})
+
+
 def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
     """One pass over the training data: (mean step loss over every rank, images per second)."""
     # Ranks add their rank to the epoch's seed, so their augmentations (and dropout) differ; rank 0
@@ -236,26 +254,25 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
     t.train_set.set_epoch(epoch)
     t.ddp_net.train()
     device, accumulate = t.plan.device, t.cfg["accumulate"]
-    # Read the loss back every log_every_steps, and at least four times an epoch: a NaN stops the run
-    # within a quarter of an epoch, and the bar shows a running loss, at a handful of host syncs.
-    check_every = max(1, min(t.cfg["log_every_steps"], math.ceil(len(t.train_loader) / 4)))
+    checks = readback_steps(len(t.train_loader), t.cfg["log_every_steps"])
     running = torch.zeros((), device=device)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     seen, started = 0, time.perf_counter()
-    batches = tqdm(t.train_loader, desc=f"epoch {epoch + 1}", leave=False,
-                   disable=None if t.ctx.is_main else True, file=sys.stdout)
-    for step, (images, targets) in enumerate(batches):
-        last = step + 1 == len(t.train_loader)
-        loss, stepped = t.train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
-        if stepped:
-            t.schedule.step_batch()
-        # The first non-finite step is recorded on the device and read back at log intervals only.
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-        running += loss
-        seen += images.shape[0]
-        if (step + 1) % check_every == 0 or last:
-            _raise_if_nonfinite(bad_step, epoch, t.plan.name, t.ctx)
-            batches.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
+    # The bar is advanced by hand: a bar wrapping the loader redraws its postfix with a stale count.
+    with progress(None, t.ctx, total=len(t.train_loader), desc=f"epoch {epoch + 1}", leave=False) as bar:
+        for step, (images, targets) in enumerate(t.train_loader):
+            last = step + 1 == len(t.train_loader)
+            loss, stepped = t.train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
+            if stepped:
+                t.schedule.step_batch()
+            # The first non-finite step is recorded on the device and read back at the checks only.
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            running += loss
+            seen += images.shape[0]
+            bar.update()
+            if step + 1 in checks:
+                _raise_if_nonfinite(bad_step, epoch, t.plan.name, t.ctx)
+                bar.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
     elapsed = time.perf_counter() - started
     totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]),
                                  t.ctx)
@@ -267,7 +284,8 @@ def validate(t: Trainer) -> dict[str, float]:
     """Validation loss and metrics; under DDP each rank scores its shard and the confusion matrix, loss
     sum and count are all-reduced, so every rank gets the numbers of the whole split."""
     t.net.eval()
-    shard = score(t.net, t.val_loader, t.loss_fn, t.meter, t.plan)
+    batches = progress(t.val_loader, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
+    shard = score(t.net, batches, t.loss_fn, t.meter, t.plan)
     whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.count, t.ctx))
     metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
     metrics["val_loss"] = whole.mean()

@@ -3,19 +3,23 @@ resumes after a real kill to the same weights, stops on NaN naming the step, run
 early, and records the run in a real MLflow store."""
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from pipeline.models.file import load_model
+from pipeline.training import loop
 from stages import train as train_stage
 from tests.conftest import REPO, train_history, train_workspace, write_params
 
@@ -185,3 +189,62 @@ def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_
     artifacts = {a.path for folder in (None, "weights") for a in client.list_artifacts(run_id, folder)}
     assert {"history.csv", "history.png", "params.resolved.yaml", "weights/best.safetensors"} <= artifacts
     assert "overlays.png" in artifacts, artifacts
+
+
+class Terminal(io.StringIO):
+    """A captured stdout that says it is a terminal, so the progress bars draw into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _bar_frames(text: str, desc: str) -> list[str]:
+    """Every drawing of the bars named ``desc`` (tqdm redraws with \\r; cursor moves removed)."""
+    frames = re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text))
+    return [f for f in frames if f.startswith(f"{desc}:")]
+
+
+@pytest.mark.parametrize("batches, log_every, steps", [
+    (8, 20, {2, 4, 6, 8}), (9, 20, {3, 5, 7, 9}), (11, 20, {3, 6, 9, 11}), (3, 20, {1, 2, 3}), (1, 20, {1}),
+    (80, 20, {20, 40, 60, 80}), (90, 20, {20, 40, 60, 80, 90}), (79, 20, {20, 40, 60, 79}),
+])
+def test_loss_is_read_back_four_times_an_epoch_or_every_log_every_steps(batches, log_every, steps):
+    """At each quarter of the epoch when log_every_steps comes fewer than four times (9 batches: 4
+    reads, where every ceil(9 / 4) = 3 steps gave only 3), else every log_every_steps; and the last."""
+    assert loop.readback_steps(batches, log_every) == steps
+
+
+def test_bars_show_the_running_loss_four_times_an_epoch_and_a_validation_bar(tmp_path, shapes_dataset,
+                                                                              monkeypatch):
+    """8 batches an epoch, log_every_steps 20: the epoch bar's running loss still changes four times
+    (at the quarters: the only reads of the loss, so exactly four), and validation has a bar of its
+    own over the validation batches in each epoch."""
+    params = train_workspace(tmp_path, shapes_dataset, **{
+        "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25}, "train.batch_size": 4,
+        "train.epochs": 2, "train.log_every_steps": 20})
+    splits = json.loads((tmp_path / "outputs/split/manifest.json").read_text())["splits"]
+    val_batches = math.ceil(len(splits["val"]) / 4)
+    assert len(splits["train"]) // 4 == 8
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert train_stage.main(["--params", str(params)]) == 0
+    output = terminal.getvalue()
+    for epoch in (1, 2):
+        shown = [m.group(1) for f in _bar_frames(output, f"epoch {epoch}") if (m := re.search(r"loss=([0-9.]+)", f))]
+        updates = [value for i, value in enumerate(shown) if i == 0 or value != shown[i - 1]]
+        assert len(updates) == 4, (epoch, shown)
+    validation = _bar_frames(output, "validate")  # drawn at least as it starts, in every epoch
+    assert len({f for f in validation if re.search(rf"\b\d+/{val_batches} ", f)}) >= 1 and len(validation) >= 2
+    assert any("epochs" in f for f in re.split(r"[\r\n]", output))
+
+
+def test_train_threads_sizes_torch_threads(tmp_path, shapes_dataset):
+    """The stage applies train.threads (here 1, below this machine's default) before training."""
+    before = torch.get_num_threads()
+    params = train_workspace(tmp_path, shapes_dataset, **{"train.threads": 1, "train.epochs": 1})
+    try:
+        torch.set_num_threads(2)
+        assert train_stage.main(["--params", str(params)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
