@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,14 +14,33 @@ from pipeline.config.params import DEFAULT_PARAMS, lookup
 from pipeline.components import load_params
 from pipeline.config.errors import PipelineError, report
 from pipeline.config.registry import REGISTRIES
-from pipeline.config.schema import did_you_mean
+from pipeline.config.schema import did_you_mean, fill_defaults
 
 
 def _validate(args: argparse.Namespace) -> int:
-    params = load_params(args.path)
-    print(f"{args.path}: valid")
-    del params
+    path = args.params or args.path or DEFAULT_PARAMS
+    load_params(path)
+    print(f"{path}: valid")
     return 0
+
+
+# Sections whose `name` picks an implementation from a registry, and where its keyword arguments go.
+NAMED_SECTIONS = {"loss": "losses", "optimizer": "optimizers", "scheduler": "schedulers"}
+
+
+def _default_arguments(kind: str, name: str, given: dict) -> dict[str, object]:
+    """The keyword arguments of registry entry ``name`` that params.yaml leaves at their default."""
+    import inspect
+
+    impl = REGISTRIES[kind].find(name)
+    try:
+        parameters = inspect.signature(impl).parameters.values() if impl is not None else []
+    except (TypeError, ValueError):
+        return {}
+    skip = {"params", "lr", "optimizer", "self"}
+    return {p.name: p.default for p in parameters
+            if p.default is not p.empty and p.name not in given and p.name not in skip
+            and isinstance(p.default, (int, float, str, bool, type(None), tuple, list))}
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -34,6 +54,14 @@ def _show(args: argparse.Namespace) -> int:
     else:
         value = params.data
     sys.stdout.write(yaml.safe_dump(value, sort_keys=False, default_flow_style=None))
+    section = (args.section or "").split(".")[0]
+    if section in NAMED_SECTIONS and args.section in (section, f"{section}.params", f"{section}.name"):
+        cfg = params.data[section]
+        defaults = _default_arguments(NAMED_SECTIONS[section], cfg["name"], cfg.get("params") or {})
+        if defaults:
+            print(f"# {cfg['name']}: the other arguments {section}.params may set, with their defaults")
+            for line in yaml.safe_dump(defaults, sort_keys=False, default_flow_style=False).splitlines():
+                print(f"#   {line}")
     return 0
 
 
@@ -42,7 +70,10 @@ def _list(args: argparse.Namespace) -> int:
         kinds = ", ".join(sorted(REGISTRIES)) or "none yet"
         raise PipelineError(f"unknown kind {args.kind!r}{did_you_mean(args.kind, REGISTRIES)}; kinds: {kinds}")
     registry = REGISTRIES[args.kind]
-    names = [n for n in registry.names() if fnmatch.fnmatch(n, args.pattern)]
+    # 'resnet*' matches timm/resnet18 too: a pattern without a family prefix matches the name after it.
+    names = [n for n in registry.names()
+             if fnmatch.fnmatch(n, args.pattern)
+             or ("/" not in args.pattern and fnmatch.fnmatch(n.split("/")[-1], args.pattern))]
     for name in names:
         desc = registry.describe(name) if args.long else ""
         print(f"{name:32s} {desc}".rstrip() if desc else name)
@@ -66,12 +97,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if done.failed else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.inference.export import export_model
+    from pipeline.tracking.model import local_weights
+
+    report = export_model(local_weights(args.model), args.format, Path(args.out), tolerance=args.tolerance,
+                          opset=args.opset, dynamic_size=not args.fixed_size)
+    print(f"export: {report.summary()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline",
                                      description="Declarative PyTorch image training: params.yaml tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a params file; exit 2 listing every problem")
-    p.add_argument("path", nargs="?", default=DEFAULT_PARAMS)
+    p.add_argument("path", nargs="?", help="the params file (default: params.yaml)")
+    p.add_argument("--params", help="the params file, as the stages take it")
     p.set_defaults(func=_validate)
     p = sub.add_parser("show", help="print the resolved configuration (defaults filled in) as YAML")
     p.add_argument("section", nargs="?", help="a section or dotted key, e.g. loss or train.epochs")
@@ -94,12 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--overlays", action="store_true", help="segmentation: also write the masks drawn on the images")
     p.set_defaults(func=_predict)
+    p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, checked against PyTorch")
+    export_defaults = fill_defaults({"export": {}})["export"]  # the export section's, as the stage uses them
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--model", default="outputs/train/best.safetensors",
+                   help="a model file, or runs:/RUN_ID (its weights in the MLflow store)")
+    p.add_argument("--out", required=True, help="the file to write (TorchScript: and FILE.json beside it)")
+    p.add_argument("--opset", type=int, default=export_defaults["opset"], help="ONNX opset (default: %(default)s)")
+    p.add_argument("--tolerance", type=float, default=export_defaults["tolerance"],
+                   help="largest absolute logit difference from PyTorch allowed (default: %(default)s)")
+    p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's image size")
+    p.set_defaults(func=_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # argparse fills an optional positional before the options it meets: `list models --long 'res*'`
+    if rest and args.command == "list" and args.pattern == "*" and len(rest) == 1 and not rest[0].startswith("-"):
+        args.pattern, rest = rest[0], []
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except PipelineError as exc:
         return report(exc, "pipeline")
+    except BrokenPipeError:  # `python -m pipeline list models | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -33,6 +33,8 @@ EVALUATE_CONFUSION_CSV = EVALUATE / "confusion.csv"
 EVALUATE_CONFUSION_PNG = EVALUATE / "confusion.png"
 EVALUATE_OVERLAYS = EVALUATE / "overlays.png"
 
+EXPORT_ONNX = Path("outputs/export/model.onnx")
+
 # What each stage writes, as dvc.yaml declares it (outs, metrics and plots together).
 BY_STAGE: dict[str, tuple[Path, ...]] = {
     "split": (MANIFEST,),
@@ -41,6 +43,7 @@ BY_STAGE: dict[str, tuple[Path, ...]] = {
     "train": (TRAIN_BEST, TRAIN_HISTORY, TRAIN_HISTORY_PNG, TRAIN_PARAMS, TRAIN_RUN, TRAIN_CHECKPOINT,
               TRAIN_METRICS),
     "evaluate": (EVALUATE_METRICS, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
+    "export": (EXPORT_ONNX,),
 }
 
 

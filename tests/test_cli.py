@@ -70,3 +70,39 @@ def test_unknown_registry_name_reads_naturally(tmp_path):
     result = run_cli("validate", str(path))
     assert result.returncode == 2
     assert "loss.name: unknown loss 'focl' (did you mean 'focal'?)" in result.stderr, result.stderr
+
+
+def test_list_patterns_match_names_without_their_family_prefix(capsys):
+    from pipeline.cli import main
+
+    assert main(["list", "models", "resnet18"]) == 0
+    assert capsys.readouterr().out.split() == ["timm/resnet18", "torchvision/resnet18"]
+    assert main(["list", "models", "--long", "resnet1*"]) == 0  # an option before the pattern, too
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(line.split()[0].split("/")[-1].startswith("resnet1") and len(line.split()) > 1 for line in out)
+    assert main(["list", "models", "timm/resnet18"]) == 0
+    assert capsys.readouterr().out.split() == ["timm/resnet18"]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`python -m pipeline list models | head -1`: the pipe closes while thousands of names remain."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "list", "models"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0 and first.strip() and "Traceback" not in err, err
+
+
+def test_show_names_the_chosen_components_other_arguments_and_validate_takes_params(tmp_path, capsys):
+    from pipeline.cli import main
+
+    path = write_params(tmp_path / "params.yaml", link=True, **{"loss": {"name": "focal", "params": {"gamma": 1.0},
+                                                                          "terms": []}})
+    assert main(["show", "loss", "--params", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["loss"]["params"] == {"gamma": 1.0}
+    assert "# focal: the other arguments loss.params may set, with their defaults\n#   alpha: null" in out
+    assert "gamma" not in out.split("# focal")[1]  # already set
+    assert main(["validate", "--params", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: valid"
