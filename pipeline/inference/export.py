@@ -230,8 +230,8 @@ def _write_onnx(module: Deployable, sample: torch.Tensor, tmp: Path, *, dynamic:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (sample,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={INPUT: axes}, opset_version=opset, verbose=False)
-    program.model.metadata_props.update(
-        {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True) for key, value in metadata.items()})
+    program.model.metadata_props.update({key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                                         for key, value in metadata.items()})
     program.save(str(tmp), external_data=False)
     onnx.checker.check_model(str(tmp), full_check=True)
 

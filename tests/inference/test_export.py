@@ -32,7 +32,8 @@ ARCHS = {  # 32 px, tiny: a fully convolutional U-Net and a timm classifier with
 }
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = exporting.DEFAULT_TOLERANCE
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # still what TorchScript users call
+# torch.jit.load is deprecated in favour of torch.export, yet it is how TorchScript files are loaded
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 def _model_file(root: Path, kind: str) -> tuple[Path, ModelInfo]:
@@ -74,7 +75,8 @@ def _runner(path: Path, fmt: str) -> Callable[[torch.Tensor], np.ndarray]:
 
 
 def _images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, height, width), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, height, width), generator=generator, dtype=torch.uint8)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -103,10 +105,12 @@ def test_the_recipe_travels_with_the_file(kind, fmt, model_files, exported):
         stored = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
         props = stored.custom_metadata_map
     else:
-        props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(sidecar_path(path).read_text()).items()}
+        sidecar = json.loads(sidecar_path(path).read_text())
+        props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()}
     assert json.loads(props[META_KEY]) == info.recipe()
     assert props["task"] == info.task and json.loads(props["class_names"]) == info.class_names
-    assert json.loads(props["image_size"]) == [32, 32] and json.loads(props["input_shape"]) == ["batch", 3, "height", "width"]
+    assert json.loads(props["image_size"]) == [32, 32]
+    assert json.loads(props["input_shape"]) == ["batch", 3, "height", "width"]
     assert props["input"].startswith("images: uint8 RGB [batch, 3, height, width]")
     metadata = read_metadata(path)
     assert metadata[META_KEY] == info.recipe() and metadata["format"] == fmt and metadata["threshold"] == 0.5
@@ -132,7 +136,8 @@ def test_a_model_that_needs_its_size_is_exported_with_fixed_height_and_width(kin
     out = tmp_path / f"model{SUFFIX[fmt]}"
     report = export_model(weights, fmt, out)
     assert not report.dynamic_size and report.note.startswith(f"height and width fixed at 32x32 ({why}: ")
-    assert [shape for shape, _ in report.checks] == [(2, 3, 32, 32), (1, 3, 32, 32)] and report.max_abs_diff <= TOLERANCE
+    assert [shape for shape, _ in report.checks] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+    assert report.max_abs_diff <= TOLERANCE
     assert read_metadata(out)["input_shape"] == ["batch", 3, 32, 32]
     batch = _images(4, 32, 32, seed=4)
     assert np.abs(_runner(out, fmt)(batch) - Predictor.from_file(weights).logits(batch).numpy()).max() <= TOLERANCE
@@ -146,7 +151,8 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_no_file(fmt, model
     logits = Predictor.logits
     monkeypatch.setattr(Predictor, "logits", lambda self, batch: logits(self, batch) + 0.01)  # PyTorch moves
     out = tmp_path / "out" / f"model{SUFFIX[fmt]}"
-    with pytest.raises(PipelineError, match=r"differ from PyTorch's by 0\.01 .*above the tolerance 0\.0001; nothing was written"):
+    refused = r"differ from PyTorch's by 0\.01 .*above the tolerance 0\.0001; nothing was written"
+    with pytest.raises(PipelineError, match=refused):
         export_model(model_files["unet"][0], fmt, out)
     assert list(out.parent.iterdir()) == []  # neither the file, its sidecar, nor a temporary file
 
