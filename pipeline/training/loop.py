@@ -22,18 +22,18 @@ from tqdm import tqdm
 
 from pipeline import outputs
 from pipeline.atomic import write_text
-from pipeline.augment.transform import build_transform
 from pipeline.augment.cache import OfflineCacheDataset
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import Manifest
 from pipeline.models.file import ModelInfo, save_model
-from pipeline.seeding import loader_generator, seed_everything, worker_init_fn
+from pipeline.seeding import loader_generator, seed_everything
 from pipeline.training import checkpoint
 from pipeline.training import distributed as dist
 from pipeline.training.device import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
+from pipeline.training.inputs import datasets, make_loader
 from pipeline.training.loss import build_loss
 from pipeline.training.metrics import ConfusionMeter, make_meter
 from pipeline.training.optimizer import build_optimizer, parameter_groups
@@ -49,18 +49,6 @@ CHECKPOINT_FORMAT = 2
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly."""
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
-
-
-def make_loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuffle: bool,
-                generator: torch.Generator | None = None, sampler: Any = None) -> DataLoader:
-    """A DataLoader as the ``train`` section asks (shuffled and dropping a ragged last batch: training)."""
-    workers = cfg["workers"]
-    share = len(sampler) if sampler is not None else len(dataset)  # this rank's samples
-    return DataLoader(
-        dataset, batch_size=cfg["batch_size"], shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=workers, worker_init_fn=worker_init_fn if workers else None, generator=generator,
-        pin_memory=device.type == "cuda", drop_last=shuffle and share > cfg["batch_size"],
-        prefetch_factor=4 if workers else None)
 
 
 def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, plan: Any, *,
@@ -124,7 +112,7 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
     seed_everything(cfg["seed"])
 
     # -- data: each rank its shard of the training set, validation split likewise
-    train_set, val_set = _datasets(view, manifest)
+    train_set, val_set = datasets(view, manifest)
     generator = loader_generator(cfg["seed"])
     sampler = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
     train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=sampler)
@@ -150,28 +138,6 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
         val_loader=val_loader, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
         meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names), monitor=monitor,
         stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]))
-
-
-def _datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | OfflineCacheDataset,
-                                                              ManifestDataset]:
-    """The training set (augmented online, or the augment stage's offline cache) and the validation set."""
-    task, root = view["data.task"], view.root
-    image_size, data_root = view["data.image_size"], view.resolve_path(manifest.root)
-    train_set: ManifestDataset | OfflineCacheDataset
-    if view["augment.offline"]["enabled"]:
-        train_set = OfflineCacheDataset(root / outputs.AUGMENT_CACHE)
-        if train_set.index.get("manifest_fingerprint") != manifest.fingerprint:
-            raise PipelineError(f"{root / outputs.AUGMENT_CACHE} was built from another split; re-run the "
-                                "augment stage (dvc repro augment)")
-    else:
-        train_set = ManifestDataset(manifest, "train", root=data_root, image_size=image_size,
-                                    transform=build_transform(view["augment.train"], task=task,
-                                                              random_order=view["augment.random_order"]))
-    val_set = ManifestDataset(manifest, "val", root=data_root, image_size=image_size,
-                              transform=build_transform(view["augment.eval"], task=task))
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise PipelineError("the train or validation split is empty; adjust split.fractions")
-    return train_set, val_set
 
 
 def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,

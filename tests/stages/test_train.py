@@ -168,7 +168,7 @@ def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_
     from mlflow import MlflowClient
 
     from pipeline.config.params import flatten
-    from pipeline.tracking.run import sanitize_key
+    from pipeline.tracking.naming import sanitize_key
     from stages import evaluate as evaluate_stage
 
     params = train_workspace(tmp_path, shapes_dataset, **{

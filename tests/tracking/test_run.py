@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config.errors import PipelineError
-from pipeline.tracking import run as tracking, store as tracking_store
+from pipeline.tracking import naming, run as tracking, store as tracking_store
 from tests.tracking.conftest import git, git_repo
 
 
@@ -23,9 +23,9 @@ def _cfg(uri: str = "sqlite:///mlflow.db", **over) -> dict:
 def test_mlflow_limits_match_mlflow():
     from mlflow.utils import validation as v
 
-    assert (tracking.MAX_PARAMS_TAGS_PER_BATCH, tracking.MAX_METRICS_PER_BATCH, tracking.MAX_PARAM_VAL_LENGTH,
-            tracking.MAX_TAG_VAL_LENGTH, tracking.MAX_KEY_LENGTH, tracking.MAX_DATASET_DIGEST_SIZE,
-            tracking.MAX_INPUT_TAG_VALUE_SIZE) == (
+    assert (naming.MAX_PARAMS_TAGS_PER_BATCH, naming.MAX_METRICS_PER_BATCH, naming.MAX_PARAM_VAL_LENGTH,
+            naming.MAX_TAG_VAL_LENGTH, naming.MAX_KEY_LENGTH, naming.MAX_DATASET_DIGEST_SIZE,
+            naming.MAX_INPUT_TAG_VALUE_SIZE) == (
         v.MAX_PARAMS_TAGS_PER_BATCH, v.MAX_METRICS_PER_BATCH, v.MAX_PARAM_VAL_LENGTH,
         v.MAX_TAG_VAL_LENGTH, v.MAX_ENTITY_KEY_LENGTH, v.MAX_DATASET_DIGEST_SIZE, v.MAX_INPUT_TAG_VALUE_SIZE)
 
@@ -45,7 +45,7 @@ def test_params_go_in_batches_of_100_long_values_truncated_keys_sanitised(store,
     assert len(params) == 251
     assert params["section.key246"] == "246"
     assert params["augment.train"] == '[{"Fliplr": {"p": 0.5}}]'
-    assert len(params["long"]) == 6000 and params["long"].endswith(tracking.TRUNCATED)
+    assert len(params["long"]) == 6000 and params["long"].endswith(naming.TRUNCATED)
     assert params["a b/c_0_"] == "true" and params["none"] == "null"
 
 
@@ -87,7 +87,7 @@ def test_a_dataset_is_shared_by_name_and_digest_its_input_tags_are_per_run(store
         assert json.loads(got.dataset.source) == {"uri": "/first/data/shapes"}  # the first run's, shared
         tags = {t.key: t.value for t in got.tags}
         assert tags["mlflow.data.context"] == "train" and tags["split.train"] == train
-        assert len(tags["task"]) == 500 and tags["task"].endswith(tracking.TRUNCATED)
+        assert len(tags["task"]) == 500 and tags["task"].endswith(naming.TRUNCATED)
 
 
 def test_resume_by_run_id_appends_to_the_same_run(store):
@@ -140,11 +140,11 @@ def test_disabled_tracking_is_a_no_op_with_the_same_interface(tmp_path):
 
 def test_run_names_and_default_tags(store, monkeypatch):
     now = dt.datetime(2024, 5, 6, 7, 8, 9)
-    assert tracking.run_name_for(_cfg(), "segmentation-unet", now=now) == "segmentation-unet-20240506-070809"
+    assert naming.run_name_for(_cfg(), "segmentation-unet", now=now) == "segmentation-unet-20240506-070809"
     monkeypatch.setenv("DVC_EXP_NAME", "gaunt-bout")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
-    assert tracking.run_name_for(_cfg(), "segmentation-unet") == "gaunt-bout"
-    assert tracking.run_name_for(_cfg(run_name="baseline"), "x") == "baseline"
+    assert naming.run_name_for(_cfg(), "segmentation-unet") == "gaunt-bout"
+    assert naming.run_name_for(_cfg(run_name="baseline"), "x") == "baseline"
     import torch  # loaded, as in train and evaluate: versions and device come from it
 
     run = tracking.start_run(_cfg(), repo_root=store, tags={"dataset.fingerprint": "f00d"})
@@ -160,14 +160,14 @@ def test_run_names_and_default_tags(store, monkeypatch):
 def test_tags_include_the_git_commit(tmp_path):
     repo = git_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text("a: 1\n")
-    assert "mlflow.source.git.commit" not in tracking.default_tags(repo)
+    assert "mlflow.source.git.commit" not in naming.default_tags(repo)
     git(repo, "add", "params.yaml")
     git(repo, "commit", "-qm", "init")
-    tags = tracking.default_tags(repo, device="cuda:0")
+    tags = naming.default_tags(repo, device="cuda:0")
     assert tags["mlflow.source.git.commit"] == git(repo, "rev-parse", "HEAD")
     assert tags["git.dirty"] == "false" and tags["device"] == "cuda:0"
     (repo / "params.yaml").write_text("a: 2\n")
-    assert tracking.default_tags(repo)["git.dirty"] == "true"
+    assert naming.default_tags(repo)["git.dirty"] == "true"
 
 
 # --- a real tracking server ---------------------------------------------------------------------
