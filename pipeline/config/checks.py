@@ -2,7 +2,8 @@
 
 Components register checks with :func:`semantic_check` when imported (:mod:`pipeline.components`
 imports them all); :func:`run_checks` runs every registered check on the defaulted params. A check
-never downloads, reads a dataset or opens a network connection.
+never downloads, decodes a dataset or opens a network connection (it may look at files: data.root,
+weights, a labels CSV).
 """
 from __future__ import annotations
 

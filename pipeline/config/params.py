@@ -80,7 +80,8 @@ class Params:
 
 
 def _keypath(key: str) -> KeyPath:
-    return tuple(int(p) if p.isdigit() else p for p in _split(key))
+    """``"augment.train[0].Affine"`` (or ``augment.train.0.Affine``) -> the path its marks are under."""
+    return tuple(int(p) if p.isdigit() else p for p in checks.key_parts(key))
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
     out = []
     for p in problems:
         if p.line is None and p.key:
-            line, col = marks.locate(_keypath(p.key.replace("[", ".").replace("]", "")))
+            line, col = marks.locate(_keypath(p.key))
             p = Problem(p.key, p.message, line, col)
         out.append(p)
     return out
