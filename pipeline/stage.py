@@ -1,5 +1,9 @@
-"""What every DVC stage does first and last: validate the whole params file, hand the stage its own
-keys, and turn user-facing failures into one clear message and exit status 2 (no traceback)."""
+"""What every DVC stage does first and last: validate the params file, hand the stage its own keys,
+and turn user-facing failures into one clear message and exit status 2 (no traceback).
+
+A stage checks the whole file against the schema (every typo, in any section, stops it) and runs the
+semantic checks of the keys it reads (its PARAMS): the split stage does not build the loss, so it
+imports no torch. ``python -m pipeline validate`` runs every check, before ``dvc repro``."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +22,7 @@ def run_stage(name: str, keys: Sequence[str], body: Callable[[ParamsView], None]
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, keys=keys)
         body(params.view(keys, stage=name))
     except PipelineError as exc:
         return report(exc, name)

@@ -138,8 +138,10 @@ def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
     return out
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True) -> Params:
-    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem."""
+def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True,
+                keys: Sequence[str] | None = None) -> Params:
+    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The
+    schema checks the whole file; the semantic checks are those of ``keys`` (all when None)."""
     path = Path(path)
     data, marks, problems = load_yaml(path)
     if data is None:
@@ -147,7 +149,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True) -> 
     problems += schema.validate(data, marks)
     params = Params(schema.fill_defaults(data), path, marks)
     if semantic:
-        problems += _locate_all(checks.run_checks(params, [p.key for p in problems]), marks)
+        problems += _locate_all(checks.run_checks(params, [p.key for p in problems], keys), marks)
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.key))
         raise ConfigError(str(path), problems)

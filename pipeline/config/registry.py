@@ -3,18 +3,52 @@
 One mechanism for losses, schedulers, models, augmenters...: explicit entries registered with
 :meth:`Registry.register`, optionally names supplied by a provider (every ``torch.optim`` class,
 every timm model) so nothing is listed twice by hand. ``python -m pipeline list KIND`` prints them.
+
+:data:`REGISTRIES` holds every kind. The module that creates a kind's registry is declared once
+(:meth:`Registries.declare`, by :mod:`pipeline.components`) and imported on the kind's first use:
+``list losses`` imports the losses, not timm or imgaug, and nothing imports every registry up front.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import did_you_mean
 
-REGISTRIES: dict[str, "Registry"] = {}
+
+class Registries(Mapping[str, "Registry"]):
+    """Kind -> :class:`Registry`: those created so far, and the declared ones, imported when read."""
+
+    def __init__(self) -> None:
+        self._created: dict[str, Registry] = {}
+        self._modules: dict[str, str] = {}
+
+    def declare(self, kind: str, module: str) -> None:
+        """``module`` creates the registry ``kind`` when imported."""
+        self._modules[kind] = module
+
+    def __setitem__(self, kind: str, registry: "Registry") -> None:
+        self._created[kind] = registry
+
+    def __getitem__(self, kind: str) -> "Registry":
+        if kind not in self._created and kind in self._modules:
+            importlib.import_module(self._modules[kind])
+        return self._created[kind]
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._created or kind in self._modules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(set(self._created) | set(self._modules)))
+
+    def __len__(self) -> int:
+        return len(set(self._created) | set(self._modules))
+
+
+REGISTRIES = Registries()
 
 
 def is_import_path(name: str) -> bool:

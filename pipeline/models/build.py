@@ -65,13 +65,14 @@ def build_unet(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
         raise PipelineError(f"model.name: {exc}") from None
 
 
-def _provide_models() -> dict[str, Any]:
-    import timm
+def _torchvision_names() -> list[str]:
     import torchvision
+    return torchvision.models.list_models(module=torchvision.models)
 
-    found: dict[str, Any] = {f"torchvision/{n}": build_torchvision
-                             for n in torchvision.models.list_models(module=torchvision.models)}
-    found.update({f"timm/{n}": build_timm for n in timm.list_models()})
+
+def _provide_models() -> dict[str, Any]:
+    found: dict[str, Any] = {f"torchvision/{n}": build_torchvision for n in _torchvision_names()}
+    found.update({f"timm/{n}": build_timm for n in _timm_names()})
     return found
 
 
@@ -115,8 +116,7 @@ def check_model(params: Params) -> list[Problem]:
             if not timm.is_model(name):
                 problems.append(Problem("model.name", f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
                                         "`python -m pipeline list models 'timm/*'` lists them"))
-        elif source == "torchvision" and f"torchvision/{name}" not in MODELS:
-            names = [n.split("/", 1)[1] for n in MODELS.names() if n.startswith("torchvision/")]
+        elif source == "torchvision" and name not in (names := _torchvision_names()):  # no timm import
             problems.append(Problem("model.name", f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
                                     "`python -m pipeline list models 'torchvision/*'` lists them"))
     pretrained = model["pretrained"]
