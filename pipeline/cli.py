@@ -1,4 +1,5 @@
-"""``python -m pipeline``: validate, show and list a params file; predict with and export a trained model."""
+"""``python -m pipeline``: validate, show and list a params file, start one from an example (init), regenerate
+the editor schema fragments (schema); predict with and export a trained model."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ from pipeline.config.schema import did_you_mean, fill_defaults
 
 def _validate(args: argparse.Namespace) -> int:
     path = args.params or args.path or DEFAULT_PARAMS
-    load_params(path)
+    params = load_params(path)
     print(f"{path}: valid")
+    from pipeline.augment.checks import augment_notes  # registered by load_params already
+
+    for note in augment_notes(params, str(path)):
+        print(note)
     return 0
 
 
@@ -30,17 +35,13 @@ NAMED_SECTIONS = {"loss": "losses", "optimizer": "optimizers", "scheduler": "sch
 
 def _default_arguments(kind: str, name: str, given: dict) -> dict[str, object]:
     """The keyword arguments of registry entry ``name`` that params.yaml leaves at their default."""
-    import inspect
+    from pipeline.config.arguments import keyword_arguments
 
     impl = REGISTRIES[kind].find(name)
-    try:
-        parameters = inspect.signature(impl).parameters.values() if impl is not None else []
-    except (TypeError, ValueError):
-        return {}
-    skip = {"params", "lr", "optimizer", "self"}
-    return {p.name: p.default for p in parameters
-            if p.default is not p.empty and p.name not in given and p.name not in skip
-            and isinstance(p.default, (int, float, str, bool, type(None), tuple, list))}
+    arguments = keyword_arguments(impl, kind) if impl is not None else []
+    return {a.name: a.default for a in arguments
+            if not a.required and a.name not in given
+            and isinstance(a.default, (int, float, str, bool, type(None), tuple, list))}
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -74,8 +75,12 @@ def _list(args: argparse.Namespace) -> int:
     names = [n for n in registry.names()
              if fnmatch.fnmatch(n, args.pattern)
              or ("/" not in args.pattern and fnmatch.fnmatch(n.split("/")[-1], args.pattern))]
+    runs_on = None
+    if args.kind == "augmenters":  # where each can run: device (a batched torch version) or cpu
+        from pipeline.augment.device import runs_on
     for name in names:
         desc = registry.describe(name) if args.long else ""
+        desc = f"{runs_on(name):6s} {desc}" if runs_on else desc
         print(f"{name:32s} {desc}".rstrip() if desc else name)
     return 0
 
@@ -104,6 +109,41 @@ def _export(args: argparse.Namespace) -> int:
     report = export_model(local_weights(args.model), args.format, Path(args.out), tolerance=args.tolerance,
                           opset=args.opset, dynamic_size=not args.fixed_size)
     print(f"export: {report.summary()}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """Write (or with --check, only compare) the completion fragments generated from the registries."""
+    from pipeline.atomic import write_text
+    from pipeline.config import fragments
+
+    changed = fragments.stale()
+    if args.check:
+        for path in changed:
+            print(f"schema: {path} is out of date; run `{fragments.COMMAND}`", file=sys.stderr)
+        return 1 if changed else 0
+    for kind in fragments.SECTIONS:
+        if fragments.fragment_path(kind) in changed:
+            write_text(fragments.fragment_path(kind), fragments.render(kind))
+    for kind in fragments.SECTIONS:
+        state = "written" if fragments.fragment_path(kind) in changed else "up to date"
+        print(f"schema: {os.path.relpath(fragments.fragment_path(kind))}: {state}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    """Copy an example params file, its schema modeline rewritten to resolve from where it lands."""
+    from pipeline.atomic import write_text
+    from pipeline.config.modeline import installed_text
+
+    config, out = Path(args.config), Path(args.out)
+    if out.exists() and not args.force:
+        raise PipelineError(f"{out} exists; pass --force to overwrite it (or --out another file)")
+    if out.exists() and out.resolve() == config.resolve():
+        raise PipelineError(f"{out}: is the file to start from; pass another --out")
+    text, reference = installed_text(config, out)
+    write_text(out, text)
+    print(f"init: wrote {out} from {config} (schema: {reference}); check it: python -m pipeline validate {out}")
     return 0
 
 
@@ -147,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest absolute logit difference from PyTorch allowed (default: %(default)s)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's image size")
     p.set_defaults(func=_export)
+    p = sub.add_parser("schema", help="regenerate the editor-completion schema fragments from the registries")
+    p.add_argument("--check", action="store_true", help="only report out-of-date fragments (exit 1)")
+    p.set_defaults(func=_schema)
+    p = sub.add_parser("init", help="start params.yaml from an example, e.g. configs/classification.yaml")
+    p.add_argument("config", help="the example params file to start from")
+    p.add_argument("--out", default=DEFAULT_PARAMS, help="the file to write (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    p.set_defaults(func=_init)
     return parser
 
 
