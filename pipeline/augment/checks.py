@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.augment.build import Builder
-from pipeline.config.checks import semantic_check
-from pipeline.config.errors import Problem
+from pipeline.augment.device import fallback_problems
+from pipeline.config.checks import key_parts, semantic_check
+from pipeline.config.errors import ComponentError, Problem
 from pipeline.config.params import Params
 from pipeline.data.dataset import image_hw
 
@@ -49,3 +50,40 @@ def check_augment(params: Params) -> list[Problem]:
         problems += augment_problems(params.get(f"augment.{section}"), task=task, key=f"augment.{section}",
                                      image_size=size)
     return problems
+
+
+def _device_fallbacks(params: Params) -> list[Problem]:
+    """The augmenters that keep augment.train off the device; [] when it has a device version, is
+    empty, or is invalid (``check_augment`` reports that)."""
+    spec = params.get("augment.train")
+    if not spec:
+        return []
+    try:
+        return fallback_problems(spec, task=params.get("data.task"), random_order=params.get("augment.random_order"))
+    except ComponentError:
+        return []
+
+
+@semantic_check("augment", "data.task")
+def check_augment_device(params: Params) -> list[Problem]:
+    """``augment.device: device`` needs a chain with a device version, and online augmentation."""
+    if params.get("augment.device") != "device":
+        return []
+    if params.get("augment.offline")["enabled"]:
+        return [Problem("augment.device", "'device' does not apply with augment.offline.enabled (training reads "
+                                          "augmented copies from the cache); use auto or cpu")]
+    return [Problem("augment.device", f"'device' but {p.key} cannot run there: {p.message}; use auto or cpu")
+            for p in _device_fallbacks(params)]
+
+
+def augment_notes(params: Params, filename: str) -> list[str]:
+    """``validate``'s notes (not errors): with ``augment.device: auto``, each augmenter that keeps the
+    training augmentation on the CPU path, located as problems are."""
+    if params.get("augment.device") != "auto" or params.get("augment.offline")["enabled"]:
+        return []
+    notes = []
+    for p in _device_fallbacks(params):
+        line, column = params.marks.locate(tuple(int(k) if k.isdigit() else k for k in key_parts(p.key)))
+        notes.append(Problem(p.key, f"note: {p.message}, so augment.train runs on the CPU (DataLoader "
+                                    "workers) even when training on a GPU", line, column).format(filename))
+    return notes

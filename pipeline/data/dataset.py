@@ -16,6 +16,9 @@ from pipeline.data.manifest import Manifest
 
 # (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
+# (images uint8 [N,3,H,W], targets) on the training device -> (float images 0-255, targets): a whole
+# batch augmented where the model runs (pipeline.augment.device.DeviceAugment); has set_epoch(seed).
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def open_image(path: Path) -> Image.Image:
@@ -57,10 +60,13 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     target: segmentation a uint8 [H,W] tensor of class indices, classification an int64 scalar.
     Images are resized bilinearly, masks with NEAREST (class indices must not blend), then
-    ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers)."""
+    ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers).
+    ``batch_transform``, when given, is the training loop's to apply to each batch on the device
+    (augment.device); the samples themselves then leave here unaugmented."""
 
     def __init__(self, manifest: Manifest, split: str, *, root: str | Path,
-                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None):
+                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
+                 batch_transform: BatchTransform | None = None):
         if split not in manifest.splits:
             raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
         self.task = manifest.task
@@ -70,6 +76,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.height, self.width = image_hw(image_size)
         self.transform = transform
+        self.batch_transform = batch_transform
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -77,10 +84,14 @@ class ManifestDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of each epoch, after the global RNGs were reseeded: the transform draws
         from them, and its augmenters with a private RNG (Rain, Snowflakes) are reset to follow them too.
-        The epoch number itself is not needed (``OfflineCacheDataset.set_epoch`` picks a copy by it)."""
+        The epoch number itself is not needed (``OfflineCacheDataset.set_epoch`` picks a copy by it).
+        The batch transform is reseeded from torch's seed, which the loop has just set from (train.seed,
+        epoch, rank): a resumed run draws the same batches."""
         del epoch
         if self.transform is not None and hasattr(self.transform, "reset"):
             self.transform.reset()
+        if self.batch_transform is not None and hasattr(self.batch_transform, "set_epoch"):
+            self.batch_transform.set_epoch(torch.initial_seed())
 
 
     def _open(self, rel: str) -> Image.Image:
