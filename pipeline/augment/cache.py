@@ -32,10 +32,11 @@ INDEX = "index.json"
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
 
 
-def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
-    """An empty cache whose index says so (``augment.offline.enabled: false``)."""
-    index = {"enabled": False, "format": FORMAT_VERSION,
-             "reason": "augment.offline.enabled is false: training augments online"}
+def write_disabled(cache_dir: str | Path, *, reason: str = "augment.offline.enabled is false: training augments online",
+                   format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """An empty cache whose index says so and why (``augment.offline.enabled: false``; the decoded
+    cache's ``data.cache: none`` too): DVC needs the stage's output to exist."""
+    index = {"enabled": False, "format": format_version, "reason": reason}
     with atomic_dir(cache_dir) as tmp:
         write_json(tmp / INDEX, index)
     return index
@@ -68,7 +69,7 @@ def write_cache(cache_dir: str | Path, base: Sequence[tuple[torch.Tensor, torch.
                 out_image, out_mask = transform(image_hwc, mask)
                 if not arrays:
                     first_shape = out_image.shape
-                    arrays = _allocate(tmp, shards, out_image, total, shard_size, segmentation)
+                    arrays = allocate_shards(tmp, shards, out_image, total, shard_size, segmentation)
                 if out_image.shape != first_shape:
                     raise PipelineError(
                         f"augment.train produced images of shapes {first_shape} and {out_image.shape}: "
@@ -90,7 +91,7 @@ def write_cache(cache_dir: str | Path, base: Sequence[tuple[torch.Tensor, torch.
     return index
 
 
-def _allocate(folder: Path, shards: list[dict[str, Any]], first_image: np.ndarray, total: int,
+def allocate_shards(folder: Path, shards: list[dict[str, Any]], first_image: np.ndarray, total: int,
               shard_size: int, segmentation: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Create every shard's memory-mapped .npy files, sized by the first augmented image."""
     height, width = first_image.shape[:2]

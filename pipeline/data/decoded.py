@@ -1,0 +1,297 @@
+"""The decoded cache: every train and val image (and mask) decoded and resized to ``data.image_size``
+once, in memory-mapped uint8 shards: each epoch reads a sample in microseconds instead of decoding and
+resizing a file (~5 ms at 224 px). The decode stage writes it (``outputs/decode``, cached by DVC) with
+``ManifestDataset.load``, so :class:`DecodedDataset` yields exactly what :class:`ManifestDataset` does.
+The test split is not decoded: evaluation reads each test image once, a cache would only cost disk.
+
+Each split's folder has the offline augmentation cache's shards (:mod:`pipeline.augment.cache`):
+``shard-NNNNN.images.npy`` uint8 [n,3,H,W], ``shard-NNNNN.targets.npy`` uint8 masks [n,H,W] or int64
+labels [n]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
+image_size, num_classes, manifest_fingerprint (the data files), manifest_digest (what a re-split
+changes), bytes, and per split its count, folder, shapes, dtypes and shards.
+"""
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.augment import cache as offline_cache
+from pipeline.augment.cache import allocate_shards
+from pipeline.config.errors import PipelineError
+from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw
+from pipeline.data.manifest import Manifest
+
+FORMAT_VERSION = 1
+INDEX = "index.json"
+SPLITS = ("train", "val")  # what training reads every epoch
+SHARD_BYTES = 512 << 20  # samples per shard: as many as fit in this many bytes
+PARALLEL_FROM = 256  # samples; below this a process pool costs more than it saves
+CHUNK = 32  # samples per pool job
+REBUILD = "rebuild it: dvc repro decode"
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """A hash of what the cached arrays depend on in the manifest beyond its data fingerprint: the
+    task, the class count (masks are mapped to class indices) and the cached splits' entries. A
+    re-split with another seed keeps the fingerprint (same files) but changes this."""
+    content = {"task": manifest.task, "num_classes": manifest.num_classes,
+               "splits": {s: manifest.splits.get(s, []) for s in SPLITS}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for people: 23.0 KB, 1.2 GB (powers of 1000, as disks are sold)."""
+    units = ["B", "KB", "MB", "GB", "TB"]
+    while n >= 1000 and len(units) > 1:
+        n, units = n / 1000, units[1:]
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
+
+
+def sample_bytes(task: str, hw: tuple[int, int]) -> int:
+    """Bytes one cached sample takes: the image, and its mask (uint8) or label (int64)."""
+    height, width = hw
+    return 3 * height * width + (height * width if task == "segmentation" else 8)
+
+
+def cache_bytes(manifest: Manifest, image_size: int | list[int] | tuple[int, int]) -> int:
+    """Bytes the cache of ``manifest`` at ``image_size`` takes on disk (headers aside): N*H*W*3 for the
+    images, plus N*H*W for segmentation masks."""
+    return sample_bytes(manifest.task, image_hw(image_size)) * sum(len(manifest.splits.get(s, [])) for s in SPLITS)
+
+
+def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
+    """A cache folder whose index says there is none (``data.cache: none``): DVC needs its output."""
+    return offline_cache.write_disabled(cache_dir, reason="data.cache is none: training decodes every image each epoch",
+                                        format_version=FORMAT_VERSION)
+
+
+def write_decoded(cache_dir: str | Path, manifest: Manifest, *, root: str | Path,
+                  image_size: int | list[int] | tuple[int, int], workers: int | None = None) -> dict[str, Any]:
+    """Decode the train and val splits of ``manifest`` (files under ``root``) into ``cache_dir``; return
+    the index. All or nothing: a file that cannot be decoded leaves the old cache (or none). ``workers``:
+    processes decoding at once (None: one per CPU from :data:`PARALLEL_FROM` samples, else this one);
+    each row depends on its sample alone, so the result does not depend on them."""
+    cache_dir = Path(cache_dir)
+    height, width = image_hw(image_size)
+    segmentation = manifest.task == "segmentation"
+    sets = {s: ManifestDataset(manifest, s, root=root, image_size=(height, width)) for s in SPLITS}
+    needed = cache_bytes(manifest, (height, width))
+    _check_space(cache_dir, needed)
+    shard_size = max(1, SHARD_BYTES // sample_bytes(manifest.task, (height, width)))
+    with atomic_dir(cache_dir) as tmp:
+        splits: dict[str, Any] = {}
+        for name, dataset in sets.items():
+            (tmp / name).mkdir()
+            shards: list[dict[str, Any]] = []
+            arrays = allocate_shards(tmp / name, shards, np.empty((height, width, 3), np.uint8), len(dataset),
+                                     shard_size, segmentation)
+            for array in (a for pair in arrays for a in pair):
+                array.flush()  # headers and sizes on disk before any worker opens them
+            del arrays
+            splits[name] = {"count": len(dataset), "folder": name, "shards": shards, "image_shape": [3, height, width],
+                            "image_dtype": "uint8", "target_shape": [height, width] if segmentation else [],
+                            "target_dtype": "uint8" if segmentation else "int64"}
+        writer = _Writer(sets, tmp, {n: s["shards"] for n, s in splits.items()}, shard_size, segmentation)
+        jobs = [(name, start, min(start + CHUNK, len(d))) for name, d in sets.items()
+                for start in range(0, len(d), CHUNK)]
+        _run(writer, jobs, _workers(workers, sum(len(d) for d in sets.values()), len(jobs)))
+        index = {"enabled": True, "format": FORMAT_VERSION, "task": manifest.task,
+                 "image_size": [height, width], "num_classes": manifest.num_classes,
+                 "manifest_fingerprint": manifest.fingerprint, "manifest_digest": manifest_digest(manifest),
+                 "bytes": needed, "splits": splits}
+        write_json(tmp / INDEX, index)
+    return index
+
+
+def _check_space(cache_dir: Path, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold the cache (plus 5%)."""
+    existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed * 1.05 > free:
+        raise PipelineError(f"{cache_dir}: the decoded cache needs {human_bytes(needed)} but only "
+                            f"{human_bytes(free)} are free there; free some space, or set data.cache: none "
+                            "(training then decodes every image each epoch)")
+
+
+def _workers(asked: int | None, samples: int, jobs: int) -> int:
+    if asked is None:
+        asked = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        asked = asked if samples >= PARALLEL_FROM else 1
+    return max(1, min(asked, jobs))
+
+
+@dataclass
+class _Writer:
+    """Decodes a range of one split's samples into its shards (opened read-write by whoever runs it)."""
+
+    sets: dict[str, ManifestDataset]
+    folder: Path
+    shards: dict[str, list[dict[str, Any]]]
+    shard_size: int
+    segmentation: bool
+
+    def __call__(self, job: tuple[str, int, int]) -> int:
+        name, start, stop = job
+        dataset, opened = self.sets[name], {}
+        for i in range(start, stop):
+            number, row = divmod(i, self.shard_size)
+            if number not in opened:
+                shard = self.shards[name][number]
+                opened[number] = (np.load(self.folder / name / shard["images"], mmap_mode="r+"),
+                                  np.load(self.folder / name / shard["targets"], mmap_mode="r+"))
+            images, targets = opened[number]
+            image, mask = dataset.load(i)
+            images[row] = image.transpose(2, 0, 1)
+            targets[row] = mask if self.segmentation else int(dataset.entries[i]["label"])
+        for array in (a for pair in opened.values() for a in pair):
+            array.flush()
+        return stop - start
+
+
+_WORKER: list[_Writer] = []  # a pool process's writer, installed once by _install
+
+
+def _install(writer: _Writer) -> None:
+    _WORKER[:] = [writer]
+
+
+def _job(job: tuple[str, int, int]) -> int:
+    return _WORKER[0](job)
+
+
+def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> None:
+    """Run ``jobs`` here, or on a pool of ``workers`` processes (the writer is sent once to each)."""
+    if workers <= 1:
+        for job in jobs:
+            writer(job)
+        return
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_install,
+                                                  initargs=(writer,))
+    try:
+        for _ in pool.map(_job, jobs):
+            pass
+    finally:  # on a failure, drop the queued jobs instead of decoding them first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_index(cache_dir: str | Path) -> dict[str, Any]:
+    path = Path(cache_dir) / INDEX
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run the decode stage first (dvc repro decode)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path} is not a readable index ({exc}); {REBUILD}") from None
+
+
+def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int]) -> None:
+    """Refuse a cache that was not decoded from this manifest at this size."""
+    if not index.get("enabled"):
+        raise PipelineError(f"{cache_dir} holds no decoded images (data.cache was none when the decode "
+                            "stage ran); set data.cache: decoded and run dvc repro decode")
+    if index.get("format") != FORMAT_VERSION:
+        raise PipelineError(f"{cache_dir}: cache format {index.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
+    for what, cached, wanted in (
+            ("task", index.get("task"), manifest.task),
+            ("image size", index.get("image_size"), list(hw)),
+            ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
+            ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest))):
+        if cached != wanted:
+            raise PipelineError(f"{cache_dir} was decoded for another {what} ({cached!r}, now {wanted!r}); {REBUILD}")
+
+
+class DecodedDataset(ManifestDataset):
+    """One split read from the decoded cache: ``(image uint8 [3,H,W], target)`` exactly as
+    :class:`ManifestDataset` returns it, with the same ``transform``, ``batch_transform`` and
+    ``set_epoch``. The shards are memory-mapped lazily in the process that reads (each DataLoader
+    worker maps its own; pickling drops them)."""
+
+    def __init__(self, cache_dir: str | Path, manifest: Manifest, split: str, *, root: str | Path,
+                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
+                 batch_transform: BatchTransform | None = None):
+        super().__init__(manifest, split, root=root, image_size=image_size, transform=transform,
+                         batch_transform=batch_transform)
+        self.cache_dir = Path(cache_dir)
+        index = read_index(self.cache_dir)
+        check_index(index, self.cache_dir, manifest, (self.height, self.width))
+        if split not in index["splits"]:
+            raise PipelineError(f"{self.cache_dir} holds the splits {', '.join(index['splits'])}, not {split!r}")
+        cached = index["splits"][split]  # its entries are this manifest's (manifest_digest)
+        self.folder = self.cache_dir / cached["folder"]
+        self.shards, self._starts = cached["shards"], [s["start"] for s in cached["shards"]]
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _open_shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._arrays is None:
+            try:
+                self._arrays = [(np.load(self.folder / s["images"], mmap_mode="r"),
+                                 np.load(self.folder / s["targets"], mmap_mode="r")) for s in self.shards]
+            except (OSError, ValueError) as exc:
+                raise PipelineError(f"{self.folder}: cannot read a shard ({exc}); {REBUILD}") from None
+        return self._arrays
+
+    def _row(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        n = len(self.entries)
+        if not -n <= index < n:
+            raise IndexError(f"sample {index} out of range for {n} samples")
+        index %= n
+        shard = bisect.bisect_right(self._starts, index) - 1
+        images, targets = self._open_shards()[shard]
+        return images, targets, index - self._starts[shard]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """As :meth:`ManifestDataset.load`: HxWx3 image and HxW mask (or None), writable copies."""
+        import cv2  # interleaves the stored planes in ~8 us at 224 px; numpy's transposing copy takes ~250
+
+        images, targets, row = self._row(index)
+        planes = images[row]
+        image = cv2.merge([np.asarray(planes[c]) for c in range(3)])
+        return image, np.array(targets[row], dtype=np.uint8) if self.task == "segmentation" else None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # A transform works on HxWx3 arrays; an empty one (augment.eval: [], AugmentTransform with no
+        # augmenters returns its input) would only cost that round trip.
+        if self.transform is not None and getattr(self.transform, "spec", None) != []:
+            return super().__getitem__(index)
+        images, targets, row = self._row(index)  # stored as [3,H,W]: one copy, no transpose
+        image = torch.from_numpy(np.array(images[row]))
+        if self.task == "segmentation":
+            return image, torch.from_numpy(np.array(targets[row]))
+        return image, torch.tensor(int(targets[row]), dtype=torch.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+
+_NOTED: set[Path] = set()
+
+
+def open_split(cache_dir: str | Path, manifest: Manifest, split: str, *, root: str | Path,
+               image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
+               batch_transform: BatchTransform | None = None) -> ManifestDataset:
+    """``split`` from the decoded cache when the decode stage wrote one, else decoded from the files
+    every epoch (``data.cache: none``; or no decode stage run: said once on stderr). A cache decoded
+    for another manifest or size is refused."""
+    cache_dir = Path(cache_dir)
+    kwargs = {"root": root, "image_size": image_size, "transform": transform, "batch_transform": batch_transform}
+    if (cache_dir / INDEX).exists() and read_index(cache_dir).get("enabled"):
+        return DecodedDataset(cache_dir, manifest, split, **kwargs)
+    if not (cache_dir / INDEX).exists() and cache_dir not in _NOTED:
+        _NOTED.add(cache_dir)
+        print(f"note: no decoded cache at {cache_dir} (dvc repro decode writes it): decoding every image "
+              "each epoch", file=sys.stderr)
+    return ManifestDataset(manifest, split, **kwargs)

@@ -1,0 +1,54 @@
+"""The decode stage: decode and resize every train and val image (and mask) once, for every epoch.
+
+``python -m stages.decode`` writes ``outputs/decode/`` (memory-mapped uint8 shards and an
+``index.json`` tying them to the manifest and ``data.image_size``), or with ``data.cache: none`` an
+index saying there is no cache. Training and validation then read samples from it instead of
+decoding files each epoch. The work is :mod:`pipeline.data.decoded`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline import outputs
+from pipeline.config.params import ParamsView
+from pipeline.data import decoded
+from pipeline.data.dataset import image_hw
+from pipeline.data.manifest import read_manifest
+from pipeline.stage import run_stage
+
+PARAMS = ("data.task", "data.image_size", "data.cache")
+
+
+def decode(view: ParamsView) -> dict[str, Any]:
+    """Decode the manifest's train and val splits at data.image_size into outputs/decode (or write
+    the index of no cache); return the index written."""
+    task, size, root = view["data.task"], view["data.image_size"], view.root
+    manifest = read_manifest(root, task)
+    out = root / outputs.DECODE
+    if view["data.cache"] == "none":
+        index = decoded.write_disabled(out)
+        print(f"decode: data.cache is none: no decoded cache ({outputs.DECODE} says so); training decodes "
+              "every image each epoch")
+        return index
+    height, width = image_hw(size)
+    counts = {s: len(manifest.splits[s]) for s in decoded.SPLITS}
+    print(f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at {height}x{width} -> "
+          f"{outputs.DECODE}, {decoded.human_bytes(decoded.cache_bytes(manifest, size))} on disk "
+          "(and as much again in DVC's cache unless its cache.type links files)")
+    started = time.perf_counter()
+    index = decoded.write_decoded(out, manifest, root=view.resolve_path(manifest.root), image_size=size)
+    seconds = time.perf_counter() - started
+    rate = sum(counts.values()) / max(seconds, 1e-9)
+    print(f"decode: wrote {outputs.DECODE} in {seconds:.1f} s ({rate:.0f} images/s)")
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("decode", PARAMS, decode, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
