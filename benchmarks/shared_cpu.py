@@ -35,11 +35,13 @@ MODES = {"default": "torch's default threads (before train.threads)", "auto": "t
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from pipeline.training.threads import resolve_workers
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="timed window of every run (default 5)")
-    p.add_argument("--workers", type=int, default=params["train"]["workers"],
-                   help="DataLoader workers of every run (default params.yaml's train.workers)")
+    p.add_argument("--workers", type=int, default=resolve_workers(params["train"]["workers"]),
+                   help="DataLoader workers of every run (default params.yaml's train.workers, resolved here)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--base-channels", type=int, default=8, help="classic U-Net width (depth 3)")

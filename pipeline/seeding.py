@@ -43,6 +43,17 @@ def derived_seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
 
 
+def seed_sample(seed: int, index: int) -> None:
+    """Seed ``random``, numpy, torch and imgaug's global RNG from (``seed``, ``index``): what a DataLoader
+    worker does before loading sample ``index`` of the epoch whose seed is ``seed``
+    (:mod:`pipeline.training.feed`), so the sample's augmentation depends on nothing else."""
+    py_seed, np_seed, torch_seed, imgaug_seed = np.random.SeedSequence([int(seed), int(index)]).generate_state(4)
+    random.seed(int(py_seed))
+    np.random.seed(int(np_seed))
+    torch.default_generator.manual_seed(int(torch_seed))  # the CPU's: torch.manual_seed also visits CUDA's (70 us)
+    _seed_imgaug(int(imgaug_seed))
+
+
 def worker_init_fn(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: reseed ``random``, numpy and imgaug from this worker's torch seed.
 

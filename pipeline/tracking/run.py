@@ -87,6 +87,9 @@ class NullRun(_RunContext):
     def log_model(self, weights: str | os.PathLike[str], *, register_as: str | None = None) -> None:
         pass
 
+    def monitor_system(self, interval_s: float, *, resumed: bool = False) -> None:
+        pass
+
     def end(self, status: str = "FINISHED") -> None:
         pass
 
@@ -96,6 +99,7 @@ class TrackingRun(_RunContext):
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str):
         self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
+        self._system: Any = None
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from mlflow.exceptions import MlflowException
@@ -179,7 +183,23 @@ class TrackingRun(_RunContext):
 
         self._call("log the model", log_pyfunc, self.uri, self.run_id, Path(weights), register_as=register_as)
 
+    def monitor_system(self, interval_s: float, *, resumed: bool = False) -> None:
+        """Log ``system/*`` metrics every ``interval_s`` seconds until the run ends (0: not at all): CPU
+        and memory, disk and network, and GPU utilisation and memory where the NVIDIA library finds a
+        GPU. MLflow's own monitor, so the UI's system-metrics charts show them; a resumed run goes on
+        from its last step."""
+        if interval_s <= 0 or self._system is not None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=resumed,
+                                            tracking_uri=self.uri)
+        self._system.start()
+
     def end(self, status: str = "FINISHED") -> None:
+        if self._system is not None:  # its last samples are flushed while the run is still open
+            self._system.finish()
+            self._system = None
         self._call("end the run", self.client.set_terminated, self.run_id, status)
 
 

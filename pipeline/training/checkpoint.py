@@ -6,9 +6,11 @@ uninterrupted run would have done (bit for bit with ``train.deterministic: true`
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,49 @@ def save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(path, buffer.getvalue())
+
+
+def host_copy(state: Any) -> Any:
+    """``state`` with every tensor copied to host memory (detached), the rest deep-copied: a snapshot
+    training may go on changing while it is written."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: host_copy(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(host_copy(value) for value in state)
+    return copy.deepcopy(state)
+
+
+class BackgroundWriter:
+    """Writes checkpoints off the training thread, each still atomically (:func:`save`): the loop pays
+    for the snapshot (a device-to-host copy of the state), the serialising and the disk write overlap the
+    next epoch. One write at a time; :meth:`wait` (before the next, and when training ends) re-raises a
+    failed write's error."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: Path, state: dict[str, Any]) -> None:
+        self.wait()
+        snapshot = host_copy(state)
+        self._thread = threading.Thread(target=self._write, args=(path, snapshot), name="checkpoint", daemon=False)
+        self._thread.start()
+
+    def _write(self, path: Path, snapshot: dict[str, Any]) -> None:
+        try:
+            save(path, snapshot)
+        except BaseException as exc:  # re-raised on the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise PipelineError(f"could not write the checkpoint: {error}") from error
 
 
 def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config.errors import PipelineError
 from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
 from pipeline.training.scoring import score
+from pipeline.training.threads import resolve_workers
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def run_test_set(model: Any, dataset: Any, loss_fn: Any, plan: Any, device: torc
     """One pass over the test set (``model`` in eval mode): the loss, the confusion meter, the
     confusion-plot rows and the first ``cfg["overlays"]`` images with their predictions."""
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=False,
-                        num_workers=cfg["workers"], pin_memory=device.type == "cuda")
+                        num_workers=resolve_workers(cfg["workers"]), pin_memory=device.type == "cuda")
     meter = make_meter(task, len(class_names), threshold=cfg["threshold"], class_names=class_names)
     pixels = len(dataset) * image_hw[0] * image_hw[1]
     samples = TestSamples(task, threshold=cfg["threshold"], overlays=cfg["overlays"],
@@ -97,17 +98,18 @@ def run_test_set(model: Any, dataset: Any, loss_fn: Any, plan: Any, device: torc
 
 
 def write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence[Any],
-                  results: dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.json, confusion.csv, confusion.png and overlays.png into ``out``; return the metrics."""
+                  results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write metrics.json, summary.json, confusion.csv, confusion.png and overlays.png into ``out``;
+    return (metrics, summary). metrics.json holds scores only (what `dvc metrics show` and `dvc exp
+    show` list); the count, class names and confusion matrix go to summary.json."""
     meter = results["meter"]
     k = len(names)
     matrix = meter.confusion_matrix()
     loss = results["loss"]
     if not math.isfinite(loss):  # JSON has no NaN; DVC shows a missing value instead
         print(f"evaluate: warning: the test loss is {loss}; written as null", file=sys.stderr)
-    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, "images": results["count"]}
-    metrics |= meter.compute()
-    metrics |= {"confusion_matrix": matrix, "class_names": names}
+    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, **meter.compute()}
+    summary = {"images": results["count"], "class_names": names, "confusion_matrix": matrix}
     pairs = zip(results["actual"], results["predicted"])
     if task == "classification":
         rows = [(entry["image"], names[a], names[p]) for entry, (a, p) in zip(test_entries, pairs)]
@@ -128,8 +130,9 @@ def write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence
                     for entry, t, p in zip(test_entries, results["targets"], results["preds"])]
         drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
     plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)
+    write_json(out / outputs.EVALUATE_SUMMARY.name, summary)
     write_json(out / outputs.EVALUATE_METRICS.name, metrics)
-    return metrics
+    return metrics, summary
 
 
 def image_dice(target: np.ndarray, pred: np.ndarray, num_classes: int) -> float:

@@ -7,8 +7,6 @@ replays exactly what the uninterrupted run would have done (bit for bit with tra
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 import time
@@ -33,7 +31,9 @@ from pipeline.training import checkpoint
 from pipeline.training import distributed as dist
 from pipeline.training.device import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
-from pipeline.training.inputs import datasets, make_loader
+from pipeline.training.feed import DeviceFeed
+from pipeline.training.history import history_csv, validation_csv
+from pipeline.training.inputs import augment_batch, datasets, make_loader
 from pipeline.training.loss import build_loss
 from pipeline.training.metrics import ConfusionMeter, make_meter
 from pipeline.training.optimizer import build_optimizer, parameter_groups
@@ -88,6 +88,9 @@ class Trainer:
     generator: torch.Generator
     train_loader: DataLoader
     val_loader: DataLoader
+    train_feed: DeviceFeed                        # the loaders' batches on the device, copied ahead
+    val_feed: DeviceFeed
+    writer: checkpoint.BackgroundWriter           # checkpoints written off the training thread
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
@@ -135,7 +138,8 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
     return Trainer(
         cfg=cfg, ctx=ctx, plan=plan, model=model, info=info, net=net, ddp_net=ddp_net, train_step=train_step,
         train_set=train_set, sampler=sampler, generator=generator, train_loader=train_loader,
-        val_loader=val_loader, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+        val_loader=val_loader, train_feed=DeviceFeed(train_loader, device), val_feed=DeviceFeed(val_loader, device),
+        writer=checkpoint.BackgroundWriter(), loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
         meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names), monitor=monitor,
         stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]))
 
@@ -160,11 +164,21 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
 
     # -- the loop: train, validate, record, checkpoint, maybe stop
     epochs = progress(range(start, t.cfg["epochs"]), t.ctx, desc="epochs", initial=start, total=t.cfg["epochs"])
+    try:
+        _epochs(t, epochs, run, root=root, fingerprint=fingerprint, history=history)
+    finally:
+        t.writer.wait()  # the last checkpoint is on disk (or its error raised) before fit returns
+    return history
+
+
+def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
+            history: list[dict[str, float]]) -> None:
+    """The epochs of :func:`fit`, appending to ``history``."""
     for epoch in epochs:
-        train_loss, images_per_s = train_epoch(t, epoch)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(t)}
+        trained = train_epoch(t, epoch)
+        row = {"epoch": epoch + 1, "train_loss": trained.pop("train_loss"), **validate(t)}
         row["lr"] = t.schedule.last_lr()[0]
-        row["images_per_s"] = images_per_s
+        row |= trained  # images_per_s, data_wait (and skipped_steps with fp16)
         if t.monitor not in row:
             raise PipelineError(f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
                                 f"available: {', '.join(k for k in row if k.startswith('val_'))}")
@@ -175,7 +189,8 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all
             write_text(root / outputs.TRAIN_HISTORY, history_csv(history))
-            checkpoint.save(root / outputs.TRAIN_CHECKPOINT / "last.pt", {
+            write_text(root / outputs.TRAIN_VALIDATION, validation_csv(history))
+            t.writer.save(root / outputs.TRAIN_CHECKPOINT / "last.pt", {
                 "fingerprint": fingerprint, "epoch": epoch, "model": t.model.state_dict(),
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.schedule.state_dict(),
                 "scaler": t.plan.scaler.state_dict(), "early_stopping": t.stopper.state_dict(),
@@ -187,7 +202,6 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
                 print(f"train: early stop after epoch {epoch + 1}: {t.monitor} did not improve for "
                       f"{t.stopper.stale} epochs")
             break
-    return history
 
 
 def progress(iterable: Any, ctx: dist.Context, **kwargs: Any) -> tqdm:
@@ -207,8 +221,10 @@ def readback_steps(batches: int, log_every: int) -> frozenset[int]:
     return frozenset(steps | {batches})
 
 
-def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
-    """One pass over the training data: (mean step loss over every rank, images per second)."""
+def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
+    """One pass over the training data: the mean step loss over every rank (``train_loss``), images per
+    second, the share of the epoch spent waiting for data (``data_wait``) and, with fp16, the optimizer
+    steps skipped for overflowing gradients so far."""
     # Ranks add their rank to the epoch's seed, so their augmentations (and dropout) differ; rank 0
     # alone is exactly a single-process run.
     seed = epoch_seed(t.cfg["seed"], epoch) + t.ctx.rank
@@ -218,6 +234,7 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
         t.sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
         dist.write_debug_samples(t.sampler, t.ctx, epoch)
     t.train_set.set_epoch(epoch)
+    t.train_loader.sampler.set_epoch(epoch, seed)  # the workers seed each sample from (seed, index)
     t.ddp_net.train()
     device, accumulate = t.plan.device, t.cfg["accumulate"]
     checks = readback_steps(len(t.train_loader), t.cfg["log_every_steps"])
@@ -226,8 +243,9 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
     seen, started = 0, time.perf_counter()
     # The bar is advanced by hand: a bar wrapping the loader redraws its postfix with a stale count.
     with progress(None, t.ctx, total=len(t.train_loader), desc=f"epoch {epoch + 1}", leave=False) as bar:
-        for step, (images, targets) in enumerate(t.train_loader):
+        for step, (images, targets) in enumerate(t.train_feed):
             last = step + 1 == len(t.train_loader)
+            images, targets = augment_batch(t.train_set, images, targets, device)  # augment.device
             loss, stepped = t.train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
             if stepped:
                 t.schedule.step_batch()
@@ -242,15 +260,19 @@ def train_epoch(t: Trainer, epoch: int) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]),
                                  t.ctx)
-    return (totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
-            totals[1].item() / elapsed if elapsed > 0 else 0.0)
+    result = {"train_loss": totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
+              "images_per_s": totals[1].item() / elapsed if elapsed > 0 else 0.0,
+              "data_wait": t.train_feed.wait_s / elapsed if elapsed > 0 else 0.0}
+    if t.plan.scaler.is_enabled():
+        result["skipped_steps"] = float(t.plan.skipped_steps.item())
+    return result
 
 
 def validate(t: Trainer) -> dict[str, float]:
     """Validation loss and metrics; under DDP each rank scores its shard and the confusion matrix, loss
     sum and count are all-reduced, so every rank gets the numbers of the whole split."""
     t.net.eval()
-    batches = progress(t.val_loader, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
+    batches = progress(t.val_feed, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
     shard = score(t.net, batches, t.loss_fn, t.meter, t.plan)
     whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.count, t.ctx))
     metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
@@ -270,13 +292,3 @@ def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, precision: str,
         raise PipelineError(
             f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr or set "
             f"train.grad_clip{NAN_PRECISION_HINTS.get(precision, '')}")
-
-
-def history_csv(rows: list[dict[str, float]]) -> str:
-    """The per-epoch rows as CSV text (columns in first-seen order): DVC plots read it."""
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()

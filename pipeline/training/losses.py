@@ -115,6 +115,17 @@ class TverskyLoss(_OverlapLoss):
         return (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
 
 
+def constant(loss: nn.Module, name: str, like: torch.Tensor) -> torch.Tensor:
+    """``loss.<name>`` (a number or a list of class weights) as a tensor on ``like``'s device and dtype,
+    built once and kept: building it from the Python value every step is a blocking host-to-device
+    copy (a host sync per step) on a GPU."""
+    cache = loss.__dict__.setdefault("_constants", {})
+    key = (name, like.device, like.dtype)
+    if key not in cache:
+        cache[key] = like.new_tensor(getattr(loss, name))
+    return cache[key]
+
+
 @losses.register("bce")
 class BCELoss(nn.Module):
     """Binary cross-entropy on one logit channel (``binary_cross_entropy_with_logits``)."""
@@ -126,7 +137,7 @@ class BCELoss(nn.Module):
         self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pos_weight = None if self.pos_weight is None else logits.new_tensor(self.pos_weight)
+        pos_weight = None if self.pos_weight is None else constant(self, "pos_weight", logits)
         return F.binary_cross_entropy_with_logits(logits, _binary_target(logits, target), pos_weight=pos_weight)
 
 
@@ -145,7 +156,7 @@ class CrossEntropyLoss(nn.Module):
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else logits.new_tensor(self.weight)
+        weight = None if self.weight is None else constant(self, "weight", logits)
         return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=self.ignore_index,
                                label_smoothing=self.label_smoothing)
 
@@ -204,7 +215,7 @@ class FocalLoss(nn.Module):
         if isinstance(self.alpha, list):
             if len(self.alpha) != logits.shape[1]:
                 raise PipelineError(f"loss focal: alpha has {len(self.alpha)} weights for {logits.shape[1]} classes")
-            loss = loss * logits.new_tensor(self.alpha)[target.long()]
+            loss = loss * constant(self, "alpha", logits)[target.long()]
         elif self.alpha is not None:
             loss = loss * self.alpha
         return loss.mean()

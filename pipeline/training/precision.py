@@ -52,6 +52,7 @@ class PrecisionPlan:
     compile: bool
     scaler: torch.amp.GradScaler
     _autocast: Any = field(repr=False, default=None)
+    _skipped: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def name(self) -> str:
@@ -74,9 +75,13 @@ class PrecisionPlan:
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
                           model: nn.Module, grad_clip: float | None, step: bool) -> bool:
         """Backward (scaled for fp16); when ``step``: unscale, clip to ``grad_clip``, step, update
-        the scaler, zero the gradients. Returns whether the optimizer really stepped (the scaler skips
-        fp16 steps whose gradients overflowed). With accumulation pass ``loss / accumulate`` and
-        ``step`` true on every ``accumulate``-th batch."""
+        the scaler, zero the gradients. Returns ``step``: whether this batch ended an optimizer step
+        (the schedule advances on it). With accumulation pass ``loss / accumulate`` and ``step`` true
+        on every ``accumulate``-th batch.
+
+        fp16 steps whose gradients overflowed are skipped by the scaler; they are counted on the device
+        (:attr:`skipped_steps`) rather than asked about on the host, which would cost a host sync per
+        step (with a fused optimizer the scaler's own overflow check stays on the device too)."""
         self.scaler.scale(loss).backward()
         if not step:
             return False
@@ -84,12 +89,27 @@ class PrecisionPlan:
             self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             params = [p for g in optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            scale_before = self.scaler._get_scale_async().clone()  # a device tensor: no sync
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
+            self.skipped_steps += (self.scaler._get_scale_async() < scale_before).long()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
-        return scale_before is None or self.scaler.get_scale() >= scale_before
+        return True
+
+    @property
+    def skipped_steps(self) -> torch.Tensor:
+        """fp16 optimizer steps skipped for overflowing gradients so far (a device tensor; 0 otherwise)."""
+        if self._skipped is None:
+            self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: torch.Tensor) -> None:
+        self._skipped = value
 
 
 def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:

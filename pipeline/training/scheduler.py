@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -155,12 +156,17 @@ class LRSchedule:
                 group["lr"] = target
 
     def step_batch(self) -> None:
-        """After every optimizer step."""
+        """After every optimizer step, skipped fp16 steps included: whether the scaler skipped one is
+        known on the device only (asking would be a host sync per step), and a skip is one step of a
+        schedule's thousands. torch's "lr_scheduler.step() before optimizer.step()" warning, which a
+        skipped first step would raise, is therefore silenced here."""
         self.steps_done += 1
         if self.warming and self.warm_unit == "step":
             self._advance_warmup(self.steps_done)
         elif not self.warming and self.interval == "step" and self.main is not None:
-            self.main.step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.main.step()
 
     def step_epoch(self, metrics: dict[str, float] | None = None) -> None:
         """After each epoch's validation; ReduceLROnPlateau gets ``metrics[monitor]``."""

@@ -39,12 +39,25 @@ def resolve_threads(setting: int | str, *, cores: int, workers: int, local_proce
     return max(1, share - workers)
 
 
-def apply_threads(setting: int | str, *, workers: int) -> int:
+MAX_AUTO_WORKERS = 16  # past this, more workers mostly add fork time and memory
+
+
+def resolve_workers(setting: int | str, *, cores: int | None = None, local_processes: int | None = None) -> int:
+    """DataLoader workers for ``train.workers`` / ``evaluate.workers``: a number as given; ``auto``: one per
+    core this process may use, shared among torchrun's processes on this node, at most 16."""
+    if setting != AUTO:
+        return int(setting)
+    cores = available_cores() if cores is None else cores
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_processes is None else local_processes
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, local)))
+
+
+def apply_threads(setting: int | str, *, workers: int | str) -> int:
     """Size torch's thread pools for ``train.threads`` in this process; returns the intra-op count.
 
     The inter-op pool can only be sized before its first use (and once per process): later calls
     leave it as it is."""
-    threads = resolve_threads(setting, cores=available_cores(), workers=workers,
+    threads = resolve_threads(setting, cores=available_cores(), workers=resolve_workers(workers),
                               local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
     try:

@@ -78,12 +78,13 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
     data = red_dataset(3)
     results = run_loop(lambda x: torch.full_like(x[:, :1], float("nan")), data)
     entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
-    metrics = evaluation.write_outputs(tmp_path, "segmentation", ["background", "foreground"],
-                                       entries, results)
+    metrics, summary = evaluation.write_outputs(tmp_path, "segmentation", ["background", "foreground"],
+                                                entries, results)
     assert metrics["test_loss"] is None and "written as null" in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.json").read_text())["dice"] == 0.0  # NaN logit: background
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "confusion.csv", "confusion.png", "metrics.json", "overlays.png"]
+        "confusion.csv", "confusion.png", "metrics.json", "overlays.png", "summary.json"]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary and summary["images"] == 3
 
 
 def test_mlflow_metrics_are_prefixed_scores_only():

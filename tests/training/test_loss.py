@@ -265,3 +265,23 @@ def test_focal_gradients_stay_finite_at_saturated_logits(gamma: float, outputs: 
     value.backward()
     assert torch.isfinite(value) and value.item() == pytest.approx(0.0, abs=1e-6)
     assert torch.isfinite(logits.grad).all()
+
+
+def test_weighted_losses_build_their_constants_once_per_device_and_dtype(monkeypatch):
+    """Class weights, pos_weight and focal's alpha list: a tensor from a Python list every step is a
+    blocking host-to-device copy on a GPU; they are built on first use and kept."""
+    from pipeline.training.losses import BCELoss, CrossEntropyLoss, FocalLoss
+
+    logits3, target3 = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    logits1, target1 = torch.randn(2, 1, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    cases = [(CrossEntropyLoss(weight=[1.0, 2.0, 3.0]), logits3, target3),
+             (FocalLoss(alpha=[0.2, 0.3, 0.5]), logits3, target3), (BCELoss(pos_weight=2.0), logits1, target1)]
+    for loss, logits, target in cases:
+        first = loss(logits, target)
+        built = []
+        monkeypatch.setattr(torch.Tensor, "new_tensor",
+                            lambda self, *a, **k: built.append(a) or torch.tensor(*a, **k))
+        assert torch.equal(loss(logits, target), first) and built == []  # same value, nothing rebuilt
+        monkeypatch.undo()
+        assert list(loss.__dict__["_constants"]) == [(next(iter(loss.__dict__["_constants"]))[0], logits.device,
+                                                      logits.dtype)]  # one per device and dtype

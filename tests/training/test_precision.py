@@ -78,14 +78,25 @@ def test_clipping_happens_after_unscaling() -> None:
     assert model.weight.grad is None  # zeroed after the step
 
 
-def test_overflowing_step_is_skipped_and_reported() -> None:
+def test_overflowing_step_is_skipped_and_reported(monkeypatch) -> None:
+    """The skip is counted on the device: asking the scaler for its scale on the host (``get_scale``)
+    would be a host sync per step on a GPU."""
     model, optimizer, x = _linear()
     plan = _scaled_plan()
     w0 = model.weight.detach().clone()
-    stepped = plan.backward_and_step(model(x * float("inf")).sum(), optimizer, model=model, grad_clip=1.0, step=True)
-    assert stepped is False and torch.equal(model.weight.detach(), w0)
+
+    def host_sync(*_: object) -> float:
+        raise AssertionError("get_scale() reads the scale back to the host")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plan.scaler, "get_scale", host_sync)
+        ended = plan.backward_and_step(model(x * float("inf")).sum(), optimizer, model=model, grad_clip=1.0,
+                                       step=True)
+        assert ended is True and torch.equal(model.weight.detach(), w0)  # the step ended, skipped
+        assert plan.skipped_steps.item() == 1
+        assert plan.backward_and_step(model(x).sum(), optimizer, model=model, grad_clip=None, step=True) is True
+        assert plan.skipped_steps.item() == 1 and not torch.equal(model.weight.detach(), w0)
     assert plan.scaler.get_scale() == 512.0
-    assert plan.backward_and_step(model(x).sum(), optimizer, model=model, grad_clip=None, step=True) is True
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
