@@ -49,6 +49,8 @@ from pipeline.config.errors import PipelineError  # noqa: E402
 from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
 from stages import augment as augment_stage, model as model_stage, split as split_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
+from stages import decode as decode_stage  # noqa: E402
+from benchmarks import host_cost  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
 from pipeline.augment.transform import build_transform
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
@@ -95,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="tiny U-Net, 32 px, batch 4, a few steps, one thread (the CPU test)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print one table of earlier --json results and exit")
     args = p.parse_args(argv)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     fallback = {"image_size": 256, "batch": 32, "steps": 50, "rounds": 3, "warmup": 20 if args.compile else 5,
@@ -135,7 +138,7 @@ def _copy_repeated(src: Path, dst: Path, repeat: int) -> None:
 def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
     """params.yaml (the repo's, with the benchmark's settings, tracking off) and a dataset sized so
     that an epoch is about ``--steps`` batches; the split and model stages (and with ``--offline``
-    the augment stage) run on it. Returns the params path."""
+    the augment stage) run on it, and the decode stage, so (d) reads the decoded cache. Returns the params path."""
     overrides = model_settings(args.model)
     src = REPO / "data" / overrides.pop("dataset")
     images = sum(1 for p in src.rglob("*.png") if "masks" not in p.parts)
@@ -165,7 +168,8 @@ def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
         node[last] = value
     path = ws / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = [split_stage] + ([augment_stage] if args.offline else []) + [model_stage]
+    # decode: training and validation read the decoded cache (data.cache: decoded, the default)
+    stages = [split_stage, decode_stage] + ([augment_stage] if args.offline else []) + [model_stage]
     for stage in stages:
         if stage.main(["--params", str(path)]) != 0:
             raise PipelineError(f"the {stage.__name__} stage failed on the benchmark workspace {ws}")
@@ -345,6 +349,9 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     figures["data"] = data_path(view, ws, device, args)
+    # (c) as host cost: online imgaug against the decoded cache + device augmentation, at 224 px JPEGs
+    host = host_cost.measure(view["augment.train"], size=224, images=16 if args.smoke else 64, batch=args.batch,
+                             rounds=args.rounds, random_order=view["augment.random_order"])
     e2e = end_to_end(params_path)
     figures["end_to_end"] = e2e.pop("images_per_s")
     ratios = {name: figures[num] / min(figures[d] for d in dens) for name, (num, dens) in RATIOS.items()}
@@ -360,7 +367,7 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy host skews CPU figures
     return {"device": device_name(device), "torch": torch.__version__, "settings": settings, "load_average": load,
             "images_per_s": figures, "ratios": ratios, "end_to_end": e2e,
-            "host_syncs_per_step": syncs}
+            "host_syncs_per_step": syncs, "host_ms_per_sample": host}
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -375,10 +382,37 @@ def print_report(result: dict[str, Any]) -> None:
     if result["host_syncs_per_step"]:
         print("host syncs per step: " + ", ".join(f"{k} {v:g}" for k, v in result["host_syncs_per_step"].items()))
     print(f"(d) is {result['end_to_end']['source']}; the stage took {result['end_to_end']['stage_wall_s']:.1f} s")
+    host = result["host_ms_per_sample"]
+    fast = "no device version of the chain" if host["fast"] is None else \
+        f"fast {host['fast']:.3f} (decoded read {host['read']:.3f} + device-aug draw {host['draw']:.3f}), " \
+        f"{host['ratio']:.1f}x lower"
+    print(f"(c) host ms per sample at {host['size']} px JPEGs: online {host['online']:.3f}; {fast}")
+
+
+def print_table(paths: list[str]) -> None:
+    """One row per earlier result (gpu_check.sh's summary): the four figures, the ratios, host syncs per
+    step of (a) and (b), and the host milliseconds per sample of the online and the fast data path."""
+    import json
+
+    columns = ("run", "device", "(a)", "(b)", "(c)", "(d)", "b/a", "d/min", "syncs a/b", "host ms online/fast")
+    rows = [columns]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        rates, syncs, host = r["images_per_s"], r.get("host_syncs_per_step") or {}, r.get("host_ms_per_sample") or {}
+        rows.append((Path(path).stem, r["device"][:24], *(f"{rates[k]:.0f}" for k in LABELS),
+                     *(f"{v:.3f}" for v in r["ratios"].values()),
+                     f"{syncs.get('raw_loop', float('nan')):g}/{syncs.get('train_step', float('nan')):g}",
+                     f"{host.get('online', float('nan')):.3f}/{host.get('fast', float('nan')):.3f}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print_table(args.table)
+        return 0
     try:
         with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
             result = measure(args, Path(tmp))

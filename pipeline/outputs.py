@@ -10,7 +10,11 @@ from pathlib import Path
 
 from pipeline.config.errors import PipelineError
 
+VALIDATED = Path("outputs/validate/valid.json")
+
 MANIFEST = Path("outputs/split/manifest.json")
+
+DECODE = Path("outputs/decode")  # the decoded cache: index.json and per-split shards
 
 AUGMENT_PREVIEW = Path("outputs/augment/preview.png")
 AUGMENT_CACHE = Path("outputs/augment/cache")
@@ -22,13 +26,16 @@ TRAIN = Path("outputs/train")
 TRAIN_BEST = TRAIN / "best.safetensors"
 TRAIN_HISTORY = TRAIN / "history.csv"
 TRAIN_HISTORY_PNG = TRAIN / "history.png"
+TRAIN_VALIDATION = TRAIN / "validation.csv"  # the validation scores in long form, for `dvc plots`
 TRAIN_PARAMS = TRAIN / "params.resolved.yaml"
 TRAIN_RUN = TRAIN / "run.json"
 TRAIN_CHECKPOINT = TRAIN / "checkpoint"
 TRAIN_METRICS = TRAIN / "metrics.json"
+TRAIN_SUMMARY = TRAIN / "summary.json"
 
 EVALUATE = Path("outputs/evaluate")
 EVALUATE_METRICS = EVALUATE / "metrics.json"
+EVALUATE_SUMMARY = EVALUATE / "summary.json"
 EVALUATE_CONFUSION_CSV = EVALUATE / "confusion.csv"
 EVALUATE_CONFUSION_PNG = EVALUATE / "confusion.png"
 EVALUATE_OVERLAYS = EVALUATE / "overlays.png"
@@ -37,12 +44,14 @@ EXPORT_ONNX = Path("outputs/export/model.onnx")
 
 # What each stage writes, as dvc.yaml declares it (outs, metrics and plots together).
 BY_STAGE: dict[str, tuple[Path, ...]] = {
+    "validate": (VALIDATED,),
     "split": (MANIFEST,),
+    "decode": (DECODE,),
     "augment": (AUGMENT_PREVIEW, AUGMENT_CACHE),
     "model": (MODEL_INIT, MODEL_SUMMARY),
-    "train": (TRAIN_BEST, TRAIN_HISTORY, TRAIN_HISTORY_PNG, TRAIN_PARAMS, TRAIN_RUN, TRAIN_CHECKPOINT,
-              TRAIN_METRICS),
-    "evaluate": (EVALUATE_METRICS, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
+    "train": (TRAIN_BEST, TRAIN_HISTORY, TRAIN_HISTORY_PNG, TRAIN_VALIDATION, TRAIN_PARAMS, TRAIN_RUN,
+              TRAIN_CHECKPOINT, TRAIN_METRICS, TRAIN_SUMMARY),
+    "evaluate": (EVALUATE_METRICS, EVALUATE_SUMMARY, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
     "export": (EXPORT_ONNX,),
 }
 

@@ -71,11 +71,12 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         results = run_test_set(model, dataset, loss_fn, plan, device, cfg, task=task,
                                class_names=names, image_hw=image_hw(view["data.image_size"]))
         with atomic_dir(root / outputs.EVALUATE) as staging:  # all four files, or none of them
-            metrics = write_outputs(staging, task, names, manifest.splits["test"], results)
+            metrics, summary = write_outputs(staging, task, names, manifest.splits["test"], results)
         run.log_metrics(mlflow_metrics(metrics), step=0)
-        run.set_tags({"test_images": metrics["images"]})  # a count, not a measurement
+        run.set_tags({"test_images": summary["images"]})  # a count, not a measurement
         for path in outputs.BY_STAGE["evaluate"]:  # at the run's root (the compare view's), named apart
-            run.log_artifact(root / path, name="test_metrics.json" if path == outputs.EVALUATE_METRICS else None)
+            run.log_artifact(root / path, name={outputs.EVALUATE_METRICS: "test_metrics.json",
+                                                outputs.EVALUATE_SUMMARY: "test_summary.json"}.get(path))
     shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics

@@ -21,13 +21,14 @@ from pipeline.models.file import load_model
 from pipeline.plots import draw_history, save_png
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
+from pipeline.tracking.store import portable_uri
 from pipeline.training import checkpoint, loop
 from pipeline.training import distributed as dist
 from pipeline.training.device import resolve_device
 
 PARAMS = (
     "data.task", "data.image_size", "augment.train", "augment.eval", "augment.random_order",
-    "augment.offline", "model.lr_mult", "loss", "optimizer", "scheduler", "precision", "train",
+    "augment.offline", "augment.device", "model.lr_mult", "loss", "optimizer", "scheduler", "precision", "train",
     "tracking",
 )
 
@@ -51,6 +52,7 @@ def train(view: ParamsView) -> dict[str, Any]:
     tracking_cfg = view["tracking"] if ctx.is_main else {**view["tracking"], "enabled": False}
     with tracking.start_run(tracking_cfg, repo_root=root, run_name=f"{task}-{info.config['name']}",
                             run_id=state["run_id"] if state else None) as run:
+        run.monitor_system(view["tracking"]["system_metrics"], resumed=state is not None)
         if state is None:
             run.log_params(flatten(view.all_params()))
         manifest = load_manifest(manifest_path)
@@ -68,18 +70,22 @@ def train(view: ParamsView) -> dict[str, Any]:
         history = loop.fit(trainer, run, root=root, fingerprint=fp, state=state)
 
         stopper, monitor = trainer.stopper, trainer.monitor
-        metrics = {**{k: v for k, v in history[-1].items() if k != "epoch"}, "epochs_run": len(history),
-                   "best_epoch": stopper.best_epoch, f"best_{monitor}": stopper.best,
-                   "stopped_early": stopper.should_stop}
+        # metrics.json is the score `dvc exp show` leads with (the best weights' monitored value); how the
+        # run went (epochs, where it stopped, the last epoch's row) is a record: summary.json.
+        metrics = {f"best_{monitor}": stopper.best}
+        summary = {"monitor": monitor, "best_epoch": stopper.best_epoch, "epochs_run": len(history),
+                   "stopped_early": stopper.should_stop, "last_epoch": history[-1]}
         if ctx.is_main:
+            write_json(root / outputs.TRAIN_SUMMARY, summary)
             write_json(root / outputs.TRAIN_METRICS, metrics)
-            write_json(root / outputs.TRAIN_RUN, {"run_id": run.run_id, "tracking_uri": run.uri})
+            write_json(root / outputs.TRAIN_RUN, {"run_id": run.run_id,
+                                                  "tracking_uri": portable_uri(run.uri, root)})
             save_png(root / outputs.TRAIN_HISTORY_PNG, draw_history(history))
             write_text(root / outputs.TRAIN_PARAMS, yaml.safe_dump(view.all_params(), sort_keys=False))
             for path in (outputs.TRAIN_HISTORY, outputs.TRAIN_HISTORY_PNG, outputs.TRAIN_PARAMS):
                 run.log_artifact(root / path)  # at the root, where the compare view looks
             # Counts and indices are not curves: the outcome is tags; the best score, a metric at its epoch.
-            run.set_tags({key: metrics[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
+            run.set_tags({key: summary[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
             run.log_metrics({f"best_{monitor}": stopper.best}, step=stopper.best_epoch)
             run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
             print(f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "

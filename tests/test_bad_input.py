@@ -4,7 +4,10 @@ Every case runs a stage as ``dvc repro`` would (its ``main``, in-process) in a t
 and model stages already ran, and asserts: exit status 2; a message that names the file and line of the
 params key at fault (config), or the path at fault (data and run faults); no traceback; and nothing
 written or half-written: every file of the workspace is byte-identical afterwards (outputs, and a
-dvc.lock left there as DVC would). Config faults are all refused by the first stage, before any work.
+dvc.lock left there as DVC would). Config faults are refused before any work: by the validate stage
+(``dvc repro`` runs it first; it reads every key), and also by the stage that runs alone: YAML and schema
+faults by every stage (split here), a semantic check's fault by each stage that reads its key (the first
+after validate here).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from pipeline.config.checks import key_parts
 from tests.conftest import REPO, make_workspace, write_params
 
 
@@ -39,45 +44,61 @@ class Case:
 
 # --- config faults: refused at validate time, located ---------------------------------------------
 
+def _first_reader(key: str) -> str:
+    """The first stage of dvc.yaml after ``validate`` (which reads every key and refuses every case:
+    :func:`test_the_validate_stage_refuses_every_config_fault`) whose PARAMS hold ``key`` (or a section
+    around it): the stage that refuses it when run alone (``dvc repro -s``)."""
+    parts = key_parts(key)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+    order = [stage["cmd"].split()[-1].removeprefix("stages.") for stage in stages]
+    order.remove("validate")
+    return next(stage for stage in order if any(parts[: len(key_parts(k))] == key_parts(k)
+                                                for k in importlib.import_module(f"stages.{stage}").PARAMS))
+
+
 def _aug(spec: list) -> dict:
     return {"augment.train": spec}
 
 
 CONFIG = [
-    Case("scheduler-gamma-not-a-number", "StepLR when stepped", "scheduler.params.gamma",
+    Case("scheduler-gamma-not-a-number", "StepLR when stepped", "scheduler.params.gamma", stage="train",
          overrides={"scheduler": {"name": "StepLR", "params": {"step_size": 2, "gamma": "abc"}}}),
-    Case("scheduler-missing-argument", "missing required argument 'step_size'", "scheduler.params",
+    Case("scheduler-missing-argument", "missing required argument 'step_size'", "scheduler.params", stage="train",
          overrides={"scheduler": {"name": "StepLR", "params": {"gamma": 0.5}}}),
-    Case("scheduler-unknown", "did you mean 'StepLR'", "scheduler.name", overrides={"scheduler.name": "StepLRR"}),
-    Case("scheduler-bad-factor", "Factor should be < 1.0", "scheduler.params.factor",
+    Case("scheduler-unknown", "did you mean 'StepLR'", "scheduler.name", stage="train",
+         overrides={"scheduler.name": "StepLRR"}),
+    Case("scheduler-bad-factor", "Factor should be < 1.0", "scheduler.params.factor", stage="train",
          overrides={"scheduler": {"name": "ReduceLROnPlateau", "params": {"factor": 2.0}}}),
-    Case("scheduler-plateau-per-step", "per epoch", "scheduler.interval",
+    Case("scheduler-plateau-per-step", "per epoch", "scheduler.interval", stage="train",
          overrides={"scheduler": {"name": "ReduceLROnPlateau", "interval": "step", "params": {}}}),
-    Case("scheduler-warmup-both", "not both", "scheduler.warmup",
+    Case("scheduler-warmup-both", "not both", "scheduler.warmup", stage="train",
          overrides={"scheduler.warmup": {"epochs": 1, "steps": 5, "start_factor": 0.1}}),
-    Case("scheduler-warmup-too-long", "leave nothing of train.epochs", "scheduler.warmup.epochs",
+    Case("scheduler-warmup-too-long", "leave nothing of train.epochs", "scheduler.warmup.epochs", stage="train",
          overrides={"scheduler.warmup": {"epochs": 2, "steps": 0, "start_factor": 0.1}}),
-    Case("scheduler-none-with-params", "takes no params", "scheduler.params",
+    Case("scheduler-none-with-params", "takes no params", "scheduler.params", stage="train",
          overrides={"scheduler": {"name": "none", "params": {"gamma": 0.5}}}),
-    Case("focal-alpha-not-a-number", "focal:", "loss.params.alpha",
+    Case("focal-alpha-not-a-number", "focal:", "loss.params.alpha", stage="train",
          overrides={"loss": {"name": "focal", "params": {"alpha": "high"}}}),
-    Case("loss-unknown", "did you mean 'dice'", "loss.name", overrides={"loss.name": "dicee"}),
-    Case("loss-wrong-mode", "is for multi-class tasks", "loss.name",
+    Case("loss-unknown", "did you mean 'dice'", "loss.name", stage="train", overrides={"loss.name": "dicee"}),
+    Case("loss-wrong-mode", "is for multi-class tasks", "loss.name", stage="train",
          overrides={"loss.name": "cross_entropy", "data.num_classes": 2}),
-    Case("loss-unexpected-argument", "did you mean 'smooth'", "loss.params.smoth",
+    Case("loss-unexpected-argument", "did you mean 'smooth'", "loss.params.smoth", stage="train",
          overrides={"loss": {"name": "dice", "params": {"smoth": 1.0}}}),
-    Case("loss-sum-without-terms", "needs at least one term", "loss.terms",
+    Case("loss-sum-without-terms", "needs at least one term", "loss.terms", stage="train",
          overrides={"loss": {"name": "sum", "params": {}, "terms": []}}),
-    Case("loss-user-code-missing", "has no attribute", "loss.name", overrides={"loss.name": "tests.user_losses:Nope"}),
-    Case("optimizer-unknown", "did you mean 'AdamW'", "optimizer.name", overrides={"optimizer.name": "AdamWW"}),
-    Case("optimizer-bad-betas", "Invalid beta parameter", "optimizer.params.betas",
+    Case("loss-user-code-missing", "has no attribute", "loss.name", stage="train",
+         overrides={"loss.name": "tests.user_losses:Nope"}),
+    Case("optimizer-unknown", "did you mean 'AdamW'", "optimizer.name", stage="train",
+         overrides={"optimizer.name": "AdamWW"}),
+    Case("optimizer-bad-betas", "Invalid beta parameter", "optimizer.params.betas", stage="train",
          overrides={"optimizer.params": {"betas": [2.0, 0.9]}}),
-    Case("optimizer-betas-not-numbers", "AdamW:", "optimizer.params.betas",
+    Case("optimizer-betas-not-numbers", "AdamW:", "optimizer.params.betas", stage="train",
          overrides={"optimizer.params": {"betas": "abc"}}),
-    Case("optimizer-unexpected-argument", "unexpected argument", "optimizer.params.momentun",
+    Case("optimizer-unexpected-argument", "unexpected argument", "optimizer.params.momentun", stage="train",
          overrides={"optimizer.params": {"momentun": 0.9}}),
-    Case("optimizer-lr-set-twice", "set by the pipeline", "optimizer.params.lr", overrides={"optimizer.params": {"lr": 0.1}}),
-    Case("optimizer-lbfgs", "needs a closure", "optimizer.name", overrides={"optimizer.name": "LBFGS"}),
+    Case("optimizer-lr-set-twice", "set by the pipeline", "optimizer.params.lr", stage="train",
+         overrides={"optimizer.params": {"lr": 0.1}}),
+    Case("optimizer-lbfgs", "needs a closure", "optimizer.name", stage="train", overrides={"optimizer.name": "LBFGS"}),
     Case("optimizer-negative-lr", "less than or equal to the minimum", "optimizer.lr", overrides={"optimizer.lr": -1}),
     Case("image-size-negative", "-1 is less than the minimum of 8", "data.image_size[1]",
          overrides={"data.image_size": [32, -1]}),
@@ -86,22 +107,29 @@ CONFIG = [
     Case("data-root-missing", "does not exist", "data.root", overrides={"data.root": "no-such-folder"}),
     Case("fractions-do-not-sum-to-one", "must sum to 1", "split.fractions",
          overrides={"split.fractions": {"train": 0.5, "val": 0.2, "test": 0.2}}),
-    Case("augmenter-unknown", "did you mean 'Fliplr'", "augment.train[0]", overrides=_aug(["Flipr"])),
-    Case("augmenter-bad-value", "Affine", "augment.train[0].Affine.rotate",
+    Case("augmenter-unknown", "did you mean 'Fliplr'", "augment.train[0]", stage="augment", overrides=_aug(["Flipr"])),
+    Case("augmenter-bad-value", "Affine", "augment.train[0].Affine.rotate", stage="augment",
          overrides=_aug([{"Affine": {"rotate": "lots"}}])),
-    Case("augmenter-bad-mode", "fails on a test image", "augment.train[0].Affine",
+    Case("augmenter-bad-mode", "fails on a test image", "augment.train[0].Affine", stage="augment",
          overrides=_aug([{"Affine": {"rotate": [-10, 10], "mode": "reflec"}}])),
     Case("augmenter-unsafe-for-masks", "cannot handle segmentation masks", "augment.train[0].pillike.Affine",
-         overrides=_aug([{"pillike.Affine": {"rotate": [-10, 10]}}])),
-    Case("model-unknown-encoder", "unknown U-Net encoder", "model.name", overrides={"model.name": "resnet1888"}),
-    Case("freeze-pattern-matches-nothing", "matches no parameter", "model.freeze", overrides={"model.freeze": ["encoders.*"]}),
-    Case("freeze-backbone-without-weights", "every layer starts random", "model.freeze", overrides={"model.freeze": "backbone"}),
-    Case("pretrained-file-missing", "does not exist", "model.pretrained", overrides={"model.pretrained": "nowhere.pt"}),
-    Case("pretrained-wrong-extension", "unsupported extension", "model.pretrained", overrides={"model.pretrained": "w.onnx"}),
-    Case("classifier-for-segmentation", "segmentation needs source: unet", "model.source",
+         stage="augment", overrides=_aug([{"pillike.Affine": {"rotate": [-10, 10]}}])),
+    Case("model-unknown-encoder", "unknown U-Net encoder", "model.name", stage="model",
+         overrides={"model.name": "resnet1888"}),
+    Case("freeze-pattern-matches-nothing", "matches no parameter", "model.freeze", stage="model",
+         overrides={"model.freeze": ["encoders.*"]}),
+    Case("freeze-backbone-without-weights", "every layer starts random", "model.freeze", stage="model",
+         overrides={"model.freeze": "backbone"}),
+    Case("pretrained-file-missing", "does not exist", "model.pretrained", stage="model",
+         overrides={"model.pretrained": "nowhere.pt"}),
+    Case("pretrained-wrong-extension", "unsupported extension", "model.pretrained", stage="model",
+         overrides={"model.pretrained": "w.onnx"}),
+    Case("classifier-for-segmentation", "segmentation needs source: unet", "model.source", stage="model",
          overrides={"model.source": "timm", "model.name": "resnet10t"}),
-    Case("fp16-on-cpu", "fp16 needs a CUDA GPU", "precision.dtype", overrides={"precision.dtype": "fp16"}),
-    Case("tracking-file-store", "file store", "tracking.uri", overrides={"tracking.enabled": True, "tracking.uri": "./mlruns"}),
+    Case("fp16-on-cpu", "fp16 needs a CUDA GPU", "precision.dtype", stage="train",
+         overrides={"precision.dtype": "fp16"}),
+    Case("tracking-file-store", "file store", "tracking.uri", stage="train",
+         overrides={"tracking.enabled": True, "tracking.uri": "./mlruns"}),
     Case("yaml-duplicate-key", "duplicate key", "loss.name", replace={"  name: dice_bce": "  name: dice_bce\n  name: dice"}),
     Case("yaml-syntax-error", "", None, replace={"loss:\n": "loss: [\n"}),
 ]
@@ -204,6 +232,8 @@ def base_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("case", CONFIG + DATA + RUN, ids=lambda c: c.id)
 def test_bad_input_is_refused_located_and_nothing_is_written(case: Case, base_workspace: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]):
+    if case in CONFIG and case.key is not None and case.stage != "split":  # a check's fault: its key's stage
+        assert case.stage == _first_reader(case.key), case.key
     ws = tmp_path / "ws"
     shutil.copytree(base_workspace, ws)
     params = write_params(ws / "params.yaml", ws / "params.yaml", replace=case.replace, **case.overrides)
@@ -225,6 +255,23 @@ def test_bad_input_is_refused_located_and_nothing_is_written(case: Case, base_wo
         assert str(params) in err or str(ws) in err, err
     assert _snapshot(ws) == before, "the failed stage wrote or changed files"
     assert not (ws / "PWNED").exists(), "a planted payload ran"
+
+
+@pytest.mark.parametrize("case", [c for c in CONFIG if c.key is not None], ids=lambda c: c.id)
+def test_the_validate_stage_refuses_every_config_fault(case: Case, base_workspace: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]):
+    """``dvc repro`` runs the validate stage first: it refuses every config fault, located, before any
+    other stage works, and writes nothing."""
+    ws = tmp_path / "ws"
+    shutil.copytree(base_workspace, ws)
+    params = write_params(ws / "params.yaml", ws / "params.yaml", replace=case.replace, **case.overrides)
+    before = _snapshot(ws)
+    capsys.readouterr()
+    assert importlib.import_module("stages.validate").main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(params))}:\d+:\d+: {re.escape(case.key)}: ", err), err
+    assert case.expect in err and "Traceback" not in err, err
+    assert _snapshot(ws) == before
 
 
 def test_a_dozen_independent_errors_are_all_reported(tmp_path: Path):

@@ -136,6 +136,19 @@ def resolve_tracking_uri(uri: str, repo_root: str | os.PathLike[str]) -> str:
     return uri.rstrip("/") if scheme in ("http", "https") else uri
 
 
+def portable_uri(uri: str | None, repo_root: str | os.PathLike[str]) -> str | None:
+    """``uri`` as a file in git may hold it: a store inside the repository relative to its root (the
+    ``sqlite:///mlflow.db`` a user wrote), so the file is the same in every clone; others unchanged."""
+    if uri is None or _scheme(uri)[0] not in ("sqlite", "file"):
+        return uri
+    path = sqlite_path(uri) if _scheme(uri)[0] == "sqlite" else Path(unquote(urlsplit(uri).path))
+    root = original_repo_root(repo_root)
+    if path is None or not path.is_absolute() or not path.is_relative_to(root):
+        return uri
+    relative = path.relative_to(root).as_posix()
+    return f"sqlite:///{relative}" if _scheme(uri)[0] == "sqlite" else relative
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (PipelineError) when the store cannot be reached, instead of MLflow's minutes of
     retries in the middle of a run: a server must answer HTTP, a database must accept TCP."""

@@ -54,7 +54,7 @@ def test_segmentation_predictions_score_exactly_what_evaluate_scored(segmentatio
         assert predicted.shape == truth.shape and set(np.unique(predicted)) <= {0, 1}
         counts += confusion_counts(torch.from_numpy(truth), torch.from_numpy(predicted.copy()), 2)
     evaluated = json.loads((ws / "outputs/evaluate/metrics.json").read_text())
-    assert counts.tolist() == evaluated["confusion_matrix"]
+    assert counts.tolist() == json.loads((ws / "outputs/evaluate/summary.json").read_text())["confusion_matrix"]
     assert segmentation_metrics(counts)["dice"] == evaluated["dice"]
 
 

@@ -67,10 +67,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_segmentation_end_to_end(segmentation_workspace: Path):
     out, metrics, manifest = run_evaluate(segmentation_workspace)
+    summary = json.loads((out / "summary.json").read_text())
     n_test = len(manifest["splits"]["test"])
-    assert metrics["images"] == n_test > 0
-    assert metrics["class_names"] == ["background", "foreground"]
-    matrix = torch.tensor(metrics["confusion_matrix"])
+    assert summary["images"] == n_test > 0
+    assert summary["class_names"] == ["background", "foreground"]
+    matrix = torch.tensor(summary["confusion_matrix"])
+    # metrics.json holds scores only: what `dvc metrics show` and `dvc exp show` list as columns
+    assert all(isinstance(v, float) for v in metrics.values()) and "images" not in metrics
     assert matrix.sum().item() == n_test * SIZE * SIZE  # every test pixel counted once
     expected = segmentation_metrics(matrix, ["background", "foreground"])
     for key in ("dice", "iou", "pixel_accuracy", "dice/background", "dice/foreground", "iou/foreground"):
@@ -94,7 +97,8 @@ def test_classification_end_to_end(classification_workspace: Path):
     rows = read_csv(out / "confusion.csv")
     assert [r["image"] for r in rows] == [e["image"] for e in test]  # one row per test image
     assert [r["actual"] for r in rows] == [names[e["label"]] for e in test]
-    matrix = metrics["confusion_matrix"]
+    matrix = json.loads((out / "summary.json").read_text())["confusion_matrix"]
+    assert all(isinstance(v, float) for v in metrics.values())
     for i, actual in enumerate(names):
         for j, predicted in enumerate(names):
             assert matrix[i][j] == sum(1 for r in rows if (r["actual"], r["predicted"]) == (actual, predicted))
@@ -165,9 +169,10 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
     assert run.data.params["evaluate.overlays"] == "3"
     assert run.info.status == "FINISHED"
     assert "test_images" not in run.data.metrics  # a count: a tag
-    assert run.data.tags["test_images"] == str(metrics["images"])
+    summary = json.loads((workspace / "outputs/evaluate/summary.json").read_text())
+    assert run.data.tags["test_images"] == str(summary["images"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}  # at the root: the compare view's level
-    assert logged == {"test_metrics.json", "confusion.csv", "confusion.png", "overlays.png"}
+    assert logged == {"test_metrics.json", "test_summary.json", "confusion.csv", "confusion.png", "overlays.png"}
 
 
 def test_a_failure_midway_leaves_the_previous_outputs_whole(segmentation_workspace: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -54,7 +55,10 @@ def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     assert max(r["val_dice"] for r in rows[1:]) > rows[0]["val_dice"]
     out = tmp_path / "outputs/train"
     metrics = yaml.safe_load((out / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 4 and metrics["best_val_dice"] == max(r["val_dice"] for r in rows)
+    summary = yaml.safe_load((out / "summary.json").read_text())
+    assert metrics == {"best_val_dice": max(r["val_dice"] for r in rows)}  # the score; the record apart
+    assert summary["epochs_run"] == 4 and summary["last_epoch"] == rows[-1]
+    assert rows[summary["best_epoch"] - 1]["val_dice"] == metrics["best_val_dice"]
     model, info = load_model(out / "best.safetensors")
     assert info.num_outputs == 1
     assert yaml.safe_load((out / "run.json").read_text()) == {"run_id": None, "tracking_uri": None}
@@ -64,8 +68,11 @@ def _weights(ws: Path) -> dict[str, torch.Tensor]:
     return torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset):
-    overrides = {"train.epochs": 4, "train.deterministic": True}
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, workers):
+    """Also with DataLoader workers that persist across epochs: each sample is seeded from (epoch seed,
+    index) in whichever worker loads it, so the resumed epochs draw what the uninterrupted run drew."""
+    overrides = {"train.epochs": 4, "train.deterministic": True, "train.workers": workers}
     whole = train_workspace(tmp_path / "whole", shapes_dataset, **overrides)
     assert train_stage.main(["--params", str(whole)]) == 0
 
@@ -135,25 +142,35 @@ def test_early_stopping(tmp_path, shapes_dataset, capsys):
     assert train_stage.main(["--params", str(params)]) == 0
     assert len(train_history(params)) == 2  # nothing beats epoch 1 by 100: stop after one stale epoch
     assert "early stop after epoch 2" in capsys.readouterr().out
-    metrics = yaml.safe_load((tmp_path / "outputs/train/metrics.json").read_text())
-    assert metrics["stopped_early"] is True and metrics["best_epoch"] == 1
+    summary = yaml.safe_load((tmp_path / "outputs/train/summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["best_epoch"] == 1
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, monkeypatch):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = train_workspace(tmp_path, shapes_dataset, **{"tracking.enabled": True, "tracking.uri": uri,
-                                                          "tracking.experiment": "t", "train.epochs": 2})
+    params = train_workspace(tmp_path, shapes_dataset, **{
+        "tracking.enabled": True, "tracking.uri": "sqlite:///mlflow.db", "tracking.experiment": "t",
+        "tracking.system_metrics": 0.2, "train.epochs": 2})
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert train_stage.main(["--params", str(params)]) == 0
-    run_id = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())["run_id"]
+    run_json = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())
+    # run.json is committed to git: the store as written, relative to the repo, never this machine's path
+    assert run_json["tracking_uri"] == "sqlite:///mlflow.db" and str(tmp_path) not in str(run_json)
+    run_id = run_json["run_id"]
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.name"] == "dice_bce" and run.data.params["train.epochs"] == "2"
     assert len(run.data.params) > 60
     assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2]
+    waits = client.get_metric_history(run_id, "data_wait")  # the share of each epoch spent waiting for data
+    assert [m.step for m in waits] == [1, 2] and all(0.0 <= m.value <= 1.0 for m in waits)
+    # MLflow's system metrics, sampled every 0.2 s while training ran (GPU ones only on a GPU machine)
+    cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0.0 <= m.value <= 100.0 * os.cpu_count() for m in cpu)
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
     assert run.data.tags["dataset_fingerprint"]
     names = {a.path for a in client.list_artifacts(run_id)} | \
             {a.path for a in client.list_artifacts(run_id, "weights")}

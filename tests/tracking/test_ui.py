@@ -19,7 +19,7 @@ MLFLOW_JS = Path(__import__("mlflow").__file__).parent / "server/js/build/static
 
 # Where each file of a pipeline run lands: the run's root, one name each (the compare view's level).
 ROOT_ARTIFACTS = {"history.csv", "history.png", "params.resolved.yaml", "augment_preview.png",
-                  "test_metrics.json", "confusion.csv", "confusion.png", "overlays.png"}
+                  "test_metrics.json", "test_summary.json", "confusion.csv", "confusion.png", "overlays.png"}
 
 
 def _cfg(uri: str, experiment: str) -> dict:
@@ -146,15 +146,19 @@ def test_only_measurements_are_metrics(two_runs, mlflow_server):
         run = client.get_run(run_id)
         evaluated = json.loads((root / "outputs/evaluate/metrics.json").read_text())
         trained = json.loads((root / "outputs/train/metrics.json").read_text())
+        record = json.loads((root / "outputs/train/summary.json").read_text())
+        tested = json.loads((root / "outputs/evaluate/summary.json").read_text())
         assert not {"test_images", "epochs_run", "best_epoch", "stopped_early"} & set(run.data.metrics)
-        assert run.data.tags["test_images"] == str(evaluated["images"]) == str(len(
+        assert run.data.tags["test_images"] == str(tested["images"]) == str(len(
             json.loads((root / "outputs/split/manifest.json").read_text())["splits"]["test"]))
         assert run.data.tags["epochs_run"] == "2" and run.data.tags["stopped_early"] == "false"
-        assert run.data.tags["best_epoch"] == str(trained["best_epoch"])
+        assert run.data.tags["best_epoch"] == str(record["best_epoch"])
         best = client.get_metric_history(run_id, "best_val_dice")
-        assert [(m.step, m.value) for m in best] == [(trained["best_epoch"], pytest.approx(trained["best_val_dice"]))]
-        per_epoch = {"train_loss", "val_loss", "val_dice", "val_iou", "val_pixel_accuracy", "lr", "images_per_s"}
+        assert [(m.step, m.value) for m in best] == [(record["best_epoch"], pytest.approx(trained["best_val_dice"]))]
+        per_epoch = {"train_loss", "val_loss", "val_dice", "val_iou", "val_pixel_accuracy", "lr", "images_per_s",
+                     "data_wait"}
         tested = {k if k.startswith("test_") else f"test_{k}" for k, v in evaluated.items() if isinstance(v, float)}
-        assert set(run.data.metrics) == per_epoch | tested | {"best_val_dice"}
+        measured = {k for k in run.data.metrics if not k.startswith("system/")}  # MLflow's own, sampled
+        assert measured == per_epoch | tested | {"best_val_dice"}
         for key in per_epoch:
             assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
