@@ -109,14 +109,17 @@ def allocate_shards(folder: Path, shards: list[dict[str, Any]], first_image: np.
     return arrays
 
 
-def read_index(cache_dir: str | Path) -> dict[str, Any]:
+def read_index(cache_dir: str | Path, *, stage: str = "augment") -> dict[str, Any]:
+    """A cache folder's ``index.json`` (this offline cache's, or the decode stage's: ``stage`` names the
+    stage that writes it, for the message when it is missing or unreadable)."""
     path = Path(cache_dir) / INDEX
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the augment stage first (dvc repro augment)") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the augment stage") from None
+        raise PipelineError(f"{path} not found: run the {stage} stage first (dvc repro {stage})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path} is not a readable index ({exc}); re-run the {stage} stage "
+                            f"(dvc repro {stage})") from None
 
 
 class OfflineCacheDataset(torch.utils.data.Dataset):

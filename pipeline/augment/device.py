@@ -113,7 +113,11 @@ def _walk(aug: Any, item: Any, key: str, problems: list[Problem]) -> None:
 def fallback_problems(spec: list, *, task: str, random_order: bool = False, key: str = "augment.train") -> list[Problem]:
     """Each augmenter in ``spec`` without a device version, at its key (``augment.train[3].Jigsaw``);
     [] when the whole chain runs on the device. A bad spec raises the builder's ComponentError."""
-    sequential = build_augmenter(spec, task=task, random_order=random_order, key=key)
+    return _fallbacks(build_augmenter(spec, task=task, random_order=random_order, key=key), spec, key)
+
+
+def _fallbacks(sequential: Any, spec: list, key: str) -> list[Problem]:
+    """:func:`fallback_problems` of the chain ``spec`` built as ``sequential``."""
     problems: list[Problem] = []
     for i, (aug, item) in enumerate(zip(sequential, spec)):
         _walk(aug, item, f"{key}[{i}]", problems)
@@ -128,9 +132,8 @@ def fallback_reasons(spec: list, *, task: str = "segmentation", random_order: bo
 
 def device_plan(spec: list, *, task: str, random_order: bool = False, key: str = "augment.train") -> "DevicePlan | None":
     """The chain as a :class:`DevicePlan`, or None when some augmenter has no device version."""
-    if fallback_problems(spec, task=task, random_order=random_order, key=key):
-        return None
-    return DevicePlan(build_augmenter(spec, task=task, random_order=random_order, key=key))
+    sequential = build_augmenter(spec, task=task, random_order=random_order, key=key)
+    return None if _fallbacks(sequential, spec, key) else DevicePlan(sequential)
 
 
 def resolve_where(setting: str, spec: list, *, task: str, random_order: bool, device_type: str,

@@ -189,13 +189,8 @@ def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> Non
 
 
 def read_index(cache_dir: str | Path) -> dict[str, Any]:
-    path = Path(cache_dir) / INDEX
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the decode stage first (dvc repro decode)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path} is not a readable index ({exc}); {REBUILD}") from None
+    """The decode stage's ``index.json`` (:func:`pipeline.augment.cache.read_index`, named for it)."""
+    return offline_cache.read_index(cache_dir, stage="decode")
 
 
 def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int]) -> None:

@@ -28,6 +28,11 @@ from pipeline.config.building import blamed_attempt, check_binding, required_arg
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import Registry, is_import_path
 
+# The schedule advances on every optimizer step, fp16 steps the GradScaler skipped included (knowing
+# which were skipped would cost a host sync per step); a skipped first step would make torch warn
+# "lr_scheduler.step() before optimizer.step()" about exactly that. Said once here, not per step.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+
 # Need Python callables or scheduler objects, which params.yaml cannot hold (warmup is built in).
 UNSUPPORTED = {
     "LambdaLR": "LambdaLR needs a Python function; write a 'module.path:Class' scheduler instead",
@@ -158,15 +163,12 @@ class LRSchedule:
     def step_batch(self) -> None:
         """After every optimizer step, skipped fp16 steps included: whether the scaler skipped one is
         known on the device only (asking would be a host sync per step), and a skip is one step of a
-        schedule's thousands. torch's "lr_scheduler.step() before optimizer.step()" warning, which a
-        skipped first step would raise, is therefore silenced here."""
+        schedule's thousands (torch's warning about it is silenced once, at import: see above)."""
         self.steps_done += 1
         if self.warming and self.warm_unit == "step":
             self._advance_warmup(self.steps_done)
         elif not self.warming and self.interval == "step" and self.main is not None:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                self.main.step()
+            self.main.step()
 
     def step_epoch(self, metrics: dict[str, float] | None = None) -> None:
         """After each epoch's validation; ReduceLROnPlateau gets ``metrics[monitor]``."""
