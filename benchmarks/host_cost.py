@@ -3,8 +3,8 @@
 On realistic JPEGs it generates (640x480 photos-like images: gradients, shapes, sensor noise, quality
 90), resized to ``--size`` px, with the ``augment.train`` chain of a params file (default params.yaml):
 
-- online: what a DataLoader worker does per sample without a cache: decode the JPEG, resize, run the
-  imgaug chain (``ManifestDataset`` + ``AugmentTransform``);
+- online: what a DataLoader worker does per sample without a cache: seed the sample's RNGs, decode
+  the JPEG, resize, run the imgaug chain (``SeededSamples`` over ``ManifestDataset`` + ``AugmentTransform``);
 - fast: read the sample from the decoded cache (``pipeline/data/decoded.py``, written once by the decode
   stage) plus the host share of augmentation on the device: drawing the batch's parameters with imgaug's
   own stochastic parameters (``DevicePlan.draw``, per batch, divided by the batch size). The torch ops
@@ -40,6 +40,7 @@ from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.decoded import DecodedDataset, write_decoded  # noqa: E402
 from pipeline.data.manifest import Manifest  # noqa: E402
 from pipeline.data.split import build_manifest  # noqa: E402
+from pipeline.training.feed import SeededSamples  # noqa: E402
 
 
 def realistic_jpegs(root: Path, count: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> None:
@@ -83,19 +84,22 @@ def measure(spec: list, *, size: int = 224, images: int = 32, batch: int = 32, r
             manifest = Manifest(**build_manifest(root, task="classification", root_as_written=str(root),
                                                  num_classes=None, seed=0, stratify=False,
                                                  fractions={"train": 0.8, "val": 0.1, "test": 0.1}))
-            online = ManifestDataset(manifest, "train", root=root, image_size=[size, size],
-                                     transform=build_transform(spec, task="classification", random_order=random_order))
+            online = SeededSamples(ManifestDataset(manifest, "train", root=root, image_size=[size, size],
+                                                   transform=build_transform(spec, task="classification",
+                                                                             random_order=random_order)))
             n = len(online)
             result: dict[str, Any] = {"size": size, "images": n, "batch": batch, "source": "640x480 JPEG q90"}
-            result["online"] = _best_ms(n, lambda: [online[i] for i in range(n)], rounds)
+            result["online"] = _best_ms(n, lambda: [online[(0, 7, i)] for i in range(n)], rounds)
             plan = device_plan(spec, task="classification", random_order=random_order)
             if plan is None:
                 result |= {"fast": None, "ratio": None,
                            "fallback": fallback_reasons(spec, task="classification", random_order=random_order)}
                 return result
             write_decoded(Path(tmp) / "decoded", manifest, root=root, image_size=[size, size], workers=1)
-            cached = DecodedDataset(Path(tmp) / "decoded", manifest, "train", root=root, image_size=[size, size])
-            result["read"] = _best_ms(n, lambda: [cached[i] for i in range(n)], rounds)
+            # read as the training loader does: keyed samples, no per-sample transform to seed for
+            cached = SeededSamples(DecodedDataset(Path(tmp) / "decoded", manifest, "train", root=root,
+                                                  image_size=[size, size]))
+            result["read"] = _best_ms(n, lambda: [cached[(0, 7, i)] for i in range(n)], rounds)
             result["draw"] = _best_ms(batch, lambda: plan.draw(batch, (size, size), 3, seed=7), rounds)
             result["fast"] = result["read"] + result["draw"]
             result["ratio"] = result["online"] / result["fast"]

@@ -64,6 +64,9 @@ class SeededSamples(Dataset):
     def __init__(self, dataset: Any):
         self.dataset = dataset
         self._epoch: int | None = None
+        # Only a per-sample transform draws randomness here; without one (augmentation on the device,
+        # the offline cache) seeding would only add its 18 us to a sample the decoded cache reads in 11.
+        self._seeded = getattr(dataset, "transform", None) is not None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -74,7 +77,8 @@ class SeededSamples(Dataset):
             if get_worker_info() is not None and hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             self._epoch = epoch
-        seed_sample(seed, index)
+        if self._seeded:
+            seed_sample(seed, index)
         return self.dataset[index]
 
 

@@ -134,3 +134,25 @@ def test_auto_workers_follow_the_cores():
     assert resolve_workers("auto", cores=16, local_processes=8) == 2
     assert resolve_workers("auto", cores=1, local_processes=4) == 1
     assert resolve_workers(0) == 0 and resolve_workers(3) == 3
+
+
+def test_samples_without_a_per_sample_transform_are_not_seeded(augmented):
+    """With augmentation on the device (or the offline cache) a worker draws nothing per sample:
+    seeding would only add its cost to a read from the decoded cache."""
+    import copy
+
+    import numpy as np
+
+    from pipeline.training.feed import SeededSamples
+
+    plain = copy.copy(augmented)
+    plain.transform = None
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    SeededSamples(plain)[(0, 5, 0)]
+    assert np.random.random() == expected  # the global RNG was not reseeded
+    seeded = SeededSamples(augmented)
+    np.random.seed(123)
+    seeded[(0, 5, 0)]
+    assert np.random.random() != expected
