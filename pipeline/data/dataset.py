@@ -1,4 +1,5 @@
-"""A split of the manifest as a torch Dataset: images and masks decoded lazily from disk, resized to
+"""A split of the manifest as a torch Dataset: images and masks decoded lazily from disk (upright, and
+images by their real range: ``pipeline.data.images``), resized to
 ``data.image_size``, augmented by the declared transform. Images are returned as uint8 tensors:
 normalisation happens on the device, later."""
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.config.errors import PipelineError
-from pipeline.data.files import DECODE_ERRORS, decode_error_reason, mask_array, mask_to_classes
+from pipeline.data.files import mask_array, mask_to_classes
+from pipeline.data.images import open_image, to_rgb
 from pipeline.data.manifest import Manifest
 
 # (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
@@ -21,21 +23,11 @@ Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.nd
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def open_image(path: Path) -> Image.Image:
-    """A decoded image; :class:`PipelineError` naming the path and why it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except DECODE_ERRORS as exc:
-        size = path.stat().st_size if path.exists() else None
-        raise PipelineError(f"{path}: cannot decode image ({decode_error_reason(exc, size)})") from None
-
-
-def rgb_resized(image: Image.Image, hw: tuple[int, int]) -> np.ndarray:
-    """The image as the model sees it before augmentation: RGB, resized bilinearly to (height, width),
-    HxWx3 uint8 and writable. Training, evaluation and predict all prepare images here."""
-    image = image.convert("RGB")
+def rgb_resized(image: Image.Image, hw: tuple[int, int], where: str | Path = "image") -> np.ndarray:
+    """The image as the model sees it before augmentation: 8-bit RGB by its real range (16-bit and float
+    images scaled, not clipped: ``images.to_rgb``), resized bilinearly to (height, width), HxWx3 uint8
+    and writable. Training, evaluation and predict all prepare images here; ``where`` names it in errors."""
+    image = to_rgb(image, where)
     if image.size != (hw[1], hw[0]):
         image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
@@ -95,6 +87,7 @@ class ManifestDataset(torch.utils.data.Dataset):
 
 
     def _open(self, rel: str) -> Image.Image:
+        """Image or mask ``rel``, decoded and upright (EXIF orientation: ``images.open_image``)."""
         return open_image(self.root / rel)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -113,7 +106,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             if mask_image.size != (self.width, self.height):
                 mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
             mask = np.array(mask_image, dtype=np.uint8)
-        return rgb_resized(image, (self.height, self.width)), mask
+        return rgb_resized(image, (self.height, self.width), self.root / entry["image"]), mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
