@@ -131,6 +131,15 @@ def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
+def data_path_key(real_root: Path, rel: str) -> str:
+    """The identity of a data file named ``rel`` under the data root ``real_root`` (already resolved):
+    its path with symlinks followed, relative to the root, in POSIX form. ``img/a.png``,
+    ``./img/a.png``, ``img//a.png`` and ``img/../img/a.png`` are one file, ``img/a.png``; a file is
+    named by this key wherever files are compared or stored. ValueError when the path leads outside
+    the root; OSError (or RuntimeError, a symlink loop) when it cannot be resolved."""
+    return (real_root / rel).resolve().relative_to(real_root).as_posix()
+
+
 def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> list[Problem]:
     """What is wrong with the dataset's folders: data.root, and for segmentation the image and mask
     folders, which must lie inside it. Shared by ``validate`` and the split stage."""

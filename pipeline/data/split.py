@@ -8,13 +8,13 @@ class dealt into the splits in proportion); every file lands in exactly one spli
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
-from pipeline.data.assign import assign, assign_folds, assign_groups, fraction_problem, group_keys
+from pipeline.data.assign import (assign, assign_folds, assign_groups, fraction_problem, group_by_problem,
+                                  group_keys)
 from pipeline.data.files import check_mask_classes, segmentation_class_names, several
 from pipeline.data.leakage import cross_split_duplicates, pair_names
 from pipeline.data.manifest import SPLITS
@@ -55,7 +55,8 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
     groups = group_keys([e["image"] for e in entries], group_by) if group_by else None
     if folds:
         where = assign_folds(groups or [e["image"] for e in entries], labels, test_fraction=fractions["test"],
-                             folds=folds, fold=fold, seed=seed, stratify=stratified)
+                             folds=folds, fold=fold, seed=seed, stratify=stratified,
+                             unit="groups" if groups else "files")
     elif groups is not None:
         where = assign_groups(groups, labels, [float(fractions[s]) for s in SPLITS], seed, stratified)
     else:
@@ -107,21 +108,15 @@ def describe(manifest: dict[str, Any]) -> str:
 
 @semantic_check("split")
 def _check_split(params: Any) -> list[Problem]:
-    """Fractions sum to 1; group_by is 'folder' or a pattern with one capture group; fold fits folds."""
+    """Fractions sum to 1; group_by is 'folder' or a pattern with one capture group that cannot
+    backtrack catastrophically (the split stage's own check, :func:`group_by_problem`); fold fits folds."""
     cfg, problems = params.get("split"), []
     problem = fraction_problem(cfg["fractions"])
     if problem:
         problems.append(Problem("split.fractions", problem))
-    group_by = cfg["group_by"]
-    if group_by not in (None, "folder"):
-        try:
-            captures = re.compile(group_by).groups
-        except re.error as exc:
-            problems.append(Problem("split.group_by", f"'{group_by}' is not a regular expression ({exc})"))
-        else:
-            if captures != 1:
-                problems.append(Problem("split.group_by", f"'{group_by}' has {captures} capture groups; it needs "
-                                        "exactly one, naming the group (e.g. '^(.+)_\\d+$')"))
+    problem = group_by_problem(cfg["group_by"]) if cfg["group_by"] is not None else None
+    if problem:
+        problems.append(Problem("split.group_by", problem))
     if cfg["folds"] is None and cfg["fold"] != 0:
         problems.append(Problem("split.fold", f"fold {cfg['fold']} needs split.folds (the number of folds)"))
     elif cfg["folds"] is not None and cfg["fold"] >= cfg["folds"]:
