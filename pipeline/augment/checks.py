@@ -40,10 +40,11 @@ def augment_problems(spec: Any, *, task: str, key: str, image_size: int | list[i
     return builder.problems
 
 
-@semantic_check("augment", "data.task", "data.image_size")
+@semantic_check("augment", "data.task", "data.image_size", stand_ins={"data.image_size": (None,)})
 def check_augment(params: Params) -> list[Problem]:
     """Augmenter names exist, their arguments bind and their values are accepted, and for
-    segmentation every augmenter can carry the mask along."""
+    segmentation every augmenter can carry the mask along. With data.image_size rejected, nothing is
+    tried on an image (a size the file does not give could only invent problems)."""
     task, size = params.get("data.task"), params.get("data.image_size")
     problems = []
     for section in ("train", "eval"):

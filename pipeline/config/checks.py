@@ -5,26 +5,44 @@ of which section is declared once (:func:`declare_check_modules`, done by :mod:`
 so :func:`run_checks` imports only the modules of the sections it checks: a stage runs the checks of
 the keys it reads (``keys=``), ``validate`` all of them. A check never downloads, decodes a dataset or
 opens a network connection (it may look at files: data.root, weights, a labels CSV).
+
+Every independent problem is reported at once, so a check is not silenced by a bad key it merely
+reads. A check has a subject (what it validates) and context (other keys it reads). When the schema
+rejects something in its subject, the check is skipped: it may trust the shape of what it judges.
+When the schema rejects a context key, the check runs on stand-ins for that key instead, once per
+combination of stand-in values, and reports only the problems that every run found (same key, same
+message) and that neither lie at the rejected key nor name it: what holds whatever the key's value
+is does not depend on it (``loss.name: dcie`` under either ``data.task``), while what one value
+causes (``dice_bce is for binary tasks`` under ``classification``) is left for the next run, when
+the key is valid. The stand-ins are every value the schema allows when it names them all (an enum,
+a boolean), else those the check declares (``stand_ins=``: a value that causes no problem of its
+own, such as a long run for ``train.epochs``); with neither, the check is skipped as before.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from pipeline.config import schema
 from pipeline.config.errors import Problem
 
 if TYPE_CHECKING:
     from pipeline.config.params import Params
 
 Check = Callable[["Params"], Iterable[Problem]]
+KeyParts = tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class RegisteredCheck:
-    inputs: tuple[tuple[str, ...], ...]  # inputs[0] is the subject
+    inputs: tuple[KeyParts, ...]  # inputs[0] is the subject, the rest its context
     fn: Check
+    stand_ins: Mapping[KeyParts, tuple[Any, ...]] = field(default_factory=dict)  # context key -> values
 
 
 _CHECKS: list[RegisteredCheck] = []
@@ -36,18 +54,25 @@ def key_parts(key: str) -> tuple[str, ...]:
     return tuple(part for part in key.replace("[", ".").replace("]", "").split(".") if part)
 
 
-def semantic_check(*inputs: str) -> Callable[[Check], Check]:
+def semantic_check(*inputs: str, stand_ins: Mapping[str, Sequence[Any]] | None = None) -> Callable[[Check], Check]:
     """Register ``fn(params) -> problems`` reading the dotted keys ``inputs`` (a section, or single
     keys). The first input is what the check validates (its subject): a stage runs it when it reads a
-    key inside or around the subject; the others are context it reads. It is skipped only when the
-    schema rejected one of its inputs (or something inside one), so it may trust their shape; a problem
-    elsewhere in the file never hides it."""
+    key inside or around the subject; the others are context it reads. It is skipped when the schema
+    rejected something in its subject, so it may trust that shape; when the schema rejected a context
+    key, it runs on stand-ins for it (its enum's values, else ``stand_ins[key]``; see the module
+    docstring) and reports what holds for all of them. A problem elsewhere in the file never hides it."""
     if not inputs:
         raise TypeError("semantic_check needs the keys the check reads, its subject first")
+    context = [key_parts(k) for k in inputs[1:]]
+    declared = {key_parts(k): tuple(values) for k, values in (stand_ins or {}).items()}
+    for key, values in declared.items():
+        if key not in context or not values:
+            raise TypeError(f"stand_ins[{'.'.join(key)!r}]: stand-ins are values for a context key "
+                            f"({', '.join(inputs[1:]) or 'none'}), at least one")
 
     def register(fn: Check) -> Check:
         if not any(r.fn is fn for r in _CHECKS):
-            _CHECKS.append(RegisteredCheck(tuple(key_parts(k) for k in inputs), fn))
+            _CHECKS.append(RegisteredCheck(tuple(key_parts(k) for k in inputs), fn, declared))
         return fn
 
     return register
@@ -79,14 +104,62 @@ def registered_checks(keys: Iterable[str] | None = None) -> list[RegisteredCheck
 
 
 def run_checks(params: "Params", rejected_keys: Iterable[str], keys: Iterable[str] | None = None) -> list[Problem]:
-    """The checks of ``keys`` (all when None) whose inputs the schema accepted."""
+    """The problems the checks of ``keys`` (all when None) find, given the keys the schema rejected:
+    a check whose subject was rejected is skipped, one whose context was rejected runs on stand-ins."""
     if not _CHECKS and not _MODULES:
         raise RuntimeError("no semantic checks are registered; load params through "
                            "pipeline.components.load_params")
     rejected = [key_parts(k) for k in rejected_keys]
     problems: list[Problem] = []
     for registered in registered_checks(keys):
-        if any(_overlaps(r, i) for r in rejected for i in registered.inputs):
-            continue
-        problems.extend(registered.fn(params))
+        problems.extend(_run(registered, params, rejected))
     return problems
+
+
+def _run(registered: RegisteredCheck, params: "Params", rejected: list[KeyParts]) -> list[Problem]:
+    subject, *context = registered.inputs
+    if any(_overlaps(r, subject) for r in rejected):
+        return []
+    bad = [key for key in context if any(_overlaps(r, key) for r in rejected)]
+    if not bad:
+        return _unique(registered.fn(params))
+    values = [registered.stand_ins.get(key) or _schema_choices(key) for key in bad]
+    if not all(values):
+        return []  # nothing can stand in for a rejected key it reads
+    runs = [_unique(registered.fn(_standing_in(params, dict(zip(bad, combination)))))
+            for combination in itertools.product(*values)]
+    everywhere = set.intersection(*({(p.key, p.message) for p in run} for run in runs))
+    return [p for p in runs[0] if (p.key, p.message) in everywhere and not _about(p, bad)]
+
+
+def _unique(problems: Iterable[Problem]) -> list[Problem]:
+    """``problems`` in order, each (key, message) once."""
+    first: dict[tuple[str, str], Problem] = {}
+    for p in problems:
+        first.setdefault((p.key, p.message), p)
+    return list(first.values())
+
+
+def _about(problem: Problem, keys: list[KeyParts]) -> bool:
+    """The problem lies at, inside or around one of ``keys``, or names it: the schema has said what
+    is wrong there, and a stand-in's consequences are no finding."""
+    where = key_parts(problem.key)
+    return any((where and _overlaps(where, key)) or ".".join(key) in problem.message for key in keys)
+
+
+def _standing_in(params: "Params", values: dict[KeyParts, Any]) -> "Params":
+    """A copy of ``params`` with each key of ``values`` set to its value."""
+    data = copy.deepcopy(params.data)
+    for key, value in values.items():
+        node = data
+        for part in key[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[key[-1]] = copy.deepcopy(value)
+    return dataclasses.replace(params, data=data)
+
+
+def _schema_choices(key: KeyParts) -> tuple[Any, ...]:
+    """Every value the schema allows at ``key`` when it names them all (an enum, a boolean), else ()."""
+    return schema.choices(key)

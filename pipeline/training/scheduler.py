@@ -274,9 +274,10 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
                    what=f"{cfg['name']} when stepped")
 
 
-@semantic_check("scheduler", "train.epochs")
+@semantic_check("scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)})
 def check_scheduler(params: Any) -> list[Problem]:
-    """Build the declared schedule (the train stage's own builder) and step it across epochs."""
+    """Build the declared schedule (the train stage's own builder) and step it across epochs. With
+    train.epochs rejected it runs for a long stand-in, which no warmup outlasts."""
     try:
         exercise_scheduler(params.get("scheduler"), epochs=params.get("train.epochs"))
     except ComponentError as exc:
