@@ -7,12 +7,15 @@ them with the split stage's own code (80/10/10), decodes train and val at ``--si
 every training sample, on one core (the process is pinned, torch single-threaded), as a DataLoader
 worker runs it. Each dataset is read once untimed first (files and shards in the page cache), then
 ``--repeats`` times timed; printed: mean and median microseconds per sample, for ``__getitem__`` and
-for ``load`` (the HxWx3 arrays a CPU transform receives).
+for ``load`` (the HxWx3 arrays a CPU transform receives). Also timed: the check training makes of
+every shard's size and sha256 before its first epoch (shards in the page cache), on this cache and,
+with ``--verify-mb``, on a synthetic shard set of that many MB.
 
 Not a test: run it by hand, on a quiet machine.
 
     python benchmarks/decode_bench.py
     python benchmarks/decode_bench.py --samples 500 --size 224 --json decode.json
+    python benchmarks/decode_bench.py --verify-mb 500
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.decoded import DecodedDataset, human_bytes, write_decoded  # noqa: E402
+from pipeline.data.decoded_index import record_shard, verify_shards  # noqa: E402
 from pipeline.data.manifest import Manifest  # noqa: E402
 from pipeline.data.split import build_manifest  # noqa: E402
 from pipeline.data.synthetic import generate_segmentation  # noqa: E402
@@ -44,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="data.image_size, px (default 224)")
     p.add_argument("--workers", type=int, default=2, help="processes for the parallel cache write (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the training set (default 3)")
+    p.add_argument("--verify-mb", type=int, default=0,
+                   help="also time the shard check on a synthetic shard set of this many MB (default: none)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -59,6 +66,33 @@ def time_reads(read: Callable[[int], Any], n: int, repeats: int) -> list[float]:
             read(i)
             times.append(time.perf_counter() - started)
     return times
+
+
+def time_verify(cache: Path, index: dict[str, Any]) -> tuple[int, float]:
+    """(bytes, seconds) of the check training makes before its first epoch: every shard's size and
+    sha256 (:func:`pipeline.data.decoded_index.verify_shards`), best of 3."""
+    best, checked = float("inf"), 0
+    for _ in range(3):
+        started = time.perf_counter()
+        checked = sum(verify_shards(cache / s["folder"], s["shards"]) for s in index["splits"].values())
+        best = min(best, time.perf_counter() - started)
+    return checked, best
+
+
+def synthetic_shards(folder: Path, megabytes: int) -> dict[str, Any]:
+    """An index of ``megabytes`` MB of random uint8 shards (512 MB each at most) in ``folder``/train."""
+    (folder / "train").mkdir(parents=True)
+    shards, left, number = [], megabytes * 10**6, 0
+    rng = np.random.default_rng(0)
+    while left > 0:
+        rows = min(left, 512 << 20) // (3 * 224 * 224) + 1
+        shard = {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}
+        np.save(folder / "train" / shard["images"], rng.integers(0, 256, (rows, 3, 224, 224), np.uint8))
+        np.save(folder / "train" / shard["targets"], np.zeros(rows, np.int64))
+        record_shard(folder / "train", shard)
+        shards.append(shard)
+        left, number = left - rows * 3 * 224 * 224, number + 1
+    return {"splits": {"train": {"folder": "train", "shards": shards}}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         write_decoded(cache, manifest, root=data, image_size=size, workers=args.workers)
         write_many = time.perf_counter() - started
         cached = sum(s["count"] for s in index["splits"].values())
+        verified = time_verify(cache, index)
+        synthetic = time_verify(Path(tmp) / "synthetic", synthetic_shards(Path(tmp) / "synthetic", args.verify_mb)) \
+            if args.verify_mb else None
 
         if hasattr(os, "sched_setaffinity"):  # one core, as a DataLoader worker
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -86,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {
             "samples_train": len(files), "source_px": args.source_size, "size_px": args.size,
             "cache_bytes": index["bytes"], "write_images_per_s_1_process": cached / write_one,
-            f"write_images_per_s_{args.workers}_processes": cached / write_many}
+            f"write_images_per_s_{args.workers}_processes": cached / write_many,
+            "verify_bytes": verified[0], "verify_s": verified[1]}
+        if synthetic:
+            results.update(verify_synthetic_bytes=synthetic[0], verify_synthetic_s=synthetic[1])
         for name, dataset in (("ManifestDataset", files), ("DecodedDataset", decoded)):
             results[name] = {}
             for what, read in (("getitem", dataset.__getitem__), ("load", dataset.load)):
@@ -102,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ManifestDataset", "DecodedDataset"):
             r = results[name][what]
             print(f"  {name:16s} {label:30s} mean {r['mean_us']:8.1f} us, median {r['median_us']:8.1f} us")
+    for label, (checked, seconds) in (("this cache", verified), ("synthetic shards", synthetic or (0, 0.0))):
+        if checked:
+            print(f"  shard check before training (sizes + sha256, page cache), {label}: {human_bytes(checked)} in "
+                  f"{1e3 * seconds:.1f} ms ({checked / 1e6 / max(seconds, 1e-9):.0f} MB/s)")
     speedup = results["ManifestDataset"]["getitem"]["mean_us"] / results["DecodedDataset"]["getitem"]["mean_us"]
     print(f"  reading a sample from the cache is {speedup:.0f}x faster")
     if args.json:

@@ -2,17 +2,25 @@
 
 Every stage output goes through here. Data is written to a temporary sibling (same directory, so the
 final ``os.replace`` is a rename on one file system) and renamed into place only once complete.
+
+A temporary name carries its writer's pid: ``.{name}.pid{PID}.{random}.tmp`` (a file or a folder), and
+``.{name}.old-{PID}`` for the folder being replaced. A writer that was killed leaves its temporary
+behind; the next write of the same ``name`` removes those whose pid is no longer running, and the
+repository's ``.gitignore`` ignores these names, so ``git add`` never picks one up.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline.processes import process_running
 
 
 def _current_umask() -> int:
@@ -24,12 +32,42 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.pid{os.getpid()}."
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Remove the temporaries of ``final`` (files or folders beside it) left by writers that are no
+    longer running; return them. Those of running writers, this process's included, are kept."""
+    stale = re.compile(re.escape(f".{final.name}.") + r"(?:pid(\d+)\.[A-Za-z0-9_]+\.tmp|old-(\d+))")
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = stale.fullmatch(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid <= 0 or process_running(pid):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_stale_temps(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -67,7 +105,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (a directory) as a whole."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp

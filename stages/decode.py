@@ -1,8 +1,10 @@
 """The decode stage: decode and resize every train and val image (and mask) once, for every epoch.
 
 ``python -m stages.decode`` writes ``outputs/decode/`` (memory-mapped uint8 shards and an
-``index.json`` tying them to the manifest and ``data.image_size``), or with ``data.cache: none`` an
-index saying there is no cache. Training and validation then read samples from it instead of
+``index.json`` tying them to the manifest and ``data.image_size`` and recording each shard's size and
+sha256, which training checks before its first epoch), or with ``data.cache: none`` an index saying
+there is no cache. A killed run leaves no worker behind, and its partial ``outputs/.decode.pid*.tmp/``
+goes at the next run. Training and validation then read samples from it instead of
 decoding files each epoch. The work is :mod:`pipeline.data.decoded`.
 """
 from __future__ import annotations

@@ -8,18 +8,18 @@ Each split's folder has the offline augmentation cache's shards (:mod:`pipeline.
 ``shard-NNNNN.images.npy`` uint8 [n,3,H,W], ``shard-NNNNN.targets.npy`` uint8 masks [n,H,W] or int64
 labels [n]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
 image_size, num_classes, manifest_fingerprint (the data files), manifest_digest (what a re-split
-changes), bytes, and per split its count, folder, shapes, dtypes and shards.
+changes), bytes, and per split its count, folder, shapes, dtypes and shards, each with its files'
+byte sizes and sha256. What the reader checks before it trusts them: :mod:`pipeline.data.decoded_index`.
 """
 from __future__ import annotations
 
 import bisect
 import concurrent.futures
-import hashlib
-import json
 import multiprocessing
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,24 +32,15 @@ from pipeline.augment import cache as offline_cache
 from pipeline.augment.cache import allocate_shards
 from pipeline.config.errors import PipelineError
 from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw
+from pipeline.data.decoded_index import (FORMAT_VERSION, INDEX, REBUILD, SPLITS, check_index, manifest_digest,
+                                         read_index, record_shard, split_layout, verify_shards)
 from pipeline.data.manifest import Manifest
+from pipeline.processes import dying_with_parent
 
-FORMAT_VERSION = 1
-INDEX = "index.json"
-SPLITS = ("train", "val")  # what training reads every epoch
 SHARD_BYTES = 512 << 20  # samples per shard: as many as fit in this many bytes
 PARALLEL_FROM = 256  # samples; below this a process pool costs more than it saves
 CHUNK = 32  # samples per pool job
-REBUILD = "rebuild it: dvc repro decode"
-
-
-def manifest_digest(manifest: Manifest) -> str:
-    """A hash of what the cached arrays depend on in the manifest beyond its data fingerprint: the
-    task, the class count (masks are mapped to class indices) and the cached splits' entries. A
-    re-split with another seed keeps the fingerprint (same files) but changes this."""
-    content = {"task": manifest.task, "num_classes": manifest.num_classes,
-               "splits": {s: manifest.splits.get(s, []) for s in SPLITS}}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+VERIFY_NOTE_SECONDS = 2.0  # a shard check taking longer is said on stderr
 
 
 def human_bytes(n: float) -> str:
@@ -108,6 +99,9 @@ def write_decoded(cache_dir: str | Path, manifest: Manifest, *, root: str | Path
         jobs = [(name, start, min(start + CHUNK, len(d))) for name, d in sets.items()
                 for start in range(0, len(d), CHUNK)]
         _run(writer, jobs, _workers(workers, sum(len(d) for d in sets.values()), len(jobs)))
+        for name, split in splits.items():
+            for shard in split["shards"]:
+                record_shard(tmp / name, shard)
         index = {"enabled": True, "format": FORMAT_VERSION, "task": manifest.task,
                  "image_size": [height, width], "num_classes": manifest.num_classes,
                  "manifest_fingerprint": manifest.fingerprint, "manifest_digest": manifest_digest(manifest),
@@ -179,8 +173,8 @@ def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> Non
             writer(job)
         return
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_install,
-                                                  initargs=(writer,))
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=dying_with_parent(_install),
+                                                  initargs=(writer,))  # no worker outlives a killed stage
     try:
         for _ in pool.map(_job, jobs):
             pass
@@ -188,32 +182,13 @@ def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> Non
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def read_index(cache_dir: str | Path) -> dict[str, Any]:
-    """The decode stage's ``index.json`` (:func:`pipeline.augment.cache.read_index`, named for it)."""
-    return offline_cache.read_index(cache_dir, stage="decode")
-
-
-def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int]) -> None:
-    """Refuse a cache that was not decoded from this manifest at this size."""
-    if not index.get("enabled"):
-        raise PipelineError(f"{cache_dir} holds no decoded images (data.cache was none when the decode "
-                            "stage ran); set data.cache: decoded and run dvc repro decode")
-    if index.get("format") != FORMAT_VERSION:
-        raise PipelineError(f"{cache_dir}: cache format {index.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
-    for what, cached, wanted in (
-            ("task", index.get("task"), manifest.task),
-            ("image size", index.get("image_size"), list(hw)),
-            ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
-            ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest))):
-        if cached != wanted:
-            raise PipelineError(f"{cache_dir} was decoded for another {what} ({cached!r}, now {wanted!r}); {REBUILD}")
-
-
 class DecodedDataset(ManifestDataset):
     """One split read from the decoded cache: ``(image uint8 [3,H,W], target)`` exactly as
     :class:`ManifestDataset` returns it, with the same ``transform``, ``batch_transform`` and
     ``set_epoch``. The shards are memory-mapped lazily in the process that reads (each DataLoader
-    worker maps its own; pickling drops them)."""
+    worker maps its own; pickling drops them). Before that, :mod:`pipeline.data.decoded_index` checks
+    the index and every shard's size and sha256: a cache that changed after the decode stage wrote it
+    is refused here, before the first epoch."""
 
     def __init__(self, cache_dir: str | Path, manifest: Manifest, split: str, *, root: str | Path,
                  image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
@@ -223,20 +198,41 @@ class DecodedDataset(ManifestDataset):
         self.cache_dir = Path(cache_dir)
         index = read_index(self.cache_dir)
         check_index(index, self.cache_dir, manifest, (self.height, self.width))
-        if split not in index["splits"]:
-            raise PipelineError(f"{self.cache_dir} holds the splits {', '.join(index['splits'])}, not {split!r}")
-        cached = index["splits"][split]  # its entries are this manifest's (manifest_digest)
-        self.folder = self.cache_dir / cached["folder"]
-        self.shards, self._starts = cached["shards"], [s["start"] for s in cached["shards"]]
+        self.folder, self.shards = split_layout(index, self.cache_dir, split, task=self.task,
+                                                hw=(self.height, self.width), count=len(self.entries))
+        self._starts = [s["start"] for s in self.shards]
+        started = time.perf_counter()
+        checked = verify_shards(self.folder, self.shards)
+        seconds = time.perf_counter() - started
+        if seconds > VERIFY_NOTE_SECONDS:
+            print(f"note: checked the decoded {split} shards ({human_bytes(checked)}) in {seconds:.1f} s",
+                  file=sys.stderr)
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._map_shards()  # shapes and dtypes checked here, once; each reading process maps its own
+
+    def _map_shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every shard memory-mapped, refused unless its arrays have the index's shapes and dtypes."""
+        arrays = []
+        for shard in self.shards:
+            pair = []
+            for kind, dtype, shape in (("images", np.uint8, (3, self.height, self.width)),
+                                       ("targets", np.uint8 if self.task == "segmentation" else np.int64,
+                                        (self.height, self.width) if self.task == "segmentation" else ())):
+                path = self.folder / shard[kind]
+                try:
+                    array = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise PipelineError(f"{path}: cannot read this shard ({exc}); {REBUILD}") from None
+                if array.dtype != dtype or array.shape != (shard["count"], *shape):
+                    raise PipelineError(f"{path}: holds {array.dtype} {list(array.shape)}, not {np.dtype(dtype)} "
+                                        f"{[shard['count'], *shape]}; {REBUILD}")
+                pair.append(array)
+            arrays.append((pair[0], pair[1]))
+        return arrays
 
     def _open_shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._arrays is None:
-            try:
-                self._arrays = [(np.load(self.folder / s["images"], mmap_mode="r"),
-                                 np.load(self.folder / s["targets"], mmap_mode="r")) for s in self.shards]
-            except (OSError, ValueError) as exc:
-                raise PipelineError(f"{self.folder}: cannot read a shard ({exc}); {REBUILD}") from None
+            self._arrays = self._map_shards()
         return self._arrays
 
     def _row(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:

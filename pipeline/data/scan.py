@@ -19,7 +19,9 @@ from PIL import Image
 from pipeline.config.errors import PipelineError
 from pipeline.data.files import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, decode_error_reason,
                                  folder_problems, inside, mask_values, several)
+from pipeline.data.images import orient
 from pipeline.data.labels import read_labels
+from pipeline.processes import dying_with_parent
 
 
 CHUNK = 256  # files per pool task at least: per-file futures would cost more than tiny reads
@@ -52,6 +54,7 @@ def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+            orient(image)  # the upright size, as the dataset reads it (a mask matches the upright image)
             values = mask_values(image, path) if is_mask else ()
             return ScannedFile(rel, digest, image.size, values)
     except DECODE_ERRORS as exc:
@@ -73,7 +76,8 @@ def scan_files(root: Path, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile
         return _scan_chunk(str(root), jobs)
     size = max(CHUNK, len(jobs) // (cpus * 8))
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    with ProcessPoolExecutor(cpus, mp_context=mp.get_context("fork")) as pool:
+    with ProcessPoolExecutor(cpus, mp_context=mp.get_context("fork"),
+                             initializer=dying_with_parent()) as pool:  # no worker outlives a killed stage
         return [scanned for part in pool.map(functools.partial(_scan_chunk, str(root)), chunks) for scanned in part]
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from pipeline import outputs, plots
 from pipeline.atomic import write_json, write_text
 from pipeline.config.errors import PipelineError
+from pipeline.processes import dying_with_parent
 from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
 from pipeline.training.scoring import score
 from pipeline.training.threads import resolve_workers
@@ -86,7 +87,8 @@ def run_test_set(model: Any, dataset: Any, loss_fn: Any, plan: Any, device: torc
     """One pass over the test set (``model`` in eval mode): the loss, the confusion meter, the
     confusion-plot rows and the first ``cfg["overlays"]`` images with their predictions."""
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=False,
-                        num_workers=resolve_workers(cfg["workers"]), pin_memory=device.type == "cuda")
+                        num_workers=resolve_workers(cfg["workers"]), pin_memory=device.type == "cuda",
+                        worker_init_fn=dying_with_parent())  # no worker outlives a killed stage
     meter = make_meter(task, len(class_names), threshold=cfg["threshold"], class_names=class_names)
     pixels = len(dataset) * image_hw[0] * image_hw[1]
     samples = TestSamples(task, threshold=cfg["threshold"], overlays=cfg["overlays"],

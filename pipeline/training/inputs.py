@@ -17,6 +17,7 @@ from pipeline.config.params import ParamsView
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.decoded import open_split
 from pipeline.data.manifest import Manifest
+from pipeline.processes import dying_with_parent
 from pipeline.seeding import worker_init_fn
 from pipeline.training.feed import SeededSamples, epoch_keys
 from pipeline.training.device import resolve_device
@@ -28,7 +29,8 @@ def make_loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuf
     """A DataLoader as the ``train`` section asks. Its workers persist for the whole run (no fork per
     epoch). The training loader (``shuffle``: shuffled, a ragged last batch dropped) reads
     :class:`~pipeline.training.feed.EpochKeys` through :class:`~pipeline.training.feed.SeededSamples`:
-    call ``loader.sampler.set_epoch(epoch, seed)`` before each epoch."""
+    call ``loader.sampler.set_epoch(epoch, seed)`` before each epoch. Its workers die with this process
+    (:func:`pipeline.processes.die_with_parent`), even when it is killed."""
     workers = resolve_workers(cfg["workers"])
     share = len(sampler) if sampler is not None else len(dataset)  # this rank's samples
     if shuffle:
@@ -36,7 +38,7 @@ def make_loader(dataset: Any, cfg: dict[str, Any], device: torch.device, *, shuf
         dataset = SeededSamples(dataset)
     return DataLoader(
         dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers,
-        worker_init_fn=worker_init_fn if workers else None, generator=generator,
+        worker_init_fn=dying_with_parent(worker_init_fn) if workers else None, generator=generator,
         pin_memory=device.type == "cuda", drop_last=shuffle and share > cfg["batch_size"],
         prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
 
