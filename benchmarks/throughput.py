@@ -231,7 +231,7 @@ def synthetic_batch(task: str, batch: int, size: int, num_outputs: int) -> tuple
 
 def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(a): plain PyTorch on float tensors already normalised on the device."""
-    model, info = load_model(init)
+    model, info = load_model(init, trust_code=True)  # the model stage's output of this workspace
     device, cfg, opt_cfg = plan.device, view["train"], view["optimizer"]
     net = model.to(device)
     if plan.channels_last:
@@ -265,7 +265,7 @@ def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Call
 
 def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
     """(b): ``make_train_step`` with the stage's loss and optimizer, uint8 batches from the host."""
-    model, info = load_model(init)
+    model, info = load_model(init, trust_code=True)  # the model stage's output of this workspace
     net = plan.prepare_model(model)
     net.train()
     loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)

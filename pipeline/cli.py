@@ -90,9 +90,11 @@ def _predict(args: argparse.Namespace) -> int:
     from pipeline.inference.predictor import Predictor
     from pipeline.tracking.model import local_weights
 
-    predictor = Predictor.from_file(local_weights(args.model), device=args.device, threshold=args.threshold,
-                                    flip_tta=args.tta)
-    done = predict_files(predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays)
+    model = local_weights(args.model)
+    predictor = Predictor.from_file(model, device=args.device, threshold=args.threshold, flip_tta=args.tta,
+                                    trust_code=args.trust_code)
+    done = predict_files(predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays,
+                         model=model)
     what = "predictions.csv" if predictor.task == "classification" else "masks/"
     print(f"predict: {done.predicted} image(s) -> {Path(args.out) / what}")
     for path, reason in done.failed:
@@ -107,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
     from pipeline.tracking.model import local_weights
 
     report = export_model(local_weights(args.model), args.format, Path(args.out), tolerance=args.tolerance,
-                          opset=args.opset, dynamic_size=not args.fixed_size)
+                          opset=args.opset, dynamic_size=not args.fixed_size, trust_code=args.trust_code)
     print(f"export: {report.summary()}")
     return 0
 
@@ -147,6 +149,10 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+TRUST_HELP = ("load a model file whose recipe names your own code (module.path:attr), importing and running it; "
+              "only for files you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline",
                                      description="Declarative PyTorch image training: params.yaml tools.")
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the model file's, 0.5)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--overlays", action="store_true", help="segmentation: also write the masks drawn on the images")
+    p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_predict)
     p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, checked against PyTorch")
     export_defaults = fill_defaults({"export": {}})["export"]  # the export section's, as the stage uses them
@@ -186,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=export_defaults["tolerance"],
                    help="largest absolute logit difference from PyTorch allowed (default: %(default)s)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's image size")
+    p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_export)
     p = sub.add_parser("schema", help="regenerate the editor-completion schema fragments from the registries")
     p.add_argument("--check", action="store_true", help="only report out-of-date fragments (exit 1)")

@@ -52,7 +52,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
                               transform=build_transform(view["augment.eval"], task=task))
     if len(dataset) == 0:
         raise PipelineError("the test split is empty; raise split.fractions.test")
-    model, info = load_model(weights)
+    model, info = load_model(weights, trust_code=True)  # train wrote it from params.yaml's own model
     k = manifest.num_classes
     num_outputs = int(info.config["num_outputs"])
     if num_outputs not in (k, 1 if k == 2 else k):

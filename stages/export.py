@@ -25,7 +25,8 @@ def export(view: ParamsView) -> ExportReport:
     cfg = view["export"]
     weights = outputs.require(view.root, outputs.TRAIN_BEST)
     report = export_model(weights, "onnx", view.root / outputs.EXPORT_ONNX, tolerance=cfg["tolerance"],
-                          opset=cfg["opset"], dynamic_size=cfg["dynamic_size"])
+                          opset=cfg["opset"], dynamic_size=cfg["dynamic_size"],
+                          trust_code=True)  # train wrote it from params.yaml's own model
     print(f"export: {report.summary()}")
     return report
 

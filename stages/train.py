@@ -45,7 +45,8 @@ def train(view: ParamsView) -> dict[str, Any]:
                                  **{key: view[key] for key in PARAMS if key != "tracking"}}, inputs)
     ckpt_path = root / outputs.TRAIN_CHECKPOINT / "last.pt"
     state = checkpoint.load_resumable(ckpt_path, fp) if cfg["resume"] else None  # every rank: same file
-    model, info = load_model(init_path)
+    # The model stage wrote this file from params.yaml, whose own code (model.name) is the user's to run.
+    model, info = load_model(init_path, trust_code=True)
     ctx, device = dist.setup(cfg["devices"], resolve_device(cfg["device"], key="train.device"))
     # Opening the run first fails fast on an unreachable tracking server, before any work. Only rank 0
     # records anything; the other ranks get the do-nothing run.

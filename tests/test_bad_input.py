@@ -132,6 +132,10 @@ CONFIG = [
          overrides={"tracking.enabled": True, "tracking.uri": "./mlruns"}),
     Case("yaml-duplicate-key", "duplicate key", "loss.name", replace={"  name: dice_bce": "  name: dice_bce\n  name: dice"}),
     Case("yaml-syntax-error", "", None, replace={"loss:\n": "loss: [\n"}),
+    Case("group-by-backtracks", "backtracks through exponentially many ways", "split.group_by",
+         overrides={"split.group_by": "^((?:a+)+)$"}),
+    Case("group-by-overlapping-alternatives", "repeats a part that can match the same text", "split.group_by",
+         overrides={"split.group_by": "^((?:a|a)+)_"}),
 ]
 
 
@@ -159,7 +163,26 @@ def _resized_mask(ws: Path) -> Path:
     return path
 
 
+LABELLED = {"data.task": "classification", "data.labels": "labels.csv", "model.source": "timm",
+            "model.name": "test_resnet", "loss": {"name": "cross_entropy", "params": {}, "terms": []}}
+
+
+def _labels(content: bytes) -> Callable[[Path], Path]:
+    def plant(ws: Path) -> Path:
+        path = ws / "data" / "labels.csv"
+        path.write_bytes(content)
+        return path
+    return plant
+
+
 DATA = [
+    Case("labels-one-image-two-spellings", "./images/shape_0001.png is images/shape_0001.png, listed again "
+         "(first on line 2)", overrides=LABELLED,
+         plant=_labels(b"path,label\nimages/shape_0001.png,circle\n./images/shape_0001.png,square\n")),
+    Case("labels-not-utf8", "labels.csv:3: byte 0xe9 at column 4 is not UTF-8", overrides=LABELLED,
+         plant=_labels(b"path,label\nimages/shape_0001.png,x\ncaf\xe9.png,y\n")),
+    Case("labels-huge-field", "labels.csv:2: a field longer than 131072 characters", overrides=LABELLED,
+         plant=_labels(b"path,label\n" + b"b" * 140_000 + b".png,x\n")),
     Case("truncated-image", "truncated", plant=_damage("images/shape_0001.png", lambda b: b[: len(b) // 2])),
     Case("empty-image", "empty file (0 bytes)", plant=_damage("images/shape_0002.png", b"")),
     Case("not-an-image", "not an image format PIL can read", plant=_damage("images/shape_0004.png", b"hello")),

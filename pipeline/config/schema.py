@@ -11,6 +11,7 @@ import copy
 import difflib
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import referencing
 from jsonschema.exceptions import ValidationError, best_match
 from referencing.jsonschema import DRAFT202012
 
-from pipeline.config.errors import Problem
+from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.yaml_source import KeyPath, Marks, dotted
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -95,8 +96,9 @@ def _fill(value: Any, schema: Any, resolver: referencing.Resolver) -> None:
 
 
 def validate(instance: Any, marks: Marks) -> list[Problem]:
-    """Every schema violation in ``instance``, each located by key, line and column."""
-    problems: list[Problem] = []
+    """Every schema violation in ``instance``, each located by key, line and column (a NaN or an
+    infinity is one too: JSON Schema's bounds let them through)."""
+    problems: list[Problem] = list(_non_finite(instance, (), marks))
     for error in _validator().iter_errors(instance):
         problems.extend(_explain(error, marks))
     unique = {(p.line, p.column, p.key, p.message): p for p in problems}
@@ -171,3 +173,56 @@ def _explain_alternatives(error: ValidationError, marks: Marks) -> Iterator[Prob
             yield from _explain(e, marks)
         return
     yield from _explain(best_match(context), marks)
+
+
+def _non_finite(value: Any, path: KeyPath, marks: Marks) -> Iterator[Problem]:
+    """``.nan`` and ``.inf`` anywhere: every ``minimum``/``maximum`` comparison is false for NaN, so the
+    schema alone would accept ``threshold: .nan``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield _at(path, f"{value!r} is not a finite number", marks)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, path + (key,), marks)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, path + (index,), marks)
+
+
+def value_problems(ref: str, value: Any, key: str = "") -> list[Problem]:
+    """``value`` checked against the schema at ``ref`` (``"sections/evaluate.schema.json#/properties/
+    threshold"``), each problem's key prefixed with ``key``. A command-line option and a model file's
+    recipe are judged by the very rules params.yaml is, so the three cannot drift apart."""
+    _, registry = _bundle()
+    validator = jsonschema.Draft202012Validator({"$ref": ref}, registry=registry)
+    found = list(_non_finite(value, (), Marks()))
+    for error in validator.iter_errors(value):
+        found.extend(_explain(error, Marks()))
+    unique = dict.fromkeys((p.key, p.message) for p in found)
+    return [Problem(".".join(k for k in (key, sub) if k).replace(".[", "["), message) for sub, message in unique]
+
+
+def check_value(ref: str, value: Any, name: str) -> Any:
+    """``value`` if it satisfies the schema at ``ref``, else :class:`PipelineError` naming ``name``
+    (an option such as ``--threshold``) and why, in one line."""
+    problems = value_problems(ref, value)
+    if problems:
+        raise PipelineError(f"{name} {value!r}: {problems[0].message}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def choices(key: tuple[str, ...]) -> tuple[Any, ...]:
+    """Every value params.yaml may hold at ``key`` when the schema names them all (an enum, a
+    boolean), else (): what a semantic check can stand in for a rejected key it reads."""
+    root, registry = _bundle()
+    node, resolver = _resolve(root, registry.resolver(base_uri=ROOT_SCHEMA))
+    for part in key:
+        sub = node.get("properties", {}).get(part) if isinstance(node, dict) else None
+        if sub is None:
+            return ()
+        node, resolver = _resolve(sub, resolver)
+    if not isinstance(node, dict):
+        return ()
+    if "enum" in node:
+        return tuple(node["enum"])
+    return (False, True) if node.get("type") == "boolean" else ()

@@ -46,14 +46,16 @@ from torch import nn
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config.building import one_line
 from pipeline.config.errors import PipelineError
+from pipeline.config.schema import check_value
 from pipeline.inference.predictor import Predictor
 from pipeline.models.file import META_KEY, ModelInfo
+from pipeline.overwrite import refuse_overwrite, writable_file
 from pipeline.training.device import normalise
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_TOLERANCE = 1e-4  # the export section's defaults (schemas/sections/export.schema.json)
 DEFAULT_OPSET = 20
-OPSETS = (18, 23)  # what torch's exporter implements (below it, a version converter that may fail)
+EXPORT = "sections/export.schema.json#/properties"  # the options obey these rules (opset 18 to 23: torch's)
 INPUT, OUTPUT = "images", "logits"
 CPU = torch.device("cpu")
 
@@ -135,16 +137,33 @@ def describe(info: ModelInfo, *, dynamic_size: bool, fmt: str) -> dict[str, Any]
 
 
 def export_model(weights: str | Path, fmt: str, out: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
-                 opset: int = DEFAULT_OPSET, dynamic_size: bool = True) -> ExportReport:
+                 opset: int = DEFAULT_OPSET, dynamic_size: bool = True, trust_code: bool = False) -> ExportReport:
     """Export the model file ``weights`` to ``out`` as ``fmt`` (onnx or torchscript), check it
     against PyTorch and keep it only if every logit is within ``tolerance``; else raise
-    :class:`PipelineError` and write nothing. ``dynamic_size=False`` fixes height and width."""
+    :class:`PipelineError` and write nothing. ``dynamic_size=False`` fixes height and width. The
+    options obey the export section's rules and ``out`` may not be (or replace) the model file; both
+    are checked before any work."""
     if fmt not in FORMATS:
         raise PipelineError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and not OPSETS[0] <= opset <= OPSETS[1]:
-        raise PipelineError(f"ONNX opset {opset} is not supported; use {OPSETS[0]} to {OPSETS[1]}")
-    predictor = Predictor.from_file(weights, device="cpu")
-    module, info, out = Deployable(predictor), predictor.info, Path(out)
+    check_value(f"{EXPORT}/tolerance", tolerance, "--tolerance")
+    if fmt == "onnx":
+        check_value(f"{EXPORT}/opset", opset, "--opset")
+    out = Path(out)
+    written = [out] + ([sidecar_path(out)] if fmt == "torchscript" else [])
+    for path in written:
+        writable_file(path)
+    refuse_overwrite(written, [Path(weights)])
+    try:
+        return _export(weights, fmt, out, tolerance=tolerance, opset=opset, dynamic_size=dynamic_size,
+                       trust_code=trust_code)
+    except OSError as exc:  # the folder refused the temporary file or the rename
+        raise PipelineError(f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written") from None
+
+
+def _export(weights: str | Path, fmt: str, out: Path, *, tolerance: float, opset: int, dynamic_size: bool,
+            trust_code: bool) -> ExportReport:
+    predictor = Predictor.from_file(weights, device="cpu", trust_code=trust_code)
+    module, info = Deployable(predictor), predictor.info
     (height, width), channels = info.image_hw, module.channels
     first = _images(2, channels, (height, width), seed=0)
     report = ExportReport(out, fmt, dynamic_size, tolerance)

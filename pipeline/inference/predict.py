@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import plots
-from pipeline.atomic import write_bytes, write_text
+from pipeline.atomic import write_bytes
 from pipeline.config.errors import PipelineError
-from pipeline.data.dataset import open_image
+from pipeline.config.schema import check_value
 from pipeline.data.files import IMAGE_EXTENSIONS
+from pipeline.data.images import open_image
 from pipeline.inference.predictor import Predictor, mask_at_size
+from pipeline.overwrite import refuse_overwrite, writable_folder
 
 
 @dataclass
@@ -37,14 +40,21 @@ class PredictReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def find_inputs(inputs: Sequence[str]) -> list[Path]:
+def find_inputs(inputs: Sequence[str], report: PredictReport | None = None) -> list[Path]:
     """Image files named directly, found under folders (recursively) or matched by globs, in order,
-    each once. A name that matches nothing is an error naming it."""
+    each once. A name that matches nothing is an error naming it; a broken link inside a folder goes
+    into ``report.failed`` (said at the end, never skipped without a word)."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            for p in sorted(path.rglob("*")):
+                if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if p.is_file():
+                    found.append(p)
+                elif p.is_symlink() and not p.exists() and report is not None:
+                    report.failed.append((str(p), f"a broken link (to {os.readlink(p)})"))
         elif path.is_file():
             found.append(path)
         elif glob.has_magic(item):
@@ -65,12 +75,13 @@ def _batches(paths: list[Path], predictor: Predictor, size: int,
     """Decoded and prepared inputs in batches; unreadable ones go into ``report.failed``."""
     batch: list[tuple[Path, tuple[int, int], torch.Tensor]] = []
     for path in paths:
-        try:
+        try:  # upright by EXIF, 16-bit/float by their range; a NaN image is listed as failed
             image = open_image(path)
+            prepared = predictor.prepare(image, path)
         except PipelineError as exc:
             report.failed.append((str(path), str(exc).removeprefix(f"{path}: ")))
             continue
-        batch.append((path, image.size, predictor.prepare(image)))
+        batch.append((path, image.size, prepared))
         if len(batch) == size:
             yield [b[0] for b in batch], [b[1] for b in batch], torch.stack([b[2] for b in batch])
             batch = []
@@ -84,18 +95,31 @@ def _png(array: object) -> bytes:
     return buffer.getvalue()
 
 
+def outputs_of(task: str, out: Path, *, overlays: bool) -> list[Path]:
+    """What predict writes under ``out`` for ``task``: the folders and file it may replace."""
+    if task == "classification":
+        return [out / "predictions.csv"]
+    return [out / "masks"] + ([out / "overlays"] if overlays else [])
+
+
 def predict_files(predictor: Predictor, inputs: Sequence[str], out: Path, *, batch_size: int = 16,
-                  overlays: bool = False) -> PredictReport:
-    """Predict every input and write the outputs under ``out``; returns what was done."""
-    paths = find_inputs(inputs)
+                  overlays: bool = False, model: Path | None = None) -> PredictReport:
+    """Predict every input and write the outputs under ``out``; returns what was done. Before any
+    work: ``out`` must be a writable folder whose outputs neither are nor hold an input (nor
+    ``model``, the file predicted with)."""
+    check_value("sections/evaluate.schema.json#/properties/batch_size", batch_size, "--batch-size")
+    writable_folder(out)
+    report, rows = PredictReport(), []
+    paths = find_inputs(inputs, report)
+    refuse_overwrite(outputs_of(predictor.task, out, overlays=overlays),
+                     [Path(i) for i in inputs if Path(i).exists()] + paths + ([model] if model else []))
     stems = [p.stem for p in paths]
     if predictor.task == "segmentation" and len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise PipelineError(f"inputs share a file stem ({', '.join(twice[:5])}); masks are named by stem, so "
                             "predict them into separate output folders")
     names = predictor.info.classes if predictor.task == "classification" else None
-    report, rows = PredictReport(), []
-    bar = tqdm(total=len(paths), desc="predict", unit="image", disable=None, file=sys.stderr)
+    bar = tqdm(total=len(paths) + len(report.failed), desc="predict", unit="image", disable=None, file=sys.stderr)
     for batch_paths, sizes, batch in _batches(paths, predictor, batch_size, report):
         logits = predictor.logits(batch)
         classes = predictor.classes(logits)
@@ -106,12 +130,10 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], out: Path, *, bat
         else:
             for path, size, mask, image in zip(batch_paths, sizes, classes, batch):
                 full = mask_at_size(mask, size)
-                write_bytes(out / "masks" / f"{path.stem}.png", _png(full))
-                report.written.append(out / "masks" / f"{path.stem}.png")
+                _write(out / "masks" / f"{path.stem}.png", _png(full), report)
                 if overlays:
                     picture = plots.colour_mask(image.permute(1, 2, 0).numpy(), mask.to("cpu", torch.uint8).numpy())
-                    write_bytes(out / "overlays" / f"{path.stem}.png", _png(picture))
-                    report.written.append(out / "overlays" / f"{path.stem}.png")
+                    _write(out / "overlays" / f"{path.stem}.png", _png(picture), report)
         report.predicted += len(batch_paths)
         bar.update(len(batch_paths))
     bar.update(len(report.failed))
@@ -121,6 +143,14 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], out: Path, *, bat
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "predicted", "probability", *(f"p_{name}" for name in names)])
         writer.writerows(rows)
-        write_text(out / "predictions.csv", buffer.getvalue())
-        report.written.append(out / "predictions.csv")
+        _write(out / "predictions.csv", buffer.getvalue().encode("utf-8"), report)
     return report
+
+
+def _write(path: Path, data: bytes, report: PredictReport) -> None:
+    """One output, atomically; a place that refuses it (full disk, read-only) is one line naming it."""
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise PipelineError(f"--out: cannot write {path} ({exc.strerror or exc})") from None
+    report.written.append(path)

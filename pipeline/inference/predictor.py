@@ -14,10 +14,14 @@ import torch
 from PIL import Image
 
 from pipeline.augment.transform import build_transform
+from pipeline.config.errors import PipelineError
+from pipeline.config.schema import check_value
 from pipeline.data.dataset import chw_tensor, rgb_resized
 from pipeline.models.file import ModelInfo, load_model
 from pipeline.training.device import normalise, resolve_device
 from pipeline.training.metrics import predict as classes_from_logits
+
+EVALUATE = "sections/evaluate.schema.json#/properties"  # predict's options obey the evaluate section's rules
 
 
 @dataclass
@@ -32,20 +36,33 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | Path, *, device: str = "auto", threshold: float | None = None,
-                  flip_tta: bool = False) -> "Predictor":
-        model, info = load_model(path)
+                  flip_tta: bool = False, trust_code: bool = False) -> "Predictor":
+        """The model file at ``path`` on ``device``; ``threshold`` overrides the file's. Options are
+        judged by the params.yaml rules of the evaluate keys they stand for (one line naming the
+        option, never a traceback); the file's recipe by :func:`~pipeline.models.recipe.check_recipe`."""
+        check_value(f"{EVALUATE}/device", device, "--device")
+        if threshold is not None:
+            check_value(f"{EVALUATE}/threshold", threshold, "--threshold")
+        model, info = load_model(path, trust_code=trust_code)
         where = resolve_device(device, key="--device")
-        return cls(model.to(where).eval(), info, where, info.threshold if threshold is None else float(threshold),
-                   flip_tta)
+        predictor = cls(model.to(where).eval(), info, where,
+                        info.threshold if threshold is None else float(threshold), flip_tta)
+        if info.eval_augment:
+            try:
+                predictor._transform
+            except PipelineError as exc:
+                raise PipelineError(f"{path}: invalid recipe: eval_augment: {exc}") from None
+        return predictor
 
     @property
     def task(self) -> str:
         return self.info.task
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
+    def prepare(self, image: Image.Image, where: str | Path = "image") -> torch.Tensor:
         """An image as the model takes it: uint8 [3,H,W] at the recipe's size, evaluation augmentation
-        applied (the evaluate stage's ManifestDataset does the same)."""
-        array = rgb_resized(image, self.info.image_hw)
+        applied (the evaluate stage's ManifestDataset does the same). 16-bit and float images are scaled
+        by their real range (:class:`PipelineError` naming ``where`` for values with none, e.g. NaN)."""
+        array = rgb_resized(image, self.info.image_hw, where)
         if self.info.eval_augment:
             array, _ = self._transform(array, None)
         return chw_tensor(array)

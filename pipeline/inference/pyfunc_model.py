@@ -8,11 +8,44 @@ segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
+
+
+TRUST_ENV = "YAMLTRAIN_TRUST_CODE"
+
+
+def trusts_code(model_config: dict[str, Any] | None) -> bool:
+    """Whether the loader asked to run user code a model file names (``--trust-code``'s equivalent):
+    ``mlflow.pyfunc.load_model(uri, model_config={"trust_code": True})``, or ``YAMLTRAIN_TRUST_CODE=1``
+    in the environment of ``mlflow models serve``. Off by default: a model file is data."""
+    if model_config and model_config.get("trust_code") is True:
+        return True
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def pixels(model_input: Any) -> np.ndarray:
+    """The input as uint8 without silent changes: integers (or integral floats) 0..255 only; a float
+    such as 0.5 or a value such as 300 is an error saying so in one line (never the whole array)."""
+    from mlflow.exceptions import MlflowException
+
+    values = np.asarray(model_input)
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind not in "iuf" or values.size == 0:
+        raise MlflowException.invalid_parameter_value(
+            f"expected uint8 RGB images [N, H, W, 3], got {values.dtype} values of shape {list(values.shape)}")
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
+        raise MlflowException.invalid_parameter_value("pixel values must be whole numbers 0..255; found fractions "
+                                                      "(send uint8 pixels, not normalised floats)")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        raise MlflowException.invalid_parameter_value(f"pixel values must lie in 0..255; found {low}..{high}")
+    return values.astype(np.uint8)
 
 
 class TrainedModel(PythonModel):
@@ -21,7 +54,8 @@ class TrainedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from pipeline.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_file(context.artifacts["weights"], device="auto")
+        self.predictor = Predictor.from_file(context.artifacts["weights"], device="auto",
+                                             trust_code=trusts_code(getattr(context, "model_config", None)))
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
         import torch
@@ -29,7 +63,7 @@ class TrainedModel(PythonModel):
 
         from pipeline.inference.predictor import mask_at_size
 
-        images = np.asarray(model_input, dtype=np.uint8)
+        images = pixels(model_input)
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[-1] != 3:

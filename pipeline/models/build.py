@@ -104,21 +104,8 @@ def check_model(params: Params) -> list[Problem]:
                                 "source: unet (name: classic, or a timm backbone as the encoder)"))
     if task == "classification" and source == "unet":
         problems.append(Problem("model.source", "a U-Net segments; classification needs torchvision or timm"))
-    if not is_import_path(name):
-        if source == "unet" and name != "classic":
-            import timm
-            if not timm.is_model(name):
-                problems.append(Problem("model.name", f"unknown U-Net encoder {name!r}"
-                                        f"{did_you_mean(name, ['classic', *_timm_names()])}; use classic or a "
-                                        "timm backbone (`python -m pipeline list models 'timm/*'`)"))
-        elif source == "timm":
-            import timm
-            if not timm.is_model(name):
-                problems.append(Problem("model.name", f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
-                                        "`python -m pipeline list models 'timm/*'` lists them"))
-        elif source == "torchvision" and name not in (names := _torchvision_names()):  # no timm import
-            problems.append(Problem("model.name", f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
-                                    "`python -m pipeline list models 'torchvision/*'` lists them"))
+    if not is_import_path(name) and (unknown := unknown_model(source, name)):
+        problems.append(Problem("model.name", unknown))
     pretrained = model["pretrained"]
     if pretrained is True and source == "unet" and name == "classic":
         problems.append(Problem("model.pretrained", "the classic U-Net has no library weights; use false or "
@@ -136,6 +123,33 @@ def check_model(params: Params) -> list[Problem]:
     if not any(p.key in ("model.source", "model.name", "model.freeze") for p in problems):
         problems += _build_problems(params)
     return problems
+
+
+def unknown_model(source: str, name: str) -> str | None:
+    """Why ``source``/``name`` names no model of that source's registry (None when it does), with a
+    did-you-mean. ``check_model`` and a model file's recipe check share it: a file names its
+    architecture only as data."""
+    if source == "unet":
+        if name == "classic":
+            return None
+        import timm
+        if timm.is_model(name):
+            return None
+        return (f"unknown U-Net encoder {name!r}{did_you_mean(name, ['classic', *_timm_names()])}; use classic or a "
+                "timm backbone (`python -m pipeline list models 'timm/*'`)")
+    if source == "timm":
+        import timm
+        if timm.is_model(name):
+            return None
+        return (f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
+                "`python -m pipeline list models 'timm/*'` lists them")
+    if source == "torchvision":
+        names = _torchvision_names()  # no timm import
+        if name in names:
+            return None
+        return (f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
+                "`python -m pipeline list models 'torchvision/*'` lists them")
+    return f"unknown model source {source!r}{did_you_mean(source, ['unet', 'timm', 'torchvision'])}"
 
 
 def architecture(model: dict[str, Any], *, task: str, num_classes: int, image_size: Any) -> dict[str, Any]:

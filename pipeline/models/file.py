@@ -19,10 +19,10 @@ from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.models.build import build_model
 from pipeline.models.finetune import apply_freeze, in_prefixes
+from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
 
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
-FORMAT_VERSION = 2  # 2 adds class_names, preprocess and threshold; version 1 files load with defaults
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
 # file records them; batches are normalised with them on the device (pipeline.training.device).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,25 +100,52 @@ def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> str:
     return file_sha256(path)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the module from the file's metadata, load its weights, re-apply the freezing."""
+def load_model(path: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the module from the file's metadata, load its weights, re-apply the freezing. The recipe
+    is checked first (:func:`~pipeline.models.recipe.check_recipe`; user code needs ``trust_code``),
+    then the tensors' shapes against the architecture built on the meta device, so a file that does
+    not fit is refused before any memory is spent on it."""
     from safetensors.torch import load_file
 
     path = Path(path)
     values = read_recipe(path)
-    with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
-        model = build_model(values["arch"])
-    model.load_state_dict(load_file(str(path)), strict=True)
-    # The exact tensors frozen when the file was made ("backbone" depends on what the starting weights
-    # covered, which only the model stage knew); files from before the list was recorded re-derive it.
-    recorded = values.get("frozen")
-    freeze = recorded if recorded else values["freeze"] if recorded is None else "none"
-    frozen = apply_freeze(model, freeze, values["head_prefixes"])
+    check_recipe(values, path, trust_code=trust_code)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(values["arch"])
+        _check_tensors(path, {name: tuple(t.shape) for name, t in skeleton.state_dict().items()})
+        with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
+            model = build_model(values["arch"])
+        model.load_state_dict(load_file(str(path)), strict=True)
+        # The exact tensors frozen when the file was made ("backbone" depends on what the starting weights
+        # covered, which only the model stage knew); files from before the list was recorded re-derive it.
+        recorded = values.get("frozen")
+        freeze = recorded if recorded else values["freeze"] if recorded is None else "none"
+        frozen = apply_freeze(model, freeze, values["head_prefixes"])
+    except PipelineError as exc:
+        raise PipelineError(f"{path}: {exc}") from None
+    except Exception as exc:  # a builder, a user factory or safetensors may fail in any way
+        raise PipelineError(f"{path}: cannot rebuild the model from its recipe ({one_line(exc)})") from None
     return model, ModelInfo.from_recipe(values, frozen)
 
 
+def _check_tensors(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The file holds exactly the tensors the recipe's architecture has, each of its shape."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = [f"{name} is {list(stored[name])}, the architecture's {list(shape)}"
+             for name, shape in expected.items() if name in stored and stored[name] != shape]
+    if missing or extra or wrong:
+        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra[:3])}"] if extra else []) + wrong[:3]
+        raise PipelineError(f"its tensors do not fit the recipe's architecture: {'; '.join(parts)}")
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe stored in a model file (no weights are read)."""
+    """The recipe stored in a model file (no weights are read), its version readable by this code."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -132,8 +159,4 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if META_KEY not in meta:
         raise PipelineError(f"{path} was not written by this pipeline (no {META_KEY!r} metadata); the model "
                             "stage and train write such files (outputs/train/best.safetensors)")
-    values = json.loads(meta[META_KEY])
-    if int(values.get("version", 1)) > FORMAT_VERSION:
-        raise PipelineError(f"{path} is a model file of format {values['version']}, newer than this code reads "
-                            f"({FORMAT_VERSION}); update the pipeline")
-    return values
+    return parse_recipe(meta[META_KEY], path)

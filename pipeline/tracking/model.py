@@ -16,6 +16,7 @@ from pipeline.config.errors import PipelineError
 MODEL_NAME = "model"
 WEIGHTS_ARTIFACT = "weights/best.safetensors"
 PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/: carried in the model's code paths
+SCHEMAS = PACKAGE.parent / "schemas"  # beside it there: loading checks the recipe against them
 PYFUNC_CODE = PACKAGE / "inference" / "pyfunc_model.py"
 
 
@@ -55,7 +56,7 @@ def log_pyfunc(uri: str, run_id: str, weights: Path, *, register_as: str | None 
             mlflow.log_artifact(str(weights), os.path.dirname(WEIGHTS_ARTIFACT))
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={"weights": str(weights)},
-                code_paths=[str(PACKAGE)], signature=signature, input_example=example,
+                code_paths=[str(PACKAGE), str(SCHEMAS)], signature=signature, input_example=example,
                 pip_requirements=_requirements(), registered_model_name=register_as)
     finally:
         mlflow.set_tracking_uri(previous)  # None unsets the global and the variable
@@ -84,10 +85,14 @@ def local_weights(model: str, *, repo_root: Path | None = None) -> Path:
         if not path.is_file():
             raise PipelineError(f"--model {model}: no such model file (train writes outputs/train/best.safetensors)")
         return path
-    from pipeline.tracking.store import resolve_tracking_uri
+    from pipeline.tracking.store import ENV_URI, resolve_tracking_uri, sqlite_path
 
     run_id = model.removeprefix("runs:/").strip("/").split("/")[0]
     uri = resolve_tracking_uri("sqlite:///mlflow.db", repo_root or Path.cwd())
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file():  # MLflow would create an empty store to look in
+        raise PipelineError(f"--model {model}: no tracking store at {store} (run where params.yaml is, or set "
+                            f"{ENV_URI} to the store that holds the run)")
     import mlflow
     from mlflow.exceptions import MlflowException
 

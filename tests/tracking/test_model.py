@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -121,6 +122,16 @@ def test_the_model_server_answers(trained, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         assert np.array_equal(np.asarray(answer["predictions"], dtype=np.uint8), _expected(root, images))
+        # A value no uint8 pixel holds is a 400 with a short message, not the whole array quoted back.
+        wrong = images.astype(np.int64)
+        wrong[0, 0, 0, 0] = 300
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": wrong.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        body = refused.value.read().decode()
+        assert refused.value.code == 400 and "300 out of bounds for uint8" in body and len(body) < 1000, body
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
