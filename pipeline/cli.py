@@ -114,6 +114,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from pipeline.search.runner import run_search
+
+    return run_search(args.params, trials=args.trials, jobs=args.jobs, timeout=args.timeout,
+                      report_only=args.report)
+
+
 def _schema(args: argparse.Namespace) -> int:
     """Write (or with --check, only compare) the completion fragments generated from the registries."""
     from pipeline.atomic import write_text
@@ -195,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's image size")
     p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_export)
+    p = sub.add_parser("search", help="find the best configuration: trials of search.space as DVC experiments")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p.add_argument("--trials", type=int, help="completed + pruned trials the study should reach (search.trials)")
+    p.add_argument("--jobs", type=int, help="trials at once on this machine (search.jobs)")
+    p.add_argument("--timeout", type=float, help="start no trial after this many seconds")
+    p.add_argument("--report", action="store_true", help="only report the study: top trials, counts, plots")
+    p.set_defaults(func=_search)
     p = sub.add_parser("schema", help="regenerate the editor-completion schema fragments from the registries")
     p.add_argument("--check", action="store_true", help="only report out-of-date fragments (exit 1)")
     p.set_defaults(func=_schema)

@@ -30,6 +30,7 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
     "scheduler": ("pipeline.training.scheduler",),
     "precision": ("pipeline.training.precision",),
     "tracking": ("pipeline.tracking.store",),
+    "search": ("pipeline.search.space",),
 }
 
 # Registry kind (`python -m pipeline list KIND`) -> the module that creates it.

@@ -22,13 +22,13 @@ from typing import Any
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies; exit now if the parent (``parent``,
-    the pid that started this worker) is already gone. A no-op off Linux."""
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``signum`` (SIGKILL) to this process when its parent dies; exit now if the
+    parent (``parent``, the pid that started this worker) is already gone. A no-op off Linux."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         return  # not fatal: the worker then only lacks the guarantee
     if os.getppid() != parent and not process_running(parent):  # it died before the prctl: no signal will come
         os._exit(1)

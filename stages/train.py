@@ -18,6 +18,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config.params import ParamsView, flatten
 from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model
+from pipeline.search.trial import TrialReporter
 from pipeline.plots import draw_history, save_png
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
@@ -68,14 +69,16 @@ def train(view: ParamsView) -> dict[str, Any]:
                                   **{f"split.{s}": len(e) for s, e in manifest.splits.items()}})
             if (root / outputs.AUGMENT_PREVIEW).exists():
                 run.log_artifact(root / outputs.AUGMENT_PREVIEW, name="augment_preview.png")
-        history = loop.fit(trainer, run, root=root, fingerprint=fp, state=state)
+        # A search trial (python -m pipeline search) reports each epoch and may be pruned; single process only.
+        trial = TrialReporter.from_env() if not ctx.enabled else None
+        history = loop.fit(trainer, run, root=root, fingerprint=fp, state=state, trial=trial)
 
         stopper, monitor = trainer.stopper, trainer.monitor
         # metrics.json is the score `dvc exp show` leads with (the best weights' monitored value); how the
         # run went (epochs, where it stopped, the last epoch's row) is a record: summary.json.
         metrics = {f"best_{monitor}": stopper.best}
         summary = {"monitor": monitor, "best_epoch": stopper.best_epoch, "epochs_run": len(history),
-                   "stopped_early": stopper.should_stop, "last_epoch": history[-1]}
+                   "stopped_early": stopper.should_stop, "pruned": stopper.pruned, "last_epoch": history[-1]}
         if ctx.is_main:
             write_json(root / outputs.TRAIN_SUMMARY, summary)
             write_json(root / outputs.TRAIN_METRICS, metrics)
@@ -87,6 +90,8 @@ def train(view: ParamsView) -> dict[str, Any]:
                 run.log_artifact(root / path)  # at the root, where the compare view looks
             # Counts and indices are not curves: the outcome is tags; the best score, a metric at its epoch.
             run.set_tags({key: summary[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
+            if trial is not None:
+                run.set_tags({"search.state": "pruned" if stopper.pruned else "complete"})
             run.log_metrics({f"best_{monitor}": stopper.best}, step=stopper.best_epoch)
             run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
             print(f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "

@@ -19,7 +19,7 @@ from pipeline.config.params import ParamsView
 from pipeline.stage import run_stage
 
 PARAMS = ("data", "split", "augment", "model", "loss", "optimizer", "scheduler", "precision", "train",
-          "evaluate", "export", "tracking")
+          "evaluate", "export", "tracking", "search")
 
 RECORD = {"valid": True}  # constant: the stages after this one depend on it and must not re-run for it
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.search.trial import trial_tags
+
 
 # MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
 MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -71,6 +73,7 @@ def default_tags(repo_root: str | os.PathLike[str], *, device: str | None = None
     for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
+    tags.update(trial_tags())  # a search trial: its study, number and the study's parent run
     torch = sys.modules.get("torch")  # train/evaluate have it loaded; importing it costs seconds
     if torch is not None:
         tags["torch.version"], tags["torch.cuda"] = torch.__version__, str(torch.version.cuda)

@@ -30,6 +30,7 @@ class EarlyStopping:
         self.best_epoch = -1  # 1-based, as history.csv counts epochs; -1 until the first step
         self.stale = 0
         self.epochs = 0
+        self.pruned = False  # a search's pruner stopped the run: an early stop decided from outside
 
     def _beats(self, value: float, best: float) -> bool:
         return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
@@ -45,12 +46,14 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.patience is not None and self.stale >= self.patience
+        return self.pruned or (self.patience is not None and self.stale >= self.patience)
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (the settings come from params, which the checkpoint matches)."""
-        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "epochs": self.epochs}
+        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "epochs": self.epochs,
+                "pruned": self.pruned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.stale, self.epochs = state["stale"], state["epochs"]
+        self.pruned = bool(state.get("pruned", False))

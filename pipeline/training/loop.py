@@ -145,10 +145,12 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
 
 
 def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
-        state: dict[str, Any] | None = None) -> list[dict[str, float]]:
+        state: dict[str, Any] | None = None, trial: Any = None) -> list[dict[str, float]]:
     """The epoch loop, from the start or from the checkpoint ``state``; returns the whole history.
 
-    Rank 0 writes ``history.csv``, the best weights and the checkpoint after every epoch."""
+    Rank 0 writes ``history.csv``, the best weights and the checkpoint after every epoch. ``trial``
+    (a search trial's :class:`~pipeline.search.trial.TrialReporter`) hears the monitored score each
+    epoch; when its pruner says so, the run stops there as an early stop does."""
     history: list[dict[str, float]] = []
     start = 0
     # -- resume: everything that carries over between epochs, as the checkpoint left it
@@ -165,14 +167,14 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
     # -- the loop: train, validate, record, checkpoint, maybe stop
     epochs = progress(range(start, t.cfg["epochs"]), t.ctx, desc="epochs", initial=start, total=t.cfg["epochs"])
     try:
-        _epochs(t, epochs, run, root=root, fingerprint=fingerprint, history=history)
+        _epochs(t, epochs, run, root=root, fingerprint=fingerprint, history=history, trial=trial)
     finally:
         t.writer.wait()  # the last checkpoint is on disk (or its error raised) before fit returns
     return history
 
 
 def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
-            history: list[dict[str, float]]) -> None:
+            history: list[dict[str, float]], trial: Any = None) -> None:
     """The epochs of :func:`fit`, appending to ``history``."""
     for epoch in epochs:
         trained = train_epoch(t, epoch)
@@ -186,6 +188,8 @@ def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
         history.append(row)
         if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
             save_model(root / outputs.TRAIN_BEST, t.model, t.info)
+        if trial is not None and trial.report(epoch + 1, row[t.monitor]):
+            t.stopper.pruned = True
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all
             write_text(root / outputs.TRAIN_HISTORY, history_csv(history))
@@ -198,7 +202,10 @@ def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
                 "finished": t.stopper.should_stop or epoch + 1 == t.cfg["epochs"]})
         epochs.set_postfix({t.monitor: f"{row[t.monitor]:.4f}"})
         if t.stopper.should_stop:
-            if t.ctx.is_main:
+            if t.ctx.is_main and t.stopper.pruned:
+                print(f"train: pruned after epoch {epoch + 1} by the search (trial {trial.number}): "
+                      f"{t.monitor} {row[t.monitor]:.4f}")
+            elif t.ctx.is_main:
                 print(f"train: early stop after epoch {epoch + 1}: {t.monitor} did not improve for "
                       f"{t.stopper.stale} epochs")
             break

@@ -1,0 +1,153 @@
+"""The study: Optuna's storage, sampler and pruner from ``search:``, and the bookkeeping that lets a
+killed search continue and several machines share one study.
+
+Storage: ``search.storage: null`` is a journal file in the repository (``.search/<study>.journal``,
+git-ignored; Optuna's file-locked journal, safe for the trials of one machine); a database URL
+(``postgresql+psycopg://...``) is Optuna's RDB storage, which several machines share. Each running
+trial records the host and process that runs it, so a worker that starts finds the trials of dead
+workers on its own host and marks them failed: the study then continues to its trial count.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pipeline.config.errors import PipelineError
+from pipeline.processes import process_running
+
+LOCAL_DIR = ".search"  # beside params.yaml; git-ignored
+WORKER = "worker"      # trial user attribute: {"host": ..., "pid": ...} of the search running it
+
+
+def study_name(search: dict[str, Any], experiment: str) -> str:
+    """``search.study``, or the tracking experiment's name followed by ``-search``."""
+    return search["study"] or f"{experiment}-search"
+
+
+def storage_spec(search: dict[str, Any], root: Path, name: str) -> str:
+    """What :func:`open_storage` opens, as one string a trial's process can be handed: a database URL,
+    or the absolute path of the local journal file."""
+    if search["storage"]:
+        return search["storage"]
+    return str(root / LOCAL_DIR / f"{name}.journal")
+
+
+def is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def open_storage(spec: str) -> Any:
+    """Optuna's storage for ``spec``: RDB for a URL, a file journal for a path (its folder made)."""
+    import optuna
+
+    if is_url(spec):
+        try:
+            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # SQLAlchemy's driver and connection errors
+            raise PipelineError(f"search.storage: cannot open {_redacted(spec)} ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200]})") from None
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail:
+        credentials, _, host = tail.rpartition("@")
+        tail = f"{credentials.split(':')[0]}:***@{host}"
+    return head + sep + tail
+
+
+def sampler(cfg: dict[str, Any], space: dict[str, Any]) -> Any:
+    import optuna
+
+    from pipeline.search.space import grid
+
+    seed, name = cfg["seed"], cfg["name"]
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(space), seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner(cfg: dict[str, Any], epochs: int) -> Any:
+    import optuna
+
+    # Steps are 1-based epochs; Optuna considers pruning from step n_warmup_steps (min_resource) on, so
+    # the first epoch that may be pruned is the one after the warmup.
+    name, first = cfg["name"], cfg["warmup_epochs"] + 1
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(first, epochs))
+    return optuna.pruners.NopPruner()
+
+
+def load(name: str, spec: str, *, direction: str, search: dict[str, Any], epochs: int) -> Any:
+    """The study ``name`` in ``spec`` (created when missing, else joined with its own direction), with
+    the sampler and pruner of ``search``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=open_storage(spec), direction=direction,
+                                pruner=pruner(search["pruner"], epochs), load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise PipelineError(f"search.study {name!r} in {_redacted(spec)} was created to {study.direction.name.lower()}, "
+                            f"not {direction}; name another study")
+    study.sampler = sampler({**search["sampler"], "seed": worker_seed(search["sampler"]["seed"], study, spec)},
+                            search["space"])
+    return study
+
+
+def worker_seed(seed: int | None, study: Any, spec: str) -> int | None:
+    """The sampler's seed for this worker. A fresh study's first worker uses ``seed`` as given (a
+    search is reproducible); a worker that joins or continues a study starts its own stream (the
+    given seed would replay the values already tried), and on shared storage, where workers start
+    together, each machine and process draws its own."""
+    if seed is None:
+        return None
+    joined = len(study.get_trials(deepcopy=False))
+    if not joined and not is_url(spec):
+        return seed
+    salt = f"{seed}:{joined}:{socket.gethostname()}:{os.getpid()}" if is_url(spec) else f"{seed}:{joined}"
+    return int.from_bytes(hashlib.sha256(salt.encode()).digest()[:4], "little")
+
+
+def this_worker() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def fail_orphans(study: Any) -> list[int]:
+    """Mark failed the RUNNING trials whose search process, on this host, is gone (killed); return
+    their numbers. Trials of live workers, or of other hosts, are left alone."""
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER) or {}
+        if worker.get("host") == host and not process_running(int(worker.get("pid", 0))):
+            study._storage.set_trial_user_attr(trial._trial_id, "error", "its search was killed")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials by state (complete, pruned, fail, running, waiting)."""
+    out: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        out[trial.state.name.lower()] = out.get(trial.state.name.lower(), 0) + 1
+    return out
