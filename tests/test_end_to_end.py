@@ -59,16 +59,21 @@ def _flow(value) -> str:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("ws"))
+
+
+def make_repo(ws: Path, *, images: int = 40) -> Path:
+    """A git + DVC repository at ``ws`` holding the project (code, dvc.yaml, its DVC settings), generated
+    segmentation data and the tiny params.yaml, committed: what a user's clone looks like."""
     from pipeline.data.synthetic import generate_segmentation
 
-    ws = tmp_path_factory.mktemp("ws")
     for name in ("pipeline", "stages", "schemas", "weights", "plots"):
         if (REPO / name).exists():
             shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, ws / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    generate_segmentation(ws / params["data"]["root"], n=40, size=32, seed=3)
+    generate_segmentation(ws / params["data"]["root"], n=images, size=32, seed=3)
     tiny_params(ws / "params.yaml")
     sh(ws, "git", "init", "-q")
     sh(ws, "dvc", "init", "-q")

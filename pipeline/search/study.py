@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipeline.processes import process_running
 
 LOCAL_DIR = ".search"  # beside params.yaml; git-ignored
 WORKER = "worker"      # trial user attribute: {"host": ..., "pid": ...} of the search running it
+CREATE_ATTEMPTS = 5    # workers started together on a fresh database race to create its tables
 
 
 def study_name(search: dict[str, Any], experiment: str) -> str:
@@ -44,15 +46,28 @@ def open_storage(spec: str) -> Any:
     import optuna
 
     if is_url(spec):
-        try:
-            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
-        except Exception as exc:  # SQLAlchemy's driver and connection errors
-            raise PipelineError(f"search.storage: cannot open {_redacted(spec)} ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200]})") from None
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+            except Exception as exc:  # SQLAlchemy's driver and connection errors
+                if attempt + 1 < CREATE_ATTEMPTS and _lost_creation_race(exc):
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise PipelineError(f"search.storage: cannot open {_redacted(spec)} ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200]})") from None
     from optuna.storages.journal import JournalFileBackend
 
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another worker creating Optuna's tables in a fresh database at the same moment
+    (PostgreSQL: a unique violation in its catalog, or a table that now already exists): opening the
+    storage again then finds the tables made."""
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(exc, IntegrityError) or "already exists" in str(exc)
 
 
 def _redacted(url: str) -> str:
