@@ -9,23 +9,30 @@
 - ``train_workspace`` and ``train_history``: a workspace for the train stage (on the ``shapes_dataset``
   fixture) and the history.csv it writes;
 
-and the session fixtures ``shapes_dataset`` (64 generated segmentation images) and ``mlflow_server``:
-a real ``mlflow server`` on 127.0.0.1 (SQLite backend, artifacts in a temp dir), started once per
-session on a free port and always stopped."""
+- ``running_mlflow_server``: a real ``mlflow server`` on 127.0.0.1 (a free port) for a given backend
+  store URI, artifacts in a given folder, always stopped;
+
+and the session fixtures ``shapes_dataset`` (64 generated segmentation images), ``mlflow_server`` (that
+server on a SQLite backend in a temp dir) and ``postgres``: a real PostgreSQL server on 127.0.0.1 (a free
+port, trust auth) with a database for an Optuna study and one for an MLflow backend store, skipped with
+the reason where PostgreSQL is not installed or does not start."""
 from __future__ import annotations
 
 import copy
 import csv
 import importlib
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,10 +181,10 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    backend = f"sqlite:///{root / 'mlflow.db'}"
+@contextmanager
+def running_mlflow_server(root: Path, backend: str) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` on 127.0.0.1 (a free port) keeping its runs in ``backend`` (any store
+    URI: sqlite:///..., postgresql+psycopg://...) and its artifacts and log in ``root``; stopped on exit."""
     artifacts, log = root / "mlartifacts", root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers (CPU, slow stop)
@@ -202,6 +209,87 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield MlflowServer(uri, backend, artifacts, log)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with running_mlflow_server(root, f"sqlite:///{root / 'mlflow.db'}") as server:
+        yield server
+
+
+# --- a real PostgreSQL server --------------------------------------------------------------------
+
+POSTGRES_DATABASES = ("study", "mlflow")  # an Optuna study's storage, an MLflow server's backend store
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL on 127.0.0.1:``port``, user ``postgres`` (trust auth on loopback), holding
+    ``POSTGRES_DATABASES``; ``url(name)`` is a SQLAlchemy URL for psycopg 3."""
+
+    port: int
+    root: Path
+    log: Path
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (the newest version), or of an initdb on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()])
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throw-away PostgreSQL server for the session: initdb in a temp folder, the socket inside it,
+    fsync off; run as the ``postgres`` system user when the tests run as root (postgres refuses root)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH; "
+                    "`apt-get install postgresql`, as .ci/run does)")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("the tests run as root and there is no `postgres` system user to run PostgreSQL as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))  # not under pytest's root-only (0700) temp dirs
+    if as_user:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, log = root / "data", root / "server.log"
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log)]
+    try:
+        init = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                               "-E", "UTF8", "--no-locale", "--no-sync"], cwd=root, capture_output=True, text=True)
+        if init.returncode != 0:
+            pytest.skip(f"initdb ({bin_dir}) failed: {(init.stderr or init.stdout).strip()[-500:]}")
+        for attempt in range(3):  # another process may take the free port before the server binds it
+            port = _free_port()
+            options = f"-h 127.0.0.1 -p {port} -k {root} -F -c full_page_writes=off"
+            started = subprocess.run([*pg_ctl, "-w", "-t", "60", "-o", options, "start"], cwd=root,
+                                     capture_output=True, text=True)
+            if started.returncode == 0:
+                break
+        else:
+            why = log.read_text()[-1500:] if log.exists() else started.stderr
+            pytest.skip(f"the PostgreSQL server ({bin_dir}) did not start: {why}")
+        try:
+            for name in POSTGRES_DATABASES:
+                subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+                               check=True, capture_output=True)
+            yield Postgres(port, root, log)
+        finally:
+            subprocess.run([*pg_ctl, "stop", "-m", "immediate"], cwd=root, capture_output=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- the train stage's workspaces (tests/stages/test_train.py, test_distributed.py) ---------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +78,28 @@ def draw(study: Any, folder: Path) -> list[Path]:
     return written
 
 
-def parent_run(tracking: dict[str, Any], root: Path, study: Any) -> str | None:
-    """The study's MLflow run (created by the first worker; its id kept in the study), or None when
-    tracking is off."""
+PARENT_RUN = "mlflow_parent_run_id"  # study user attribute
+PARENT_RUN_WAIT_S = 30.0             # how long a joining worker waits for the creator to open the run
+
+
+def parent_run(tracking: dict[str, Any], root: Path, study: Any, *, created: bool = True) -> str | None:
+    """The study's MLflow run (its id kept in the study), or None when tracking is off. The worker that
+    ``created`` the study opens it; a worker that joined a study still without trials waits for that id
+    (workers started together would otherwise each open one), then opens it itself if none came."""
     if not tracking.get("enabled", True):
         return None
-    known = study.user_attrs.get("mlflow_parent_run_id")
+    known = study.user_attrs.get(PARENT_RUN)
+    deadline = time.monotonic() + PARENT_RUN_WAIT_S
+    while not known and not created and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the creator opens the run before it asks for its first trial
+        known = study.user_attrs.get(PARENT_RUN)
     if known:
         return str(known)
     from pipeline.tracking.run import start_run
 
     run = start_run(tracking, repo_root=root, run_name=study.study_name,
                     tags={"search.study": study.study_name, "search.role": "study"})
-    study.set_user_attr("mlflow_parent_run_id", run.run_id)
+    study.set_user_attr(PARENT_RUN, run.run_id)
     return run.run_id
 
 

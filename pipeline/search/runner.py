@@ -79,6 +79,10 @@ def plan_from(params: Params, *, trials: int | None = None, jobs: int | None = N
             direction = "maximize" if mode == "max" else "minimize"
         else:
             direction = "minimize" if objective.endswith("loss") else "maximize"
+    if search["pruner"]["name"] != "none" and direction != ("maximize" if mode == "max" else "minimize"):
+        raise PipelineError(f"{params.path}: search.pruner: the pruner compares {monitor} (the train monitor, "
+                            f"{'higher' if mode == 'max' else 'lower'} is better) across trials, but the study "
+                            f"is to {direction} {objective}; use pruner none, or an objective of the same sense")
     name = studies.study_name(search, params.get("tracking.experiment"))
     return Plan(params.root, search, name, studies.storage_spec(search, params.root, name), objective, direction,
                 int(params.get("train.epochs")), params.get("tracking"), timeout)
@@ -287,14 +291,15 @@ def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int 
     if not (plan.root / ".dvc").is_dir() or not _git(plan.root, "rev-parse", "HEAD"):
         raise PipelineError(f"{plan.root}: a search runs its trials as DVC experiments; it needs a git repository "
                             "with a commit and `dvc init`")
-    study = studies.load(plan.name, plan.spec, direction=plan.direction, search=plan.search, epochs=plan.epochs)
+    study, created = studies.open_study(plan.name, plan.spec, direction=plan.direction, search=plan.search,
+                                        epochs=plan.epochs)
     status = 0
     if not report_only:
         orphans = studies.fail_orphans(study)
         if orphans:
             print(f"search: trial(s) {', '.join(map(str, orphans))} of a killed search marked failed", flush=True)
         search = Search(plan, study)
-        search.parent_run_id = report.parent_run(plan.tracking, plan.root, study)
+        search.parent_run_id = report.parent_run(plan.tracking, plan.root, study, created=created)
         print(f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies._redacted(plan.spec)}; "
               f"{max(0, search._remaining())} trial(s) to run, {plan.search['jobs']} at a time", flush=True)
         status = search.run()

@@ -114,17 +114,28 @@ def pruner(cfg: dict[str, Any], epochs: int) -> Any:
 def load(name: str, spec: str, *, direction: str, search: dict[str, Any], epochs: int) -> Any:
     """The study ``name`` in ``spec`` (created when missing, else joined with its own direction), with
     the sampler and pruner of ``search``."""
+    return open_study(name, spec, direction=direction, search=search, epochs=epochs)[0]
+
+
+def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any],
+               epochs: int) -> tuple[Any, bool]:
+    """:func:`load`, and whether this call created the study: of workers started together on one
+    storage exactly one does (the storage's unique study name decides), and it opens the study's run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=open_storage(spec), direction=direction,
-                                pruner=pruner(search["pruner"], epochs), load_if_exists=True)
+    storage, study_pruner = open_storage(spec), pruner(search["pruner"], epochs)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, pruner=study_pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=name, storage=storage, pruner=study_pruner), False
     if study.direction.name.lower() != direction:
         raise PipelineError(f"search.study {name!r} in {_redacted(spec)} was created to {study.direction.name.lower()}, "
                             f"not {direction}; name another study")
     study.sampler = sampler({**search["sampler"], "seed": worker_seed(search["sampler"]["seed"], study, spec)},
                             search["space"])
-    return study
+    return study, created
 
 
 def worker_seed(seed: int | None, study: Any, spec: str) -> int | None:
