@@ -1,7 +1,7 @@
 """``python -m pipeline search``: trials of ``search.space``, each a DVC experiment, until the study has
 its trial count.
 
-Each trial is ``dvc exp run --temp -n <study>-<number> -S key=value ...``: a DVC experiment in a
+Each trial is ``dvc exp run --temp -n <study>-<number> -S key=value ... evaluate``: a DVC experiment in a
 temporary copy (the workspace stays usable; stages a trial does not change come from DVC's cache),
 visible in ``dvc exp show`` and appliable with ``dvc exp apply``. Its train stage reports every epoch's
 monitored score to the study and stops when the pruner says so (:mod:`pipeline.search.trial`); its
@@ -32,8 +32,12 @@ from pipeline.search.space import suggest
 from pipeline.search.trial import ENV
 
 TRAIN_SUMMARY = "outputs/train/summary.json"
+# A trial runs the pipeline up to evaluate (its test scores belong in `dvc exp show`); exporting every
+# trial's model would cost more than its evaluation: export runs for the one applied (`dvc repro`).
+TRIAL_TARGET = "evaluate"
 METRICS = ("outputs/train/metrics.json", "outputs/evaluate/metrics.json")
 INTERRUPTED = 130
+FAILED_IN_A_ROW = 3  # trials failing one after another: the cause is not the trial's values; stop asking
 
 
 @dataclass
@@ -100,7 +104,9 @@ class Search:
 
     def __init__(self, plan: Plan, study: Any):
         self.plan, self.study = plan, study
-        self.stop = threading.Event()
+        self.stop = threading.Event()       # Ctrl-C
+        self.exhausted = threading.Event()  # the sampler has nothing left (the grid is used up)
+        self.failed_in_a_row = 0
         self.lock = threading.Lock()
         self.running: dict[int, subprocess.Popen] = {}  # trial number -> its guard process
         self.started = time.monotonic()
@@ -117,7 +123,8 @@ class Search:
 
     def _next(self) -> Any:
         with self.lock:  # one ask at a time here; other machines are serialised by the storage
-            if self.stop.is_set() or self._remaining() <= 0:
+            if (self.stop.is_set() or self.exhausted.is_set() or self._remaining() <= 0
+                    or self.failed_in_a_row >= FAILED_IN_A_ROW):
                 return None
             if self.plan.timeout is not None and time.monotonic() - self.started > self.plan.timeout:
                 return None
@@ -144,7 +151,8 @@ class Search:
         print(f"search: trial {trial.number} ({name}): " + ", ".join(f"{k}={v!r}" for k, v in values.items()),
               flush=True)
         command = [sys.executable, "-m", "pipeline.search.guard", *self._cpus(slot), "--",
-                   "dvc", "exp", "run", "--temp", "-n", name, *(f"-S{k}={_scalar(v)}" for k, v in values.items())]
+                   "dvc", "exp", "run", "--temp", "-n", name, *(f"-S{k}={_scalar(v)}" for k, v in values.items()),
+                   TRIAL_TARGET]
         with open(log, "wb") as out:
             process = subprocess.Popen(command, cwd=self.plan.root, env=self._env(trial, slot), stdout=out,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -163,19 +171,28 @@ class Search:
         except PipelineError as exc:
             self._fail(trial, str(exc))
             return
+        with self.lock:
+            self.failed_in_a_row = 0
         trial.set_user_attr("epochs_run", outcome["epochs_run"])  # before tell: a finished trial is frozen
         if outcome["pruned"]:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._tell(trial, state=TrialState.PRUNED)
             print(f"search: trial {trial.number} pruned after epoch {outcome['epochs_run']}", flush=True)
         else:
-            self.study.tell(trial, outcome["value"])
+            self._tell(trial, outcome["value"])
             print(f"search: trial {trial.number} {self.plan.objective} = {outcome['value']:.4f}", flush=True)
+
+    def _tell(self, trial: Any, value: float | None = None, **kwargs: Any) -> None:
+        if not studies.tell(self.study, trial, value, **kwargs):
+            self.exhausted.set()  # the grid is used up: start no more trials
 
     def _fail(self, trial: Any, error: str) -> None:
         from optuna.trial import TrialState
 
+        with self.lock:
+            self.failed_in_a_row += 1
+
         self.study._storage.set_trial_user_attr(trial._trial_id, "error", error[-2000:])
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._tell(trial, state=TrialState.FAIL)
         print(f"search: trial {trial.number} failed: {error.splitlines()[-1] if error else ''}", flush=True)
 
     def _cpus(self, slot: int) -> list[str]:
@@ -211,6 +228,10 @@ class Search:
         except KeyboardInterrupt:
             self.interrupt()
             return INTERRUPTED
+        if self.failed_in_a_row >= FAILED_IN_A_ROW:
+            print(f"search: stopped after {self.failed_in_a_row} failed trials in a row; the cause is likely not "
+                  f"the values tried: see the last trial's log in {self.plan.log_dir}", file=sys.stderr)
+            return 1
         return 0
 
     def interrupt(self) -> None:
@@ -282,7 +303,7 @@ def read_outcome(root: Path, name: str, objective: str) -> dict[str, Any]:
 def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int | None = None,
                timeout: float | None = None, report_only: bool = False) -> int:
     """Validate, open the study, run this worker's trials (unless ``report_only``), report. Returns the
-    exit status: 0, or 130 after Ctrl-C."""
+    exit status: 0; 1 when trials kept failing one after another; 130 after Ctrl-C."""
     from pipeline.components import load_params
     from pipeline.search import report
 
@@ -303,7 +324,7 @@ def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int 
         print(f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies._redacted(plan.spec)}; "
               f"{max(0, search._remaining())} trial(s) to run, {plan.search['jobs']} at a time", flush=True)
         status = search.run()
-        if status == 0:
+        if status != INTERRUPTED:
             plots = report.draw(study, plan.log_dir)
             report.finish_parent_run(plan.tracking, plan.root, study, search.parent_run_id, plots)
     report.print_summary(report.summary(study, objective=plan.objective, epochs=plan.epochs))

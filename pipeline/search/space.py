@@ -105,6 +105,8 @@ def dimension_problems(params: Params, key: str, dim: dict[str, Any]) -> list[Pr
             problems.append(Problem(at, "an int dimension needs whole low and high"))
         if problems:
             return problems
+    if run_checks(params, [], keys=[key]):
+        return []  # the file's own value already fails these checks: that is reported, not each trial's echo
     for where, value in _candidates(dim):
         problems += [Problem(f"{at}.{where}", f"{key} = {value!r}: {p.message}")
                      for p in _value_problems(params, key, value)]

@@ -103,7 +103,7 @@ def pruner(cfg: dict[str, Any], epochs: int) -> Any:
     # the first epoch that may be pruned is the one after the warmup.
     name, first = cfg["name"], cfg["warmup_epochs"] + 1
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg["startup_trials"], n_warmup_steps=first)
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
     if name == "hyperband":
@@ -150,6 +150,19 @@ def worker_seed(seed: int | None, study: Any, spec: str) -> int | None:
         return seed
     salt = f"{seed}:{joined}:{socket.gethostname()}:{os.getpid()}" if is_url(spec) else f"{seed}:{joined}"
     return int.from_bytes(hashlib.sha256(salt.encode()).digest()[:4], "little")
+
+
+def tell(study: Any, trial: Any, value: float | None = None, **kwargs: Any) -> bool:
+    """``study.tell``; False when the sampler has nothing left to try. The grid sampler calls
+    ``study.stop()`` once the grid is used up, which Optuna refuses outside ``optimize`` (RuntimeError)
+    after the trial is stored: that is the end of the grid, not a failure."""
+    try:
+        study.tell(trial, value, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+        return False
+    return True
 
 
 def this_worker() -> dict[str, Any]:

@@ -55,7 +55,8 @@ class TrialReporter:
                                   pruner=pruner(info["pruner"], int(info["epochs"])))
         return cls(study, optuna.trial.Trial(study, int(info["trial_id"])), int(info["number"]))
 
-    def report(self, epoch: int, value: float) -> bool:
-        """Record ``value`` at ``epoch`` (1-based); True when the pruner stops the trial here."""
+    def report(self, epoch: int, value: float, *, last: bool = False) -> bool:
+        """Record ``value`` at ``epoch`` (1-based); True when the pruner stops the trial here. The last
+        epoch is never pruned: the trial has spent its budget, and its score counts."""
         self.trial.report(float(value), step=epoch)
-        return bool(self.trial.should_prune())
+        return not last and bool(self.trial.should_prune())

@@ -188,7 +188,7 @@ def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
         history.append(row)
         if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
             save_model(root / outputs.TRAIN_BEST, t.model, t.info)
-        if trial is not None and trial.report(epoch + 1, row[t.monitor]):
+        if trial is not None and trial.report(epoch + 1, row[t.monitor], last=epoch + 1 == t.cfg["epochs"]):
             t.stopper.pruned = True
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all

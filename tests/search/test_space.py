@@ -2,21 +2,23 @@
 the key's own checks before any trial runs, located in the search: section."""
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from pipeline.search.runner import _scalar
 from tests.conftest import REPO, problems_by_key, write_params
 
-SHIPPED = "    loss.name: {type: categorical, choices: [dice_bce, dice, focal]}\n"
+def _space(tmp_path, space: dict, **overrides):
+    return write_params(tmp_path / "params.yaml", link=True, **{"search.space": space, **overrides})
 
 
 def test_every_value_a_trial_may_get_is_checked_where_it_is_declared(tmp_path):
-    path = write_params(tmp_path / "params.yaml", link=True, replace={SHIPPED: (
-        "    loss.name: {type: categorical, choices: [dice_bce, dcie]}\n"
-        "    optimizer.lrr: {type: float, low: 0.001, high: 0.1}\n"
-        "    train.batch_size: {type: int, low: 0, high: 32, step: 8}\n"
-        "    optimizer.params.momentum: {type: float, low: 0, high: 0.9, log: true}\n"
-        "    optimizer.params.weight_decay: {type: float, low: 0.0, high: 0.1}\n")})
+    path = _space(tmp_path, {
+        "loss.name": {"type": "categorical", "choices": ["dice_bce", "dcie"]},
+        "optimizer.lrr": {"type": "float", "low": 0.001, "high": 0.1},
+        "train.batch_size": {"type": "int", "low": 0, "high": 32, "step": 8},
+        "optimizer.params.momentum": {"type": "float", "low": 0, "high": 0.9, "log": True},
+        "optimizer.params.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}})
     problems = problems_by_key(path)
     assert problems["search.space.loss.name.choices[1]"].startswith("loss.name = 'dcie': unknown loss")
     assert "did you mean 'dice'" in problems["search.space.loss.name.choices[1]"]
@@ -28,22 +30,29 @@ def test_every_value_a_trial_may_get_is_checked_where_it_is_declared(tmp_path):
 
 
 def test_the_problems_carry_the_line_of_their_dimension(tmp_path):
-    path = write_params(tmp_path / "params.yaml", link=True,
-                        replace={"choices: [dice_bce, dice, focal]": "choices: [dice_bce, dice, focall]"})
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "focall" in text)
     from pipeline.components import load_params
     from pipeline.config.errors import ConfigError
 
-    try:
+    path = _space(tmp_path, {"loss.name": {"type": "categorical", "choices": ["dice_bce", "dice", "focall"]}})
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "focall" in text)
+    with pytest.raises(ConfigError) as refused:
         load_params(path)
-    except ConfigError as exc:
-        located = [(p.key, p.line) for p in exc.problems]
-    assert located == [("search.space.loss.name.choices[2]", line)]
+    assert [(p.key, p.line) for p in refused.value.problems] == [("search.space.loss.name.choices[2]", line)]
+
+
+def test_a_choice_that_does_not_fit_the_files_own_settings_is_named(tmp_path):
+    """loss.params set for focal: a trial that picks dice_bce would fail on them, so validate says so."""
+    path = _space(tmp_path, {"loss.name": {"type": "categorical", "choices": ["focal", "dice_bce"]}},
+                  loss={"name": "focal", "params": {"gamma": 1.0}, "terms": []})
+    problems = problems_by_key(path)
+    assert list(problems) == ["search.space.loss.name.choices[1]"]
+    assert "loss.name = 'dice_bce'" in problems["search.space.loss.name.choices[1]"]
 
 
 def test_grid_needs_countable_dimensions(tmp_path):
-    path = write_params(tmp_path / "params.yaml", link=True, replace={"sampler: {name: tpe, seed: 0}":
-                                                                      "sampler: {name: grid, seed: 0}"})
+    path = _space(tmp_path, {"optimizer.lr": {"type": "float", "low": 0.001, "high": 0.01}},
+                  **{"search.sampler": {"name": "grid", "seed": 0}})
     assert problems_by_key(path) == {"search.space.optimizer.lr": "the grid sampler needs a step for a float range"}
 
 

@@ -33,7 +33,7 @@ def test_a_losing_trial_is_pruned_after_its_warmup_and_recorded(tmp_path, monkey
     trial = study.ask()
     monkeypatch.setenv(ENV, json.dumps({"storage": str(tmp_path / "s.journal"), "study": "s",
                                         "trial_id": trial._trial_id, "number": trial.number, "epochs": 3,
-                                        "pruner": {"name": "median", "warmup_epochs": 1},
+                                        "pruner": {"name": "median", "warmup_epochs": 1, "startup_trials": 1},
                                         "parent_run_id": parent}))
     assert train_stage.main(["--params", str(params)]) == 0
     summary = json.loads((params.parent / "outputs/train/summary.json").read_text())

@@ -46,13 +46,28 @@ def test_state_dict_round_trip_continues_like_the_uninterrupted_run():
     first = EarlyStopping(mode="min", min_delta=0.015, patience=2)
     head = steps(first, values[:3])
     state = first.state_dict()
-    assert state == {"best": 0.7, "best_epoch": 2, "stale": 1, "epochs": 3}
+    assert state == {"best": 0.7, "best_epoch": 2, "stale": 1, "epochs": 3, "pruned": False}
     resumed = EarlyStopping(mode="min", min_delta=0.015, patience=2)
     resumed.load_state_dict(state)
     assert head + steps(resumed, values[3:]) == expected
     # 0.69 is not below 0.7 - 0.015: stale 2 after epoch 4, where the loop would stop; stale 4 at epoch 6
     assert expected[3] == (False, 2, True)
-    assert resumed.state_dict() == whole.state_dict() == {"best": 0.7, "best_epoch": 2, "stale": 4, "epochs": 6}
+    assert resumed.state_dict() == whole.state_dict() == {"best": 0.7, "best_epoch": 2, "stale": 4, "epochs": 6,
+                                                          "pruned": False}
+
+
+def test_a_pruned_run_stops_and_stays_stopped_when_resumed():
+    """A search's pruner stops the run from outside: should_stop holds, and survives a checkpoint."""
+    stopper = EarlyStopping(mode="max", patience=None)
+    stopper.step(0.5)
+    assert not stopper.should_stop
+    stopper.pruned = True
+    resumed = EarlyStopping(mode="max", patience=None)
+    resumed.load_state_dict(stopper.state_dict())
+    assert stopper.should_stop and resumed.should_stop and resumed.pruned
+    old = {k: v for k, v in stopper.state_dict().items() if k != "pruned"}  # a checkpoint from before pruning
+    resumed.load_state_dict(old)
+    assert not resumed.pruned and not resumed.should_stop
 
 
 def test_unknown_mode_is_refused():
