@@ -25,7 +25,7 @@ SPACE = {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]
 def repo(tmp_path_factory) -> Path:
     ws = make_repo(tmp_path_factory.mktemp("search"), images=24)
     write_params(ws / "params.yaml", ws / "params.yaml", **{
-        "train.epochs": 1, "scheduler.warmup.epochs": 0, "search.trials": 2, "search.jobs": 2, "search.space": SPACE,
+        "train.epochs": 1, "scheduler.warmup.epochs": 0, "search.trials": 3, "search.jobs": 2, "search.space": SPACE,
         "search.pruner": {"name": "none", "warmup_epochs": 1}, "tracking.system_metrics": 0})
     sh(ws, "git", "commit", "-qam", "a search space")
     return ws
@@ -78,9 +78,10 @@ def test_a_killed_search_leaves_nothing_running_and_the_same_command_continues(r
 
     name = "yamltrain-search"
     search = _start(repo)
-    # Two trials start at once; wait until one is complete and another is running, then kill -9.
-    _wait(lambda: TrialState.COMPLETE in _states(repo, name) and TrialState.RUNNING in _states(repo, name),
-          240, "a complete and a running trial", search)
+    # Two trials start at once, a third as soon as one ends: so a moment comes when one is complete and
+    # another running, whatever their order; then kill -9.
+    _wait(lambda: TrialState.COMPLETE in _states(repo, name) and TrialState.RUNNING in _states(repo, name)
+          and bool(psutil.Process(search.pid).children()), 240, "a complete and a running trial", search)
     family = [p.pid for p in psutil.Process(search.pid).children(recursive=True)]
     assert family, "the running trial has processes"
     search.send_signal(signal.SIGKILL)
@@ -93,7 +94,7 @@ def test_a_killed_search_leaves_nothing_running_and_the_same_command_continues(r
     assert "of a killed search marked failed" in out
     trials = _study(repo, name).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 2 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
+    assert len(complete) == 3 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
     assert any("killed" in t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL)
     shown = sh(repo, "dvc", "exp", "show", "--csv", "--only-changed").stdout
     names = {t.user_attrs["dvc_exp"] for t in complete}
