@@ -3,7 +3,7 @@ the embedded classification data, several seeds, in one run: the best validation
 and the epochs each spends.
 
 Trials run in this process, not as DVC experiments, but through the same code a search uses: the study
-is :func:`pipeline.search.study.load` (the project's sampler and pruner, a journal file storage), values
+is :func:`pipeline.search.study.open_study` (the project's sampler and pruner, a journal file storage), values
 come from :func:`pipeline.search.space.suggest`, and each trial is the train stage itself
 (``stages.train.main``) with ``YAMLTRAIN_TRIAL`` set, so every epoch's ``val_accuracy`` goes through
 :class:`pipeline.search.trial.TrialReporter` and the pruner stops the trial as it would in a search.
@@ -161,7 +161,7 @@ def run_strategy(ws: Path, params: dict[str, Any], strategy: str, seed: int, arg
     space = spaces(args)[strategy]
     search = search_section(strategy, space, seed, args)
     spec, name = str(ws / ".search" / f"{strategy}-{seed}.journal"), f"{strategy}-{seed}"
-    study = studies.load(name, spec, direction="maximize", search=search, epochs=args.epochs)
+    study = studies.open_study(name, spec, direction="maximize", search=search, epochs=args.epochs)[0]
     trials, started = [], time.perf_counter()
     for _ in range(args.trials):
         trial = study.ask()

@@ -113,7 +113,7 @@ class Search:
         self.parent_run_id: str | None = None
 
     # -- the study's bookkeeping --------------------------------------------------------------------
-    def _remaining(self) -> int:
+    def remaining(self) -> int:
         """Trials still to start: the target less the finished (complete, pruned) and running ones."""
         from optuna.trial import TrialState
 
@@ -123,7 +123,7 @@ class Search:
 
     def _next(self) -> Any:
         with self.lock:  # one ask at a time here; other machines are serialised by the storage
-            if (self.stop.is_set() or self.exhausted.is_set() or self._remaining() <= 0
+            if (self.stop.is_set() or self.exhausted.is_set() or self.remaining() <= 0
                     or self.failed_in_a_row >= FAILED_IN_A_ROW):
                 return None
             if self.plan.timeout is not None and time.monotonic() - self.started > self.plan.timeout:
@@ -186,13 +186,10 @@ class Search:
             self.exhausted.set()  # the grid is used up: start no more trials
 
     def _fail(self, trial: Any, error: str) -> None:
-        from optuna.trial import TrialState
-
         with self.lock:
             self.failed_in_a_row += 1
-
-        self.study._storage.set_trial_user_attr(trial._trial_id, "error", error[-2000:])
-        self._tell(trial, state=TrialState.FAIL)
+        if not studies.mark_failed(self.study, trial, error):
+            self.exhausted.set()
         print(f"search: trial {trial.number} failed: {error.splitlines()[-1] if error else ''}", flush=True)
 
     def _cpus(self, slot: int) -> list[str]:
@@ -250,8 +247,7 @@ class Search:
             process.wait()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number in running:
-                self.study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted (Ctrl-C)")
-                self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                studies.mark_failed(self.study, trial, "interrupted (Ctrl-C)")
         print(f"search: interrupted; {len(running)} running trial(s) stopped and marked failed", file=sys.stderr)
 
 
@@ -321,8 +317,8 @@ def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int 
             print(f"search: trial(s) {', '.join(map(str, orphans))} of a killed search marked failed", flush=True)
         search = Search(plan, study)
         search.parent_run_id = report.parent_run(plan.tracking, plan.root, study, created=created)
-        print(f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies._redacted(plan.spec)}; "
-              f"{max(0, search._remaining())} trial(s) to run, {plan.search['jobs']} at a time", flush=True)
+        print(f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies.redacted(plan.spec)}; "
+              f"{max(0, search.remaining())} trial(s) to run, {plan.search['jobs']} at a time", flush=True)
         status = search.run()
         if status != INTERRUPTED:
             plots = report.draw(study, plan.log_dir)

@@ -53,7 +53,7 @@ def open_storage(spec: str) -> Any:
                 if attempt + 1 < CREATE_ATTEMPTS and _lost_creation_race(exc):
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                raise PipelineError(f"search.storage: cannot open {_redacted(spec)} ({type(exc).__name__}: "
+                raise PipelineError(f"search.storage: cannot open {redacted(spec)} ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
     from optuna.storages.journal import JournalFileBackend
 
@@ -70,7 +70,7 @@ def _lost_creation_race(exc: Exception) -> bool:
     return isinstance(exc, IntegrityError) or "already exists" in str(exc)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """A database URL without its password."""
     head, sep, tail = url.partition("://")
     if "@" in tail:
@@ -111,16 +111,11 @@ def pruner(cfg: dict[str, Any], epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def load(name: str, spec: str, *, direction: str, search: dict[str, Any], epochs: int) -> Any:
-    """The study ``name`` in ``spec`` (created when missing, else joined with its own direction), with
-    the sampler and pruner of ``search``."""
-    return open_study(name, spec, direction=direction, search=search, epochs=epochs)[0]
-
-
 def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any],
                epochs: int) -> tuple[Any, bool]:
-    """:func:`load`, and whether this call created the study: of workers started together on one
-    storage exactly one does (the storage's unique study name decides), and it opens the study's run."""
+    """The study ``name`` in ``spec`` (created when missing, else joined with its own direction), with
+    the sampler and pruner of ``search``; and whether this call created it: of workers started together
+    on one storage exactly one does (the storage's unique study name decides), and it opens the study's run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,7 +126,7 @@ def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any],
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=storage, pruner=study_pruner), False
     if study.direction.name.lower() != direction:
-        raise PipelineError(f"search.study {name!r} in {_redacted(spec)} was created to {study.direction.name.lower()}, "
+        raise PipelineError(f"search.study {name!r} in {redacted(spec)} was created to {study.direction.name.lower()}, "
                             f"not {direction}; name another study")
     study.sampler = sampler({**search["sampler"], "seed": worker_seed(search["sampler"]["seed"], study, spec)},
                             search["space"])
@@ -178,10 +173,18 @@ def fail_orphans(study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER) or {}
         if worker.get("host") == host and not process_running(int(worker.get("pid", 0))):
-            study._storage.set_trial_user_attr(trial._trial_id, "error", "its search was killed")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            mark_failed(study, trial, "its search was killed")
             failed.append(trial.number)
     return failed
+
+
+def mark_failed(study: Any, trial: Any, error: str) -> bool:
+    """Record ``trial`` (running, of any worker) as failed with ``error``, the end of which is kept; False
+    when the sampler has nothing left (see :func:`tell`)."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial._trial_id, "error", error[-2000:])
+    return tell(study, trial.number, state=TrialState.FAIL)
 
 
 def counts(study: Any) -> dict[str, int]:
