@@ -207,8 +207,7 @@ class Search:
         env[ENV] = json.dumps({"storage": self.plan.spec, "study": self.plan.name, "trial_id": trial._trial_id,
                                "number": trial.number, "pruner": self.plan.search["pruner"],
                                "epochs": self.plan.epochs, "parent_run_id": self.parent_run_id})
-        gpus = _gpus()
-        if gpus and self.plan.search["jobs"] > 1:
+        if self.plan.search["jobs"] > 1 and (gpus := _gpus()):  # one trial at a time keeps every GPU
             env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
         return env
 
