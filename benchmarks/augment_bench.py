@@ -16,6 +16,7 @@ Not a test: run it by hand, on a quiet machine.
     python benchmarks/augment_bench.py
     python benchmarks/augment_bench.py --samples 2000 --workers 2 --json bench.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.components import load_params  # noqa: E402
-from pipeline.seeding import loader_generator, seed_everything, worker_init_fn  # noqa: E402
-from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
+from pipeline.augment.cache import (
+    OfflineCacheDataset,
+    write_cache,
+)
 from pipeline.augment.transform import build_transform
-from pipeline.data.dataset import image_hw  # noqa: E402
-from pipeline.augment.cache import write_cache  # noqa: E402
-from pipeline.data.dataset import ManifestDataset
-from pipeline.data.manifest import Manifest
+from pipeline.components import load_params
+from pipeline.data.dataset import (
+    ManifestDataset,
+    image_hw,
+)
 from pipeline.data.files import IMAGE_EXTENSIONS, segmentation_class_names
+from pipeline.data.manifest import Manifest
+from pipeline.seeding import loader_generator, seed_everything, worker_init_fn
 
 
 class GeneratedDataset(Dataset):
@@ -85,15 +90,24 @@ def embedded_dataset(params: Any, limit: int, transform: Callable | None) -> Dat
         if not root.is_dir():
             return None
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        entries = [{"image": str(f.relative_to(root)), "label": label}
-                   for label, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+        entries = [
+            {"image": str(f.relative_to(root)), "label": label}
+            for label, name in enumerate(classes)
+            for f in sorted((root / name).iterdir())
+        ]
     if not entries:
         return None
     entries = [entries[i % len(entries)] for i in range(limit)]  # repeat to reach --samples
-    manifest = Manifest(task=task, root=str(root), num_classes=len(classes), class_names=classes,
-                        splits={"train": entries, "val": [], "test": []}, counts={}, fingerprint="bench")
-    return ManifestDataset(manifest, "train", root=root, image_size=params.get("data.image_size"),
-                           transform=transform)
+    manifest = Manifest(
+        task=task,
+        root=str(root),
+        num_classes=len(classes),
+        class_names=classes,
+        splits={"train": entries, "val": [], "test": []},
+        counts={},
+        fingerprint="bench",
+    )
+    return ManifestDataset(manifest, "train", root=root, image_size=params.get("data.image_size"), transform=transform)
 
 
 CPU_RATES: dict[str, float] = {}  # one-core figures per CPU-second: robust to a busy machine
@@ -119,9 +133,15 @@ def one_core() -> None:
 
 def through_loader(dataset: Dataset, workers: int, batch_size: int) -> float:
     """Steady state: the second epoch of persistent workers (the first pays for starting them)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        worker_init_fn=worker_init_fn, generator=loader_generator(0),
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        worker_init_fn=worker_init_fn,
+        generator=loader_generator(0),
+        persistent_workers=workers > 0,
+    )
     for _ in loader:
         pass
     return rate(len(dataset), lambda: [None for _ in loader])
@@ -140,15 +160,16 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params, semantic=False)
     task, size = params.get("data.task"), image_hw(params.get("data.image_size"))
-    transform = build_transform(params.get("augment.train"), task=task,
-                                random_order=params.get("augment.random_order"))
+    transform = build_transform(params.get("augment.train"), task=task, random_order=params.get("augment.random_order"))
     dataset = None if args.generated else embedded_dataset(params, args.samples, transform)
     source = f"{params.get('data.root')} (decoded from disk)"
     if dataset is None:
         dataset, source = GeneratedDataset(args.samples, size, task, transform), "generated arrays"
     n = len(dataset)
-    print(f"augment.train: {len(transform.spec)} augmenters, task {task}, {size[0]}x{size[1]}, {n} samples "
-          f"of {source}; {os.cpu_count()} CPUs")
+    print(
+        f"augment.train: {len(transform.spec)} augmenters, task {task}, {size[0]}x{size[1]}, {n} samples "
+        f"of {source}; {os.cpu_count()} CPUs"
+    )
     figures: dict[str, float] = {}
     seed_everything(0)
 
@@ -160,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         copies_n = max(1, n // args.copies)
         base = torch.utils.data.Subset(plain, range(copies_n))
         started = time.perf_counter()
-        write_cache(Path(tmp) / "cache", base, transform, task=task, copies=args.copies,
-                    shard_size=1024, seed=0)
+        write_cache(Path(tmp) / "cache", base, transform, task=task, copies=args.copies, shard_size=1024, seed=0)
         figures["offline_write"] = copies_n * args.copies / (time.perf_counter() - started)
         cache = OfflineCacheDataset(Path(tmp) / "cache")
         figures["offline_loader"] = through_loader(cache, args.workers, args.batch_size)
@@ -169,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         one_core()
         figures["online_1core"] = rate(n, lambda: [dataset[i] for i in range(n)], "online_1core")
         arrays = [plain.load(i) for i in range(n)]
-        figures["augment_only_1core"] = rate(n, lambda: [transform(img, mask) for img, mask in arrays],
-                                             "augment_only_1core")
+        figures["augment_only_1core"] = rate(
+            n, lambda: [transform(img, mask) for img, mask in arrays], "augment_only_1core"
+        )
         figures["decode_only_1core"] = rate(n, lambda: [plain[i] for i in range(n)], "decode_only_1core")
         figures["offline_1core"] = rate(len(cache), lambda: [cache[i] for i in range(len(cache))], "offline_1core")
 
@@ -189,9 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         cpu = f"{CPU_RATES[key]:10.0f}" if key in CPU_RATES else ""
         print(f"{label:55s} {figures[key]:9.0f} {cpu}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"samples": n, "source": source, "load_average": load,
-                                               "images_per_s": figures, "images_per_cpu_s": CPU_RATES},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "samples": n,
+                    "source": source,
+                    "load_average": load,
+                    "images_per_s": figures,
+                    "images_per_cpu_s": CPU_RATES,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ benchmarks/throughput.py can call. Not a test: run it by hand, on a quiet machin
     python benchmarks/augment_device_bench.py
     python benchmarks/augment_device_bench.py --size 224 --batch 64 --threads 2 --json device.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.augment.device import device_plan, fallback_reasons  # noqa: E402
-from pipeline.augment.transform import build_transform  # noqa: E402
-from pipeline.components import load_params  # noqa: E402
+from pipeline.augment.device import device_plan, fallback_reasons
+from pipeline.augment.transform import build_transform
+from pipeline.components import load_params
 
 
 def _best_ms(count: int, run: Callable[[], Any], rounds: int) -> float:
@@ -49,8 +50,17 @@ def _timed(run: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def measure(spec: list, *, task: str, size: int = 224, batch: int = 32, batches: int = 4,
-            rounds: int = 3, threads: int | None = 1, random_order: bool = False) -> dict[str, float]:
+def measure(
+    spec: list,
+    *,
+    task: str,
+    size: int = 224,
+    batch: int = 32,
+    batches: int = 4,
+    rounds: int = 3,
+    threads: int | None = 1,
+    random_order: bool = False,
+) -> dict[str, float]:
     """ms per sample of the CPU path and of the device path on CPU tensors (see the module doc);
     ``threads`` sets torch's CPU threads for the device path (None: leave as is)."""
     if threads is not None:
@@ -79,8 +89,11 @@ def measure(spec: list, *, task: str, size: int = 224, batch: int = 32, batches:
         for x, m, drawn in zip(images, mask_batches, draws):
             plan.apply(x, m, drawn)
 
-    figures = {"cpu_imgaug": _best_ms(n, cpu, rounds), "device_draw": _best_ms(n, draw, rounds),
-               "device_apply": _best_ms(n, apply, rounds)}
+    figures = {
+        "cpu_imgaug": _best_ms(n, cpu, rounds),
+        "device_draw": _best_ms(n, draw, rounds),
+        "device_apply": _best_ms(n, apply, rounds),
+    }
     figures["device_total"] = figures["device_draw"] + figures["device_apply"]
     return figures
 
@@ -98,20 +111,43 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params, semantic=False)
     spec, task = params.get("augment.train"), params.get("data.task")
-    figures = measure(spec, task=task, size=args.size, batch=args.batch, batches=args.batches, rounds=args.rounds,
-                      threads=args.threads, random_order=params.get("augment.random_order"))
+    figures = measure(
+        spec,
+        task=task,
+        size=args.size,
+        batch=args.batch,
+        batches=args.batches,
+        rounds=args.rounds,
+        threads=args.threads,
+        random_order=params.get("augment.random_order"),
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"augment.train: {len(spec)} augmenters, {task}, {args.size}x{args.size}, batches of {args.batch}, "
-          f"torch threads {args.threads}; load average {load:.1f}")
-    labels = {"cpu_imgaug": "CPU path: imgaug per sample (one core)",
-              "device_draw": "device path: drawing parameters (host)",
-              "device_apply": "device path: torch ops on CPU tensors",
-              "device_total": "device path on this CPU: draw + apply"}
+    print(
+        f"augment.train: {len(spec)} augmenters, {task}, {args.size}x{args.size}, batches of {args.batch}, "
+        f"torch threads {args.threads}; load average {load:.1f}"
+    )
+    labels = {
+        "cpu_imgaug": "CPU path: imgaug per sample (one core)",
+        "device_draw": "device path: drawing parameters (host)",
+        "device_apply": "device path: torch ops on CPU tensors",
+        "device_total": "device path on this CPU: draw + apply",
+    }
     for key, label in labels.items():
         print(f"{label:45s} {figures[key]:7.3f} ms/sample")
     if args.json:
-        Path(args.json).write_text(json.dumps({"size": args.size, "batch": args.batch, "threads": args.threads,
-                                               "load_average": load, "ms_per_sample": figures}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "size": args.size,
+                    "batch": args.batch,
+                    "threads": args.threads,
+                    "load_average": load,
+                    "ms_per_sample": figures,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

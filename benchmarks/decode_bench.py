@@ -17,6 +17,7 @@ Not a test: run it by hand, on a quiet machine.
     python benchmarks/decode_bench.py --samples 500 --size 224 --json decode.json
     python benchmarks/decode_bench.py --verify-mb 500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.data.dataset import ManifestDataset  # noqa: E402
-from pipeline.data.decoded import DecodedDataset, human_bytes, write_decoded  # noqa: E402
-from pipeline.data.decoded_index import record_shard, verify_shards  # noqa: E402
-from pipeline.data.manifest import Manifest  # noqa: E402
-from pipeline.data.split import build_manifest  # noqa: E402
-from pipeline.data.synthetic import generate_segmentation  # noqa: E402
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.decoded import DecodedDataset, human_bytes, write_decoded
+from pipeline.data.decoded_index import record_shard, verify_shards
+from pipeline.data.manifest import Manifest
+from pipeline.data.split import build_manifest
+from pipeline.data.synthetic import generate_segmentation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,8 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="data.image_size, px (default 224)")
     p.add_argument("--workers", type=int, default=2, help="processes for the parallel cache write (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the training set (default 3)")
-    p.add_argument("--verify-mb", type=int, default=0,
-                   help="also time the shard check on a synthetic shard set of this many MB (default: none)")
+    p.add_argument(
+        "--verify-mb",
+        type=int,
+        default=0,
+        help="also time the shard check on a synthetic shard set of this many MB (default: none)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -100,9 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data, cache = Path(tmp) / "data", Path(tmp) / "decode"
         generate_segmentation(data, n=args.samples, size=args.source_size, seed=0)
-        manifest = Manifest(**build_manifest(
-            data, task="segmentation", root_as_written=str(data), num_classes=2, seed=0, stratify=False,
-            fractions={"train": 0.8, "val": 0.1, "test": 0.1}))
+        manifest = Manifest(
+            **build_manifest(
+                data,
+                task="segmentation",
+                root_as_written=str(data),
+                num_classes=2,
+                seed=0,
+                stratify=False,
+                fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+            )
+        )
         size = [args.size, args.size]
         started = time.perf_counter()
         index = write_decoded(cache, manifest, root=data, image_size=size, workers=1)
@@ -112,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         write_many = time.perf_counter() - started
         cached = sum(s["count"] for s in index["splits"].values())
         verified = time_verify(cache, index)
-        synthetic = time_verify(Path(tmp) / "synthetic", synthetic_shards(Path(tmp) / "synthetic", args.verify_mb)) \
-            if args.verify_mb else None
+        synthetic = (
+            time_verify(Path(tmp) / "synthetic", synthetic_shards(Path(tmp) / "synthetic", args.verify_mb))
+            if args.verify_mb
+            else None
+        )
 
         if hasattr(os, "sched_setaffinity"):  # one core, as a DataLoader worker
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -121,31 +137,42 @@ def main(argv: list[str] | None = None) -> int:
         files = ManifestDataset(manifest, "train", root=data, image_size=size)
         decoded = DecodedDataset(cache, manifest, "train", root=data, image_size=size)
         results: dict[str, Any] = {
-            "samples_train": len(files), "source_px": args.source_size, "size_px": args.size,
-            "cache_bytes": index["bytes"], "write_images_per_s_1_process": cached / write_one,
+            "samples_train": len(files),
+            "source_px": args.source_size,
+            "size_px": args.size,
+            "cache_bytes": index["bytes"],
+            "write_images_per_s_1_process": cached / write_one,
             f"write_images_per_s_{args.workers}_processes": cached / write_many,
-            "verify_bytes": verified[0], "verify_s": verified[1]}
+            "verify_bytes": verified[0],
+            "verify_s": verified[1],
+        }
         if synthetic:
             results.update(verify_synthetic_bytes=synthetic[0], verify_synthetic_s=synthetic[1])
         for name, dataset in (("ManifestDataset", files), ("DecodedDataset", decoded)):
             results[name] = {}
             for what, read in (("getitem", dataset.__getitem__), ("load", dataset.load)):
                 times = time_reads(read, len(dataset), args.repeats)
-                results[name][what] = {"mean_us": 1e6 * statistics.fmean(times),
-                                       "median_us": 1e6 * statistics.median(times)}
+                results[name][what] = {
+                    "mean_us": 1e6 * statistics.fmean(times),
+                    "median_us": 1e6 * statistics.median(times),
+                }
 
-    print(f"{results['samples_train']} training samples, {args.source_size} px PNGs -> {args.size} px; cache of "
-          f"{cached} train+val samples: {human_bytes(results['cache_bytes'])}, written at "
-          f"{results['write_images_per_s_1_process']:.0f} images/s (1 process), "
-          f"{results[f'write_images_per_s_{args.workers}_processes']:.0f} images/s ({args.workers} processes)")
+    print(
+        f"{results['samples_train']} training samples, {args.source_size} px PNGs -> {args.size} px; cache of "
+        f"{cached} train+val samples: {human_bytes(results['cache_bytes'])}, written at "
+        f"{results['write_images_per_s_1_process']:.0f} images/s (1 process), "
+        f"{results[f'write_images_per_s_{args.workers}_processes']:.0f} images/s ({args.workers} processes)"
+    )
     for what, label in (("getitem", "__getitem__, no transform"), ("load", "load (a CPU transform's input)")):
         for name in ("ManifestDataset", "DecodedDataset"):
             r = results[name][what]
             print(f"  {name:16s} {label:30s} mean {r['mean_us']:8.1f} us, median {r['median_us']:8.1f} us")
     for label, (checked, seconds) in (("this cache", verified), ("synthetic shards", synthetic or (0, 0.0))):
         if checked:
-            print(f"  shard check before training (sizes + sha256, page cache), {label}: {human_bytes(checked)} in "
-                  f"{1e3 * seconds:.1f} ms ({checked / 1e6 / max(seconds, 1e-9):.0f} MB/s)")
+            print(
+                f"  shard check before training (sizes + sha256, page cache), {label}: {human_bytes(checked)} in "
+                f"{1e3 * seconds:.1f} ms ({checked / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
+            )
     speedup = results["ManifestDataset"]["getitem"]["mean_us"] / results["DecodedDataset"]["getitem"]["mean_us"]
     print(f"  reading a sample from the cache is {speedup:.0f}x faster")
     if args.json:

@@ -16,6 +16,7 @@ benchmarks/throughput.py reports as ``host_ms_per_sample``; the issue's bar is f
     python benchmarks/host_cost.py
     python benchmarks/host_cost.py --size 224 --images 64 --json host.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,9 @@ def _best_ms(count: int, run: Callable[[], Any], rounds: int) -> float:
     return best / count * 1000.0
 
 
-def measure(spec: list, *, size: int = 224, images: int = 32, batch: int = 32, rounds: int = 3,
-            random_order: bool = False) -> dict[str, Any]:
+def measure(
+    spec: list, *, size: int = 224, images: int = 32, batch: int = 32, rounds: int = 3, random_order: bool = False
+) -> dict[str, Any]:
     """Host ms per sample of the online and the fast path for ``spec`` at ``size`` px (one thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -81,24 +83,42 @@ def measure(spec: list, *, size: int = 224, images: int = 32, batch: int = 32, r
         with tempfile.TemporaryDirectory(prefix="host-cost-") as tmp:
             root = Path(tmp) / "data"
             realistic_jpegs(root, images)
-            manifest = Manifest(**build_manifest(root, task="classification", root_as_written=str(root),
-                                                 num_classes=None, seed=0, stratify=False,
-                                                 fractions={"train": 0.8, "val": 0.1, "test": 0.1}))
-            online = SeededSamples(ManifestDataset(manifest, "train", root=root, image_size=[size, size],
-                                                   transform=build_transform(spec, task="classification",
-                                                                             random_order=random_order)))
+            manifest = Manifest(
+                **build_manifest(
+                    root,
+                    task="classification",
+                    root_as_written=str(root),
+                    num_classes=None,
+                    seed=0,
+                    stratify=False,
+                    fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+                )
+            )
+            online = SeededSamples(
+                ManifestDataset(
+                    manifest,
+                    "train",
+                    root=root,
+                    image_size=[size, size],
+                    transform=build_transform(spec, task="classification", random_order=random_order),
+                )
+            )
             n = len(online)
             result: dict[str, Any] = {"size": size, "images": n, "batch": batch, "source": "640x480 JPEG q90"}
             result["online"] = _best_ms(n, lambda: [online[(0, 7, i)] for i in range(n)], rounds)
             plan = device_plan(spec, task="classification", random_order=random_order)
             if plan is None:
-                result |= {"fast": None, "ratio": None,
-                           "fallback": fallback_reasons(spec, task="classification", random_order=random_order)}
+                result |= {
+                    "fast": None,
+                    "ratio": None,
+                    "fallback": fallback_reasons(spec, task="classification", random_order=random_order),
+                }
                 return result
             write_decoded(Path(tmp) / "decoded", manifest, root=root, image_size=[size, size], workers=1)
             # read as the training loader does: keyed samples, no per-sample transform to seed for
-            cached = SeededSamples(DecodedDataset(Path(tmp) / "decoded", manifest, "train", root=root,
-                                                  image_size=[size, size]))
+            cached = SeededSamples(
+                DecodedDataset(Path(tmp) / "decoded", manifest, "train", root=root, image_size=[size, size])
+            )
             result["read"] = _best_ms(n, lambda: [cached[(0, 7, i)] for i in range(n)], rounds)
             result["draw"] = _best_ms(batch, lambda: plan.draw(batch, (size, size), 3, seed=7), rounds)
             result["fast"] = result["read"] + result["draw"]
@@ -110,7 +130,9 @@ def measure(spec: list, *, size: int = 224, images: int = 32, batch: int = 32, r
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--params", default=str(REPO / "params.yaml"), help="whose augment.train chain (default params.yaml)")
+    p.add_argument(
+        "--params", default=str(REPO / "params.yaml"), help="whose augment.train chain (default params.yaml)"
+    )
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--batch", type=int, default=32)
@@ -118,15 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     augment = yaml.safe_load(Path(args.params).read_text())["augment"]
-    result = measure(augment["train"], size=args.size, images=args.images, batch=args.batch, rounds=args.rounds,
-                     random_order=bool(augment.get("random_order", False)))
+    result = measure(
+        augment["train"],
+        size=args.size,
+        images=args.images,
+        batch=args.batch,
+        rounds=args.rounds,
+        random_order=bool(augment.get("random_order", False)),
+    )
     print(f"host ms per sample at {args.size} px ({result['source']}, one core):")
     print(f"  online (decode + resize + imgaug)        {result['online']:8.3f}")
     if result["fast"] is None:
         print("  fast: the chain has no device version: " + "; ".join(result["fallback"]))
     else:
-        print(f"  fast (decoded read + device-aug draw)    {result['fast']:8.3f}"
-              f"   (read {result['read']:.3f}, draw {result['draw']:.3f})")
+        print(
+            f"  fast (decoded read + device-aug draw)    {result['fast']:8.3f}"
+            f"   (read {result['read']:.3f}, draw {result['draw']:.3f})"
+        )
         print(f"  online / fast                            {result['ratio']:8.1f}x")
     if args.json:
         write_json(args.json, result)

@@ -35,6 +35,7 @@ torch thread).
     python benchmarks/search_bench.py --trials 24 --epochs 10 --seeds 5 --json search.json
     python benchmarks/search_bench.py --image-size 64 --model resnet10t --threads auto
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ from pipeline import outputs  # noqa: E402
 from pipeline.search import study as studies  # noqa: E402
 from pipeline.search.space import suggest  # noqa: E402
 from pipeline.search.trial import ENV  # noqa: E402
-from stages import decode as decode_stage, model as model_stage, split as split_stage  # noqa: E402
+from stages import decode as decode_stage  # noqa: E402
+from stages import model as model_stage
+from stages import split as split_stage
 from stages import train as train_stage  # noqa: E402
 
 CONFIG = REPO / "configs" / "classification.yaml"
@@ -80,8 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-high", type=float, default=1e-1, help="optimizer.lr range, high end (default 1e-1)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="search.pruner.warmup_epochs (default 1)")
     p.add_argument("--startup-trials", type=int, default=5, help="search.pruner.startup_trials (default 5)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="how far below the grid's best still counts as reaching it (default: 1 / validation images)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="how far below the grid's best still counts as reaching it (default: 1 / validation images)",
+    )
     p.add_argument("--threads", default="1", help="train.threads: N or auto (default 1)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
@@ -92,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --- the workspace: the stages themselves build the split, the decoded cache, the initial weights ------
+
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
@@ -105,10 +113,19 @@ def base_params(args: argparse.Namespace) -> dict[str, Any]:
     params = yaml.safe_load(CONFIG.read_text())
     threads: int | str = int(args.threads) if args.threads.isdigit() else args.threads
     for key, value in {
-        "data.root": "data", "data.image_size": [args.image_size] * 2, "model.name": args.model,
-        "model.pretrained": False, "train.epochs": args.epochs, "train.workers": 0, "train.threads": threads,
-        "train.device": "cpu", "train.resume": False, "precision.dtype": "fp32",
-        "evaluate.workers": 0, "evaluate.device": "cpu", "tracking.enabled": False,
+        "data.root": "data",
+        "data.image_size": [args.image_size] * 2,
+        "model.name": args.model,
+        "model.pretrained": False,
+        "train.epochs": args.epochs,
+        "train.workers": 0,
+        "train.threads": threads,
+        "train.device": "cpu",
+        "train.resume": False,
+        "precision.dtype": "fp32",
+        "evaluate.workers": 0,
+        "evaluate.device": "cpu",
+        "tracking.enabled": False,
         # the config's one warmup epoch, unless it would be the whole run (validate refuses that)
         "scheduler.warmup.epochs": min(params["scheduler"]["warmup"]["epochs"], args.epochs - 1),
     }.items():
@@ -135,6 +152,7 @@ def run_stage(stage: Any, path: Path, log: Path) -> None:
 
 # --- one strategy on one seed ---------------------------------------------------------------------
 
+
 def spaces(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """search.space per strategy: the log range, and the grid's log-spaced values of the same range."""
     lr = {"type": "float", "low": args.lr_low, "high": args.lr_high, "log": True}
@@ -148,13 +166,16 @@ def spaces(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def search_section(strategy: str, space: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
     sampler = {"tpe+median": "tpe", "random": "random", "grid": "grid"}[strategy]
     pruner = "median" if strategy == "tpe+median" else "none"
-    return {"sampler": {"name": sampler, "seed": seed}, "pruner": {"name": pruner, "warmup_epochs": args.warmup_epochs,
-                                                     "startup_trials": args.startup_trials},
-            "space": space}
+    return {
+        "sampler": {"name": sampler, "seed": seed},
+        "pruner": {"name": pruner, "warmup_epochs": args.warmup_epochs, "startup_trials": args.startup_trials},
+        "space": space,
+    }
 
 
-def run_strategy(ws: Path, params: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace,
-                 log: Path) -> dict[str, Any]:
+def run_strategy(
+    ws: Path, params: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace, log: Path
+) -> dict[str, Any]:
     """``--trials`` trials of ``strategy``: each trial's value, state and epochs, the best, the epochs spent."""
     from optuna.trial import TrialState
 
@@ -168,9 +189,17 @@ def run_strategy(ws: Path, params: dict[str, Any], strategy: str, seed: int, arg
         values = suggest(trial, space)
         path = write_params(ws, params, **values, **{"train.seed": seed})
         shutil.rmtree(ws / "outputs" / "train", ignore_errors=True)
-        os.environ[ENV] = json.dumps({"storage": spec, "study": name, "trial_id": trial._trial_id,
-                                      "number": trial.number, "pruner": search["pruner"],
-                                      "epochs": args.epochs, "parent_run_id": None})
+        os.environ[ENV] = json.dumps(
+            {
+                "storage": spec,
+                "study": name,
+                "trial_id": trial._trial_id,
+                "number": trial.number,
+                "pruner": search["pruner"],
+                "epochs": args.epochs,
+                "parent_run_id": None,
+            }
+        )
         try:
             run_stage(train_stage, path, log)
         finally:
@@ -179,17 +208,32 @@ def run_strategy(ws: Path, params: dict[str, Any], strategy: str, seed: int, arg
         value = json.loads((ws / outputs.TRAIN_METRICS).read_text())[OBJECTIVE]
         trial.set_user_attr("epochs_run", summary["epochs_run"])
         studies.tell(study, trial, state=TrialState.PRUNED) if summary["pruned"] else studies.tell(study, trial, value)
-        trials.append({"number": trial.number, **values, "pruned": bool(summary["pruned"]),
-                       "epochs_run": int(summary["epochs_run"]), "value": float(value)})
+        trials.append(
+            {
+                "number": trial.number,
+                **values,
+                "pruned": bool(summary["pruned"]),
+                "epochs_run": int(summary["epochs_run"]),
+                "value": float(value),
+            }
+        )
         if not args.quiet:
-            print(f"  seed {seed} {strategy:10s} #{trial.number:<3d} lr={values['optimizer.lr']:.3g}: "
-                  f"{'pruned' if summary['pruned'] else 'complete'} after {summary['epochs_run']} epoch(s), "
-                  f"{OBJECTIVE} {value:.4f}", flush=True)
+            print(
+                f"  seed {seed} {strategy:10s} #{trial.number:<3d} lr={values['optimizer.lr']:.3g}: "
+                f"{'pruned' if summary['pruned'] else 'complete'} after {summary['epochs_run']} epoch(s), "
+                f"{OBJECTIVE} {value:.4f}",
+                flush=True,
+            )
     complete = [t for t in trials if not t["pruned"]]
     best = max(complete, key=lambda t: t["value"]) if complete else None
-    return {"trials": trials, "best": best["value"] if best else math.nan,
-            "best_lr": best["optimizer.lr"] if best else None, "epochs": sum(t["epochs_run"] for t in trials),
-            "pruned": sum(t["pruned"] for t in trials), "wall_s": time.perf_counter() - started}
+    return {
+        "trials": trials,
+        "best": best["value"] if best else math.nan,
+        "best_lr": best["optimizer.lr"] if best else None,
+        "epochs": sum(t["epochs_run"] for t in trials),
+        "pruned": sum(t["pruned"] for t in trials),
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def epochs_to_reach(trials: list[dict[str, Any]], target: float) -> int | None:
@@ -203,6 +247,7 @@ def epochs_to_reach(trials: list[dict[str, Any]], target: float) -> int | None:
 
 
 # --- the whole run --------------------------------------------------------------------------------
+
 
 def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     (ws / "data").symlink_to(DATA, target_is_directory=True)
@@ -220,16 +265,33 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         runs = {s: run_strategy(ws, params, s, seed, args, log) for s in STRATEGIES}
         grid_best, tpe = runs["grid"]["best"], runs["tpe+median"]
         reached = tpe["best"] >= grid_best - tolerance - EPS
-        by_seed.append({"seed": seed, **runs, "target": {
-            "reached_grid_best": reached, "epochs_ratio": tpe["epochs"] / runs["grid"]["epochs"],
-            "met": reached and tpe["epochs"] <= runs["grid"]["epochs"] / 2,
-            "epochs_to_grid_best": {s: epochs_to_reach(runs[s]["trials"], grid_best - tolerance - EPS)
-                                    for s in STRATEGIES}}})
-    return {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                         "tolerance": tolerance, "val_images": val_images, "objective": OBJECTIVE,
-                         "data": str(DATA.relative_to(REPO)), "config": str(CONFIG.relative_to(REPO)),
-                         "grid": spaces(args)["grid"]["optimizer.lr"]["choices"]},
-            "seeds": by_seed, "summary": summarise(by_seed, tolerance)}
+        by_seed.append(
+            {
+                "seed": seed,
+                **runs,
+                "target": {
+                    "reached_grid_best": reached,
+                    "epochs_ratio": tpe["epochs"] / runs["grid"]["epochs"],
+                    "met": reached and tpe["epochs"] <= runs["grid"]["epochs"] / 2,
+                    "epochs_to_grid_best": {
+                        s: epochs_to_reach(runs[s]["trials"], grid_best - tolerance - EPS) for s in STRATEGIES
+                    },
+                },
+            }
+        )
+    return {
+        "settings": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "tolerance": tolerance,
+            "val_images": val_images,
+            "objective": OBJECTIVE,
+            "data": str(DATA.relative_to(REPO)),
+            "config": str(CONFIG.relative_to(REPO)),
+            "grid": spaces(args)["grid"]["optimizer.lr"]["choices"],
+        },
+        "seeds": by_seed,
+        "summary": summarise(by_seed, tolerance),
+    }
 
 
 def _spread(values: list[float]) -> float:
@@ -242,49 +304,73 @@ def summarise(by_seed: list[dict[str, Any]], tolerance: float) -> dict[str, Any]
     for s in STRATEGIES:
         best = [r[s]["best"] for r in by_seed]
         epochs = [r[s]["epochs"] for r in by_seed]
-        out[s] = {"best_mean": statistics.fmean(best), "best_std": _spread(best), "best_min": min(best),
-                  "best_max": max(best), "epochs_mean": statistics.fmean(epochs), "epochs_total": sum(epochs),
-                  "trials": sum(len(r[s]["trials"]) for r in by_seed), "pruned": sum(r[s]["pruned"] for r in by_seed),
-                  "wall_s": sum(r[s]["wall_s"] for r in by_seed)}
+        out[s] = {
+            "best_mean": statistics.fmean(best),
+            "best_std": _spread(best),
+            "best_min": min(best),
+            "best_max": max(best),
+            "epochs_mean": statistics.fmean(epochs),
+            "epochs_total": sum(epochs),
+            "trials": sum(len(r[s]["trials"]) for r in by_seed),
+            "pruned": sum(r[s]["pruned"] for r in by_seed),
+            "wall_s": sum(r[s]["wall_s"] for r in by_seed),
+        }
     tpe, grid = out["tpe+median"], out["grid"]
     out["target"] = {
-        "seeds_met": sum(r["target"]["met"] for r in by_seed), "seeds": len(by_seed),
+        "seeds_met": sum(r["target"]["met"] for r in by_seed),
+        "seeds": len(by_seed),
         "mean_reached": tpe["best_mean"] >= grid["best_mean"] - tolerance - EPS,
         "mean_epochs_ratio": tpe["epochs_mean"] / grid["epochs_mean"],
         "met_on_means": tpe["best_mean"] >= grid["best_mean"] - tolerance - EPS
-        and tpe["epochs_mean"] <= grid["epochs_mean"] / 2}
+        and tpe["epochs_mean"] <= grid["epochs_mean"] / 2,
+    }
     return out
 
 
 def print_report(result: dict[str, Any]) -> None:
     st, summary, seeds = result["settings"], result["summary"], result["seeds"]
-    print(f"\n{st['config']} on {st['data']} ({st['val_images']} val images), timm/{st['model']} at "
-          f"{st['image_size']} px, {st['trials']} trials x {st['epochs']} epochs per strategy, "
-          f"seeds 0..{st['seeds'] - 1}; "
-          f"optimizer.lr log [{st['lr_low']:g}, {st['lr_high']:g}] (grid: {len(st['grid'])} log-spaced values); "
-          f"objective {st['objective']} (best completed trial)")
-    print(f"\n| strategy | best {st['objective'].removeprefix('best_')} mean ± std | min - max | "
-          "epochs per seed (mean) | pruned trials | wall s |")
+    print(
+        f"\n{st['config']} on {st['data']} ({st['val_images']} val images), timm/{st['model']} at "
+        f"{st['image_size']} px, {st['trials']} trials x {st['epochs']} epochs per strategy, "
+        f"seeds 0..{st['seeds'] - 1}; "
+        f"optimizer.lr log [{st['lr_low']:g}, {st['lr_high']:g}] (grid: {len(st['grid'])} log-spaced values); "
+        f"objective {st['objective']} (best completed trial)"
+    )
+    print(
+        f"\n| strategy | best {st['objective'].removeprefix('best_')} mean ± std | min - max | "
+        "epochs per seed (mean) | pruned trials | wall s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for s in STRATEGIES:
         r = summary[s]
-        print(f"| {s} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {r['best_min']:.3f} - {r['best_max']:.3f} | "
-              f"{r['epochs_mean']:.1f} | {r['pruned']}/{r['trials']} | {r['wall_s']:.0f} |")
+        print(
+            f"| {s} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {r['best_min']:.3f} - {r['best_max']:.3f} | "
+            f"{r['epochs_mean']:.1f} | {r['pruned']}/{r['trials']} | {r['wall_s']:.0f} |"
+        )
     print(f"\nper seed (tolerance {st['tolerance']:.3f} = one val image unless --tolerance):")
     for r in seeds:
         t = r["target"]
-        reach = ", ".join(f"{s} {t['epochs_to_grid_best'][s] if t['epochs_to_grid_best'][s] is not None else 'never'}"
-                          for s in STRATEGIES)
-        print(f"  seed {r['seed']}: best " + ", ".join(f"{s} {r[s]['best']:.3f} (lr {r[s]['best_lr']:.3g})"
-                                                      if r[s]["best_lr"] else f"{s} none" for s in STRATEGIES)
-              + f"; epochs tpe/grid {r['tpe+median']['epochs']}/{r['grid']['epochs']} = {t['epochs_ratio']:.2f}; "
-              f"epochs until the grid's best (- tol): {reach}; target {'met' if t['met'] else 'NOT met'}")
+        reach = ", ".join(
+            f"{s} {t['epochs_to_grid_best'][s] if t['epochs_to_grid_best'][s] is not None else 'never'}"
+            for s in STRATEGIES
+        )
+        print(
+            f"  seed {r['seed']}: best "
+            + ", ".join(
+                f"{s} {r[s]['best']:.3f} (lr {r[s]['best_lr']:.3g})" if r[s]["best_lr"] else f"{s} none"
+                for s in STRATEGIES
+            )
+            + f"; epochs tpe/grid {r['tpe+median']['epochs']}/{r['grid']['epochs']} = {t['epochs_ratio']:.2f}; "
+            f"epochs until the grid's best (- tol): {reach}; target {'met' if t['met'] else 'NOT met'}"
+        )
     tg = summary["target"]
-    print(f"\ntarget (tpe+median reaches the grid's best within {st['tolerance']:.3f} with <= half its epochs): "
-          f"met on {tg['seeds_met']}/{tg['seeds']} seeds; on the means: best "
-          f"{summary['tpe+median']['best_mean']:.3f} vs {summary['grid']['best_mean']:.3f} "
-          f"({'reached' if tg['mean_reached'] else 'not reached'}), epochs ratio {tg['mean_epochs_ratio']:.2f} "
-          f"-> {'MET' if tg['met_on_means'] else 'NOT MET'}")
+    print(
+        f"\ntarget (tpe+median reaches the grid's best within {st['tolerance']:.3f} with <= half its epochs): "
+        f"met on {tg['seeds_met']}/{tg['seeds']} seeds; on the means: best "
+        f"{summary['tpe+median']['best_mean']:.3f} vs {summary['grid']['best_mean']:.3f} "
+        f"({'reached' if tg['mean_reached'] else 'not reached'}), epochs ratio {tg['mean_epochs_ratio']:.2f} "
+        f"-> {'MET' if tg['met_on_means'] else 'NOT MET'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

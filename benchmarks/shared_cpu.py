@@ -17,6 +17,7 @@ machine (the load average is printed; other jobs skew every figure).
     python benchmarks/shared_cpu.py                     # about 30 s
     python benchmarks/shared_cpu.py --workers 0 --passive --json shared.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="timed window of every run (default 5)")
-    p.add_argument("--workers", type=int, default=resolve_workers(params["train"]["workers"]),
-                   help="DataLoader workers of every run (default params.yaml's train.workers, resolved here)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=resolve_workers(params["train"]["workers"]),
+        help="DataLoader workers of every run (default params.yaml's train.workers, resolved here)",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--base-channels", type=int, default=8, help="classic U-Net width (depth 3)")
@@ -52,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --- one run (a child process) -------------------------------------------------------------------
+
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, say so on stdout and wait for the go on stdin, then train for ``--seconds``;
@@ -77,11 +83,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(net.parameters(), lr=params["optimizer"]["lr"])
     step = make_train_step(net.train(), loss_fn, optimizer, plan, grad_clip=1.0, accumulate=1)
     size, count = args.image_size, 16 * args.batch
-    data = TensorDataset(torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
-                         torch.randint(0, 2, (count, size, size), dtype=torch.uint8))
-    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-                        worker_init_fn=worker_init_fn if args.workers else None,
-                        persistent_workers=args.workers > 0)
+    data = TensorDataset(
+        torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
+        torch.randint(0, 2, (count, size, size), dtype=torch.uint8),
+    )
+    loader = DataLoader(
+        data,
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        worker_init_fn=worker_init_fn if args.workers else None,
+        persistent_workers=args.workers > 0,
+    )
 
     def batches():
         while True:
@@ -102,13 +116,29 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- the comparison (the parent) -----------------------------------------------------------------
 
+
 def run_together(mode: str, copies: int, args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
     """``copies`` children of ``mode`` timing the same window; their results."""
-    command = [sys.executable, __file__, "--child", mode, "--seconds", str(args.seconds),
-               "--workers", str(args.workers), "--image-size", str(args.image_size),
-               "--batch", str(args.batch), "--base-channels", str(args.base_channels)]
-    procs = [subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(copies)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--seconds",
+        str(args.seconds),
+        "--workers",
+        str(args.workers),
+        "--image-size",
+        str(args.image_size),
+        "--batch",
+        str(args.batch),
+        "--base-channels",
+        str(args.base_channels),
+    ]
+    procs = [
+        subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
     for proc in procs:  # every child has warmed up ...
         proc.stdout.readline()
     for proc in procs:  # ... before any starts its clock
@@ -131,20 +161,37 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             env.pop("OMP_WAIT_POLICY", None)
         lone = run_together(mode, 1, args, env)[0]
         pair = run_together(mode, 2, args, env)
-        results.append({"mode": mode, "env": extra, "threads": lone["threads"], "lone": lone["images_per_s"],
-                        "pair": [r["images_per_s"] for r in pair],
-                        "share": [r["images_per_s"] / lone["images_per_s"] for r in pair]})
-    return {"cores": len(os.sched_getaffinity(0)), "workers": args.workers, "image_size": args.image_size,
-            "batch": args.batch, "seconds": args.seconds, "results": results}
+        results.append(
+            {
+                "mode": mode,
+                "env": extra,
+                "threads": lone["threads"],
+                "lone": lone["images_per_s"],
+                "pair": [r["images_per_s"] for r in pair],
+                "share": [r["images_per_s"] / lone["images_per_s"] for r in pair],
+            }
+        )
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "workers": args.workers,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "results": results,
+    }
 
 
 def print_report(report: dict[str, Any], loads: tuple[float, float]) -> None:
-    print(f"{report['cores']} cores, {report['workers']} DataLoader workers per run, U-Net at "
-          f"{report['image_size']} px, batch {report['batch']}, {report['seconds']:g} s windows; "
-          f"load average {loads[0]:.1f} before, {loads[1]:.1f} after")
+    print(
+        f"{report['cores']} cores, {report['workers']} DataLoader workers per run, U-Net at "
+        f"{report['image_size']} px, batch {report['batch']}, {report['seconds']:g} s windows; "
+        f"load average {loads[0]:.1f} before, {loads[1]:.1f} after"
+    )
     best_lone = max(r["lone"] for r in report["results"])
-    print(f"{'mode':72s} {'threads':>7s} {'lone':>6s} {'two at once (each)':>19s} {'share of lone':>14s} "
-          f"{'of fastest lone':>16s}")
+    print(
+        f"{'mode':72s} {'threads':>7s} {'lone':>6s} {'two at once (each)':>19s} {'share of lone':>14s} "
+        f"{'of fastest lone':>16s}"
+    )
     for r in report["results"]:
         label = MODES[r["mode"]] + (" + OMP_WAIT_POLICY=PASSIVE" if r["env"] else "")
         pair = " / ".join(f"{v:.0f}" for v in r["pair"])

@@ -9,6 +9,7 @@ test: run it by hand.
     python benchmarks/split_bench.py                       # 100,000 classification images, 10 classes
     python benchmarks/split_bench.py --task segmentation   # 100,000 images + 100,000 masks
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.data.split import build_manifest  # noqa: E402
+from pipeline.data.split import build_manifest
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -73,13 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"created {args.n} {args.task} images in {time.perf_counter() - start:.1f}s")
         for attempt in range(args.repeat):
             start, cpu = time.perf_counter(), _cpu_seconds()
-            manifest = build_manifest(root, task=args.task, root_as_written="data", num_classes=None,
-                                      seed=42, fractions=FRACTIONS, stratify=True)
+            manifest = build_manifest(
+                root,
+                task=args.task,
+                root_as_written="data",
+                num_classes=None,
+                seed=42,
+                fractions=FRACTIONS,
+                stratify=True,
+            )
             elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             sizes = {s: len(v) for s, v in manifest["splits"].items()}
-            print(f"split #{attempt + 1}: {elapsed:.2f}s wall, {cpu:.2f}s CPU for {args.n} images "
-                  f"({args.n / elapsed:,.0f} images/s; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}) "
-                  f"-> {sizes}")
+            print(
+                f"split #{attempt + 1}: {elapsed:.2f}s wall, {cpu:.2f}s CPU for {args.n} images "
+                f"({args.n / elapsed:,.0f} images/s; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}) "
+                f"-> {sizes}"
+            )
     return 0
 
 

@@ -23,6 +23,7 @@ figures. Not a test: run it by hand (``--smoke`` is what tests/test_throughput.p
     python benchmarks/throughput.py --model unet --image-size 256 --batch 32 --precision bf16
     python benchmarks/throughput.py --model resnet50 --image-size 224 --batch 256 --compile --json r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,66 +44,114 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.components import load_params  # noqa: E402
-from pipeline.config.errors import PipelineError  # noqa: E402
-from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
-from stages import augment as augment_stage, model as model_stage, split as split_stage  # noqa: E402
-from stages import train as train_stage  # noqa: E402
-from stages import decode as decode_stage  # noqa: E402
 from benchmarks import host_cost  # noqa: E402
+from pipeline.atomic import write_json  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
 from pipeline.augment.transform import build_transform
+from pipeline.components import load_params  # noqa: E402
+from pipeline.config.errors import PipelineError  # noqa: E402
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.manifest import load_manifest
+from pipeline.models.file import load_model
+from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
 from pipeline.training.device import resolve_device  # noqa: E402
 from pipeline.training.loop import make_train_step  # noqa: E402
 from pipeline.training.loss import build_loss  # noqa: E402
-from pipeline.training.optimizer import parameter_groups  # noqa: E402
-from pipeline.models.file import load_model
-from pipeline.training.optimizer import build_optimizer  # noqa: E402
+from pipeline.training.optimizer import (
+    build_optimizer,
+    parameter_groups,
+)
 from pipeline.training.precision import resolve_precision  # noqa: E402
+from stages import augment as augment_stage  # noqa: E402
+from stages import decode as decode_stage  # noqa: E402
+from stages import model as model_stage
+from stages import split as split_stage
+from stages import train as train_stage  # noqa: E402
 
-SMOKE = {"model": "unet", "image_size": 32, "batch": 4, "steps": 5, "warmup": 2, "rounds": 2, "workers": 2,
-         "threads": 1, "unet_base_channels": 4, "unet_depth": 2}
-LABELS = {"raw_loop": "(a) raw PyTorch loop, synthetic", "train_step": "(b) train stage's step, synthetic",
-          "data": "(c) data path alone", "end_to_end": "(d) train stage end to end"}
+SMOKE = {
+    "model": "unet",
+    "image_size": 32,
+    "batch": 4,
+    "steps": 5,
+    "warmup": 2,
+    "rounds": 2,
+    "workers": 2,
+    "threads": 1,
+    "unet_base_channels": 4,
+    "unet_depth": 2,
+}
+LABELS = {
+    "raw_loop": "(a) raw PyTorch loop, synthetic",
+    "train_step": "(b) train stage's step, synthetic",
+    "data": "(c) data path alone",
+    "end_to_end": "(d) train stage end to end",
+}
 RATIOS = {"b/a": ("train_step", ("raw_loop",)), "d/min(a,c)": ("end_to_end", ("raw_loop", "data"))}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["unet"]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="unet", help="unet (classic), unet/<timm encoder>, a torchvision "
-                   "name (resnet50) or timm/<name>; non-U-Nets train on data/shapes-cls")
+    p.add_argument(
+        "--model",
+        default="unet",
+        help="unet (classic), unet/<timm encoder>, a torchvision "
+        "name (resnet50) or timm/<name>; non-U-Nets train on data/shapes-cls",
+    )
     p.add_argument("--image-size", type=int, default=None, help="square side (default 256, smoke 32)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 32, smoke 4)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: auto (on for CUDA)")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: auto (on for CUDA)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs, at most 16)")
     p.add_argument("--steps", type=int, default=None, help="timed steps/batches per figure (default 50)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, 20 with --compile)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="(a) and (b) are timed alternately this many times; the best round counts (default 3)")
-    p.add_argument("--unet-base-channels", type=int, default=None,
-                   help=f"classic U-Net width (default params.yaml's {defaults['base_channels']}, smoke 4)")
-    p.add_argument("--unet-depth", type=int, default=None,
-                   help=f"U-Net levels (default params.yaml's {defaults['depth']}, smoke 2)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="(a) and (b) are timed alternately this many times; the best round counts (default 3)",
+    )
+    p.add_argument(
+        "--unet-base-channels",
+        type=int,
+        default=None,
+        help=f"classic U-Net width (default params.yaml's {defaults['base_channels']}, smoke 4)",
+    )
+    p.add_argument(
+        "--unet-depth",
+        type=int,
+        default=None,
+        help=f"U-Net levels (default params.yaml's {defaults['depth']}, smoke 2)",
+    )
     p.add_argument("--offline", action="store_true", help="(c) and (d) read the offline augmentation cache")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of this process (default: torch's; smoke 1, steadier on a shared host)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny U-Net, 32 px, batch 4, a few steps, one thread (the CPU test)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of this process (default: torch's; smoke 1, steadier on a shared host)",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny U-Net, 32 px, batch 4, a few steps, one thread (the CPU test)"
+    )
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print one table of earlier --json results and exit")
     args = p.parse_args(argv)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fallback = {"image_size": 256, "batch": 32, "steps": 50, "rounds": 3, "warmup": 20 if args.compile else 5,
-                "workers": min(cpus, 16), "threads": None, "unet_base_channels": defaults["base_channels"],
-                "unet_depth": defaults["depth"]}
+    fallback = {
+        "image_size": 256,
+        "batch": 32,
+        "steps": 50,
+        "rounds": 3,
+        "warmup": 20 if args.compile else 5,
+        "workers": min(cpus, 16),
+        "threads": None,
+        "unet_base_channels": defaults["base_channels"],
+        "unet_depth": defaults["depth"],
+    }
     for key, value in fallback.items():
         if getattr(args, key) is None:
             setattr(args, key, SMOKE[key] if args.smoke and key in SMOKE else value)
@@ -111,16 +160,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- the temp workspace: the stages themselves build the split and the initial weights ----------
 
+
 def model_settings(name: str) -> dict[str, Any]:
     """params.yaml overrides for ``--model``: a U-Net segments shapes-seg, anything else classifies
     shapes-cls."""
     if name == "unet" or name.startswith("unet/"):
-        return {"model.source": "unet", "model.name": name.partition("/")[2] or "classic",
-                "data.task": "segmentation", "dataset": "shapes-seg", "data.num_classes": 2}
+        return {
+            "model.source": "unet",
+            "model.name": name.partition("/")[2] or "classic",
+            "data.task": "segmentation",
+            "dataset": "shapes-seg",
+            "data.num_classes": 2,
+        }
     source, _, model = name.rpartition("/")
-    return {"model.source": source or "torchvision", "model.name": model, "data.task": "classification",
-            "dataset": "shapes-cls", "data.num_classes": None,
-            "loss": {"name": "cross_entropy", "params": {}, "terms": []}}
+    return {
+        "model.source": source or "torchvision",
+        "model.name": model,
+        "data.task": "classification",
+        "dataset": "shapes-cls",
+        "data.num_classes": None,
+        "loss": {"name": "cross_entropy", "params": {}, "terms": []},
+    }
 
 
 def _copy_repeated(src: Path, dst: Path, repeat: int) -> None:
@@ -147,19 +207,37 @@ def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
     total = images * repeat
     _copy_repeated(src, ws / "data", repeat)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    overrides.update({
-        "data.root": "data", "data.image_size": [args.image_size] * 2,
-        "split.fractions": {"train": train_n / total, "val": val_n / total,
-                            "test": 1 - train_n / total - val_n / total},
-        "augment.offline": {**params["augment"]["offline"], "enabled": args.offline, "copies": 2},
-        "model.pretrained": False, "model.freeze": "none", "model.num_classes": None,
-        "model.unet": {**params["model"]["unet"], "base_channels": args.unet_base_channels,
-                       "depth": args.unet_depth},
-        "precision.dtype": args.precision, "precision.compile": args.compile,
-        "precision.channels_last": "auto" if args.channels_last is None else args.channels_last,
-        "train.epochs": 2, "train.batch_size": args.batch, "train.workers": args.workers,
-        "train.device": args.device, "train.resume": False, "train.accumulate": 1,
-        "train.early_stopping.patience": None, "tracking.enabled": False})
+    overrides.update(
+        {
+            "data.root": "data",
+            "data.image_size": [args.image_size] * 2,
+            "split.fractions": {
+                "train": train_n / total,
+                "val": val_n / total,
+                "test": 1 - train_n / total - val_n / total,
+            },
+            "augment.offline": {**params["augment"]["offline"], "enabled": args.offline, "copies": 2},
+            "model.pretrained": False,
+            "model.freeze": "none",
+            "model.num_classes": None,
+            "model.unet": {
+                **params["model"]["unet"],
+                "base_channels": args.unet_base_channels,
+                "depth": args.unet_depth,
+            },
+            "precision.dtype": args.precision,
+            "precision.compile": args.compile,
+            "precision.channels_last": "auto" if args.channels_last is None else args.channels_last,
+            "train.epochs": 2,
+            "train.batch_size": args.batch,
+            "train.workers": args.workers,
+            "train.device": args.device,
+            "train.resume": False,
+            "train.accumulate": 1,
+            "train.early_stopping.patience": None,
+            "tracking.enabled": False,
+        }
+    )
     for key, value in overrides.items():
         *parents, last = key.split(".")
         node = params
@@ -178,6 +256,7 @@ def build_workspace(ws: Path, args: argparse.Namespace) -> Path:
 
 # --- the four measurements ----------------------------------------------------------------------
 
+
 def timed_rate(run_one: Callable[[], Any], *, steps: int, batch: int, device: torch.device) -> float:
     """images/s of ``steps`` calls, the device synced before and after (no sync inside)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
@@ -189,8 +268,9 @@ def timed_rate(run_one: Callable[[], Any], *, steps: int, batch: int, device: to
     return steps * batch / (time.perf_counter() - started)
 
 
-def best_rates(steps_by_name: dict[str, Callable[[], Any]], args: argparse.Namespace,
-               device: torch.device) -> dict[str, float]:
+def best_rates(
+    steps_by_name: dict[str, Callable[[], Any]], args: argparse.Namespace, device: torch.device
+) -> dict[str, float]:
     """Warm every step up, then time them in alternating rounds and keep each one's best round: a
     shared or busy host (and CPU clocks) then skews both alike instead of whichever ran first."""
     for run_one in steps_by_name.values():
@@ -287,15 +367,29 @@ def data_path(view: Any, root: Path, device: torch.device, args: argparse.Namesp
         dataset = OfflineCacheDataset(root / "outputs/augment/cache")
     else:
         manifest = load_manifest(root / "outputs/split/manifest.json")
-        transform = build_transform(view["augment.train"], task=view["data.task"],
-                                    random_order=view["augment.random_order"])
-        dataset = ManifestDataset(manifest, "train", root=view.resolve_path(manifest.root),
-                                  image_size=view["data.image_size"], transform=transform)
+        transform = build_transform(
+            view["augment.train"], task=view["data.task"], random_order=view["augment.random_order"]
+        )
+        dataset = ManifestDataset(
+            manifest,
+            "train",
+            root=view.resolve_path(manifest.root),
+            image_size=view["data.image_size"],
+            transform=transform,
+        )
     workers = args.workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True,
-        worker_init_fn=worker_init_fn if workers else None, generator=loader_generator(0),
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        worker_init_fn=worker_init_fn if workers else None,
+        generator=loader_generator(0),
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
     for _ in loader:  # warm-up epoch: starts the workers
         pass
     rate = 0.0
@@ -317,11 +411,16 @@ def end_to_end(params_path: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     with open(params_path.parent / "outputs/train/history.csv", newline="") as fh:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    return {"images_per_s": history[-1]["images_per_s"], "epochs": len(history), "stage_wall_s": wall,
-            "source": "history.csv images_per_s of epoch 2 (train loop only; epoch 1 is warm-up)"}
+    return {
+        "images_per_s": history[-1]["images_per_s"],
+        "epochs": len(history),
+        "stage_wall_s": wall,
+        "source": "history.csv images_per_s of epoch 2 (train loop only; epoch 1 is warm-up)",
+    }
 
 
 # --- report ---------------------------------------------------------------------------------------
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -334,8 +433,14 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device")
     # Checked before any work, so an impossible setting (fp16 on a CPU) fails at once.
-    resolve_precision({"dtype": args.precision, "compile": args.compile,
-                       "channels_last": "auto" if args.channels_last is None else args.channels_last}, device)
+    resolve_precision(
+        {
+            "dtype": args.precision,
+            "compile": args.compile,
+            "channels_last": "auto" if args.channels_last is None else args.channels_last,
+        },
+        device,
+    )
     params_path = build_workspace(ws, args)
     view = load_params(params_path).view(train_stage.PARAMS + ("model.source",), stage="throughput")
     plan = resolve_precision(view["precision"], device)  # exactly the plan the train stage makes
@@ -350,24 +455,50 @@ def measure(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         torch.cuda.empty_cache()
     figures["data"] = data_path(view, ws, device, args)
     # (c) as host cost: online imgaug against the decoded cache + device augmentation, at 224 px JPEGs
-    host = host_cost.measure(view["augment.train"], size=224, images=16 if args.smoke else 64, batch=args.batch,
-                             rounds=args.rounds, random_order=view["augment.random_order"])
+    host = host_cost.measure(
+        view["augment.train"],
+        size=224,
+        images=16 if args.smoke else 64,
+        batch=args.batch,
+        rounds=args.rounds,
+        random_order=view["augment.random_order"],
+    )
     e2e = end_to_end(params_path)
     figures["end_to_end"] = e2e.pop("images_per_s")
     ratios = {name: figures[num] / min(figures[d] for d in dens) for name, (num, dens) in RATIOS.items()}
-    settings = {"model": args.model, "source": view["model.source"], "task": view["data.task"],
-                "image_size": args.image_size, "batch": args.batch, "precision": plan.name,
-                "channels_last": plan.channels_last, "compile": plan.compile, "workers": args.workers,
-                "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-                "threads": torch.get_num_threads(), "offline_cache": args.offline,
-                "optimizer": view["optimizer"]["name"], "loss": view["loss"]["name"],
-                "grad_clip": view["train"]["grad_clip"]}
+    settings = {
+        "model": args.model,
+        "source": view["model.source"],
+        "task": view["data.task"],
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "precision": plan.name,
+        "channels_last": plan.channels_last,
+        "compile": plan.compile,
+        "workers": args.workers,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "offline_cache": args.offline,
+        "optimizer": view["optimizer"]["name"],
+        "loss": view["loss"]["name"],
+        "grad_clip": view["train"]["grad_clip"],
+    }
     if view["model.source"] == "unet":
         settings["unet"] = {"base_channels": args.unet_base_channels, "depth": args.unet_depth}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy host skews CPU figures
-    return {"device": device_name(device), "torch": torch.__version__, "settings": settings, "load_average": load,
-            "images_per_s": figures, "ratios": ratios, "end_to_end": e2e,
-            "host_syncs_per_step": syncs, "host_ms_per_sample": host}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "settings": settings,
+        "load_average": load,
+        "images_per_s": figures,
+        "ratios": ratios,
+        "end_to_end": e2e,
+        "host_syncs_per_step": syncs,
+        "host_ms_per_sample": host,
+    }
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -383,9 +514,12 @@ def print_report(result: dict[str, Any]) -> None:
         print("host syncs per step: " + ", ".join(f"{k} {v:g}" for k, v in result["host_syncs_per_step"].items()))
     print(f"(d) is {result['end_to_end']['source']}; the stage took {result['end_to_end']['stage_wall_s']:.1f} s")
     host = result["host_ms_per_sample"]
-    fast = "no device version of the chain" if host["fast"] is None else \
-        f"fast {host['fast']:.3f} (decoded read {host['read']:.3f} + device-aug draw {host['draw']:.3f}), " \
+    fast = (
+        "no device version of the chain"
+        if host["fast"] is None
+        else f"fast {host['fast']:.3f} (decoded read {host['read']:.3f} + device-aug draw {host['draw']:.3f}), "
         f"{host['ratio']:.1f}x lower"
+    )
     print(f"(c) host ms per sample at {host['size']} px JPEGs: online {host['online']:.3f}; {fast}")
 
 
@@ -399,10 +533,16 @@ def print_table(paths: list[str]) -> None:
     for path in paths:
         r = json.loads(Path(path).read_text())
         rates, syncs, host = r["images_per_s"], r.get("host_syncs_per_step") or {}, r.get("host_ms_per_sample") or {}
-        rows.append((Path(path).stem, r["device"][:24], *(f"{rates[k]:.0f}" for k in LABELS),
-                     *(f"{v:.3f}" for v in r["ratios"].values()),
-                     f"{syncs.get('raw_loop', float('nan')):g}/{syncs.get('train_step', float('nan')):g}",
-                     f"{host.get('online', float('nan')):.3f}/{host.get('fast', float('nan')):.3f}"))
+        rows.append(
+            (
+                Path(path).stem,
+                r["device"][:24],
+                *(f"{rates[k]:.0f}" for k in LABELS),
+                *(f"{v:.3f}" for v in r["ratios"].values()),
+                f"{syncs.get('raw_loop', float('nan')):g}/{syncs.get('train_step', float('nan')):g}",
+                f"{host.get('online', float('nan')):.3f}/{host.get('fast', float('nan')):.3f}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
     for row in rows:
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))

@@ -23,6 +23,7 @@ Then, for each stage module, one process imports it and runs the stage runner's 
 
 Not a test (timings depend on the machine); tests/test_imports.py guards what is imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,29 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "torch._dynamo", "torchvision", "timm", "imgaug", "scipy", "sympy", "numba", "cv2", "skimage",
-         "mlflow", "matplotlib", "onnx", "onnxruntime", "huggingface_hub", "safetensors", "sqlalchemy", "pandas",
-         "PIL.Image", "numpy", "jsonschema")
+HEAVY = (
+    "torch",
+    "torch._dynamo",
+    "torchvision",
+    "timm",
+    "imgaug",
+    "scipy",
+    "sympy",
+    "numba",
+    "cv2",
+    "skimage",
+    "mlflow",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "huggingface_hub",
+    "safetensors",
+    "sqlalchemy",
+    "pandas",
+    "PIL.Image",
+    "numpy",
+    "jsonschema",
+)
 
 # Imports a stage and validates as its runner does, without the stage's work; prints what is loaded.
 _STAGE_PROBE = """
@@ -83,19 +104,23 @@ def commands(root: Path, tmp: Path, tag: str = "") -> dict[str, tuple[list[str],
     """The validate commands for the checkout ``root`` (labels end with ``tag``)."""
     py = sys.executable
     cls = classification_params(root, tmp / (tag.strip(" []") or "this"))
-    return {f"validate params.yaml{tag}": ([py, "-m", "pipeline", "validate", "params.yaml"], root),
-            f"validate classification.yaml{tag}": ([py, "-m", "pipeline", "validate", str(cls)], root)}
+    return {
+        f"validate params.yaml{tag}": ([py, "-m", "pipeline", "validate", "params.yaml"], root),
+        f"validate classification.yaml{tag}": ([py, "-m", "pipeline", "validate", str(cls)], root),
+    }
 
 
 def time_all(root: Path, compare: Path | None, repeats: int, tmp: Path) -> dict[str, Any]:
     """Median wall time and peak RSS of each command, over ``repeats`` interleaved rounds."""
     py = sys.executable
-    todo = {"import torch": ([py, "-c", "import torch"], root),
-            # what building the declared components must load (torch.optim's Optimizer imports
-            # torch._dynamo), without the pipeline: validate's floor for each file
-            "import torch, torch._dynamo, imgaug": ([py, "-c", "import torch, torch._dynamo, imgaug.augmenters"], root),
-            "  ... and timm": ([py, "-c", "import torch, torch._dynamo, imgaug.augmenters, timm"], root),
-            **commands(root, tmp)}
+    todo = {
+        "import torch": ([py, "-c", "import torch"], root),
+        # what building the declared components must load (torch.optim's Optimizer imports
+        # torch._dynamo), without the pipeline: validate's floor for each file
+        "import torch, torch._dynamo, imgaug": ([py, "-c", "import torch, torch._dynamo, imgaug.augmenters"], root),
+        "  ... and timm": ([py, "-c", "import torch, torch._dynamo, imgaug.augmenters, timm"], root),
+        **commands(root, tmp),
+    }
     if compare is not None:
         todo.update(commands(compare, tmp, f" [{compare.name}]"))
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in todo}
@@ -105,9 +130,15 @@ def time_all(root: Path, compare: Path | None, repeats: int, tmp: Path) -> dict[
         for name, (argv, cwd) in todo.items():
             wall, cpu, rss, _ = run(argv, cwd)
             samples[name].append((wall, cpu, rss))
-    out = {name: {"median_s": statistics.median(w for w, _, _ in values), "min_s": min(w for w, _, _ in values),
-                  "cpu_s": statistics.median(c for _, c, _ in values),
-                  "peak_rss_mib": statistics.median(r for _, _, r in values)} for name, values in samples.items()}
+    out = {
+        name: {
+            "median_s": statistics.median(w for w, _, _ in values),
+            "min_s": min(w for w, _, _ in values),
+            "cpu_s": statistics.median(c for _, c, _ in values),
+            "peak_rss_mib": statistics.median(r for _, _, r in values),
+        }
+        for name, values in samples.items()
+    }
     for name in out:
         out[name]["x_import_torch"] = out[name]["median_s"] / out["import torch"]["median_s"]
         out[name]["cpu_x_import_torch"] = out[name]["cpu_s"] / out["import torch"]["cpu_s"]
@@ -131,27 +162,35 @@ def stage_imports(root: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compare", type=Path,
-                        help="another checkout (say, a copy from before a change), measured in the same rounds")
+    parser.add_argument(
+        "--compare", type=Path, help="another checkout (say, a copy from before a change), measured in the same rounds"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     compare = args.compare.resolve() if args.compare else None
     with tempfile.TemporaryDirectory() as tmp:
         timing = time_all(REPO, compare, args.repeats, Path(tmp))
     stages = {root: stage_imports(root) for root in (REPO, compare) if root is not None}
-    print(f"{args.repeats} interleaved rounds, medians: wall (min) and its ratio to import torch's, CPU time "
-          "(user + system) and its ratio, peak RSS")
+    print(
+        f"{args.repeats} interleaved rounds, medians: wall (min) and its ratio to import torch's, CPU time "
+        "(user + system) and its ratio, peak RSS"
+    )
     for name, r in timing.items():
-        print(f"  {name:40s} {r['median_s']:5.2f} s ({r['min_s']:.2f}) {r['x_import_torch']:4.2f}x  "
-              f"cpu {r['cpu_s']:5.2f} s {r['cpu_x_import_torch']:4.2f}x  {r['peak_rss_mib']:5.0f} MiB")
+        print(
+            f"  {name:40s} {r['median_s']:5.2f} s ({r['min_s']:.2f}) {r['x_import_torch']:4.2f}x  "
+            f"cpu {r['cpu_s']:5.2f} s {r['cpu_x_import_torch']:4.2f}x  {r['peak_rss_mib']:5.0f} MiB"
+        )
     for root, found in stages.items():
         print(f"{root}: each stage module + its runner's validation (an empty body) on params.yaml:")
         for stage, r in found.items():
-            print(f"  {stage:9s} {r['wall_s']:5.2f} s {r['peak_rss_mib']:5.0f} MiB {r['modules']:5d} modules  "
-                  f"heavy: {', '.join(r['heavy']) or '-'}")
+            print(
+                f"  {stage:9s} {r['wall_s']:5.2f} s {r['peak_rss_mib']:5.0f} MiB {r['modules']:5d} modules  "
+                f"heavy: {', '.join(r['heavy']) or '-'}"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"validate": timing, "stages": {str(k): v for k, v in stages.items()}},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"validate": timing, "stages": {str(k): v for k, v in stages.items()}}, indent=2)
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ down the ~3,000 modules torch, imgaug and timm import costs about a second, a th
 (`python benchmarks/validate_time.py`). They have no files open and no background work, so once the
 output is flushed nothing is lost; the other commands exit the ordinary way.
 """
+
 import logging
 import os
 import sys

@@ -8,6 +8,7 @@ A temporary name carries its writer's pid: ``.{name}.pid{PID}.{random}.tmp`` (a 
 behind; the next write of the same ``name`` removes those whose pid is no longer running, and the
 repository's ``.gitignore`` ignores these names, so ``git add`` never picks one up.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,11 +84,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (fsync'd before the rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -1,5 +1,6 @@
 """``python -m pipeline``: validate, show and list a params file, start one from an example (init), regenerate
 the editor schema fragments (schema); predict with and export a trained model."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config.params import DEFAULT_PARAMS, lookup
 from pipeline.components import load_params
 from pipeline.config.errors import PipelineError, report
+from pipeline.config.params import DEFAULT_PARAMS, lookup
 from pipeline.config.registry import REGISTRIES
 from pipeline.config.schema import did_you_mean, fill_defaults
 
@@ -39,9 +40,13 @@ def _default_arguments(kind: str, name: str, given: dict) -> dict[str, object]:
 
     impl = REGISTRIES[kind].find(name)
     arguments = keyword_arguments(impl, kind) if impl is not None else []
-    return {a.name: a.default for a in arguments
-            if not a.required and a.name not in given
-            and isinstance(a.default, (int, float, str, bool, type(None), tuple, list))}
+    return {
+        a.name: a.default
+        for a in arguments
+        if not a.required
+        and a.name not in given
+        and isinstance(a.default, (int, float, str, bool, type(None), tuple, list))
+    }
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -72,9 +77,12 @@ def _list(args: argparse.Namespace) -> int:
         raise PipelineError(f"unknown kind {args.kind!r}{did_you_mean(args.kind, REGISTRIES)}; kinds: {kinds}")
     registry = REGISTRIES[args.kind]
     # 'resnet*' matches timm/resnet18 too: a pattern without a family prefix matches the name after it.
-    names = [n for n in registry.names()
-             if fnmatch.fnmatch(n, args.pattern)
-             or ("/" not in args.pattern and fnmatch.fnmatch(n.split("/")[-1], args.pattern))]
+    names = [
+        n
+        for n in registry.names()
+        if fnmatch.fnmatch(n, args.pattern)
+        or ("/" not in args.pattern and fnmatch.fnmatch(n.split("/")[-1], args.pattern))
+    ]
     runs_on = None
     if args.kind == "augmenters":  # where each can run: device (a batched torch version) or cpu
         from pipeline.augment.device import runs_on
@@ -91,10 +99,12 @@ def _predict(args: argparse.Namespace) -> int:
     from pipeline.tracking.model import local_weights
 
     model = local_weights(args.model)
-    predictor = Predictor.from_file(model, device=args.device, threshold=args.threshold, flip_tta=args.tta,
-                                    trust_code=args.trust_code)
-    done = predict_files(predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays,
-                         model=model)
+    predictor = Predictor.from_file(
+        model, device=args.device, threshold=args.threshold, flip_tta=args.tta, trust_code=args.trust_code
+    )
+    done = predict_files(
+        predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays, model=model
+    )
     what = "predictions.csv" if predictor.task == "classification" else "masks/"
     print(f"predict: {done.predicted} image(s) -> {Path(args.out) / what}")
     for path, reason in done.failed:
@@ -108,8 +118,15 @@ def _export(args: argparse.Namespace) -> int:
     from pipeline.inference.export import export_model
     from pipeline.tracking.model import local_weights
 
-    report = export_model(local_weights(args.model), args.format, Path(args.out), tolerance=args.tolerance,
-                          opset=args.opset, dynamic_size=not args.fixed_size, trust_code=args.trust_code)
+    report = export_model(
+        local_weights(args.model),
+        args.format,
+        Path(args.out),
+        tolerance=args.tolerance,
+        opset=args.opset,
+        dynamic_size=not args.fixed_size,
+        trust_code=args.trust_code,
+    )
     print(f"export: {report.summary()}")
     return 0
 
@@ -117,8 +134,7 @@ def _export(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from pipeline.search.runner import run_search
 
-    return run_search(args.params, trials=args.trials, jobs=args.jobs, timeout=args.timeout,
-                      report_only=args.report)
+    return run_search(args.params, trials=args.trials, jobs=args.jobs, timeout=args.timeout, report_only=args.report)
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -156,13 +172,16 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-TRUST_HELP = ("load a model file whose recipe names your own code (module.path:attr), importing and running it; "
-              "only for files you trust")
+TRUST_HELP = (
+    "load a model file whose recipe names your own code (module.path:attr), importing and running it; "
+    "only for files you trust"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline",
-                                     description="Declarative PyTorch image training: params.yaml tools.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description="Declarative PyTorch image training: params.yaml tools."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a params file; exit 2 listing every problem")
     p.add_argument("path", nargs="?", help="the params file (default: params.yaml)")
@@ -179,13 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_list)
     p = sub.add_parser("predict", help="predict with a trained model: classes (CSV) or masks (PNG)")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
-    p.add_argument("--model", default="outputs/train/best.safetensors",
-                   help="a model file, or runs:/RUN_ID (its weights in the MLflow store)")
+    p.add_argument(
+        "--model",
+        default="outputs/train/best.safetensors",
+        help="a model file, or runs:/RUN_ID (its weights in the MLflow store)",
+    )
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
-    p.add_argument("--threshold", type=float, help="binary segmentation: foreground above this probability "
-                   "(default: the model file's, 0.5)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="binary segmentation: foreground above this probability (default: the model file's, 0.5)",
+    )
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--overlays", action="store_true", help="segmentation: also write the masks drawn on the images")
     p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
@@ -193,12 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, checked against PyTorch")
     export_defaults = fill_defaults({"export": {}})["export"]  # the export section's, as the stage uses them
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    p.add_argument("--model", default="outputs/train/best.safetensors",
-                   help="a model file, or runs:/RUN_ID (its weights in the MLflow store)")
+    p.add_argument(
+        "--model",
+        default="outputs/train/best.safetensors",
+        help="a model file, or runs:/RUN_ID (its weights in the MLflow store)",
+    )
     p.add_argument("--out", required=True, help="the file to write (TorchScript: and FILE.json beside it)")
     p.add_argument("--opset", type=int, default=export_defaults["opset"], help="ONNX opset (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=export_defaults["tolerance"],
-                   help="largest absolute logit difference from PyTorch allowed (default: %(default)s)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=export_defaults["tolerance"],
+        help="largest absolute logit difference from PyTorch allowed (default: %(default)s)",
+    )
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's image size")
     p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_export)

@@ -9,6 +9,7 @@ stage no torch at all), ``validate`` those of every section, and each check impo
 (timm, torchvision, imgaug, mlflow...) only for what the file declares. A file that validates has passed
 every check of what it declares; a stage's keys have passed theirs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,8 +48,9 @@ for _kind, _module in REGISTRY_MODULES.items():
     REGISTRIES.declare(_kind, _module)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True,
-                keys: Sequence[str] | None = None) -> Params:
+def load_params(
+    path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True, keys: Sequence[str] | None = None
+) -> Params:
     """Parse, validate and default ``path``; raise :class:`pipeline.config.errors.ConfigError` listing
     every problem. The schema checks the whole file (every typo, at once); the semantic checks are
     those of ``keys`` (a stage's PARAMS: the checks whose subject it reads), or every section's when

@@ -1,4 +1,5 @@
 """Content hashes of files: the fingerprints that tie outputs to their inputs."""
+
 from __future__ import annotations
 
 import hashlib

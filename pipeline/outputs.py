@@ -4,6 +4,7 @@
 in step. A stage that reads another's output asks :func:`require` for it, so "run stage X first"
 is said one way everywhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,17 @@ BY_STAGE: dict[str, tuple[Path, ...]] = {
     "decode": (DECODE,),
     "augment": (AUGMENT_PREVIEW, AUGMENT_CACHE),
     "model": (MODEL_INIT, MODEL_SUMMARY),
-    "train": (TRAIN_BEST, TRAIN_HISTORY, TRAIN_HISTORY_PNG, TRAIN_VALIDATION, TRAIN_PARAMS, TRAIN_RUN,
-              TRAIN_CHECKPOINT, TRAIN_METRICS, TRAIN_SUMMARY),
+    "train": (
+        TRAIN_BEST,
+        TRAIN_HISTORY,
+        TRAIN_HISTORY_PNG,
+        TRAIN_VALIDATION,
+        TRAIN_PARAMS,
+        TRAIN_RUN,
+        TRAIN_CHECKPOINT,
+        TRAIN_METRICS,
+        TRAIN_SUMMARY,
+    ),
     "evaluate": (EVALUATE_METRICS, EVALUATE_SUMMARY, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
     "export": (EXPORT_ONNX,),
 }

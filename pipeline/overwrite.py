@@ -6,6 +6,7 @@ followed) and refuses before any work when one is, or lies inside, the other.
 here, with the option at fault named. The same module says whether an output location can be written
 at all (a file where a folder is meant, ``/dev/null``, a read-only place), so that is one clear line too.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,17 @@ def refuse_overwrite(outputs: Iterable[Path], inputs: Iterable[Path], *, option:
         real_out = _real(output)
         for given, real_in in real_inputs:
             if _within(real_out, real_in) or _within(real_in, real_out):
-                how = ("the same file" if real_out == real_in else "it lies inside that input"
-                       if _within(real_out, real_in) else "that input lies inside it")
-                raise PipelineError(f"{option}: writing {output} would overwrite the input {given} ({how}); "
-                                    f"choose an {option} outside every input")
+                how = (
+                    "the same file"
+                    if real_out == real_in
+                    else "it lies inside that input"
+                    if _within(real_out, real_in)
+                    else "that input lies inside it"
+                )
+                raise PipelineError(
+                    f"{option}: writing {output} would overwrite the input {given} ({how}); "
+                    f"choose an {option} outside every input"
+                )
 
 
 def writable_folder(folder: Path, *, option: str = "--out") -> None:

@@ -4,12 +4,13 @@ overlays and the training history (PIL only), with one class palette for masks e
 Every function returns a ``PIL.Image`` and reads nothing from disk, so the stage decides where and how
 (atomically) to save it. Sizes are deterministic functions of the inputs (tests rely on that).
 """
+
 from __future__ import annotations
 
 import io
 import math
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,28 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.atomic import write_bytes
 
-TILE = 160          # longest side of one drawn image, px
-PAD = 6             # gap between tiles
-CAPTION = 16        # height of one caption line
+TILE = 160  # longest side of one drawn image, px
+PAD = 6  # gap between tiles
+CAPTION = 16  # height of one caption line
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (110, 110, 110)
 RIGHT, WRONG = (20, 140, 60), (200, 30, 30)
 # Class colours for masks (index 0, the background, is never painted); cycled past the end.
-PALETTE = [(0, 0, 0), (255, 60, 60), (60, 200, 80), (70, 120, 255), (255, 200, 0), (200, 70, 255),
-           (0, 220, 220), (255, 130, 40), (160, 255, 120), (255, 110, 200), (140, 90, 40)]
+PALETTE = [
+    (0, 0, 0),
+    (255, 60, 60),
+    (60, 200, 80),
+    (70, 120, 255),
+    (255, 200, 0),
+    (200, 70, 255),
+    (0, 220, 220),
+    (255, 130, 40),
+    (160, 255, 120),
+    (255, 110, 200),
+    (140, 90, 40),
+]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(size: int = 12) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -65,14 +77,20 @@ def _to_tile(image: np.ndarray) -> Image.Image:
 def colour_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """``image`` (HxWx3 uint8) with every non-background class of ``mask`` (HxW) blended in its
     colour and outlined in it at full strength (a tint alone vanishes on objects of similar colour)."""
-    palette = np.array([PALETTE[(i - 1) % (len(PALETTE) - 1) + 1] if i else PALETTE[0]
-                        for i in range(int(mask.max(initial=0)) + 1)], dtype=np.float32)
+    palette = np.array(
+        [PALETTE[(i - 1) % (len(PALETTE) - 1) + 1] if i else PALETTE[0] for i in range(int(mask.max(initial=0)) + 1)],
+        dtype=np.float32,
+    )
     out = image.astype(np.float32)
     painted = mask > 0
     out[painted] = (1 - alpha) * out[painted] + alpha * palette[mask[painted]]
     padded = np.pad(mask, 1, mode="edge")
-    edge = painted & ((padded[:-2, 1:-1] != mask) | (padded[2:, 1:-1] != mask)
-                      | (padded[1:-1, :-2] != mask) | (padded[1:-1, 2:] != mask))
+    edge = painted & (
+        (padded[:-2, 1:-1] != mask)
+        | (padded[2:, 1:-1] != mask)
+        | (padded[1:-1, :-2] != mask)
+        | (padded[1:-1, 2:] != mask)
+    )
     out[edge] = palette[mask[edge]]
     return out.round().clip(0, 255).astype(np.uint8)
 
@@ -84,8 +102,9 @@ def _short(count: int) -> str:
     return str(count)
 
 
-def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], *,
-                   title: str = "confusion matrix") -> Image.Image:
+def draw_confusion(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], *, title: str = "confusion matrix"
+) -> Image.Image:
     """Rows = actual, columns = predicted; cells shaded by the row's share (recall), counts written."""
     counts = np.asarray(matrix, dtype=np.int64)
     k = counts.shape[0]
@@ -105,8 +124,13 @@ def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=WHITE)
             if cell >= 28:
                 text = _short(int(counts[i, j]))
-                draw.text((x + cell / 2, y + cell / 2), text, anchor="mm", font=_font(),
-                          fill=WHITE if share[i, j] > 0.6 else BLACK)
+                draw.text(
+                    (x + cell / 2, y + cell / 2),
+                    text,
+                    anchor="mm",
+                    font=_font(),
+                    fill=WHITE if share[i, j] > 0.6 else BLACK,
+                )
     for i, name in enumerate(class_names):  # actual: row labels; predicted: rotated column labels
         label = _fit(str(name), label_w - PAD)
         draw.text((left - PAD, top + i * cell + cell / 2), label, anchor="rm", fill=BLACK, font=_font())
@@ -120,8 +144,9 @@ def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     return img
 
 
-def draw_segmentation_overlays(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                               preds: Sequence[np.ndarray], captions: Sequence[str]) -> Image.Image:
+def draw_segmentation_overlays(
+    images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], captions: Sequence[str]
+) -> Image.Image:
     """One row per image: the image, the true mask over it, the predicted mask over it."""
     if not images:
         return _empty("no overlays (evaluate.overlays: 0)")
@@ -139,8 +164,9 @@ def draw_segmentation_overlays(images: Sequence[np.ndarray], truths: Sequence[np
     return img
 
 
-def draw_classification_overlays(images: Sequence[np.ndarray], truths: Sequence[str],
-                                 preds: Sequence[str], *, columns: int = 4) -> Image.Image:
+def draw_classification_overlays(
+    images: Sequence[np.ndarray], truths: Sequence[str], preds: Sequence[str], *, columns: int = 4
+) -> Image.Image:
     """A grid of test images captioned with true and predicted class; green when right, red when not."""
     if not images:
         return _empty("no overlays (evaluate.overlays: 0)")
@@ -176,8 +202,8 @@ def save_png(path: str | Path, image: Image.Image | np.ndarray) -> None:
 
 CURVES = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 GRID = (232, 232, 232)
-SWATCH = 16         # legend: the width of the line drawn before each name
-INSET = 4           # curves keep this far from the frame, so markers are not cut by it
+SWATCH = 16  # legend: the width of the line drawn before each name
+INSET = 4  # curves keep this far from the frame, so markers are not cut by it
 
 
 def _legend_rows(keys: Sequence[str], width: int) -> list[list[tuple[int, str]]]:
@@ -209,8 +235,10 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
 
     Each panel's legend sits in a band above its plot area (never over a curve), and its left margin
     is as wide as its widest y label, so no label is cut off at the image's edge."""
-    panels = [("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
-              ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"])]
+    panels = [
+        ("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
+        ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"]),
+    ]
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)
     panel_w = width // 2
@@ -237,8 +265,10 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
         span = max(len(rows) - 1, 1)
 
         def at(i: int, value: float) -> tuple[float, float]:
-            return (x0 + INSET + (x1 - x0 - 2 * INSET) * i / span,
-                    y1 - INSET - (y1 - y0 - 2 * INSET) * (value - low) / (high - low))
+            return (
+                x0 + INSET + (x1 - x0 - 2 * INSET) * i / span,
+                y1 - INSET - (y1 - y0 - 2 * INSET) * (value - low) / (high - low),
+            )
 
         for tick, label in zip(ticks, labels):
             y = at(0, tick)[1]
@@ -258,7 +288,7 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
     return img
 
 
-GAP = 2                 # pixels of white between cells
+GAP = 2  # pixels of white between cells
 
 
 Sample = tuple[np.ndarray, "np.ndarray | None"]
@@ -291,5 +321,5 @@ def render_grid(rows: Sequence[Sequence[Sample]], cell: tuple[int, int], gap: in
             if mask is not None:
                 image = colour_mask(image, mask)
             top, left = gap + r * (cell[0] + gap), gap + c * (cell[1] + gap)
-            canvas[top:top + cell[0], left:left + cell[1]] = image
+            canvas[top : top + cell[0], left : left + cell[1]] = image
     return canvas

@@ -9,6 +9,7 @@ the fork and that call. Elsewhere it does nothing.
 The signal follows the *thread* that forked the worker: workers must be started from a thread that
 lives as long as they do (here they are all started from the stage's main thread).
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -10,6 +10,7 @@ generator's seed for a fixed worker count. Use :func:`loader_generator` for that
 imgaug takes seconds to import, so it is seeded only when already imported; otherwise its global RNG
 is created later from numpy's global RNG (which is seeded here), which is just as repeatable.
 """
+
 from __future__ import annotations
 
 import random

@@ -4,6 +4,7 @@ Every ``.pt``/``.pth``/``.bin`` the pipeline reads (pretrained weights, its own 
 :func:`load`, which unpickles with ``weights_only=True``: tensors and plain containers only, so a
 planted pickle is refused before anything in it runs.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -30,9 +31,11 @@ def load(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found:
-            raise UnsafeFileError(f"{path}: refused: it holds pickled Python objects ({found.group(1)}), not "
-                                  "only tensors and plain data, and loading them could run code from the "
-                                  "file") from None
+            raise UnsafeFileError(
+                f"{path}: refused: it holds pickled Python objects ({found.group(1)}), not "
+                "only tensors and plain data, and loading them could run code from the "
+                "file"
+            ) from None
         reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), None)
         raise PipelineError(f"{path}: not a readable torch file ({reason or _first_line(exc)})") from None
     except (OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:

@@ -15,6 +15,7 @@ trains a new 1-channel head, and training fine-tunes the lot.
 
     python scripts/make_source_weights.py            # rewrites the shipped file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.training.device import to_device  # noqa: E402
-from pipeline.hashing import file_sha256  # noqa: E402
-from pipeline.data.synthetic import segmentation_scene  # noqa: E402
-from pipeline.models.unet import ClassicUNet  # noqa: E402
+from pipeline.atomic import atomic_path
+from pipeline.data.synthetic import segmentation_scene
+from pipeline.hashing import file_sha256
+from pipeline.models.unet import ClassicUNet
+from pipeline.training.device import to_device
 
 OUT = Path(__file__).resolve().parent.parent / "weights" / "unet_classic_shapes_boundary.safetensors"
 UNET = {"base_channels": 16, "depth": 3, "upsampling": "bilinear"}  # = params.yaml model.unet
@@ -69,8 +70,10 @@ def mean_iou(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     with torch.no_grad():
         x, y = to_device(images, labels, torch.device("cpu"))
         pred = model(x).argmax(1)
-    ious = [((pred == c) & (y == c)).sum().item() / max(((pred == c) | (y == c)).sum().item(), 1)
-            for c in range(len(CLASSES))]
+    ious = [
+        ((pred == c) & (y == c)).sum().item() / max(((pred == c) | (y == c)).sum().item(), 1)
+        for c in range(len(CLASSES))
+    ]
     return float(np.mean(ious))
 
 
@@ -87,7 +90,7 @@ def train_source(*, n_train: int, n_val: int, epochs: int, seed: int) -> tuple[t
         model.train()
         order = torch.randperm(n_train)
         for start in range(0, n_train, 16):
-            batch = order[start:start + 16]
+            batch = order[start : start + 16]
             x, y = to_device(images[batch], labels[batch], torch.device("cpu"))
             if torch.rand(()) < 0.5:  # flips keep the task's statistics and double the data
                 x, y = x.flip(-1), y.flip(-1)
@@ -112,17 +115,31 @@ def main(argv: list[str] | None = None) -> int:
     model, metrics = train_source(n_train=args.train, n_val=args.val, epochs=args.epochs, seed=args.seed)
     # One metadata key: safetensors keeps metadata in a hash map, so several keys would be written
     # in a random order and the same weights would not give the same bytes.
-    metadata = {"source_model": json.dumps({
-        "source_task": "3-class segmentation of generated shape scenes: " + "/".join(CLASSES),
-        "scene_seed": SOURCE_SEED, "architecture": {"source": "unet", "name": "classic", **UNET},
-        "epochs": args.epochs, "train_scenes": args.train, "val_scenes": args.val, "seed": args.seed,
-        "val_miou": round(metrics["val_miou"], 4), "made_by": "scripts/make_source_weights.py"}, sort_keys=True)}
+    metadata = {
+        "source_model": json.dumps(
+            {
+                "source_task": "3-class segmentation of generated shape scenes: " + "/".join(CLASSES),
+                "scene_seed": SOURCE_SEED,
+                "architecture": {"source": "unet", "name": "classic", **UNET},
+                "epochs": args.epochs,
+                "train_scenes": args.train,
+                "val_scenes": args.val,
+                "seed": args.seed,
+                "val_miou": round(metrics["val_miou"], 4),
+                "made_by": "scripts/make_source_weights.py",
+            },
+            sort_keys=True,
+        )
+    }
     from safetensors.torch import save_file
+
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(args.out) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {file_sha256(args.out)}): "
-          f"source val mIoU {metrics['val_miou']:.3f} after {time.perf_counter() - started:.0f} s")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {file_sha256(args.out)}): "
+        f"source val mIoU {metrics['val_miou']:.3f} after {time.perf_counter() - started:.0f} s"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ there is no cache. A killed run leaves no worker behind, and its partial ``outpu
 goes at the next run. Training and validation then read samples from it instead of
 decoding files each epoch. The work is :mod:`pipeline.data.decoded`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,14 +33,18 @@ def decode(view: ParamsView) -> dict[str, Any]:
     out = root / outputs.DECODE
     if view["data.cache"] == "none":
         index = decoded.write_disabled(out)
-        print(f"decode: data.cache is none: no decoded cache ({outputs.DECODE} says so); training decodes "
-              "every image each epoch")
+        print(
+            f"decode: data.cache is none: no decoded cache ({outputs.DECODE} says so); training decodes "
+            "every image each epoch"
+        )
         return index
     height, width = image_hw(size)
     counts = {s: len(manifest.splits[s]) for s in decoded.SPLITS}
-    print(f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at {height}x{width} -> "
-          f"{outputs.DECODE}, {decoded.human_bytes(decoded.cache_bytes(manifest, size))} on disk "
-          "(and as much again in DVC's cache unless its cache.type links files)")
+    print(
+        f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at {height}x{width} -> "
+        f"{outputs.DECODE}, {decoded.human_bytes(decoded.cache_bytes(manifest, size))} on disk "
+        "(and as much again in DVC's cache unless its cache.type links files)"
+    )
     started = time.perf_counter()
     index = decoded.write_decoded(out, manifest, root=view.resolve_path(manifest.root), image_size=size)
     seconds = time.perf_counter() - started

@@ -15,6 +15,7 @@ Test metrics and these files go into train's MLflow run (``outputs/train/run.jso
 The scoring pass is validation's own (:mod:`pipeline.training.scoring`); the rest of the work is in
 :mod:`pipeline.training.evaluation`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,20 +48,29 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     run_id = read_run_info(outputs.require(root, outputs.TRAIN_RUN)).get("run_id")
     device = resolve_device(cfg["device"], key="evaluate.device")
     plan = resolve_precision(view["precision"], device)
-    dataset = ManifestDataset(manifest, "test", root=view.resolve_path(manifest.root),
-                              image_size=view["data.image_size"],
-                              transform=build_transform(view["augment.eval"], task=task))
+    dataset = ManifestDataset(
+        manifest,
+        "test",
+        root=view.resolve_path(manifest.root),
+        image_size=view["data.image_size"],
+        transform=build_transform(view["augment.eval"], task=task),
+    )
     if len(dataset) == 0:
         raise PipelineError("the test split is empty; raise split.fractions.test")
     model, info = load_model(weights, trust_code=True)  # train wrote it from params.yaml's own model
     k = manifest.num_classes
     num_outputs = int(info.config["num_outputs"])
     if num_outputs not in (k, 1 if k == 2 else k):
-        raise PipelineError(f"{outputs.TRAIN_BEST} has {num_outputs} outputs but the data has {k} classes "
-                            f"(expected {k}{' or 1' if k == 2 else ''}); check model.num_classes")
+        raise PipelineError(
+            f"{outputs.TRAIN_BEST} has {num_outputs} outputs but the data has {k} classes "
+            f"(expected {k}{' or 1' if k == 2 else ''}); check model.num_classes"
+        )
     # Opened before the evaluation so an unreachable server fails at the start, not after it.
-    run = (tracking.start_run(view["tracking"], repo_root=root, run_id=run_id, run_name=f"{task}-evaluate")
-           if run_id else tracking.NullRun())
+    run = (
+        tracking.start_run(view["tracking"], repo_root=root, run_id=run_id, run_name=f"{task}-evaluate")
+        if run_id
+        else tracking.NullRun()
+    )
     with run:
         # Train logged every param; a value changed since (say evaluate.threshold) lands in a
         # changed_param.* tag, so the run says which settings its test metrics came from.
@@ -68,15 +78,28 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         model = plan.prepare_model(model.to(device)).eval()
         loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs)
         names = class_names(manifest.class_names, k)
-        results = run_test_set(model, dataset, loss_fn, plan, device, cfg, task=task,
-                               class_names=names, image_hw=image_hw(view["data.image_size"]))
+        results = run_test_set(
+            model,
+            dataset,
+            loss_fn,
+            plan,
+            device,
+            cfg,
+            task=task,
+            class_names=names,
+            image_hw=image_hw(view["data.image_size"]),
+        )
         with atomic_dir(root / outputs.EVALUATE) as staging:  # all four files, or none of them
             metrics, summary = write_outputs(staging, task, names, manifest.splits["test"], results)
         run.log_metrics(mlflow_metrics(metrics), step=0)
         run.set_tags({"test_images": summary["images"]})  # a count, not a measurement
         for path in outputs.BY_STAGE["evaluate"]:  # at the run's root (the compare view's), named apart
-            run.log_artifact(root / path, name={outputs.EVALUATE_METRICS: "test_metrics.json",
-                                                outputs.EVALUATE_SUMMARY: "test_summary.json"}.get(path))
+            run.log_artifact(
+                root / path,
+                name={outputs.EVALUATE_METRICS: "test_metrics.json", outputs.EVALUATE_SUMMARY: "test_summary.json"}.get(
+                    path
+                ),
+            )
     shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics

@@ -7,6 +7,7 @@ file is kept only if onnxruntime reproduces PyTorch's logits within ``export.tol
 (:mod:`pipeline.inference.export`); TorchScript is one command away (``python -m pipeline export
 --format torchscript``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,9 +25,15 @@ def export(view: ParamsView) -> ExportReport:
     """Export the best weights to ONNX, verified; return what was written and how close it came."""
     cfg = view["export"]
     weights = outputs.require(view.root, outputs.TRAIN_BEST)
-    report = export_model(weights, "onnx", view.root / outputs.EXPORT_ONNX, tolerance=cfg["tolerance"],
-                          opset=cfg["opset"], dynamic_size=cfg["dynamic_size"],
-                          trust_code=True)  # train wrote it from params.yaml's own model
+    report = export_model(
+        weights,
+        "onnx",
+        view.root / outputs.EXPORT_ONNX,
+        tolerance=cfg["tolerance"],
+        opset=cfg["opset"],
+        dynamic_size=cfg["dynamic_size"],
+        trust_code=True,
+    )  # train wrote it from params.yaml's own model
     print(f"export: {report.summary()}")
     return report
 

@@ -5,6 +5,7 @@ and the initial weights from the model stage; trains with the declared loss, opt
 precision; checkpoints every epoch (resumable); writes the best weights, per-epoch history (DVC plots),
 final metrics (DVC metrics) and the MLflow run id that evaluate logs into.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,8 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config.params import ParamsView, flatten
 from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model
-from pipeline.search.trial import TrialReporter
 from pipeline.plots import draw_history, save_png
+from pipeline.search.trial import TrialReporter
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
 from pipeline.tracking.store import portable_uri
@@ -28,8 +29,19 @@ from pipeline.training import distributed as dist
 from pipeline.training.device import resolve_device
 
 PARAMS = (
-    "data.task", "data.image_size", "augment.train", "augment.eval", "augment.random_order",
-    "augment.offline", "augment.device", "model.lr_mult", "loss", "optimizer", "scheduler", "precision", "train",
+    "data.task",
+    "data.image_size",
+    "augment.train",
+    "augment.eval",
+    "augment.random_order",
+    "augment.offline",
+    "augment.device",
+    "model.lr_mult",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "precision",
+    "train",
     "tracking",
 )
 
@@ -42,8 +54,9 @@ def train(view: ParamsView) -> dict[str, Any]:
     inputs = [manifest_path, init_path]
     if view["augment.offline"]["enabled"]:
         inputs.append(outputs.require(root, outputs.AUGMENT_CACHE))
-    fp = checkpoint.fingerprint({"checkpoint_format": loop.CHECKPOINT_FORMAT,
-                                 **{key: view[key] for key in PARAMS if key != "tracking"}}, inputs)
+    fp = checkpoint.fingerprint(
+        {"checkpoint_format": loop.CHECKPOINT_FORMAT, **{key: view[key] for key in PARAMS if key != "tracking"}}, inputs
+    )
     ckpt_path = root / outputs.TRAIN_CHECKPOINT / "last.pt"
     state = checkpoint.load_resumable(ckpt_path, fp) if cfg["resume"] else None  # every rank: same file
     # The model stage wrote this file from params.yaml, whose own code (model.name) is the user's to run.
@@ -52,21 +65,33 @@ def train(view: ParamsView) -> dict[str, Any]:
     # Opening the run first fails fast on an unreachable tracking server, before any work. Only rank 0
     # records anything; the other ranks get the do-nothing run.
     tracking_cfg = view["tracking"] if ctx.is_main else {**view["tracking"], "enabled": False}
-    with tracking.start_run(tracking_cfg, repo_root=root, run_name=f"{task}-{info.config['name']}",
-                            run_id=state["run_id"] if state else None) as run:
+    with tracking.start_run(
+        tracking_cfg,
+        repo_root=root,
+        run_name=f"{task}-{info.config['name']}",
+        run_id=state["run_id"] if state else None,
+    ) as run:
         run.monitor_system(view["tracking"]["system_metrics"], resumed=state is not None)
         if state is None:
             run.log_params(flatten(view.all_params()))
         manifest = load_manifest(manifest_path)
         trainer = loop.build(view, manifest, model, info, ctx, device)
         if state is None:
-            run.set_tags({"dataset_fingerprint": manifest.fingerprint, "device": str(device),
-                          "precision": trainer.plan.name})
+            run.set_tags(
+                {"dataset_fingerprint": manifest.fingerprint, "device": str(device), "precision": trainer.plan.name}
+            )
             # The fingerprint is the data's (its files), not the split's: the split goes in the input's tags.
-            run.log_dataset(manifest.root, digest=manifest.fingerprint, source=str(view.resolve_path(manifest.root)),
-                            profile={"fingerprint": manifest.fingerprint},
-                            tags={"task": manifest.task, "num_classes": manifest.num_classes,
-                                  **{f"split.{s}": len(e) for s, e in manifest.splits.items()}})
+            run.log_dataset(
+                manifest.root,
+                digest=manifest.fingerprint,
+                source=str(view.resolve_path(manifest.root)),
+                profile={"fingerprint": manifest.fingerprint},
+                tags={
+                    "task": manifest.task,
+                    "num_classes": manifest.num_classes,
+                    **{f"split.{s}": len(e) for s, e in manifest.splits.items()},
+                },
+            )
             if (root / outputs.AUGMENT_PREVIEW).exists():
                 run.log_artifact(root / outputs.AUGMENT_PREVIEW, name="augment_preview.png")
         # A search trial (python -m pipeline search) reports each epoch and may be pruned; single process only.
@@ -77,13 +102,18 @@ def train(view: ParamsView) -> dict[str, Any]:
         # metrics.json is the score `dvc exp show` leads with (the best weights' monitored value); how the
         # run went (epochs, where it stopped, the last epoch's row) is a record: summary.json.
         metrics = {f"best_{monitor}": stopper.best}
-        summary = {"monitor": monitor, "best_epoch": stopper.best_epoch, "epochs_run": len(history),
-                   "stopped_early": stopper.should_stop, "pruned": stopper.pruned, "last_epoch": history[-1]}
+        summary = {
+            "monitor": monitor,
+            "best_epoch": stopper.best_epoch,
+            "epochs_run": len(history),
+            "stopped_early": stopper.should_stop,
+            "pruned": stopper.pruned,
+            "last_epoch": history[-1],
+        }
         if ctx.is_main:
             write_json(root / outputs.TRAIN_SUMMARY, summary)
             write_json(root / outputs.TRAIN_METRICS, metrics)
-            write_json(root / outputs.TRAIN_RUN, {"run_id": run.run_id,
-                                                  "tracking_uri": portable_uri(run.uri, root)})
+            write_json(root / outputs.TRAIN_RUN, {"run_id": run.run_id, "tracking_uri": portable_uri(run.uri, root)})
             save_png(root / outputs.TRAIN_HISTORY_PNG, draw_history(history))
             write_text(root / outputs.TRAIN_PARAMS, yaml.safe_dump(view.all_params(), sort_keys=False))
             for path in (outputs.TRAIN_HISTORY, outputs.TRAIN_HISTORY_PNG, outputs.TRAIN_PARAMS):
@@ -94,8 +124,10 @@ def train(view: ParamsView) -> dict[str, Any]:
                 run.set_tags({"search.state": "pruned" if stopper.pruned else "complete"})
             run.log_metrics({f"best_{monitor}": stopper.best}, step=stopper.best_epoch)
             run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
-            print(f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "
-                  f"weights in {root / outputs.TRAIN_BEST}")
+            print(
+                f"train: best {monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}; "
+                f"weights in {root / outputs.TRAIN_BEST}"
+            )
     dist.teardown(ctx)
     return metrics
 

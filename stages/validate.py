@@ -7,6 +7,7 @@ optimizer and scheduler stepped, the model built on the meta device, the augment
 with every problem listed. DVC re-runs it whenever a param changes; its record never changes, so it
 re-runs nothing after it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,21 @@ from pipeline.atomic import write_json
 from pipeline.config.params import ParamsView
 from pipeline.stage import run_stage
 
-PARAMS = ("data", "split", "augment", "model", "loss", "optimizer", "scheduler", "precision", "train",
-          "evaluate", "export", "tracking", "search")
+PARAMS = (
+    "data",
+    "split",
+    "augment",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "precision",
+    "train",
+    "evaluate",
+    "export",
+    "tracking",
+    "search",
+)
 
 RECORD = {"valid": True}  # constant: the stages after this one depend on it and must not re-run for it
 

@@ -16,6 +16,7 @@ and the session fixtures ``shapes_dataset`` (64 generated segmentation images), 
 server on a SQLite backend in a temp dir) and ``postgres``: a real PostgreSQL server on 127.0.0.1 (a free
 port, trust auth) with a database for an Optuna study and one for an MLflow backend store, skipped with
 the reason where PostgreSQL is not installed or does not start."""
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,16 @@ SHIPPED_PARAMS = REPO / "params.yaml"
 
 # --- params files ------------------------------------------------------------------------------
 
-def write_params(path: Path, base: Path | None = None, *, replace: Mapping[str, str] | None = None,
-                 drop: Iterable[str] = (), link: bool = False, **overrides: object) -> Path:
+
+def write_params(
+    path: Path,
+    base: Path | None = None,
+    *,
+    replace: Mapping[str, str] | None = None,
+    drop: Iterable[str] = (),
+    link: bool = False,
+    **overrides: object,
+) -> Path:
     """Write ``base`` (the shipped params.yaml unless given) to ``path``, edited, and return ``path``.
 
     ``replace`` edits the text: each old string must occur, its first occurrence is replaced, and
@@ -102,24 +111,46 @@ def problems_by_key(path: Path, prefix: str = "") -> dict[str, str]:
 # --- workspaces --------------------------------------------------------------------------------
 
 TINY = {  # the shipped pipeline shrunk to a CPU and seconds
-    "data.root": "data", "data.image_size": [32, 32], "data.num_classes": None,
-    "model.pretrained": False, "model.freeze": "none",
-    "train.epochs": 2, "train.batch_size": 4, "train.workers": 0, "train.device": "cpu",
-    "scheduler.warmup.epochs": 0, "precision.dtype": "fp32",
-    "evaluate.batch_size": 4, "evaluate.workers": 0, "evaluate.device": "cpu", "evaluate.overlays": 3,
+    "data.root": "data",
+    "data.image_size": [32, 32],
+    "data.num_classes": None,
+    "model.pretrained": False,
+    "model.freeze": "none",
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.workers": 0,
+    "train.device": "cpu",
+    "scheduler.warmup.epochs": 0,
+    "precision.dtype": "fp32",
+    "evaluate.batch_size": 4,
+    "evaluate.workers": 0,
+    "evaluate.device": "cpu",
+    "evaluate.overlays": 3,
     "tracking.enabled": False,
 }
 TINY_BY_TASK = {
-    "segmentation": {"model.source": "unet", "model.name": "classic",
-                     "model.unet": {"base_channels": 4, "depth": 2, "upsampling": "bilinear"}},
-    "classification": {"model.source": "timm", "model.name": "test_resnet",
-                       "loss": {"name": "cross_entropy", "params": {}, "terms": []}},
+    "segmentation": {
+        "model.source": "unet",
+        "model.name": "classic",
+        "model.unet": {"base_channels": 4, "depth": 2, "upsampling": "bilinear"},
+    },
+    "classification": {
+        "model.source": "timm",
+        "model.name": "test_resnet",
+        "loss": {"name": "cross_entropy", "params": {}, "terms": []},
+    },
 }
 
 
-def make_workspace(root: Path, *, task: str = "segmentation", dataset: Path | None = None,
-                   images: int | None = None, stages: Iterable[str] = ("split", "model"),
-                   **overrides: object) -> Path:
+def make_workspace(
+    root: Path,
+    *,
+    task: str = "segmentation",
+    dataset: Path | None = None,
+    images: int | None = None,
+    stages: Iterable[str] = ("split", "model"),
+    **overrides: object,
+) -> Path:
     """A tiny repo-like folder in ``root``; returns its params.yaml.
 
     The data in root/data is a copy of ``dataset`` or generated (32 px, seed 1): ``images`` images for
@@ -193,9 +224,28 @@ def running_mlflow_server(root: Path, backend: str) -> Iterator[MlflowServer]:
         uri = f"http://127.0.0.1:{port}"
         with open(log, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", "1", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
-                cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    backend,
+                    "--artifacts-destination",
+                    str(artifacts),
+                ],
+                cwd=root,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None and not _healthy(uri):
             time.sleep(0.25)
@@ -203,8 +253,10 @@ def running_mlflow_server(root: Path, backend: str) -> Iterator[MlflowServer]:
             break
         _stop(proc)
     else:
-        pytest.fail(f"mlflow server did not become healthy in {SERVER_START_TIMEOUT_S:.0f} s; "
-                    f"its log:\n{log.read_text()[-3000:]}")
+        pytest.fail(
+            f"mlflow server did not become healthy in {SERVER_START_TIMEOUT_S:.0f} s; "
+            f"its log:\n{log.read_text()[-3000:]}"
+        )
     try:
         yield MlflowServer(uri, backend, artifacts, log)
     finally:
@@ -238,8 +290,10 @@ class Postgres:
 
 def _postgres_bin() -> Path | None:
     """The folder of Debian's PostgreSQL server programs (the newest version), or of an initdb on PATH."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                   key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()])
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()],
+    )
     if found:
         return found[-1].parent
     on_path = shutil.which("initdb")
@@ -252,8 +306,10 @@ def postgres() -> Iterator[Postgres]:
     fsync off; run as the ``postgres`` system user when the tests run as root (postgres refuses root)."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH; "
-                    "`apt-get install postgresql`, as .ci/run does)")
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH; "
+            "`apt-get install postgresql`, as .ci/run does)"
+        )
     as_user: list[str] = []
     if os.geteuid() == 0:
         try:
@@ -267,15 +323,33 @@ def postgres() -> Iterator[Postgres]:
     data, log = root / "data", root / "server.log"
     pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log)]
     try:
-        init = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                               "-E", "UTF8", "--no-locale", "--no-sync"], cwd=root, capture_output=True, text=True)
+        init = subprocess.run(
+            [
+                *as_user,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         if init.returncode != 0:
             pytest.skip(f"initdb ({bin_dir}) failed: {(init.stderr or init.stdout).strip()[-500:]}")
         for attempt in range(3):  # another process may take the free port before the server binds it
             port = _free_port()
             options = f"-h 127.0.0.1 -p {port} -k {root} -F -c full_page_writes=off"
-            started = subprocess.run([*pg_ctl, "-w", "-t", "60", "-o", options, "start"], cwd=root,
-                                     capture_output=True, text=True)
+            started = subprocess.run(
+                [*pg_ctl, "-w", "-t", "60", "-o", options, "start"], cwd=root, capture_output=True, text=True
+            )
             if started.returncode == 0:
                 break
         else:
@@ -283,8 +357,11 @@ def postgres() -> Iterator[Postgres]:
             pytest.skip(f"the PostgreSQL server ({bin_dir}) did not start: {why}")
         try:
             for name in POSTGRES_DATABASES:
-                subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+                    check=True,
+                    capture_output=True,
+                )
             yield Postgres(port, root, log)
         finally:
             subprocess.run([*pg_ctl, "stop", "-m", "immediate"], cwd=root, capture_output=True)

@@ -1,5 +1,6 @@
 """Outputs appear whole or not at all; a killed writer's temporaries are ignored by git and removed by the
 next write of the same output."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,9 @@ def test_write_json_is_stable_and_complete(tmp_path):
 def test_failure_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "m.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
@@ -46,10 +46,9 @@ def test_atomic_dir_replaces_whole_directory(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "new").write_text("y")
     assert sorted(p.name for p in target.iterdir()) == ["new"]
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "partial").write_text("z")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "partial").write_text("z")
+        raise RuntimeError("boom")
     assert sorted(p.name for p in target.iterdir()) == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
@@ -89,12 +88,15 @@ def killed_writer_leftovers(out):
 def test_a_killed_writers_temporaries_carry_its_pid_and_go_at_the_next_write(tmp_path):
     pid, left = killed_writer_leftovers(tmp_path)
     assert [re.sub(r"\.[a-z0-9_]{8}\.tmp$", ".X.tmp", name) for name in left] == [
-        f".decode.pid{pid}.X.tmp", f".model.onnx.pid{pid}.X.tmp"]
+        f".decode.pid{pid}.X.tmp",
+        f".model.onnx.pid{pid}.X.tmp",
+    ]
     (tmp_path / f".decode.old-{pid}").mkdir()  # killed between its two renames
     (tmp_path / f".other.pid{pid}.abcdefgh.tmp").write_text("")  # another output's: left to its own writes
     write_json(tmp_path / "model.onnx", {})  # removes model.onnx's, and only those
-    assert sorted(os.listdir(tmp_path)) == sorted([left[0], f".decode.old-{pid}", f".other.pid{pid}.abcdefgh.tmp",
-                                                   "model.onnx"])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [left[0], f".decode.old-{pid}", f".other.pid{pid}.abcdefgh.tmp", "model.onnx"]
+    )
     with atomic_dir(tmp_path / "decode") as tmp:
         (tmp / "f").write_text("x")
     assert sorted(os.listdir(tmp_path)) == [f".other.pid{pid}.abcdefgh.tmp", "decode", "model.onnx"]
@@ -121,10 +123,25 @@ def test_the_temporaries_of_running_writers_are_kept(tmp_path):
 def test_git_ignores_the_temporaries_and_nothing_else(tmp_path):
     pid, left = killed_writer_leftovers(tmp_path)
     temporaries = [f"outputs/{name}" for name in left] + [
-        f"outputs/{left[0]}/train/shard.npy", f"outputs/.decode.old-{pid}", f"outputs/.decode.old-{pid}/index.json"]
-    others = ["outputs/.model.onnx", "notes.tmp", ".x.tmp", "outputs/.a.pid.tmp", "outputs/.cache.old",
-              "params.yaml", "outputs/model.onnx.pid1.tmp"]
-    checked = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, capture_output=True,
-                             text=True, input="\n".join(temporaries + others) + "\n")
+        f"outputs/{left[0]}/train/shard.npy",
+        f"outputs/.decode.old-{pid}",
+        f"outputs/.decode.old-{pid}/index.json",
+    ]
+    others = [
+        "outputs/.model.onnx",
+        "notes.tmp",
+        ".x.tmp",
+        "outputs/.a.pid.tmp",
+        "outputs/.cache.old",
+        "params.yaml",
+        "outputs/model.onnx.pid1.tmp",
+    ]
+    checked = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        input="\n".join(temporaries + others) + "\n",
+    )
     assert checked.returncode in (0, 1), checked.stderr
     assert checked.stdout.splitlines() == temporaries

@@ -1,4 +1,5 @@
 """`python -m pipeline` as a user runs it: exit codes, one problem per line, no tracebacks."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,9 @@ from tests.conftest import REPO, write_params
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_validate_default_file():
@@ -22,8 +24,10 @@ def test_validate_default_file():
 
 
 def test_validate_reports_every_problem_and_exits_2(tmp_path):
-    bad = write_params(tmp_path / "params.yaml", replace={"  epochs: ": "  epochs: -3 #",
-                                                          "  task: segmentation ": "  tsk: segmentation  "})
+    bad = write_params(
+        tmp_path / "params.yaml",
+        replace={"  epochs: ": "  epochs: -3 #", "  task: segmentation ": "  tsk: segmentation  "},
+    )
     result = run_cli("validate", str(bad))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -86,8 +90,9 @@ def test_list_patterns_match_names_without_their_family_prefix(capsys):
 
 def test_a_reader_that_stops_early_gets_no_traceback():
     """`python -m pipeline list models | head -1`: the pipe closes while thousands of names remain."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "list", "models"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "list", "models"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     first = proc.stdout.readline()
     proc.stdout.close()
     err = proc.stderr.read().decode()
@@ -97,8 +102,9 @@ def test_a_reader_that_stops_early_gets_no_traceback():
 def test_show_names_the_chosen_components_other_arguments_and_validate_takes_params(tmp_path, capsys):
     from pipeline.cli import main
 
-    path = write_params(tmp_path / "params.yaml", link=True, **{"loss": {"name": "focal", "params": {"gamma": 1.0},
-                                                                          "terms": []}})
+    path = write_params(
+        tmp_path / "params.yaml", link=True, **{"loss": {"name": "focal", "params": {"gamma": 1.0}, "terms": []}}
+    )
     assert main(["show", "loss", "--params", str(path)]) == 0
     out = capsys.readouterr().out
     assert yaml.safe_load(out)["loss"]["params"] == {"gamma": 1.0}

@@ -1,5 +1,6 @@
 """Each stage's `params:` list in dvc.yaml names exactly the keys the stage reads (its PARAMS), so
 DVC re-runs what changed and nothing else; and each key exists in params.yaml."""
+
 from __future__ import annotations
 
 import importlib
@@ -72,8 +73,13 @@ def _stage_imports(module: str, seen: set[str] | None = None) -> set[str]:
             names = [a.name for a in node.names]
         for name in names:
             found = _module_file(name)
-            if (name.split(".")[0] in ("stages", "pipeline") and name != "pipeline.components"
-                    and found is not None and found.read_text().strip() and name not in seen):
+            if (
+                name.split(".")[0] in ("stages", "pipeline")
+                and name != "pipeline.components"
+                and found is not None
+                and found.read_text().strip()
+                and name not in seen
+            ):
                 seen.add(name)
                 _stage_imports(name, seen)
     return seen  # empty package __init__ files are left out: they hold no code
@@ -102,8 +108,11 @@ def test_no_stage_depends_on_code_it_does_not_import(name):
 
 
 def _declared_outputs(stage: dict) -> set[str]:
-    return {next(iter(o)) if isinstance(o, dict) else o
-            for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])}
+    return {
+        next(iter(o)) if isinstance(o, dict) else o
+        for kind in ("outs", "metrics", "plots")
+        for o in stage.get(kind, [])
+    }
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

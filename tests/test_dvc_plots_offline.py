@@ -8,6 +8,7 @@ dvc_plots/index.html; headless Chromium, with every host name unresolvable and a
 it, and the rendered DOM must hold each chart's SVG marks. A control renders DVC's own page (vega from
 a CDN) the same way and must draw nothing, so the network really is off. Without Chromium only the
 rendering tests skip (.ci/run installs it)."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium), so the page "
-                             "`dvc plots show` writes cannot be rendered offline")
+    CHROMIUM is None,
+    reason="chromium is not installed (Debian: apt-get install chromium), so the page "
+    "`dvc plots show` writes cannot be rendered offline",
+)
 
 CLASSES = {"segmentation": ["background", "shape"], "classification": ["circle", "square", "triangle"]}
 # The div ids DVC gives the charts (dvc.yaml's top-level plots, the evaluate stage's confusion.csv),
@@ -66,7 +69,7 @@ def write_run_outputs(repo: Path, task: str, epochs: int = 4) -> None:
     for epoch in range(1, epochs + 1):
         row = {"epoch": epoch, "train_loss": 1.0 / epoch}
         row |= {key: 0.5 + 0.1 * epoch - 0.01 * i for i, key in enumerate(val_scores(task))}
-        rows.append(row | {"val_loss": 1.2 / epoch, "lr": 0.01 * 0.5 ** epoch, "images_per_s": 250.0})
+        rows.append(row | {"val_loss": 1.2 / epoch, "lr": 0.01 * 0.5**epoch, "images_per_s": 250.0})
     (repo / outputs.TRAIN).mkdir(parents=True)
     (repo / outputs.TRAIN_HISTORY).write_text(history_csv(rows))
     (repo / outputs.TRAIN_VALIDATION).write_text(validation_csv(rows))
@@ -98,11 +101,23 @@ def make_repo(root: Path, task: str) -> Path:
 
 def render(page: Path, profile: Path) -> str:
     """The DOM of ``page`` after Chromium ran its scripts, with no way to reach any host."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-extensions", f"--user-data-dir={profile}",
-           "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",  # the network, off
-           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",  # the network, off
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-3000:]
     return result.stdout
@@ -111,7 +126,7 @@ def render(page: Path, profile: Path) -> str:
 @dataclass
 class Chart:
     lines: list[str] = field(default_factory=list)  # each line mark's aria-label (its first point)
-    rects: int = 0                                   # drawn rect marks (the confusion cells)
+    rects: int = 0  # drawn rect marks (the confusion cells)
     texts: list[str] = field(default_factory=list)  # axis, legend and title text
 
     def drew(self, series: str) -> bool:
@@ -175,8 +190,8 @@ class Charts(HTMLParser):
 class Shown:
     task: str
     repo: Path
-    output: str   # what `dvc plots show` printed
-    html: str     # dvc_plots/index.html as written
+    output: str  # what `dvc plots show` printed
+    html: str  # dvc_plots/index.html as written
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +215,13 @@ def rendered(shown, tmp_path_factory) -> Charts:
 
 
 def test_validation_csv_holds_every_score_but_the_loss():
-    rows = [{"epoch": 1, "train_loss": 0.9, "val_accuracy": 0.5, "val_macro_f1": 0.25, "val_loss": 0.8, "lr": 0.1},
-            {"epoch": 2, "train_loss": 0.7, "val_accuracy": 0.75, "val_macro_f1": 0.5, "val_loss": 0.6, "lr": 0.1}]
-    assert validation_csv(rows) == ("epoch,metric,value\n1,val_accuracy,0.5\n1,val_macro_f1,0.25\n"
-                                     "2,val_accuracy,0.75\n2,val_macro_f1,0.5\n")
+    rows = [
+        {"epoch": 1, "train_loss": 0.9, "val_accuracy": 0.5, "val_macro_f1": 0.25, "val_loss": 0.8, "lr": 0.1},
+        {"epoch": 2, "train_loss": 0.7, "val_accuracy": 0.75, "val_macro_f1": 0.5, "val_loss": 0.6, "lr": 0.1},
+    ]
+    assert validation_csv(rows) == (
+        "epoch,metric,value\n1,val_accuracy,0.5\n1,val_macro_f1,0.25\n2,val_accuracy,0.75\n2,val_macro_f1,0.5\n"
+    )
 
 
 def test_plots_show_warns_about_nothing(shown):

@@ -1,5 +1,6 @@
 """A DVC remote for the cache, as the README's "Several GPUs" section sets it up: a stage output pushed to
 a local-directory remote from one clone is pulled, byte for byte, into another clone without re-running."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,13 @@ import sys
 from pathlib import Path
 
 DVC = [sys.executable, "-m", "dvc"]
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "DVC_NO_ANALYTICS": "1",
+}
 
 
 def sh(cmd: list[str], cwd: Path) -> str:
@@ -26,7 +32,8 @@ def test_output_pushed_to_a_local_remote_is_pulled_into_a_clone(tmp_path):
     (repo / "dvc.yaml").write_text(
         f"stages:\n  make:\n    cmd: {sys.executable} -c \"import pathlib; p = pathlib.Path('outputs/make'); "
         "p.mkdir(parents=True, exist_ok=True); (p / 'weights.bin').write_bytes(bytes(range(256)) * 64)\"\n"
-        "    outs:\n      - outputs/make/weights.bin\n")
+        "    outs:\n      - outputs/make/weights.bin\n"
+    )
     sh([*DVC, "repro", "-q"], repo)
     sh([*DVC, "remote", "add", "-d", "local", str(remote)], repo)
     sh(["git", "add", "-A"], repo)  # the throw-away repo in tmp_path, not this one

@@ -1,5 +1,6 @@
 """The whole pipeline as a user runs it: real `dvc repro` and `dvc exp run` in a temporary git
 repository on a tiny config, real MLflow SQLite store. Checks DVC's cache behaviour stage by stage."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ BIN = Path(sys.executable).parent
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e",
-               DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e",
+        DVC_NO_ANALYTICS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -43,14 +50,17 @@ def tiny_params(path: Path) -> Path:
     """The shipped params.yaml shrunk to seconds at ``path``: few epochs, tiny images and model, no
     workers; edited as text, so that its comments and layout stay for the tests to edit."""
     data = yaml.safe_load((REPO / "params.yaml").read_text())
-    return write_params(path, replace={
-        f"  epochs: {data['train']['epochs']}": "  epochs: 2",
-        "  workers: auto ": "  workers: 0    ",
-        f"  image_size: {_flow(data['data']['image_size'])}": "  image_size: [32, 32]",
-        f"  batch_size: {data['train']['batch_size']}\n": "  batch_size: 8\n",
-        f"base_channels: {data['model']['unet']['base_channels']}": "base_channels: 4",
-        f"pretrained: {data['model']['pretrained']}": "pretrained: false",  # the shipped weights fit the default size
-    })
+    return write_params(
+        path,
+        replace={
+            f"  epochs: {data['train']['epochs']}": "  epochs: 2",
+            "  workers: auto ": "  workers: 0    ",
+            f"  image_size: {_flow(data['data']['image_size'])}": "  image_size: [32, 32]",
+            f"  batch_size: {data['train']['batch_size']}\n": "  batch_size: 8\n",
+            f"base_channels: {data['model']['unet']['base_channels']}": "base_channels: 4",
+            f"pretrained: {data['model']['pretrained']}": "pretrained: false",  # the shipped weights fit the default size
+        },
+    )
 
 
 def _flow(value) -> str:
@@ -96,8 +106,9 @@ def _commit(ws: Path) -> None:
 def test_repro_then_cache_behaviour(workspace):
     ws = workspace
     first = sh(ws, "dvc", "repro")
-    assert ran(first.stdout) == ["validate", "split", "decode", "augment", "model", "train", "evaluate",
-                                 "export"], first.stdout
+    assert ran(first.stdout) == ["validate", "split", "decode", "augment", "model", "train", "evaluate", "export"], (
+        first.stdout
+    )
     metrics = yaml.safe_load((ws / "outputs/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
     _commit(ws)
@@ -130,8 +141,16 @@ def test_repro_then_cache_behaviour(workspace):
     _commit(ws)
 
     _edit(ws, "  seed: 42 ", "  seed: 43 ")
-    assert set(ran(sh(ws, "dvc", "repro").stdout)) == {"validate", "split", "decode", "augment", "model", "train",
-                                                       "evaluate", "export"}
+    assert set(ran(sh(ws, "dvc", "repro").stdout)) == {
+        "validate",
+        "split",
+        "decode",
+        "augment",
+        "model",
+        "train",
+        "evaluate",
+        "export",
+    }
     _commit(ws)
 
     # Without the decoded cache training decodes the files: the same samples, so the same weights on CPU
@@ -162,8 +181,11 @@ def test_every_problem_stops_dvc_repro_before_any_stage_works(workspace):
     sections at once: the validate stage lists both and nothing after it runs."""
     ws = workspace
     before = sh(ws, "git", "status", "--porcelain").stdout
-    _edit(ws, "  params: {}                    # keyword arguments of the loss",
-          "  params: {smooth: high}        # keyword arguments of the loss")
+    _edit(
+        ws,
+        "  params: {}                    # keyword arguments of the loss",
+        "  params: {smooth: high}        # keyword arguments of the loss",
+    )
     _edit(ws, "  params: {}                    # its keyword arguments", "  params: {eta_min: low}       # its")
     try:
         result = sh(ws, "dvc", "repro", check=False)
@@ -171,8 +193,11 @@ def test_every_problem_stops_dvc_repro_before_any_stage_works(workspace):
         assert result.returncode != 0 and ran(result.stdout) == ["validate"], out
         assert "loss.params.smooth" in out and "scheduler.params.eta_min" in out and "Traceback" not in out
     finally:
-        _edit(ws, "  params: {smooth: high}        # keyword arguments of the loss",
-              "  params: {}                    # keyword arguments of the loss")
+        _edit(
+            ws,
+            "  params: {smooth: high}        # keyword arguments of the loss",
+            "  params: {}                    # keyword arguments of the loss",
+        )
         _edit(ws, "  params: {eta_min: low}       # its", "  params: {}                    # its keyword arguments")
     assert sh(ws, "git", "status", "--porcelain").stdout == before
 
@@ -195,9 +220,15 @@ def _git_blobs_over(ws: Path, limit: int) -> list[str]:
     ships (its source-task weights): what `dvc repro`, `git add -A` and experiments put in git."""
     objects = sh(ws, "git", "rev-list", "--objects", "--all").stdout.splitlines()
     paths = dict(line.split(" ", 1) for line in objects if " " in line)
-    sizes = subprocess.run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
-                           cwd=ws, env=_env(), input="\n".join(paths), capture_output=True, text=True,
-                           check=True).stdout
+    sizes = subprocess.run(
+        ["git", "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
+        cwd=ws,
+        env=_env(),
+        input="\n".join(paths),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     big = []
     for line in sizes.splitlines():
         sha, kind, size = line.split()
@@ -232,7 +263,7 @@ def test_the_experiment_workflow_keeps_git_clean(workspace):
     # then params; no counts, epochs or learning rates among the metrics.
     header = sh(ws, "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     first_param = next(i for i, h in enumerate(header) if h.startswith("data."))
-    metrics = header[header.index("best_val_dice"):first_param]
+    metrics = header[header.index("best_val_dice") : first_param]
     assert metrics[0] == "best_val_dice" and {"test_loss", "dice", "iou"} <= set(metrics)
     assert not {"lr", "images_per_s", "epochs_run", "best_epoch", "stopped_early", "images"} & set(metrics)
     assert _git_blobs_over(ws, 1_000_000) == []  # experiments are git refs: none of them holds a big file

@@ -4,6 +4,7 @@ Each probe is a fresh interpreter (``sys.modules`` is what it loaded, not what o
 validates a file the way ``python -m pipeline validate`` or a stage's runner does, then names the
 heavy libraries it loaded. Nothing here is timed: benchmarks/validate_time.py measures the cost.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,11 +20,22 @@ from pipeline.components import load_params
 from pipeline.config import checks
 from pipeline.config.errors import ConfigError
 from pipeline.config.registry import REGISTRIES
-from stages import split as split_stage, train as train_stage
+from stages import split as split_stage
+from stages import train as train_stage
 from tests.conftest import REPO, write_params
 
-HEAVY = ("torch", "torch._dynamo", "torchvision", "timm", "imgaug", "scipy", "mlflow", "matplotlib", "onnx",
-         "onnxruntime")
+HEAVY = (
+    "torch",
+    "torch._dynamo",
+    "torchvision",
+    "timm",
+    "imgaug",
+    "scipy",
+    "mlflow",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+)
 
 _PROBE = """
 import importlib, json, sys
@@ -39,8 +51,13 @@ print(json.dumps({"status": status, "loaded": [m for m in watched if m in sys.mo
 
 
 def _loaded(path: Path, stage: str = "") -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), stage, json.dumps(HEAVY)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), stage, json.dumps(HEAVY)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 0, proc.stderr
@@ -75,8 +92,12 @@ def test_validating_a_timm_classifier_imports_timm_and_nothing_it_does_not_decla
 
 
 def test_a_torchvision_model_without_augmenters_imports_neither_timm_nor_imgaug(tmp_path):
-    loaded = _loaded(_classification(tmp_path, **{"model.source": "torchvision", "model.name": "resnet18",
-                                                 "augment.train": [], "augment.eval": []}))
+    loaded = _loaded(
+        _classification(
+            tmp_path,
+            **{"model.source": "torchvision", "model.name": "resnet18", "augment.train": [], "augment.eval": []},
+        )
+    )
     assert "torchvision" in loaded
     assert not loaded & {"timm", "imgaug", "scipy", "mlflow"}, loaded
 
@@ -113,8 +134,7 @@ def test_every_check_is_declared_under_the_section_it_validates():
 def _decorated_or_called(path: Path) -> tuple[bool, bool]:
     """Whether a source file registers a semantic check / creates a Registry."""
     tree = ast.parse(path.read_text())
-    names = {node.func.id for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    names = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     return "semantic_check" in names, "Registry" in names
 
 
@@ -127,8 +147,9 @@ def test_every_module_with_checks_or_a_registry_is_declared():
             continue  # the mechanism itself
         has_check, has_registry = _decorated_or_called(path)
         assert not has_check or module in declared_checks, f"{module}: add it to CHECK_MODULES"
-        assert not has_registry or module in components.REGISTRY_MODULES.values(), \
+        assert not has_registry or module in components.REGISTRY_MODULES.values(), (
             f"{module}: add it to REGISTRY_MODULES"
+        )
 
 
 def test_a_registry_is_imported_on_first_use():

@@ -2,6 +2,7 @@
 stage's pool (pipeline.data.decoded), the split stage's scan pool (pipeline.data.scan) and the training
 DataLoader's workers (pipeline.training.inputs.make_loader), each started through the project's own code
 in a child process and busy in a job when the child is killed."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """Drawing: masks are coloured with the one palette every picture uses; the training history is legible
 (whole labels, a legend clear of the curves)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,19 @@ def _history_rows() -> list[dict[str, float]]:
     """Curves running just under the top of each panel (through where a legend inside the plot would
     sit: 95% of the y range), others crossing, and losses whose y labels are wide (1.23e+04)."""
     high, low = 12345.0, 12345.0 / 8
-    return [{"epoch": e, "train_loss": high / e, "val_loss": low + 0.95 * (high - low) if e <= 5 else 3000.0 - 100 * e,
-             "val_accuracy": 0.95, "val_macro_f1": 0.98 - 0.09 * e, "val_balanced_accuracy": 0.5,
-             "lr": 0.001, "images_per_s": 100.0} for e in range(1, 9)]
+    return [
+        {
+            "epoch": e,
+            "train_loss": high / e,
+            "val_loss": low + 0.95 * (high - low) if e <= 5 else 3000.0 - 100 * e,
+            "val_accuracy": 0.95,
+            "val_macro_f1": 0.98 - 0.09 * e,
+            "val_balanced_accuracy": 0.5,
+            "lr": 0.001,
+            "images_per_s": 100.0,
+        }
+        for e in range(1, 9)
+    ]
 
 
 def test_history_labels_stay_inside_the_image():
@@ -57,8 +68,12 @@ def test_history_legend_is_clear_of_every_curve():
             curve |= labels == index
             continue
         box = legend_boxes.setdefault(cols_slice.start // 360, [300, 720, 0, 0])
-        box[:] = [min(box[0], rows_slice.start), min(box[1], cols_slice.start),
-                  max(box[2], rows_slice.stop), max(box[3], cols_slice.stop)]
+        box[:] = [
+            min(box[0], rows_slice.start),
+            min(box[1], cols_slice.start),
+            max(box[2], rows_slice.stop),
+            max(box[3], cols_slice.stop),
+        ]
     assert sorted(legend_boxes) == [0, 1] and curve.any()
     curves_per_panel = {0: 2, 1: 3}  # train_loss, val_loss | val_accuracy, val_macro_f1, val_balanced_accuracy
     for panel, (top, left, bottom, right) in legend_boxes.items():

@@ -1,5 +1,6 @@
 """benchmarks/search_bench.py at its smallest (2 trials x 1 epoch x 1 seed, 8 px): every strategy runs
 its trials through the train stage and the table reports each with finite numbers."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,12 @@ from benchmarks import search_bench
 
 def test_search_bench_smoke(tmp_path, capsys):
     out = tmp_path / "search.json"
-    assert search_bench.main(["--trials", "2", "--epochs", "1", "--seeds", "1", "--image-size", "8",
-                              "--quiet", "--json", str(out)]) == 0
+    assert (
+        search_bench.main(
+            ["--trials", "2", "--epochs", "1", "--seeds", "1", "--image-size", "8", "--quiet", "--json", str(out)]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     result = json.loads(out.read_text())
     for strategy in ("tpe+median", "random", "grid"):

@@ -2,18 +2,19 @@
 
 The datasets below return the same image for every index, so whatever differs between samples comes
 from the random streams alone."""
+
 from __future__ import annotations
 
 import random
 
+import imgaug.random as iarandom
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import imgaug.random as iarandom
-from pipeline.seeding import derived_seeds, loader_generator, seed_everything, worker_init_fn
 from pipeline.augment.transform import build_transform
+from pipeline.seeding import derived_seeds, loader_generator, seed_everything, worker_init_fn
 
 SPEC = [{"Affine": {"rotate": [-45, 45], "translate_px": [-4, 4]}}, {"AdditiveGaussianNoise": {"scale": [5, 20]}}]
 
@@ -35,8 +36,14 @@ class SameImage(Dataset):
 
 def batches(seed: int, epochs: int = 2, *, reseed: bool = True) -> list[list[tuple]]:
     """Every batch of ``epochs`` epochs from a 2-worker loader (fork: workers copy the parent's RNGs)."""
-    loader = DataLoader(SameImage(), batch_size=2, num_workers=2, generator=loader_generator(seed),
-                        worker_init_fn=worker_init_fn if reseed else None, multiprocessing_context="fork")
+    loader = DataLoader(
+        SameImage(),
+        batch_size=2,
+        num_workers=2,
+        generator=loader_generator(seed),
+        worker_init_fn=worker_init_fn if reseed else None,
+        multiprocessing_context="fork",
+    )
     return [[(images.numpy(), nps.numpy(), pys.numpy()) for images, nps, pys in loader] for _ in range(epochs)]
 
 
@@ -79,8 +86,12 @@ def test_same_seed_gives_same_batches(run_seed_7):
 
 def test_seed_everything_repeats_every_generator():
     def draws() -> tuple:
-        return (random.random(), float(np.random.rand()), float(torch.rand(())),
-                int(iarandom.get_global_rng().integers(0, 2**31)))
+        return (
+            random.random(),
+            float(np.random.rand()),
+            float(torch.rand(())),
+            int(iarandom.get_global_rng().integers(0, 2**31)),
+        )
 
     seed_everything(123)
     first = draws()

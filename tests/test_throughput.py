@@ -1,5 +1,6 @@
 """The throughput benchmark in its CPU smoke mode, run as users run it (a subprocess): it measures the
 four figures, derives the two ratios from them, writes the JSON, and refuses impossible settings."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ FIGURES = ("raw_loop", "train_step", "data", "end_to_end")
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
 def test_smoke_mode_measures_four_figures_and_consistent_ratios(tmp_path):
@@ -32,8 +32,9 @@ def test_smoke_mode_measures_four_figures_and_consistent_ratios(tmp_path):
         assert isinstance(rates[name], float) and math.isfinite(rates[name]) and rates[name] > 0, (name, rates)
     ratios = result["ratios"]
     assert math.isclose(ratios["b/a"], rates["train_step"] / rates["raw_loop"], rel_tol=1e-12)
-    assert math.isclose(ratios["d/min(a,c)"], rates["end_to_end"] / min(rates["raw_loop"], rates["data"]),
-                        rel_tol=1e-12)
+    assert math.isclose(
+        ratios["d/min(a,c)"], rates["end_to_end"] / min(rates["raw_loop"], rates["data"]), rel_tol=1e-12
+    )
 
     settings = result["settings"]
     assert (settings["image_size"], settings["batch"], settings["precision"]) == (32, 4, "fp32")

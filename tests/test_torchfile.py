@@ -1,4 +1,5 @@
 """Every torch file is read with weights_only=True: a planted pickle is refused, named, and never runs."""
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,17 @@ def test_a_checkpoint_the_train_stage_writes_loads_with_weights_only(tmp_path):
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     scheduler.step(0.5)
-    state = {"fingerprint": "f", "epoch": 0, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": torch.amp.GradScaler("cpu").state_dict(),
-             "history": [{"epoch": 1, "val_loss": 0.5}], "run_id": None, "finished": False}
+    state = {
+        "fingerprint": "f",
+        "epoch": 0,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "history": [{"epoch": 1, "val_loss": 0.5}],
+        "run_id": None,
+        "finished": False,
+    }
     checkpoint.save(tmp_path / "last.pt", state)
     loaded = checkpoint.load_resumable(tmp_path / "last.pt", "f")
     assert loaded is not None and torch.equal(loaded["model"]["weight"], model.weight)

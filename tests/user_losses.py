@@ -1,5 +1,6 @@
 """A user's own losses, named in params.yaml as ``tests.user_losses:ScaledL1`` (an nn.Module class)
 or ``tests.user_losses:margin_loss`` (a function taking (logits, target) plus keyword arguments)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,6 +21,8 @@ class ScaledL1(nn.Module):
 
 def margin_loss(logits: torch.Tensor, target: torch.Tensor, *, margin: float = 1.0) -> torch.Tensor:
     """Multi-class hinge loss with a margin."""
-    return F.multi_margin_loss(logits.reshape(-1, logits.shape[1]) if logits.ndim == 2 else
-                               logits.movedim(1, -1).reshape(-1, logits.shape[1]),
-                               target.reshape(-1), margin=margin)
+    return F.multi_margin_loss(
+        logits.reshape(-1, logits.shape[1]) if logits.ndim == 2 else logits.movedim(1, -1).reshape(-1, logits.shape[1]),
+        target.reshape(-1),
+        margin=margin,
+    )

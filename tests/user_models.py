@@ -1,4 +1,5 @@
 """A user-defined architecture (``model.name: tests.user_models:tiny_classifier``) for the tests."""
+
 from __future__ import annotations
 
 from torch import nn

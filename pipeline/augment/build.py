@@ -8,6 +8,7 @@ the tuples imgaug reads as ranges; ``{choice: [a, b]}`` gives the Python list im
 One builder serves the stages and ``validate``: :class:`Builder` collects every problem at its dotted
 key. imgaug is imported lazily: it takes seconds and most commands need none.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,7 +23,6 @@ from pipeline.config.building import blamed_attempt, one_line, required_argument
 from pipeline.config.errors import ComponentError, Problem
 from pipeline.config.registry import Registry, signature_problems
 
-
 # Keyword arguments that take augmenters (a list, or one) rather than values.
 AUGMENTER_ARGS = frozenset({"children", "then_list", "else_list", "foreground", "background"})
 
@@ -34,7 +34,7 @@ SEGMENTATION_UNSAFE = {
     "pillike.Affine": "pillike.Affine transforms images only; use Affine, which also moves the mask",
     "imgcorruptlike.ElasticTransform": "it transforms images only; use ElasticTransformation",
     "RandAugment": "it applies pillike.Affine, which transforms images only; compose Affine and "
-                   "pixel-level augmenters instead",
+    "pixel-level augmenters instead",
 }
 
 
@@ -55,8 +55,13 @@ def _augmenter_classes() -> dict[str, type]:
     for info in pkgutil.iter_modules(iaa.__path__):
         module = importlib.import_module(f"{iaa.__name__}.{info.name}")
         for name, obj in vars(module).items():
-            if (name.startswith("_") or not inspect.isclass(obj) or obj.__module__ != module.__name__
-                    or not issubclass(obj, iaa.Augmenter) or inspect.isabstract(obj)):
+            if (
+                name.startswith("_")
+                or not inspect.isclass(obj)
+                or obj.__module__ != module.__name__
+                or not issubclass(obj, iaa.Augmenter)
+                or inspect.isabstract(obj)
+            ):
                 continue
             found[name if getattr(iaa, name, None) is obj else f"{info.name}.{name}"] = obj
     return found
@@ -78,7 +83,7 @@ def _to_imgaug_value(value: Any) -> Any:
 
 def _looks_like_spec(item: Any) -> bool:
     if isinstance(item, dict) and len(item) == 1:
-        (name, kwargs), = item.items()
+        ((name, kwargs),) = item.items()
         return isinstance(name, str) and (kwargs is None or isinstance(kwargs, dict)) and name in augmenters
     return False
 
@@ -114,7 +119,7 @@ class Builder:
         if isinstance(item, str):
             name, kwargs, node_key = item, {}, key
         elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (dict, type(None))):
-            (name, kwargs), = item.items()
+            ((name, kwargs),) = item.items()
             kwargs, node_key = dict(kwargs or {}), f"{key}.{name}"
         else:
             hint = ""
@@ -141,11 +146,17 @@ class Builder:
             return None
         augmenter = self.construct(cls, name, values, node_key)
         if augmenter is not None and self.task == "segmentation" and name in CHANNEL_SUBSET_WRAPPERS:
-            moving = [type(a).__name__ for a in augmenter.get_all_children(flat=True)
-                      if type(a).__module__ in GEOMETRIC_MODULES]
+            moving = [
+                type(a).__name__
+                for a in augmenter.get_all_children(flat=True)
+                if type(a).__module__ in GEOMETRIC_MODULES
+            ]
             if moving:
-                self.fail(node_key, f"{name} applies {', '.join(moving)} to some image channels only, so "
-                                    "the mask cannot follow; put geometric augmenters outside it")
+                self.fail(
+                    node_key,
+                    f"{name} applies {', '.join(moving)} to some image channels only, so "
+                    "the mask cannot follow; put geometric augmenters outside it",
+                )
                 return None
         if augmenter is not None and self.probe_sample is not None and not self.probe(augmenter, name, node_key):
             return None
@@ -175,8 +186,9 @@ class Builder:
     def construct(self, cls: type, name: str, values: dict[str, Any], key: str) -> Any:
         """Build ``cls(**values)``; on failure, blame the argument(s) whose value imgaug rejects."""
         try:
-            return blamed_attempt(lambda args: cls(**args), values, key=key, what=name,
-                                  required=required_arguments(cls))
+            return blamed_attempt(
+                lambda args: cls(**args), values, key=key, what=name, required=required_arguments(cls)
+            )
         except ComponentError as exc:
             self.problems += exc.problems
             return None
@@ -250,7 +262,8 @@ PROBE_MAX_SIDE = 128
 def _probe_sample(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     height, width = (min(int(s), PROBE_MAX_SIDE) for s in size)
     yy, xx = np.mgrid[0:height, 0:width]
-    image = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
-                      (xx + yy) % 256], axis=-1).astype(np.uint8)
-    mask = ((yy > height // 4) & (yy < 3 * height // 4) & (xx > width // 4) & (xx < 3 * width // 4))
+    image = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), (xx + yy) % 256], axis=-1).astype(
+        np.uint8
+    )
+    mask = (yy > height // 4) & (yy < 3 * height // 4) & (xx > width // 4) & (xx < 3 * width // 4)
     return image, mask.astype(np.uint8)

@@ -12,6 +12,7 @@ Layout of the cache directory (always written, so DVC always has an output to tr
 Sample ``s = copy * N + i`` is copy ``copy`` of training image ``i``: copy-major, so one epoch reads
 one contiguous ``1/K`` of the cache.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -32,8 +33,12 @@ INDEX = "index.json"
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
 
 
-def write_disabled(cache_dir: str | Path, *, reason: str = "augment.offline.enabled is false: training augments online",
-                   format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+def write_disabled(
+    cache_dir: str | Path,
+    *,
+    reason: str = "augment.offline.enabled is false: training augments online",
+    format_version: int = FORMAT_VERSION,
+) -> dict[str, Any]:
     """An empty cache whose index says so and why (``augment.offline.enabled: false``; the decoded
     cache's ``data.cache: none`` too): DVC needs the stage's output to exist."""
     index = {"enabled": False, "format": format_version, "reason": reason}
@@ -42,9 +47,17 @@ def write_disabled(cache_dir: str | Path, *, reason: str = "augment.offline.enab
     return index
 
 
-def write_cache(cache_dir: str | Path, base: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                transform: Transform, *, task: str, copies: int, shard_size: int, seed: int,
-                meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_cache(
+    cache_dir: str | Path,
+    base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    transform: Transform,
+    *,
+    task: str,
+    copies: int,
+    shard_size: int,
+    seed: int,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``copies`` augmented versions of every sample of ``base`` (a dataset returning
     ``(uint8 [3,H,W], target)`` without augmentation) into shards; return the index.
 
@@ -73,7 +86,8 @@ def write_cache(cache_dir: str | Path, base: Sequence[tuple[torch.Tensor, torch.
                 if out_image.shape != first_shape:
                     raise PipelineError(
                         f"augment.train produced images of shapes {first_shape} and {out_image.shape}: "
-                        "the offline cache needs one fixed output size (keep_size: true, or a fixed-size crop)")
+                        "the offline cache needs one fixed output size (keep_size: true, or a fixed-size crop)"
+                    )
                 sample = copy * n + i
                 shard = sample // shard_size
                 images, targets = arrays[shard]
@@ -84,26 +98,36 @@ def write_cache(cache_dir: str | Path, base: Sequence[tuple[torch.Tensor, torch.
             targets.flush()
         del arrays, images, targets
         index = {
-            "enabled": True, "format": FORMAT_VERSION, "task": task, "copies": copies, "samples": n,
-            "seed": seed, "image_shape": [3, *first_shape[:2]], "shards": shards, **(meta or {}),
+            "enabled": True,
+            "format": FORMAT_VERSION,
+            "task": task,
+            "copies": copies,
+            "samples": n,
+            "seed": seed,
+            "image_shape": [3, *first_shape[:2]],
+            "shards": shards,
+            **(meta or {}),
         }
         write_json(tmp / INDEX, index)
     return index
 
 
-def allocate_shards(folder: Path, shards: list[dict[str, Any]], first_image: np.ndarray, total: int,
-              shard_size: int, segmentation: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def allocate_shards(
+    folder: Path, shards: list[dict[str, Any]], first_image: np.ndarray, total: int, shard_size: int, segmentation: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Create every shard's memory-mapped .npy files, sized by the first augmented image."""
     height, width = first_image.shape[:2]
     arrays = []
     for number, start in enumerate(range(0, total, shard_size)):
         count = min(shard_size, total - start)
         names = {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}
-        images = np.lib.format.open_memmap(folder / names["images"], mode="w+", dtype=np.uint8,
-                                           shape=(count, 3, height, width))
+        images = np.lib.format.open_memmap(
+            folder / names["images"], mode="w+", dtype=np.uint8, shape=(count, 3, height, width)
+        )
         target_shape = (count, height, width) if segmentation else (count,)
-        targets = np.lib.format.open_memmap(folder / names["targets"], mode="w+",
-                                            dtype=np.uint8 if segmentation else np.int64, shape=target_shape)
+        targets = np.lib.format.open_memmap(
+            folder / names["targets"], mode="w+", dtype=np.uint8 if segmentation else np.int64, shape=target_shape
+        )
         arrays.append((images, targets))
         shards.append({**names, "start": start, "count": count})
     return arrays
@@ -118,8 +142,9 @@ def read_index(cache_dir: str | Path, *, stage: str = "augment") -> dict[str, An
     except FileNotFoundError:
         raise PipelineError(f"{path} not found: run the {stage} stage first (dvc repro {stage})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path} is not a readable index ({exc}); re-run the {stage} stage "
-                            f"(dvc repro {stage})") from None
+        raise PipelineError(
+            f"{path} is not a readable index ({exc}); re-run the {stage} stage (dvc repro {stage})"
+        ) from None
 
 
 class OfflineCacheDataset(torch.utils.data.Dataset):
@@ -132,11 +157,15 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
         self.cache_dir = Path(cache_dir)
         self.index = read_index(self.cache_dir)
         if not self.index.get("enabled"):
-            raise PipelineError(f"{self.cache_dir} holds no offline copies (augment.offline.enabled was "
-                                "false when the augment stage ran); enable it and run dvc repro")
+            raise PipelineError(
+                f"{self.cache_dir} holds no offline copies (augment.offline.enabled was "
+                "false when the augment stage ran); enable it and run dvc repro"
+            )
         if self.index.get("format") != FORMAT_VERSION:
-            raise PipelineError(f"{self.cache_dir}: cache format {self.index.get('format')} is not "
-                                f"{FORMAT_VERSION}; re-run the augment stage")
+            raise PipelineError(
+                f"{self.cache_dir}: cache format {self.index.get('format')} is not "
+                f"{FORMAT_VERSION}; re-run the augment stage"
+            )
         self.copies = int(self.index["copies"])
         self.samples = int(self.index["samples"])
         self.segmentation = self.index["task"] == "segmentation"
@@ -160,11 +189,17 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
     def _open(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._arrays is None:
             try:
-                self._arrays = [(np.load(self.cache_dir / s["images"], mmap_mode="r"),
-                                 np.load(self.cache_dir / s["targets"], mmap_mode="r"))
-                                for s in self.index["shards"]]
+                self._arrays = [
+                    (
+                        np.load(self.cache_dir / s["images"], mmap_mode="r"),
+                        np.load(self.cache_dir / s["targets"], mmap_mode="r"),
+                    )
+                    for s in self.index["shards"]
+                ]
             except (OSError, ValueError) as exc:
-                raise PipelineError(f"{self.cache_dir}: cannot read a shard ({exc}); re-run the augment stage") from None
+                raise PipelineError(
+                    f"{self.cache_dir}: cannot read a shard ({exc}); re-run the augment stage"
+                ) from None
         return self._arrays
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +210,11 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
         images, targets = self._open()[shard]
         row = sample - self._starts[shard]
         image = torch.from_numpy(np.array(images[row]))
-        target = torch.from_numpy(np.array(targets[row])) if self.segmentation else \
-            torch.tensor(int(targets[row]), dtype=torch.int64)
+        target = (
+            torch.from_numpy(np.array(targets[row]))
+            if self.segmentation
+            else torch.tensor(int(targets[row]), dtype=torch.int64)
+        )
         return image, target
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """``validate``'s augmentation check: every declared augmenter is built by the same builder the
 stages use, then tried once on a small synthetic image (and mask)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,9 @@ def check_augment(params: Params) -> list[Problem]:
     task, size = params.get("data.task"), params.get("data.image_size")
     problems = []
     for section in ("train", "eval"):
-        problems += augment_problems(params.get(f"augment.{section}"), task=task, key=f"augment.{section}",
-                                     image_size=size)
+        problems += augment_problems(
+            params.get(f"augment.{section}"), task=task, key=f"augment.{section}", image_size=size
+        )
     return problems
 
 
@@ -71,10 +73,17 @@ def check_augment_device(params: Params) -> list[Problem]:
     if params.get("augment.device") != "device":
         return []
     if params.get("augment.offline")["enabled"]:
-        return [Problem("augment.device", "'device' does not apply with augment.offline.enabled (training reads "
-                                          "augmented copies from the cache); use auto or cpu")]
-    return [Problem("augment.device", f"'device' but {p.key} cannot run there: {p.message}; use auto or cpu")
-            for p in _device_fallbacks(params)]
+        return [
+            Problem(
+                "augment.device",
+                "'device' does not apply with augment.offline.enabled (training reads "
+                "augmented copies from the cache); use auto or cpu",
+            )
+        ]
+    return [
+        Problem("augment.device", f"'device' but {p.key} cannot run there: {p.message}; use auto or cpu")
+        for p in _device_fallbacks(params)
+    ]
 
 
 def augment_notes(params: Params, filename: str) -> list[str]:
@@ -85,6 +94,12 @@ def augment_notes(params: Params, filename: str) -> list[str]:
     notes = []
     for p in _device_fallbacks(params):
         line, column = params.marks.locate(tuple(int(k) if k.isdigit() else k for k in key_parts(p.key)))
-        notes.append(Problem(p.key, f"note: {p.message}, so augment.train runs on the CPU (DataLoader "
-                                    "workers) even when training on a GPU", line, column).format(filename))
+        notes.append(
+            Problem(
+                p.key,
+                f"note: {p.message}, so augment.train runs on the CPU (DataLoader workers) even when training on a GPU",
+                line,
+                column,
+            ).format(filename)
+        )
     return notes

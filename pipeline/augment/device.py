@@ -11,6 +11,7 @@ the CPU path; :func:`fallback_reasons` names each such augmenter at its params k
 ``augment.device`` chooses: ``cpu`` (imgaug per sample, in the DataLoader workers), ``device`` (this
 path, on the training device even when that is the CPU), ``auto`` (this path when training on CUDA and
 the chain has a device version)."""
+
 from __future__ import annotations
 
 import copy
@@ -28,9 +29,22 @@ from pipeline.config.errors import PipelineError, Problem
 AFFINE_FAMILY = frozenset({"Affine", "ScaleX", "ScaleY", "TranslateX", "TranslateY", "Rotate", "ShearX", "ShearY"})
 CONTAINERS = frozenset({"Sequential", "Sometimes", "SomeOf", "OneOf"})
 # Registry names (``python -m pipeline list augmenters``) with a device version.
-DEVICE_AUGMENTERS = AFFINE_FAMILY | CONTAINERS | {
-    "Fliplr", "Flipud", "Rot90", "GaussianBlur", "LinearContrast", "GammaContrast", "Add", "Multiply",
-    "Identity", "Noop"}
+DEVICE_AUGMENTERS = (
+    AFFINE_FAMILY
+    | CONTAINERS
+    | {
+        "Fliplr",
+        "Flipud",
+        "Rot90",
+        "GaussianBlur",
+        "LinearContrast",
+        "GammaContrast",
+        "Add",
+        "Multiply",
+        "Identity",
+        "Noop",
+    }
+)
 AUGMENTER_LISTS = ("children", "then_list", "else_list")
 
 
@@ -45,11 +59,24 @@ def _kinds() -> dict[type, str]:
     import imgaug.augmenters as iaa
 
     kinds = {getattr(iaa, name): "affine" for name in AFFINE_FAMILY}
-    kinds.update({iaa.Fliplr: "fliplr", iaa.Flipud: "flipud", iaa.Rot90: "rot90", iaa.GaussianBlur: "blur",
-                  iaa.LinearContrast: "linear", iaa.GammaContrast: "gamma", iaa.Add: "add",
-                  iaa.Multiply: "multiply", iaa.Identity: "noop", iaa.Noop: "noop",
-                  iaa.Sequential: "sequential", iaa.Sometimes: "sometimes", iaa.SomeOf: "someof",
-                  iaa.OneOf: "someof"})
+    kinds.update(
+        {
+            iaa.Fliplr: "fliplr",
+            iaa.Flipud: "flipud",
+            iaa.Rot90: "rot90",
+            iaa.GaussianBlur: "blur",
+            iaa.LinearContrast: "linear",
+            iaa.GammaContrast: "gamma",
+            iaa.Add: "add",
+            iaa.Multiply: "multiply",
+            iaa.Identity: "noop",
+            iaa.Noop: "noop",
+            iaa.Sequential: "sequential",
+            iaa.Sometimes: "sometimes",
+            iaa.SomeOf: "someof",
+            iaa.OneOf: "someof",
+        }
+    )
     return kinds
 
 
@@ -79,8 +106,7 @@ def _unsupported(aug: Any) -> tuple[str, str] | None:
             return "order", f"{name}: only a fixed order 0 or 1 (nearest, bilinear) has a device version"
         bad = [m for m in (modes or ["a random mode"]) + [aug._mode_segmentation_maps] if mode_code(m) is None]
         if bad:
-            return "mode", (f"{name}: mode {bad[0]!r} has no device version (supported: "
-                            f"{', '.join(MODE_CODES)})")
+            return "mode", (f"{name}: mode {bad[0]!r} has no device version (supported: {', '.join(MODE_CODES)})")
     if kind == "rot90" and not aug.keep_size:
         return "keep_size", "Rot90 with keep_size: false changes the image size; no device version"
     return None
@@ -110,7 +136,9 @@ def _walk(aug: Any, item: Any, key: str, problems: list[Problem]) -> None:
             _walk(child, child_item, child_key, problems)
 
 
-def fallback_problems(spec: list, *, task: str, random_order: bool = False, key: str = "augment.train") -> list[Problem]:
+def fallback_problems(
+    spec: list, *, task: str, random_order: bool = False, key: str = "augment.train"
+) -> list[Problem]:
     """Each augmenter in ``spec`` without a device version, at its key (``augment.train[3].Jigsaw``);
     [] when the whole chain runs on the device. A bad spec raises the builder's ComponentError."""
     return _fallbacks(build_augmenter(spec, task=task, random_order=random_order, key=key), spec, key)
@@ -124,20 +152,22 @@ def _fallbacks(sequential: Any, spec: list, key: str) -> list[Problem]:
     return problems
 
 
-def fallback_reasons(spec: list, *, task: str = "segmentation", random_order: bool = False,
-                     key: str = "augment.train") -> list[str]:
+def fallback_reasons(
+    spec: list, *, task: str = "segmentation", random_order: bool = False, key: str = "augment.train"
+) -> list[str]:
     """:func:`fallback_problems` as ``"key: why"`` lines."""
     return [f"{p.key}: {p.message}" for p in fallback_problems(spec, task=task, random_order=random_order, key=key)]
 
 
-def device_plan(spec: list, *, task: str, random_order: bool = False, key: str = "augment.train") -> "DevicePlan | None":
+def device_plan(spec: list, *, task: str, random_order: bool = False, key: str = "augment.train") -> DevicePlan | None:
     """The chain as a :class:`DevicePlan`, or None when some augmenter has no device version."""
     sequential = build_augmenter(spec, task=task, random_order=random_order, key=key)
     return None if _fallbacks(sequential, spec, key) else DevicePlan(sequential)
 
 
-def resolve_where(setting: str, spec: list, *, task: str, random_order: bool, device_type: str,
-                  offline: bool = False) -> str:
+def resolve_where(
+    setting: str, spec: list, *, task: str, random_order: bool, device_type: str, offline: bool = False
+) -> str:
     """Where augment.train runs for ``augment.device: setting`` when training on ``device_type``:
     ``device`` or ``cpu``. The offline cache or an empty chain leave nothing to do on the device."""
     if setting == "cpu" or offline or not spec:
@@ -152,11 +182,11 @@ def resolve_where(setting: str, spec: list, *, task: str, random_order: bool, de
 class Leaf:
     """One augmenter's draw for a batch: where in the chain, which samples, its parameter values."""
 
-    path: str                        # e.g. "[3].then_list[0]"
+    path: str  # e.g. "[3].then_list[0]"
     name: str
-    active: np.ndarray               # (n,) bool
+    active: np.ndarray  # (n,) bool
     values: dict[str, Any]
-    op: Warp | Pixel | None          # a Warp here holds this augmenter's part only
+    op: Warp | Pixel | None  # a Warp here holds this augmenter's part only
 
 
 @dataclass
@@ -184,11 +214,14 @@ class DevicePlan:
         drawer.node(self.augmenter, np.ones(n, bool), iarandom.RNG(int(seed)), "")
         return Drawn(drawer.leaves, fold(drawer.leaves, n))
 
-    def apply(self, images: torch.Tensor, masks: torch.Tensor | None, drawn: Drawn) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def apply(
+        self, images: torch.Tensor, masks: torch.Tensor | None, drawn: Drawn
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return apply_ops(images, masks, drawn.ops)
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None, *,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None, *, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 (or float 0-255) [N,C,H,W] images and [N,H,W] masks -> float32 images 0-255, masks."""
         n, c, h, w = images.shape
         return self.apply(images, masks, self.draw(n, (h, w), c, seed))
@@ -211,8 +244,9 @@ def fold(leaves: list[Leaf], n: int) -> list[Warp | Pixel]:
             continue
         step, active = leaf.op, leaf.active
         affine = bool(step.bordered.any())
-        if warp is None or (affine and ((warp.bordered & active).any()
-                                        or (warp.order is not None and warp.order != step.order))):
+        if warp is None or (
+            affine and ((warp.bordered & active).any() or (warp.order is not None and warp.order != step.order))
+        ):
             if warp is not None:
                 ops.append(warp)
             warp = Warp.identity(n)
@@ -255,8 +289,10 @@ class DeviceAugment:
         if self._plan is None:
             plan = device_plan(self.spec, task=self.task, random_order=self.random_order)
             if plan is None:
-                raise PipelineError("augment.train has no device version: " + "; ".join(
-                    fallback_reasons(self.spec, task=self.task, random_order=self.random_order)))
+                raise PipelineError(
+                    "augment.train has no device version: "
+                    + "; ".join(fallback_reasons(self.spec, task=self.task, random_order=self.random_order))
+                )
             self._plan = plan
         return self._plan
 

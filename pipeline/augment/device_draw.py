@@ -3,6 +3,7 @@ stochastic parameters, as imgaug's ``_augment_batch_`` methods draw them (same p
 splits), into a flat list of :class:`~pipeline.augment.device.Leaf` draws. Containers become
 per-sample masks: ``Sometimes`` picks then/else rows, ``SomeOf``/``OneOf`` pick children per row,
 random orders are drawn per sample (the CPU path augments one sample per call, so its orders are too)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,13 +55,23 @@ class Drawer:
         self.leaves.append(Leaf(path, type(aug).__name__, active, values, op))
 
     # -- containers
-    def _children(self, children: list, active: np.ndarray, rng: Any, path: str, random_order: bool,
-                  chosen: np.ndarray | None = None) -> None:
+    def _children(
+        self,
+        children: list,
+        active: np.ndarray,
+        rng: Any,
+        path: str,
+        random_order: bool,
+        chosen: np.ndarray | None = None,
+    ) -> None:
         k = len(children)
-        orders = (np.stack([rng.permutation(k) for _ in range(self.n)]) if random_order
-                  else np.tile(np.arange(k), (self.n, 1)))
+        orders = (
+            np.stack([rng.permutation(k) for _ in range(self.n)])
+            if random_order
+            else np.tile(np.arange(k), (self.n, 1))
+        )
         for position in range(k):
-            for i in (range(k) if random_order else [position]):
+            for i in range(k) if random_order else [position]:
                 rows = active & (orders[:, position] == i)
                 if chosen is not None:
                     rows &= chosen[:, i]
@@ -89,8 +100,11 @@ class Drawer:
     def _flip(self, aug: Any, active: np.ndarray, rng: Any, path: str, axis: int) -> None:
         flip = active & (aug.p.draw_samples((self.n,), random_state=rng) >= 0.5)
         h, w = self.hw
-        matrix = np.array([[-1.0, 0, w - 1], [0, 1, 0], [0, 0, 1]]) if axis else np.array(
-            [[1.0, 0, 0], [0, -1, h - 1], [0, 0, 1]])
+        matrix = (
+            np.array([[-1.0, 0, w - 1], [0, 1, 0], [0, 0, 1]])
+            if axis
+            else np.array([[1.0, 0, 0], [0, -1, h - 1], [0, 0, 1]])
+        )
         self.leaf(path, aug, flip, {"flip": flip}, _geometric(self.n, matrix, flip))
 
     def _fliplr(self, aug: Any, active: np.ndarray, rng: Any, path: str) -> None:
@@ -114,10 +128,19 @@ class Drawer:
         warp.mask_mode = np.full(self.n, mode_code(aug._mode_segmentation_maps))
         warp.cval = np.clip(np.trunc(np.asarray(samples.cval, np.float64)[:, :3]), 0, 255)  # uint8 images: int()
         warp.order, warp.bordered = int(samples.order[0]), active.copy()
-        values = {"scale_x": samples.scale[0], "scale_y": samples.scale[1], "translate_x": samples.translate[0],
-                  "translate_y": samples.translate[1], "translate_mode": samples.translate_mode,
-                  "rotate": samples.rotate, "shear_x": samples.shear[0], "shear_y": samples.shear[1],
-                  "mode": samples.mode, "cval": warp.cval, "order": samples.order}
+        values = {
+            "scale_x": samples.scale[0],
+            "scale_y": samples.scale[1],
+            "translate_x": samples.translate[0],
+            "translate_y": samples.translate[1],
+            "translate_mode": samples.translate_mode,
+            "rotate": samples.rotate,
+            "shear_x": samples.shear[0],
+            "shear_y": samples.shear[1],
+            "mode": samples.mode,
+            "cval": warp.cval,
+            "order": samples.order,
+        }
         self.leaf(path, aug, active, values, warp)
 
     # -- pixel

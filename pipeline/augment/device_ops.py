@@ -9,6 +9,7 @@ the samples it applies to). Their parameters travel to the device as one packed 
 
 Conventions are imgaug's (OpenCV's): pixel centres at integer coordinates, images 0-255, a warp's
 matrix maps input to output coordinates, border modes as ``cv2.warpAffine`` fills them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,17 +37,18 @@ class Warp:
     """One resampling of the batch: ``matrix[i]`` maps sample i's input pixel coordinates to its output
     ones; border ``mode`` / ``mask_mode`` codes and the images' ``cval`` (0-255) per sample."""
 
-    matrix: np.ndarray                 # (n, 3, 3) float64
-    mode: np.ndarray                   # (n,) codes, images
-    mask_mode: np.ndarray              # (n,) codes, masks (their fill value is class 0)
-    cval: np.ndarray                   # (n, 3) float
-    order: int | None = None           # 0 nearest, 1 bilinear (None: no Affine in it yet; bilinear)
+    matrix: np.ndarray  # (n, 3, 3) float64
+    mode: np.ndarray  # (n,) codes, images
+    mask_mode: np.ndarray  # (n,) codes, masks (their fill value is class 0)
+    cval: np.ndarray  # (n, 3) float
+    order: int | None = None  # 0 nearest, 1 bilinear (None: no Affine in it yet; bilinear)
     bordered: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # samples with an Affine in it
 
     @classmethod
-    def identity(cls, n: int) -> "Warp":
-        return cls(np.tile(np.eye(3), (n, 1, 1)), np.full(n, EDGE), np.full(n, EDGE), np.zeros((n, 3)),
-                   None, np.zeros(n, bool))
+    def identity(cls, n: int) -> Warp:
+        return cls(
+            np.tile(np.eye(3), (n, 1, 1)), np.full(n, EDGE), np.full(n, EDGE), np.zeros((n, 3)), None, np.zeros(n, bool)
+        )
 
     def is_identity(self) -> bool:
         return bool(np.allclose(self.matrix, np.eye(3), atol=1e-9))
@@ -57,15 +59,19 @@ class Pixel:
     """A pixel operation on the samples ``rows`` (None: all); ``values`` holds one row per such sample:
     (rows, C) per-channel values, or (rows, K) blur kernels."""
 
-    kind: str                          # "blur" | "linear" | "gamma" | "add" | "multiply"
+    kind: str  # "blur" | "linear" | "gamma" | "add" | "multiply"
     values: np.ndarray
     rows: np.ndarray | None = None
 
 
 # One border mode for a whole batch: grid_sample's own padding does it (reflection about pixel centres
 # with align_corners=True is reflect-101, about pixel edges with align_corners=False is symmetric).
-NATIVE_PADDING = {CONSTANT: ("zeros", True), EDGE: ("border", True), REFLECT: ("reflection", True),
-                  SYMMETRIC: ("reflection", False)}
+NATIVE_PADDING = {
+    CONSTANT: ("zeros", True),
+    EDGE: ("border", True),
+    REFLECT: ("reflection", True),
+    SYMMETRIC: ("reflection", False),
+}
 
 
 def _normaliser(hw: tuple[int, int], align_corners: bool) -> np.ndarray:
@@ -97,7 +103,7 @@ class _Sampling:
     """How one warp resamples one kind of array (images, or masks)."""
 
     theta: torch.Tensor
-    modes: torch.Tensor               # per-sample codes, used when padding is None
+    modes: torch.Tensor  # per-sample codes, used when padding is None
     padding: str | None
     align_corners: bool
 
@@ -127,7 +133,7 @@ def _plan(ops: list[Warp | Pixel], hw: tuple[int, int], c: int, masks: bool, dev
     buffer = buffer.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else buffer.to(device)
     views, start = [], 0
     for a in arrays:
-        views.append(buffer[start:start + a.size].view(a.shape))
+        views.append(buffer[start : start + a.size].view(a.shape))
         start += a.size
     out = []
     for entry in layout:
@@ -135,13 +141,13 @@ def _plan(ops: list[Warp | Pixel], hw: tuple[int, int], c: int, masks: bool, dev
             out.append((views[entry[0]], None if entry[1] is None else views[entry[1]].long()))
             continue
         samplings = [_Sampling(views[i], views[i + 1], padding, align) for i, padding, align in entry[:-1]]
-        out.append((samplings[0], samplings[1] if masks else None,
-                    views[entry[-1]] if entry[-1] is not None else None))
+        out.append((samplings[0], samplings[1] if masks else None, views[entry[-1]] if entry[-1] is not None else None))
     return out
 
 
-def apply_ops(images: torch.Tensor, masks: torch.Tensor | None,
-              ops: list[Warp | Pixel]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def apply_ops(
+    images: torch.Tensor, masks: torch.Tensor | None, ops: list[Warp | Pixel]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``images`` [N,C,H,W] (uint8 or float, 0-255) and ``masks`` [N,H,W] (class indices) through
     ``ops``, in order: float32 images (0-255) and masks of their own dtype, on their device."""
     x = images.float()
@@ -152,13 +158,18 @@ def apply_ops(images: torch.Tensor, masks: torch.Tensor | None,
             x, grid = _warp_images(x, image_sampling, cval, op.order)
             if masks is not None:  # the images' grid serves when the masks sample alike
                 same = (mask_sampling.padding, mask_sampling.align_corners) == (
-                    image_sampling.padding, image_sampling.align_corners) and mask_sampling.padding is not None
+                    image_sampling.padding,
+                    image_sampling.align_corners,
+                ) and mask_sampling.padding is not None
                 warped = _sample(masks[:, None].float(), mask_sampling, "nearest", grid if same else None)[0]
                 masks = warped[:, 0].round().to(masks.dtype)
         else:
             values, rows = params
-            x = _pixel(x, op.kind, values) if rows is None else x.index_copy(
-                0, rows, _pixel(x.index_select(0, rows), op.kind, values))
+            x = (
+                _pixel(x, op.kind, values)
+                if rows is None
+                else x.index_copy(0, rows, _pixel(x.index_select(0, rows), op.kind, values))
+            )
     return x, masks
 
 
@@ -168,14 +179,16 @@ def _border(coords: torch.Tensor, size: int, modes: torch.Tensor) -> torch.Tenso
     equals reflecting the neighbouring pixels (cv2's way)."""
     last = max(size - 1, 1)
     edge = coords.clamp(0, size - 1)
-    reflect = last - (torch.remainder(coords, 2 * last) - last).abs()                 # about pixel centres 0, W-1
+    reflect = last - (torch.remainder(coords, 2 * last) - last).abs()  # about pixel centres 0, W-1
     symmetric = (size - (torch.remainder(coords + 0.5, 2 * size) - size).abs() - 0.5).clamp(0, size - 1)
-    return torch.where(modes == CONSTANT, coords, torch.where(
-        modes == EDGE, edge, torch.where(modes == REFLECT, reflect, symmetric)))
+    return torch.where(
+        modes == CONSTANT, coords, torch.where(modes == EDGE, edge, torch.where(modes == REFLECT, reflect, symmetric))
+    )
 
 
-def _sample(src: torch.Tensor, sampling: _Sampling, interpolation: str,
-            grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample(
+    src: torch.Tensor, sampling: _Sampling, interpolation: str, grid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``src`` resampled, and the (native-padding) grid it used, which another array may reuse."""
     n, _, h, w = src.shape
     if grid is None:
@@ -184,15 +197,17 @@ def _sample(src: torch.Tensor, sampling: _Sampling, interpolation: str,
     if padding is None:  # mixed border modes: remap pixel coordinates per sample, then normalise
         modes = sampling.modes.view(n, 1, 1)
         gx, gy = grid.unbind(-1)
-        grid = torch.stack((_border(gx, w, modes) * (2 / max(w - 1, 1)) - 1,
-                            _border(gy, h, modes) * (2 / max(h - 1, 1)) - 1), dim=-1)
+        grid = torch.stack(
+            (_border(gx, w, modes) * (2 / max(w - 1, 1)) - 1, _border(gy, h, modes) * (2 / max(h - 1, 1)) - 1), dim=-1
+        )
         padding = "zeros"
     out = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=sampling.align_corners)
     return out, grid
 
 
-def _warp_images(x: torch.Tensor, sampling: _Sampling, cval: torch.Tensor | None,
-                 order: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _warp_images(
+    x: torch.Tensor, sampling: _Sampling, cval: torch.Tensor | None, order: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample the images; where a constant border lets the outside in, blend in each sample's cval,
     as cv2.warpAffine does (a channel of ones says how much of each pixel came from inside)."""
     n, c, h, w = x.shape
@@ -220,7 +235,7 @@ def _pixel(x: torch.Tensor, kind: str, values: torch.Tensor) -> torch.Tensor:
         return _blur(x, values)
     v = values.view(values.shape[0], values.shape[1], 1, 1)
     if kind == "linear":
-        y = 127 + v * (x - 127)             # imgaug's centre for uint8 is int(127.5)
+        y = 127 + v * (x - 127)  # imgaug's centre for uint8 is int(127.5)
     elif kind == "gamma":
         y = 255 * (x / 255).clamp(0, 1).pow(v)
     elif kind == "add":
@@ -242,8 +257,8 @@ def gaussian_kernels(sigma: np.ndarray, active: np.ndarray, max_size: int, eps: 
     kernels = np.zeros((len(sigma), k))
     for i, (s, size) in enumerate(zip(sigma, np.minimum(sizes, k))):
         x = np.arange(size) - (size - 1) / 2
-        weights = np.exp(-(x ** 2) / (2 * s * s)) if size > 1 else np.ones(1)
-        kernels[i, (k - size) // 2:(k + size) // 2] = weights / weights.sum()
+        weights = np.exp(-(x**2) / (2 * s * s)) if size > 1 else np.ones(1)
+        kernels[i, (k - size) // 2 : (k + size) // 2] = weights / weights.sum()
     return kernels
 
 

@@ -4,6 +4,7 @@ Each row is one training image: the original, then ``versions`` augmented versio
 :func:`pipeline.plots.render_grid` draws the rows, masks overlaid, so a mask that does not follow its
 image is visible at a glance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,11 +16,15 @@ from pipeline.plots import Sample
 from pipeline.seeding import seed_everything
 
 
-
-
-def preview_rows(base: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 transform: Callable[[np.ndarray, np.ndarray | None], Sample], *, images: int,
-                 versions: int, seed: int, segmentation: bool) -> list[list[Sample]]:
+def preview_rows(
+    base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    transform: Callable[[np.ndarray, np.ndarray | None], Sample],
+    *,
+    images: int,
+    versions: int,
+    seed: int,
+    segmentation: bool,
+) -> list[list[Sample]]:
     """For ``images`` training samples spread over ``base`` (un-augmented ``(uint8 [3,H,W], target)``),
     the original and ``versions`` augmented versions; repeatable from ``seed``."""
     if len(base) == 0:
@@ -35,5 +40,3 @@ def preview_rows(base: Sequence[tuple[torch.Tensor, torch.Tensor]],
         mask = np.ascontiguousarray(target.numpy()) if segmentation else None
         rows.append([(image, mask)] + [transform(image, mask) for _ in range(versions)])
     return rows
-
-

@@ -1,4 +1,5 @@
 """The declared augmentation as the ``(image, mask) -> (image, mask)`` callable a dataset applies."""
+
 from __future__ import annotations
 
 import copy

@@ -5,6 +5,7 @@ unset, and :mod:`pipeline.config.fragments` turns the same list into the editor'
 What the pipeline passes itself (an optimizer's ``params`` and ``lr``, a scheduler's ``optimizer``)
 is left out, since params.yaml may not set it.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -47,8 +48,11 @@ def keyword_arguments(impl: Any, kind: str = "", *, skip: Iterable[str] = ()) ->
         return []
     left_out = {*PROVIDED.get(kind, ()), *skip, "self"}
     docs = argument_docs(impl)
-    return [Argument(p.name, p.default, type_text(p.annotation), docs.get(p.name, ""))
-            for p in parameters if p.kind in _KEYWORD and p.name not in left_out]
+    return [
+        Argument(p.name, p.default, type_text(p.annotation), docs.get(p.name, ""))
+        for p in parameters
+        if p.kind in _KEYWORD and p.name not in left_out
+    ]
 
 
 def summary(impl: Any) -> str:
@@ -104,8 +108,9 @@ def _first_sentence(text: str) -> str:
     """Plain text up to the first full stop that ends a sentence, without a "(default: ...)"."""
     text = _plain(text)
     # the default comes from the signature (docstrings drift: torch's Adafactor says 1e-2, is 0.0)
-    text = re.sub(r"\s*\(default:\s*(?:[^()]|\([^()]*\))*\)|\s*\bDefault:\s*[^\s,;]+", "", text,
-                  flags=re.IGNORECASE).strip()
+    text = re.sub(
+        r"\s*\(default:\s*(?:[^()]|\([^()]*\))*\)|\s*\bDefault:\s*[^\s,;]+", "", text, flags=re.IGNORECASE
+    ).strip()
     head = re.split(r"(?<=[a-z0-9)\]][.!?])\s+(?=[A-Z(])", text, maxsplit=1)[0]
     return head if len(head) <= 200 else head[:197].rstrip() + "..."
 

@@ -4,6 +4,7 @@ A builder (``build_loss``, ``build_optimizer``, ...) raises :class:`ComponentErr
 at its dotted key. ``validate`` calls the same builders on tiny stand-ins (a one-parameter optimizer,
 a two-sample batch) and reports those problems, so a file that validates builds in its stage too.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,12 +43,15 @@ def resolve(registry: Registry, name: str, key: str) -> Any:
         raise ComponentError.at(key, f"importing {name!r} failed: {type(exc).__name__}: {one_line(exc)}") from None
 
 
-def check_binding(fn: Callable[..., Any], kwargs: dict[str, Any], *, key: str, skip: int = 0,
-                  provided: Iterable[str] = ()) -> None:
+def check_binding(
+    fn: Callable[..., Any], kwargs: dict[str, Any], *, key: str, skip: int = 0, provided: Iterable[str] = ()
+) -> None:
     """:class:`ComponentError` listing why ``fn(**kwargs)`` would not bind (unknown or missing
     arguments), each at ``key.<argument>`` (or ``key``)."""
-    problems = [Problem(f"{key}.{arg}" if arg else key, message)
-                for arg, message in signature_problems(fn, kwargs, skip=skip, provided=provided)]
+    problems = [
+        Problem(f"{key}.{arg}" if arg else key, message)
+        for arg, message in signature_problems(fn, kwargs, skip=skip, provided=provided)
+    ]
     if problems:
         raise ComponentError(problems)
 
@@ -58,8 +62,7 @@ def required_arguments(fn: Callable[..., Any]) -> set[str]:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return set()
-    return {p.name for p in parameters
-            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _succeeds(attempt: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any]) -> bool:
@@ -70,8 +73,14 @@ def _succeeds(attempt: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any]) 
     return True
 
 
-def blamed_attempt(attempt: Callable[[dict[str, Any]], Any], kwargs: dict[str, Any], *, key: str, what: str,
-                   required: Iterable[str] = ()) -> Any:
+def blamed_attempt(
+    attempt: Callable[[dict[str, Any]], Any],
+    kwargs: dict[str, Any],
+    *,
+    key: str,
+    what: str,
+    required: Iterable[str] = (),
+) -> Any:
     """``attempt(kwargs)`` (build and exercise a component from its keyword arguments). If it fails,
     blame the arguments whose value alone makes it fail (tried with the ``required`` ones only, or, if
     those alone fail, the arguments whose removal makes it succeed), and raise :class:`ComponentError` at ``key.<argument>``, or at ``key`` when no single one is to blame.

@@ -18,6 +18,7 @@ the key is valid. The stand-ins are every value the schema allows when it names 
 a boolean), else those the check declares (``stand_ins=``: a value that causes no problem of its
 own, such as a long run for ``train.epochs``); with neither, the check is skipped as before.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,10 @@ def semantic_check(*inputs: str, stand_ins: Mapping[str, Sequence[Any]] | None =
     declared = {key_parts(k): tuple(values) for k, values in (stand_ins or {}).items()}
     for key, values in declared.items():
         if key not in context or not values:
-            raise TypeError(f"stand_ins[{'.'.join(key)!r}]: stand-ins are values for a context key "
-                            f"({', '.join(inputs[1:]) or 'none'}), at least one")
+            raise TypeError(
+                f"stand_ins[{'.'.join(key)!r}]: stand-ins are values for a context key "
+                f"({', '.join(inputs[1:]) or 'none'}), at least one"
+            )
 
     def register(fn: Check) -> Check:
         if not any(r.fn is fn for r in _CHECKS):
@@ -103,12 +106,11 @@ def registered_checks(keys: Iterable[str] | None = None) -> list[RegisteredCheck
     return [r for r in _CHECKS if any(_overlaps(r.inputs[0], w) for w in wanted)]
 
 
-def run_checks(params: "Params", rejected_keys: Iterable[str], keys: Iterable[str] | None = None) -> list[Problem]:
+def run_checks(params: Params, rejected_keys: Iterable[str], keys: Iterable[str] | None = None) -> list[Problem]:
     """The problems the checks of ``keys`` (all when None) find, given the keys the schema rejected:
     a check whose subject was rejected is skipped, one whose context was rejected runs on stand-ins."""
     if not _CHECKS and not _MODULES:
-        raise RuntimeError("no semantic checks are registered; load params through "
-                           "pipeline.components.load_params")
+        raise RuntimeError("no semantic checks are registered; load params through pipeline.components.load_params")
     rejected = [key_parts(k) for k in rejected_keys]
     problems: list[Problem] = []
     for registered in registered_checks(keys):
@@ -116,7 +118,7 @@ def run_checks(params: "Params", rejected_keys: Iterable[str], keys: Iterable[st
     return problems
 
 
-def _run(registered: RegisteredCheck, params: "Params", rejected: list[KeyParts]) -> list[Problem]:
+def _run(registered: RegisteredCheck, params: Params, rejected: list[KeyParts]) -> list[Problem]:
     subject, *context = registered.inputs
     if any(_overlaps(r, subject) for r in rejected):
         return []
@@ -126,8 +128,10 @@ def _run(registered: RegisteredCheck, params: "Params", rejected: list[KeyParts]
     values = [registered.stand_ins.get(key) or _schema_choices(key) for key in bad]
     if not all(values):
         return []  # nothing can stand in for a rejected key it reads
-    runs = [_unique(registered.fn(_standing_in(params, dict(zip(bad, combination)))))
-            for combination in itertools.product(*values)]
+    runs = [
+        _unique(registered.fn(_standing_in(params, dict(zip(bad, combination)))))
+        for combination in itertools.product(*values)
+    ]
     everywhere = set.intersection(*({(p.key, p.message) for p in run} for run in runs))
     return [p for p in runs[0] if (p.key, p.message) in everywhere and not _about(p, bad)]
 
@@ -147,7 +151,7 @@ def _about(problem: Problem, keys: list[KeyParts]) -> bool:
     return any((where and _overlaps(where, key)) or ".".join(key) in problem.message for key in keys)
 
 
-def _standing_in(params: "Params", values: dict[KeyParts, Any]) -> "Params":
+def _standing_in(params: Params, values: dict[KeyParts, Any]) -> Params:
     """A copy of ``params`` with each key of ``values`` set to its value."""
     data = copy.deepcopy(params.data)
     for key, value in values.items():

@@ -1,4 +1,5 @@
 """The errors a user may meet. Each says what is wrong and where (file, key or path); no traceback."""
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,7 @@ class ComponentError(PipelineError):
         super().__init__("; ".join(f"{p.key}: {p.message}" if p.key else p.message for p in problems))
 
     @classmethod
-    def at(cls, key: str, message: str) -> "ComponentError":
+    def at(cls, key: str, message: str) -> ComponentError:
         return cls([Problem(key, message)])
 
 
@@ -52,8 +53,7 @@ def report(exc: PipelineError, prog: str) -> int:
     the exit status (2). A :class:`ConfigError` lists every problem, then a count."""
     if isinstance(exc, ConfigError):
         print(exc, file=sys.stderr)
-        print(f"{prog}: {exc.filename} is invalid ({len(exc.problems)} problem(s)); nothing was run",
-              file=sys.stderr)
+        print(f"{prog}: {exc.filename} is invalid ({len(exc.problems)} problem(s)); nothing was run", file=sys.stderr)
     else:
         print(f"{prog}: error: {_without_worker_traceback(str(exc))}", file=sys.stderr)
     return 2

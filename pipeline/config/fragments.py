@@ -13,6 +13,7 @@ name's arguments sit in ``if name == X then params.properties``. The fragments a
 installed code (torch's optimizers and schedulers), so they record the package versions they were
 made from (``x-generated-from``); a test regenerates them in memory and compares.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,7 +98,7 @@ def fragment(kind: str) -> dict[str, Any]:
         "x-generated-from": {"registry": kind, "packages": package_versions(kind)},
         "title": f"{section}: names and arguments (generated)",
         "description": f"Editor completion for {section}.name and {section}.params. It constrains nothing: "
-                       "the registry's checks decide what is valid.",
+        "the registry's checks decide what is valid.",
         "$defs": {
             "name": {
                 "anyOf": [
@@ -117,6 +118,8 @@ def render(kind: str) -> str:
 
 def stale() -> list[Path]:
     """The fragment files that differ from what the code generates now (or are missing)."""
-    return [fragment_path(kind) for kind in SECTIONS
-            if not fragment_path(kind).is_file() or fragment_path(kind).read_text(encoding="utf-8") != render(kind)]
-
+    return [
+        fragment_path(kind)
+        for kind in SECTIONS
+        if not fragment_path(kind).is_file() or fragment_path(kind).read_text(encoding="utf-8") != render(kind)
+    ]

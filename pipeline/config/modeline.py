@@ -4,6 +4,7 @@ The yaml-language-server resolves a relative PATH from the params file's own fol
 ``params.yaml`` (``schemas/...``) and in ``configs/*.yaml`` (``../schemas/...``) differ, and a file
 copied elsewhere needs it rewritten: ``python -m pipeline init`` does that.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,6 @@ def installed_text(config: Path, out: Path) -> tuple[str, str]:
     for i, current in enumerate(lines):
         match = MODELINE.match(current)
         if match:  # the first one is the one schema_reference read
-            lines[i] = current[: match.start(1)] + new + current[match.end(1):]
+            lines[i] = current[: match.start(1)] + new + current[match.end(1) :]
             break
     return "".join(lines), new

@@ -5,6 +5,7 @@ Data flows one way: file -> :func:`load_params` (all problems at once, or :class
 ``params.view(stage.PARAMS)`` -> the stage. A view refuses keys its stage did not declare, which keeps
 each stage's ``params:`` list in dvc.yaml honest (DVC re-runs a stage only for the keys it lists).
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import checks
-
-from pipeline.config import schema
+from pipeline.config import checks, schema
 from pipeline.config.errors import ConfigError, PipelineError, Problem
 from pipeline.config.yaml_source import KeyPath, Marks, load_yaml
 
@@ -75,7 +74,7 @@ class Params:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
 
-    def view(self, keys: Sequence[str], stage: str = "stage") -> "ParamsView":
+    def view(self, keys: Sequence[str], stage: str = "stage") -> ParamsView:
         return ParamsView(self, tuple(keys), stage)
 
 
@@ -100,7 +99,8 @@ class ParamsView:
         if not self.allows(key):
             raise KeyError(
                 f"{self.stage} reads {key!r} but does not declare it; add it to the stage's PARAMS "
-                f"and to its params: list in dvc.yaml (declared: {', '.join(self.keys)})")
+                f"and to its params: list in dvc.yaml (declared: {', '.join(self.keys)})"
+            )
         return self.params.get(key)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -138,8 +138,9 @@ def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
     return out
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True,
-                keys: Sequence[str] | None = None) -> Params:
+def load_params(
+    path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True, keys: Sequence[str] | None = None
+) -> Params:
     """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The
     schema checks the whole file; the semantic checks are those of ``keys`` (all when None)."""
     path = Path(path)

@@ -8,6 +8,7 @@ every timm model) so nothing is listed twice by hand. ``python -m pipeline list 
 (:meth:`Registries.declare`, by :mod:`pipeline.components`) and imported on the kind's first use:
 ``list losses`` imports the losses, not timm or imgaug, and nothing imports every registry up front.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,10 +31,10 @@ class Registries(Mapping[str, "Registry"]):
         """``module`` creates the registry ``kind`` when imported."""
         self._modules[kind] = module
 
-    def __setitem__(self, kind: str, registry: "Registry") -> None:
+    def __setitem__(self, kind: str, registry: Registry) -> None:
         self._created[kind] = registry
 
-    def __getitem__(self, kind: str) -> "Registry":
+    def __getitem__(self, kind: str) -> Registry:
         if kind not in self._created and kind in self._modules:
             importlib.import_module(self._modules[kind])
         return self._created[kind]
@@ -75,8 +76,14 @@ def import_object(spec: str) -> Any:
 class Registry:
     """Name -> implementation for one kind of thing (``losses``, ``schedulers``, ...)."""
 
-    def __init__(self, kind: str, *, provider: Callable[[], dict[str, Any]] | None = None,
-                 allow_import_paths: bool = True, noun: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        provider: Callable[[], dict[str, Any]] | None = None,
+        allow_import_paths: bool = True,
+        noun: str | None = None,
+    ):
         self.kind = kind
         self.noun = noun or (kind[:-1] if kind.endswith("s") else kind)  # "losses" needs noun="loss"
         self._entries: dict[str, Any] = {}
@@ -92,6 +99,7 @@ class Registry:
                 raise ValueError("registry entries need a name")
             self._entries[key] = obj
             return obj
+
         return add
 
     def add(self, name: str, obj: Any) -> None:
@@ -124,8 +132,7 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         hint = did_you_mean(name, self._all())
         extra = "; for your own, 'module.path:attr'" if self.allow_import_paths else ""
-        return f"unknown {self.noun} {name!r}{hint}; " \
-               f"`python -m pipeline list {self.kind}` lists them{extra}"
+        return f"unknown {self.noun} {name!r}{hint}; `python -m pipeline list {self.kind}` lists them{extra}"
 
     def describe(self, name: str) -> str:
         """One line for ``list``: the first line of the docstring."""
@@ -133,8 +140,9 @@ class Registry:
         return doc.splitlines()[0] if doc else ""
 
 
-def signature_problems(fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: int = 0,
-                       provided: Iterable[str] = ()) -> list[tuple[str | None, str]]:
+def signature_problems(
+    fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: int = 0, provided: Iterable[str] = ()
+) -> list[tuple[str | None, str]]:
     """Why ``fn(*skip_args, **kwargs)`` would not bind: ``[(kwarg or None, message), ...]``.
 
     ``provided`` names arguments the pipeline supplies itself (``optimizer``, ``params``...)."""
@@ -148,7 +156,12 @@ def signature_problems(fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: 
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         for key in kwargs:
             if key not in accepted:
-                out.append((key, f"unexpected argument{did_you_mean(key, accepted)}; accepted: {', '.join(accepted) or 'none'}"))
+                out.append(
+                    (
+                        key,
+                        f"unexpected argument{did_you_mean(key, accepted)}; accepted: {', '.join(accepted) or 'none'}",
+                    )
+                )
     given = set(kwargs) | set(provided)
     for p in params:
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty and p.name not in given:

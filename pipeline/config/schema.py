@@ -5,6 +5,7 @@ relative ``$ref`` from ``schemas/params.schema.json``; editors resolve the same 
 jsonschema's own messages are reworded here so that each names one key, and unknown keys and enum
 values get a "did you mean".
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,15 @@ from pipeline.config.yaml_source import KeyPath, Marks, dotted
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 ROOT_SCHEMA = "params.schema.json"
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-               dict: "object", type(None): "null"}
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 def did_you_mean(word: str, choices: Iterable[Any]) -> str:
@@ -147,7 +155,11 @@ def _explain_alternatives(error: ValidationError, marks: Marks) -> Iterator[Prob
     path: KeyPath = tuple(error.absolute_path)
     context = list(error.context or [])
     same_place = [e for e in context if tuple(e.absolute_path) == path]
-    if same_place and all(e.validator in ("type", "enum", "const") for e in same_place) and len(same_place) == len(context):
+    if (
+        same_place
+        and all(e.validator in ("type", "enum", "const") for e in same_place)
+        and len(same_place) == len(context)
+    ):
         wanted: list[str] = []
         for e in same_place:
             if e.validator == "type":
@@ -158,7 +170,9 @@ def _explain_alternatives(error: ValidationError, marks: Marks) -> Iterator[Prob
                 wanted.extend(repr(v) for v in vv)
         desc = error.schema.get("description")
         hint = did_you_mean(error.instance, [v.strip("'\"") for v in wanted if v.startswith(("'", '"'))])
-        message = f"expected {' or '.join(dict.fromkeys(wanted))}, got {json_type(error.instance)} {error.instance!r}{hint}"
+        message = (
+            f"expected {' or '.join(dict.fromkeys(wanted))}, got {json_type(error.instance)} {error.instance!r}{hint}"
+        )
         yield _at(path, message + (f" ({desc})" if desc and len(desc) < 80 else ""), marks)
         return
     # The branch the value's type fits tells what is wrong ([64, -1]: -1 is below the minimum, not
@@ -166,8 +180,11 @@ def _explain_alternatives(error: ValidationError, marks: Marks) -> Iterator[Prob
     branches: dict[Any, list[ValidationError]] = {}
     for e in context:
         branches.setdefault(e.relative_schema_path[0], []).append(e)
-    fitting = [errors for errors in branches.values()
-               if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errors)]
+    fitting = [
+        errors
+        for errors in branches.values()
+        if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errors)
+    ]
     if len(fitting) == 1:
         for e in fitting[0]:
             yield from _explain(e, marks)
@@ -210,7 +227,7 @@ def check_value(ref: str, value: Any, name: str) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def choices(key: tuple[str, ...]) -> tuple[Any, ...]:
     """Every value params.yaml may hold at ``key`` when the schema names them all (an enum, a
     boolean), else (): what a semantic check can stand in for a rejected key it reads."""

@@ -4,6 +4,7 @@ PyYAML's ``safe_load`` forgets line numbers and silently keeps the last of two d
 the file is composed into nodes and converted by hand, so each dotted key keeps its line and column,
 and duplicate keys, tabs and syntax errors become :class:`Problem` entries with a position.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,10 +72,14 @@ class _Converter:
                 if key in out:
                     first = self.marks.keys[child]
                     line, col = _pos(key_node.start_mark)
-                    self.problems.append(Problem(
-                        dotted(child),
-                        f"duplicate key (first defined at line {first[0]}); YAML keeps only one, remove the other",
-                        line, col))
+                    self.problems.append(
+                        Problem(
+                            dotted(child),
+                            f"duplicate key (first defined at line {first[0]}); YAML keeps only one, remove the other",
+                            line,
+                            col,
+                        )
+                    )
                     continue
                 self.marks.keys[child] = _pos(key_node.start_mark)
                 out[key] = self.convert(value_node, child)
@@ -120,7 +125,11 @@ def load_yaml(path: str | Path) -> tuple[Any, Marks, list[Problem]]:
         line, _ = _pos(nodes[1].start_mark)
         return None, Marks(), [Problem("", "several YAML documents (---); a params file holds one", line, 1)]
     if not nodes or nodes[0] is None:
-        return None, Marks(), [Problem("", "the file is empty; it must be a mapping of sections (data, split, ...)", 1, 1)]
+        return (
+            None,
+            Marks(),
+            [Problem("", "the file is empty; it must be a mapping of sections (data, split, ...)", 1, 1)],
+        )
     converter = _Converter()
     try:
         data = converter.convert(nodes[0], ())
@@ -129,5 +138,13 @@ def load_yaml(path: str | Path) -> tuple[Any, Marks, list[Problem]]:
     if not isinstance(data, dict):
         line, col = _pos(nodes[0].start_mark)
         kind = "a list" if isinstance(data, list) else f"a {type(data).__name__} value"
-        return None, Marks(), [Problem("", f"the top level is {kind}; it must be a mapping of sections (data: ..., split: ...)", line, col)]
+        return (
+            None,
+            Marks(),
+            [
+                Problem(
+                    "", f"the top level is {kind}; it must be a mapping of sections (data: ..., split: ...)", line, col
+                )
+            ],
+        )
     return data, converter.marks, converter.problems

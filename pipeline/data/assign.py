@@ -6,6 +6,7 @@ into the split where it moves the class counts closest to their targets (fractio
 so fractions are met as closely as group sizes allow and classes stay balanced as far as the groups
 allow.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 try:  # the parser re.compile uses: Python 3.11 renamed sre_parse to re._parser
-    from re import _constants as sre_constants, _parser as sre_parse
+    from re import _constants as sre_constants
+    from re import _parser as sre_parse
 except ImportError:  # pragma: no cover - Python 3.10
     import sre_constants  # type: ignore[no-redef]
     import sre_parse  # type: ignore[no-redef]
@@ -56,8 +58,10 @@ def _require_every_split(result: Sequence[int], shares: Sequence[float], n: int,
     empty = _empty_part(result, len(SPLITS))
     if empty is not None:
         name, share = SPLITS[empty], shares[empty]
-        raise PipelineError(f"split.fractions.{name} = {share:g} leaves the {name} split empty: "
-                            f"{n} {unit} x {share:g} = {n * share:.2f}; raise the fraction or add data")
+        raise PipelineError(
+            f"split.fractions.{name} = {share:g} leaves the {name} split empty: "
+            f"{n} {unit} x {share:g} = {n * share:.2f}; raise the fraction or add data"
+        )
 
 
 def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, stratify: bool) -> list[int]:
@@ -106,8 +110,9 @@ def _ambiguous_branch(pattern: object) -> bool:
     must begin with its own literal character (case ignored) for the alternation to count as safe."""
     for op, av in pattern:
         if op is sre_constants.BRANCH:
-            starts = [branch[0][1] if len(branch) and branch[0][0] is sre_constants.LITERAL else None
-                      for branch in av[1]]
+            starts = [
+                branch[0][1] if len(branch) and branch[0][0] is sre_constants.LITERAL else None for branch in av[1]
+            ]
             folded = {chr(c).lower() for c in starts if c is not None}
             if None in starts or len(folded) < len(starts):
                 return True
@@ -149,15 +154,21 @@ def group_by_problem(group_by: str) -> str | None:
     except (re.error, RecursionError, OverflowError) as exc:
         return f"'{group_by}' is not a regular expression ({exc})"
     if captures != 1:
-        return (f"'{group_by}' has {captures} capture groups; it needs exactly one, naming the group "
-                "(e.g. '^(.+)_\\d+$')")
+        return (
+            f"'{group_by}' has {captures} capture groups; it needs exactly one, naming the group (e.g. '^(.+)_\\d+$')"
+        )
     if _nested_repeat(tree):
-        hint = (" or make the outer quantifier possessive, which never gives back ('(?:\\d+_)++')"
-                if sys.version_info >= (3, 11) else "")
-        return (f"'{group_by}' repeats a part that can match the same text in several ways (a quantifier "
-                f"inside a quantifier, as in '(a+)+', or overlapping alternatives, as in '(a|ab)*'); on a stem "
-                f"it does not match, it backtracks through exponentially many ways and the split stage hangs. "
-                f"Write each repeated part so it can match only one way (e.g. '^(.+)_\\d+$'){hint}")
+        hint = (
+            " or make the outer quantifier possessive, which never gives back ('(?:\\d+_)++')"
+            if sys.version_info >= (3, 11)
+            else ""
+        )
+        return (
+            f"'{group_by}' repeats a part that can match the same text in several ways (a quantifier "
+            f"inside a quantifier, as in '(a+)+', or overlapping alternatives, as in '(a|ab)*'); on a stem "
+            f"it does not match, it backtracks through exponentially many ways and the split stage hangs. "
+            f"Write each repeated part so it can match only one way (e.g. '^(.+)_\\d+$'){hint}"
+        )
     return None
 
 
@@ -178,17 +189,22 @@ def group_keys(rels: Sequence[str], group_by: str) -> list[str]:
             stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
             found = pattern.search(stem)
             if found is None:
-                raise PipelineError(f"split.group_by: '{group_by}' does not match the file {rel!r} (stem {stem!r}); "
-                                    "it must match every stem, its capture group naming the file's group")
+                raise PipelineError(
+                    f"split.group_by: '{group_by}' does not match the file {rel!r} (stem {stem!r}); "
+                    "it must match every stem, its capture group naming the file's group"
+                )
             keys.append(found.group(1))
     if len(rels) > 1 and len(set(keys)) == 1:
-        raise PipelineError(f"split.group_by: '{group_by}' puts all {len(rels)} files in one group ({keys[0]!r}); "
-                            "a group must never cross splits, so nothing could be split")
+        raise PipelineError(
+            f"split.group_by: '{group_by}' puts all {len(rels)} files in one group ({keys[0]!r}); "
+            "a group must never cross splits, so nothing could be split"
+        )
     return keys
 
 
-def _place_groups(groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int,
-                  stratify: bool) -> list[int]:
+def _place_groups(
+    groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int, stratify: bool
+) -> list[int]:
     """Part index of each item such that all items of a group share one part. Groups are placed
     largest first (ties in a seeded random order), each where it reduces the squared distance of the
     per-class counts from ``share x class total`` the most. A part may end up empty."""
@@ -208,8 +224,10 @@ def _place_groups(groups: Sequence[str], labels: Sequence[int], shares: Sequence
     for group in order:
         size = Counter(label_of(i) for i in members[group])
         # adding `size` to split s changes its squared error by sum_k size_k * (2 (count - target) + size_k)
-        best = min(range(len(shares)), key=lambda s: (sum(n * (2 * (counts[s][k] - targets[s][k]) + n)
-                                                          for k, n in size.items()), s))
+        best = min(
+            range(len(shares)),
+            key=lambda s: (sum(n * (2 * (counts[s][k] - targets[s][k]) + n) for k, n in size.items()), s),
+        )
         for k, n in size.items():
             counts[best][k] += n
         for index in members[group]:
@@ -217,8 +235,9 @@ def _place_groups(groups: Sequence[str], labels: Sequence[int], shares: Sequence
     return result
 
 
-def assign_groups(groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int,
-                  stratify: bool) -> list[int]:
+def assign_groups(
+    groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int, stratify: bool
+) -> list[int]:
     """Split index (into :data:`SPLITS`, ``shares`` in that order) of each item such that all items of
     a group share one split (see :func:`_place_groups`); refuses a split left empty."""
     result = _place_groups(groups, labels, shares, seed, stratify)
@@ -226,8 +245,17 @@ def assign_groups(groups: Sequence[str], labels: Sequence[int], shares: Sequence
     return result
 
 
-def assign_folds(groups: Sequence[str], labels: Sequence[int], *, test_fraction: float, folds: int, fold: int,
-                 seed: int, stratify: bool, unit: str = "groups") -> list[int]:
+def assign_folds(
+    groups: Sequence[str],
+    labels: Sequence[int],
+    *,
+    test_fraction: float,
+    folds: int,
+    fold: int,
+    seed: int,
+    stratify: bool,
+    unit: str = "groups",
+) -> list[int]:
     """k-fold cross-validation around a fixed test set: the test split is the same for every fold
     (it depends on ``seed`` alone); the rest is dealt into ``folds`` parts, part ``fold`` is the
     validation split and the others train. An empty test set or fold is refused naming the key to
@@ -236,21 +264,26 @@ def assign_folds(groups: Sequence[str], labels: Sequence[int], *, test_fraction:
     outer = _place_groups(groups, labels, [1 - test_fraction, test_fraction], seed, stratify)
     empty = _empty_part(outer, 2)
     if empty == 1:
-        raise PipelineError(f"split.fractions.test = {test_fraction:g} leaves the test split empty: {n} {unit} x "
-                            f"{test_fraction:g} = {n * test_fraction:.2f}; raise the fraction or add data")
+        raise PipelineError(
+            f"split.fractions.test = {test_fraction:g} leaves the test split empty: {n} {unit} x "
+            f"{test_fraction:g} = {n * test_fraction:.2f}; raise the fraction or add data"
+        )
     if empty == 0:
-        raise PipelineError(f"split.fractions.test = {test_fraction:g} leaves nothing outside the test set for "
-                            f"the {folds} folds (split.folds): {n} {unit} in all; lower split.fractions.test "
-                            f"or add data")
+        raise PipelineError(
+            f"split.fractions.test = {test_fraction:g} leaves nothing outside the test set for "
+            f"the {folds} folds (split.folds): {n} {unit} in all; lower split.fractions.test "
+            f"or add data"
+        )
     rest = [i for i, where in enumerate(outer) if where == 0]
-    parts = _place_groups([groups[i] for i in rest], [labels[i] for i in rest], [1 / folds] * folds, seed + 1,
-                          stratify)
+    parts = _place_groups([groups[i] for i in rest], [labels[i] for i in rest], [1 / folds] * folds, seed + 1, stratify)
     empty = _empty_part(parts, folds)
     if empty is not None:
         outside = len({groups[i] for i in rest})
-        raise PipelineError(f"split.folds = {folds} leaves fold {empty} empty: the {outside} {unit} outside the test "
-                            f"set cannot fill {folds} folds; lower split.folds (at most {outside}), lower "
-                            f"split.fractions.test or add data")
+        raise PipelineError(
+            f"split.folds = {folds} leaves fold {empty} empty: the {outside} {unit} outside the test "
+            f"set cannot fill {folds} folds; lower split.folds (at most {outside}), lower "
+            f"split.fractions.test or add data"
+        )
     result = [SPLITS.index("test")] * len(groups)
     for index, part in zip(rest, parts):
         result[index] = SPLITS.index("val") if part == fold else SPLITS.index("train")

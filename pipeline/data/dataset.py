@@ -2,6 +2,7 @@
 images by their real range: ``pipeline.data.images``), resized to
 ``data.image_size``, augmented by the declared transform. Images are returned as uint8 tensors:
 normalisation happens on the device, later."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,9 +57,16 @@ class ManifestDataset(torch.utils.data.Dataset):
     ``batch_transform``, when given, is the training loop's to apply to each batch on the device
     (augment.device); the samples themselves then leave here unaugmented."""
 
-    def __init__(self, manifest: Manifest, split: str, *, root: str | Path,
-                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
-                 batch_transform: BatchTransform | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        split: str,
+        *,
+        root: str | Path,
+        image_size: int | list[int] | tuple[int, int],
+        transform: Transform | None = None,
+        batch_transform: BatchTransform | None = None,
+    ):
         if split not in manifest.splits:
             raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
         self.task = manifest.task
@@ -85,7 +93,6 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.batch_transform is not None and hasattr(self.batch_transform, "set_epoch"):
             self.batch_transform.set_epoch(torch.initial_seed())
 
-
     def _open(self, rel: str) -> Image.Image:
         """Image or mask ``rel``, decoded and upright (EXIF orientation: ``images.open_image``)."""
         return open_image(self.root / rel)
@@ -99,8 +106,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.task == "segmentation":
             mask_image = self._open(entry["mask"])
             if mask_image.size != image.size:
-                raise PipelineError(f"{self.root / entry['mask']}: mask is {mask_image.size[0]}x{mask_image.size[1]}"
-                                    f" but its image {entry['image']} is {image.size[0]}x{image.size[1]}")
+                raise PipelineError(
+                    f"{self.root / entry['mask']}: mask is {mask_image.size[0]}x{mask_image.size[1]}"
+                    f" but its image {entry['image']} is {image.size[0]}x{image.size[1]}"
+                )
             classes = mask_to_classes(mask_array(mask_image, str(self.root / entry["mask"])), self.num_classes)
             mask_image = Image.fromarray(classes)
             if mask_image.size != (self.width, self.height):
@@ -116,5 +125,3 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.task == "segmentation":
             return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
         return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)
-
-

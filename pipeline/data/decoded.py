@@ -11,6 +11,7 @@ image_size, num_classes, manifest_fingerprint (the data files), manifest_digest 
 changes), bytes, and per split its count, folder, shapes, dtypes and shards, each with its files'
 byte sizes and sha256. What the reader checks before it trusts them: :mod:`pipeline.data.decoded_index`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -32,8 +33,18 @@ from pipeline.augment import cache as offline_cache
 from pipeline.augment.cache import allocate_shards
 from pipeline.config.errors import PipelineError
 from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw
-from pipeline.data.decoded_index import (FORMAT_VERSION, INDEX, REBUILD, SPLITS, check_index, manifest_digest,
-                                         read_index, record_shard, split_layout, verify_shards)
+from pipeline.data.decoded_index import (
+    FORMAT_VERSION,
+    INDEX,
+    REBUILD,
+    SPLITS,
+    check_index,
+    manifest_digest,
+    read_index,
+    record_shard,
+    split_layout,
+    verify_shards,
+)
 from pipeline.data.manifest import Manifest
 from pipeline.processes import dying_with_parent
 
@@ -65,12 +76,19 @@ def cache_bytes(manifest: Manifest, image_size: int | list[int] | tuple[int, int
 
 def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
     """A cache folder whose index says there is none (``data.cache: none``): DVC needs its output."""
-    return offline_cache.write_disabled(cache_dir, reason="data.cache is none: training decodes every image each epoch",
-                                        format_version=FORMAT_VERSION)
+    return offline_cache.write_disabled(
+        cache_dir, reason="data.cache is none: training decodes every image each epoch", format_version=FORMAT_VERSION
+    )
 
 
-def write_decoded(cache_dir: str | Path, manifest: Manifest, *, root: str | Path,
-                  image_size: int | list[int] | tuple[int, int], workers: int | None = None) -> dict[str, Any]:
+def write_decoded(
+    cache_dir: str | Path,
+    manifest: Manifest,
+    *,
+    root: str | Path,
+    image_size: int | list[int] | tuple[int, int],
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Decode the train and val splits of ``manifest`` (files under ``root``) into ``cache_dir``; return
     the index. All or nothing: a file that cannot be decoded leaves the old cache (or none). ``workers``:
     processes decoding at once (None: one per CPU from :data:`PARALLEL_FROM` samples, else this one);
@@ -87,25 +105,40 @@ def write_decoded(cache_dir: str | Path, manifest: Manifest, *, root: str | Path
         for name, dataset in sets.items():
             (tmp / name).mkdir()
             shards: list[dict[str, Any]] = []
-            arrays = allocate_shards(tmp / name, shards, np.empty((height, width, 3), np.uint8), len(dataset),
-                                     shard_size, segmentation)
+            arrays = allocate_shards(
+                tmp / name, shards, np.empty((height, width, 3), np.uint8), len(dataset), shard_size, segmentation
+            )
             for array in (a for pair in arrays for a in pair):
                 array.flush()  # headers and sizes on disk before any worker opens them
             del arrays
-            splits[name] = {"count": len(dataset), "folder": name, "shards": shards, "image_shape": [3, height, width],
-                            "image_dtype": "uint8", "target_shape": [height, width] if segmentation else [],
-                            "target_dtype": "uint8" if segmentation else "int64"}
+            splits[name] = {
+                "count": len(dataset),
+                "folder": name,
+                "shards": shards,
+                "image_shape": [3, height, width],
+                "image_dtype": "uint8",
+                "target_shape": [height, width] if segmentation else [],
+                "target_dtype": "uint8" if segmentation else "int64",
+            }
         writer = _Writer(sets, tmp, {n: s["shards"] for n, s in splits.items()}, shard_size, segmentation)
-        jobs = [(name, start, min(start + CHUNK, len(d))) for name, d in sets.items()
-                for start in range(0, len(d), CHUNK)]
+        jobs = [
+            (name, start, min(start + CHUNK, len(d))) for name, d in sets.items() for start in range(0, len(d), CHUNK)
+        ]
         _run(writer, jobs, _workers(workers, sum(len(d) for d in sets.values()), len(jobs)))
         for name, split in splits.items():
             for shard in split["shards"]:
                 record_shard(tmp / name, shard)
-        index = {"enabled": True, "format": FORMAT_VERSION, "task": manifest.task,
-                 "image_size": [height, width], "num_classes": manifest.num_classes,
-                 "manifest_fingerprint": manifest.fingerprint, "manifest_digest": manifest_digest(manifest),
-                 "bytes": needed, "splits": splits}
+        index = {
+            "enabled": True,
+            "format": FORMAT_VERSION,
+            "task": manifest.task,
+            "image_size": [height, width],
+            "num_classes": manifest.num_classes,
+            "manifest_fingerprint": manifest.fingerprint,
+            "manifest_digest": manifest_digest(manifest),
+            "bytes": needed,
+            "splits": splits,
+        }
         write_json(tmp / INDEX, index)
     return index
 
@@ -115,9 +148,11 @@ def _check_space(cache_dir: Path, needed: int) -> None:
     existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if needed * 1.05 > free:
-        raise PipelineError(f"{cache_dir}: the decoded cache needs {human_bytes(needed)} but only "
-                            f"{human_bytes(free)} are free there; free some space, or set data.cache: none "
-                            "(training then decodes every image each epoch)")
+        raise PipelineError(
+            f"{cache_dir}: the decoded cache needs {human_bytes(needed)} but only "
+            f"{human_bytes(free)} are free there; free some space, or set data.cache: none "
+            "(training then decodes every image each epoch)"
+        )
 
 
 def _workers(asked: int | None, samples: int, jobs: int) -> int:
@@ -144,8 +179,10 @@ class _Writer:
             number, row = divmod(i, self.shard_size)
             if number not in opened:
                 shard = self.shards[name][number]
-                opened[number] = (np.load(self.folder / name / shard["images"], mmap_mode="r+"),
-                                  np.load(self.folder / name / shard["targets"], mmap_mode="r+"))
+                opened[number] = (
+                    np.load(self.folder / name / shard["images"], mmap_mode="r+"),
+                    np.load(self.folder / name / shard["targets"], mmap_mode="r+"),
+                )
             images, targets = opened[number]
             image, mask = dataset.load(i)
             images[row] = image.transpose(2, 0, 1)
@@ -173,8 +210,9 @@ def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> Non
             writer(job)
         return
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=dying_with_parent(_install),
-                                                  initargs=(writer,))  # no worker outlives a killed stage
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=dying_with_parent(_install), initargs=(writer,)
+    )  # no worker outlives a killed stage
     try:
         for _ in pool.map(_job, jobs):
             pass
@@ -190,23 +228,34 @@ class DecodedDataset(ManifestDataset):
     the index and every shard's size and sha256: a cache that changed after the decode stage wrote it
     is refused here, before the first epoch."""
 
-    def __init__(self, cache_dir: str | Path, manifest: Manifest, split: str, *, root: str | Path,
-                 image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
-                 batch_transform: BatchTransform | None = None):
-        super().__init__(manifest, split, root=root, image_size=image_size, transform=transform,
-                         batch_transform=batch_transform)
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        manifest: Manifest,
+        split: str,
+        *,
+        root: str | Path,
+        image_size: int | list[int] | tuple[int, int],
+        transform: Transform | None = None,
+        batch_transform: BatchTransform | None = None,
+    ):
+        super().__init__(
+            manifest, split, root=root, image_size=image_size, transform=transform, batch_transform=batch_transform
+        )
         self.cache_dir = Path(cache_dir)
         index = read_index(self.cache_dir)
         check_index(index, self.cache_dir, manifest, (self.height, self.width))
-        self.folder, self.shards = split_layout(index, self.cache_dir, split, task=self.task,
-                                                hw=(self.height, self.width), count=len(self.entries))
+        self.folder, self.shards = split_layout(
+            index, self.cache_dir, split, task=self.task, hw=(self.height, self.width), count=len(self.entries)
+        )
         self._starts = [s["start"] for s in self.shards]
         started = time.perf_counter()
         checked = verify_shards(self.folder, self.shards)
         seconds = time.perf_counter() - started
         if seconds > VERIFY_NOTE_SECONDS:
-            print(f"note: checked the decoded {split} shards ({human_bytes(checked)}) in {seconds:.1f} s",
-                  file=sys.stderr)
+            print(
+                f"note: checked the decoded {split} shards ({human_bytes(checked)}) in {seconds:.1f} s", file=sys.stderr
+            )
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._map_shards()  # shapes and dtypes checked here, once; each reading process maps its own
 
@@ -215,17 +264,24 @@ class DecodedDataset(ManifestDataset):
         arrays = []
         for shard in self.shards:
             pair = []
-            for kind, dtype, shape in (("images", np.uint8, (3, self.height, self.width)),
-                                       ("targets", np.uint8 if self.task == "segmentation" else np.int64,
-                                        (self.height, self.width) if self.task == "segmentation" else ())):
+            for kind, dtype, shape in (
+                ("images", np.uint8, (3, self.height, self.width)),
+                (
+                    "targets",
+                    np.uint8 if self.task == "segmentation" else np.int64,
+                    (self.height, self.width) if self.task == "segmentation" else (),
+                ),
+            ):
                 path = self.folder / shard[kind]
                 try:
                     array = np.load(path, mmap_mode="r", allow_pickle=False)
                 except (OSError, ValueError) as exc:
                     raise PipelineError(f"{path}: cannot read this shard ({exc}); {REBUILD}") from None
                 if array.dtype != dtype or array.shape != (shard["count"], *shape):
-                    raise PipelineError(f"{path}: holds {array.dtype} {list(array.shape)}, not {np.dtype(dtype)} "
-                                        f"{[shard['count'], *shape]}; {REBUILD}")
+                    raise PipelineError(
+                        f"{path}: holds {array.dtype} {list(array.shape)}, not {np.dtype(dtype)} "
+                        f"{[shard['count'], *shape]}; {REBUILD}"
+                    )
                 pair.append(array)
             arrays.append((pair[0], pair[1]))
         return arrays
@@ -271,9 +327,16 @@ class DecodedDataset(ManifestDataset):
 _NOTED: set[Path] = set()
 
 
-def open_split(cache_dir: str | Path, manifest: Manifest, split: str, *, root: str | Path,
-               image_size: int | list[int] | tuple[int, int], transform: Transform | None = None,
-               batch_transform: BatchTransform | None = None) -> ManifestDataset:
+def open_split(
+    cache_dir: str | Path,
+    manifest: Manifest,
+    split: str,
+    *,
+    root: str | Path,
+    image_size: int | list[int] | tuple[int, int],
+    transform: Transform | None = None,
+    batch_transform: BatchTransform | None = None,
+) -> ManifestDataset:
     """``split`` from the decoded cache when the decode stage wrote one, else decoded from the files
     every epoch (``data.cache: none``; or no decode stage run: said once on stderr). A cache decoded
     for another manifest or size is refused."""
@@ -283,6 +346,8 @@ def open_split(cache_dir: str | Path, manifest: Manifest, split: str, *, root: s
         return DecodedDataset(cache_dir, manifest, split, **kwargs)
     if not (cache_dir / INDEX).exists() and cache_dir not in _NOTED:
         _NOTED.add(cache_dir)
-        print(f"note: no decoded cache at {cache_dir} (dvc repro decode writes it): decoding every image "
-              "each epoch", file=sys.stderr)
+        print(
+            f"note: no decoded cache at {cache_dir} (dvc repro decode writes it): decoding every image each epoch",
+            file=sys.stderr,
+        )
     return ManifestDataset(manifest, split, **kwargs)

@@ -10,6 +10,7 @@ or the shard, and says ``dvc repro decode``.
 sha256 because it is the cheapest strong digest here: with SHA-NI ~1.4 GB/s on one core from the page
 cache, against ~0.8 GB/s for blake2b (``benchmarks/decode_bench.py`` measures verify).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,11 @@ def manifest_digest(manifest: Manifest) -> str:
     """A hash of what the cached arrays depend on in the manifest beyond its data fingerprint: the
     task, the class count (masks are mapped to class indices) and the cached splits' entries. A
     re-split with another seed keeps the fingerprint (same files) but changes this."""
-    content = {"task": manifest.task, "num_classes": manifest.num_classes,
-               "splits": {s: manifest.splits.get(s, []) for s in SPLITS}}
+    content = {
+        "task": manifest.task,
+        "num_classes": manifest.num_classes,
+        "splits": {s: manifest.splits.get(s, []) for s in SPLITS},
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -53,31 +57,36 @@ def read_index(cache_dir: str | Path) -> dict[str, Any]:
     """The decode stage's ``index.json``: a JSON object, else a :class:`PipelineError` naming it."""
     index = offline_cache.read_index(cache_dir, stage="decode")
     if not isinstance(index, dict):
-        raise PipelineError(f"{Path(cache_dir) / INDEX} holds a JSON {type(index).__name__}, not the decoded "
-                            f"cache's index; {REBUILD}")
+        raise PipelineError(
+            f"{Path(cache_dir) / INDEX} holds a JSON {type(index).__name__}, not the decoded cache's index; {REBUILD}"
+        )
     return index
 
 
 def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int]) -> None:
     """Refuse a cache that was not decoded from this manifest at this size, or by another format."""
     if not index.get("enabled"):
-        raise PipelineError(f"{cache_dir} holds no decoded images (data.cache was none when the decode "
-                            "stage ran); set data.cache: decoded and run dvc repro decode")
+        raise PipelineError(
+            f"{cache_dir} holds no decoded images (data.cache was none when the decode "
+            "stage ran); set data.cache: decoded and run dvc repro decode"
+        )
     if index.get("format") != FORMAT_VERSION:
         raise PipelineError(f"{cache_dir}: cache format {index.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
     for what, cached, wanted in (
-            ("task", index.get("task"), manifest.task),
-            ("image size", index.get("image_size"), list(hw)),
-            ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
-            ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest))):
+        ("task", index.get("task"), manifest.task),
+        ("image size", index.get("image_size"), list(hw)),
+        ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
+        ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest)),
+    ):
         if cached != wanted:
             raise PipelineError(f"{cache_dir} was decoded for another {what} ({cached!r}, now {wanted!r}); {REBUILD}")
     if not isinstance(index.get("splits"), dict):
         raise PipelineError(f"{cache_dir / INDEX}: 'splits' is missing or not an object; {REBUILD}")
 
 
-def split_layout(index: dict[str, Any], cache_dir: Path, split: str, *, task: str, hw: tuple[int, int],
-                 count: int) -> tuple[Path, list[dict[str, Any]]]:
+def split_layout(
+    index: dict[str, Any], cache_dir: Path, split: str, *, task: str, hw: tuple[int, int], count: int
+) -> tuple[Path, list[dict[str, Any]]]:
     """``split``'s folder and shard entries from a checked index (:func:`check_index`), once they hold
     ``count`` samples of ``hw`` for ``task`` in shards whose paths stay inside ``cache_dir``."""
     where = cache_dir / INDEX
@@ -86,14 +95,20 @@ def split_layout(index: dict[str, Any], cache_dir: Path, split: str, *, task: st
         return PipelineError(f"{where}: splits.{split}{key} {why}; {REBUILD}")
 
     if split not in index["splits"]:
-        raise PipelineError(f"{cache_dir} holds the splits {', '.join(map(str, index['splits']))}, not {split!r}; "
-                            f"{REBUILD}")
+        raise PipelineError(
+            f"{cache_dir} holds the splits {', '.join(map(str, index['splits']))}, not {split!r}; {REBUILD}"
+        )
     cached = index["splits"][split]
     if not isinstance(cached, dict):
         raise refuse("", "is not an object")
     segmentation = task == "segmentation"
-    wanted = {"count": count, "image_shape": [3, *hw], "image_dtype": "uint8",
-              "target_shape": list(hw) if segmentation else [], "target_dtype": "uint8" if segmentation else "int64"}
+    wanted = {
+        "count": count,
+        "image_shape": [3, *hw],
+        "image_dtype": "uint8",
+        "target_shape": list(hw) if segmentation else [],
+        "target_dtype": "uint8" if segmentation else "int64",
+    }
     for key, value in wanted.items():
         if key not in cached:
             raise refuse(f".{key}", "is missing")
@@ -114,8 +129,10 @@ def split_layout(index: dict[str, Any], cache_dir: Path, split: str, *, task: st
             if type(shard.get(field)) is not int:
                 raise refuse(f"{key}.{field}", "is missing or not an integer")
         if shard["start"] != start or shard["count"] < 1:
-            raise refuse(key, f"starts at sample {shard['start']} with {shard['count']} samples; the shards before "
-                              f"it end at {start}")
+            raise refuse(
+                key,
+                f"starts at sample {shard['start']} with {shard['count']} samples; the shards before it end at {start}",
+            )
         start += shard["count"]
         for kind in KINDS:
             _inside(cache_dir, cached["folder"], (shard.get(kind),), refuse, f"{key}.{kind}")
@@ -142,8 +159,11 @@ def _inside(cache_dir: Path, folder: Any, names: tuple[Any, ...], refuse: Any, k
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise refuse(key, f"{value!r} cannot be resolved ({exc})") from None
     if not resolved.is_relative_to(real):
-        raise refuse(key, f"{value!r} leads outside {cache_dir} (to {resolved}); the decoded cache is read only "
-                          "from inside its folder")
+        raise refuse(
+            key,
+            f"{value!r} leads outside {cache_dir} (to {resolved}); the decoded cache is read only "
+            "from inside its folder",
+        )
     return path
 
 
@@ -158,15 +178,20 @@ def verify_shards(folder: Path, shards: list[dict[str, Any]]) -> int:
             try:
                 info = path.stat()
             except OSError as exc:
-                raise PipelineError(f"{path}: cannot read this shard of the decoded cache ({exc.strerror or exc}); "
-                                    f"{REBUILD}") from None
+                raise PipelineError(
+                    f"{path}: cannot read this shard of the decoded cache ({exc.strerror or exc}); {REBUILD}"
+                ) from None
             if not stat.S_ISREG(info.st_mode):
                 raise PipelineError(f"{path}: this shard of the decoded cache is not a file; {REBUILD}")
             if info.st_size != shard["bytes"][kind]:
-                raise PipelineError(f"{path}: {info.st_size} bytes, but {INDEX} recorded {shard['bytes'][kind]}: the "
-                                    f"shard changed after the decode stage wrote it; {REBUILD}")
+                raise PipelineError(
+                    f"{path}: {info.st_size} bytes, but {INDEX} recorded {shard['bytes'][kind]}: the "
+                    f"shard changed after the decode stage wrote it; {REBUILD}"
+                )
             if file_sha256(path) != shard["sha256"][kind]:
-                raise PipelineError(f"{path}: its content differs from the sha256 {INDEX} recorded: the shard changed "
-                                    f"after the decode stage wrote it; {REBUILD}")
+                raise PipelineError(
+                    f"{path}: its content differs from the sha256 {INDEX} recorded: the shard changed "
+                    f"after the decode stage wrote it; {REBUILD}"
+                )
             total += info.st_size
     return total

@@ -9,6 +9,7 @@ Two layouts, the same for the embedded default data and a user's own:
 Masks store class indices. Binary masks may store 0/1 or 0/255; both become {0, 1}. The split stage
 checks every mask against ``data.num_classes`` once, so loading only has to map values.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
-
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -65,16 +65,20 @@ def mask_array(image: Image.Image, where: str) -> np.ndarray:
     if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 255 or (mode == "F" and not np.all(values == np.round(values))):
-            raise PipelineError(f"{where}: mask values must be class indices 0..255 (found {values.min()}.."
-                                f"{values.max()} in a {mode} image)")
+            raise PipelineError(
+                f"{where}: mask values must be class indices 0..255 (found {values.min()}.."
+                f"{values.max()} in a {mode} image)"
+            )
         return values.astype(np.uint8)
     if mode == "LA":  # grey plus alpha: the grey level
         return np.asarray(image, dtype=np.uint8)[..., 0].copy()
     channels = np.asarray(image if mode in ("RGB", "RGBA") else image.convert("RGB"), dtype=np.uint8)
     grey = channels[..., 0]
     if not (np.array_equal(grey, channels[..., 1]) and np.array_equal(grey, channels[..., 2])):
-        raise PipelineError(f"{where}: a colour mask ({mode}); masks must store class indices in one "
-                            f"channel (greyscale or palette PNG), or 0/255 for binary masks")
+        raise PipelineError(
+            f"{where}: a colour mask ({mode}); masks must store class indices in one "
+            f"channel (greyscale or palette PNG), or 0/255 for binary masks"
+        )
     return grey.copy()
 
 
@@ -99,15 +103,18 @@ def check_mask_classes(masks: Sequence[tuple[str, tuple[int, ...]]], num_classes
     seen = sorted(set().union(*(values for _, values in masks)))
     binary = set(seen) <= {0, 1} or set(seen) <= {0, 255}
     if not binary and 255 in seen:
-        holder = next((rel for rel, values in masks if 255 in values and set(values) - {0, 255}),
-                      next(rel for rel, values in masks if 255 in values))
-        raise PipelineError(f"{holder}: mask values {several([str(v) for v in seen], 8)}: 255 beside other "
-                            f"values is neither a 0/255 binary mask nor a class index (lossy JPEG masks and "
-                            f"'ignore' labels are not supported); store class indices 0..N-1 losslessly")
+        holder = next(
+            (rel for rel, values in masks if 255 in values and set(values) - {0, 255}),
+            next(rel for rel, values in masks if 255 in values),
+        )
+        raise PipelineError(
+            f"{holder}: mask values {several([str(v) for v in seen], 8)}: 255 beside other "
+            f"values is neither a 0/255 binary mask nor a class index (lossy JPEG masks and "
+            f"'ignore' labels are not supported); store class indices 0..N-1 losslessly"
+        )
     if num_classes is None:
         if seen == [0]:
-            raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; "
-                                "set data.num_classes")
+            raise PipelineError("every mask is empty (all 0): cannot infer the number of classes; set data.num_classes")
         return 2 if binary else seen[-1] + 1
     if num_classes > MAX_SEGMENTATION_CLASSES:
         raise PipelineError(f"data.num_classes: at most {MAX_SEGMENTATION_CLASSES} segmentation classes")
@@ -116,8 +123,10 @@ def check_mask_classes(masks: Sequence[tuple[str, tuple[int, ...]]], num_classes
             raise PipelineError(f"data.num_classes is {num_classes} but the masks are binary (0/255); set it to 2")
     elif seen[-1] >= num_classes:
         holder = next(rel for rel, values in masks if values and values[-1] >= num_classes)
-        raise PipelineError(f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
-                            f"masks store class indices 0..{num_classes - 1}")
+        raise PipelineError(
+            f"data.num_classes is {num_classes} but {holder} holds class {seen[-1]}; "
+            f"masks store class indices 0..{num_classes - 1}"
+        )
     return num_classes
 
 
@@ -148,14 +157,16 @@ def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> l
     if task != "segmentation":
         return []
     if Path(images_dir) == Path(masks_dir):
-        return [Problem("data.masks_dir", f"images and masks are both in {images_dir!r}; keep them in "
-                                          f"separate folders")]
+        return [
+            Problem("data.masks_dir", f"images and masks are both in {images_dir!r}; keep them in separate folders")
+        ]
     problems, real_root = [], root.resolve()
     for key, name in (("images_dir", images_dir), ("masks_dir", masks_dir)):
         folder = root / name
         if not inside(folder, real_root):
-            problems.append(Problem(f"data.{key}", f"{folder} is outside data.root; nothing is read from "
-                                                   f"outside the data root"))
+            problems.append(
+                Problem(f"data.{key}", f"{folder} is outside data.root; nothing is read from outside the data root")
+            )
         elif not folder.is_dir():
             problems.append(Problem(f"data.{key}", f"no folder {name!r} in {root}"))
     return problems
@@ -164,11 +175,17 @@ def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> l
 @semantic_check("data")
 def _check_data(params: Any) -> list[Problem]:
     """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks."""
+
     def get(key: str) -> Any:
         return params.get(f"data.{key}")
 
     problems = folder_problems(params.resolve_path(get("root")), get("task"), get("images_dir"), get("masks_dir"))
     if get("task") == "segmentation" and (get("num_classes") or 0) > MAX_SEGMENTATION_CLASSES:
-        problems.append(Problem("data.num_classes", f"{get('num_classes')} classes: segmentation masks hold "
-                                                    f"class indices in 8 bits (at most {MAX_SEGMENTATION_CLASSES})"))
+        problems.append(
+            Problem(
+                "data.num_classes",
+                f"{get('num_classes')} classes: segmentation masks hold "
+                f"class indices in 8 bits (at most {MAX_SEGMENTATION_CLASSES})",
+            )
+        )
     return problems

@@ -11,6 +11,7 @@ Two things PIL leaves to the caller, and which used to be missed:
   :func:`to_rgb` scales by the range the values are stored in (the rules are in its docstring).
   Masks never go through it: their values are class indices (``files.mask_array``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,13 +80,16 @@ def _wide_grey(values: np.ndarray, ranges: tuple[float, ...], mode: str, where: 
     them would feed the model a silently wrong picture."""
     wide = values.astype(np.float64)
     if not np.all(np.isfinite(wide)):
-        raise PipelineError(f"{where}: the image holds NaN or infinite values (mode {mode}); "
-                            f"cannot read it as a picture")
+        raise PipelineError(
+            f"{where}: the image holds NaN or infinite values (mode {mode}); cannot read it as a picture"
+        )
     low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
     if low < 0 or high > ranges[-1]:
         spans = ", ".join(f"0..{r:g}" for r in ranges)
-        raise PipelineError(f"{where}: image values {low:g}..{high:g} (mode {mode}) fit none of the ranges "
-                            f"{spans} an image is read from; rescale it into one of them")
+        raise PipelineError(
+            f"{where}: image values {low:g}..{high:g} (mode {mode}) fit none of the ranges "
+            f"{spans} an image is read from; rescale it into one of them"
+        )
     return _scaled(wide, next(r for r in ranges if high <= r))
 
 

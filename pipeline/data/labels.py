@@ -6,6 +6,7 @@ and its line. A listed image is known by its path with symlinks followed, relati
 (:func:`pipeline.data.files.data_path_key`): ``img/a.png`` and ``./img/a.png`` are one image, listed
 once, and the rows (so the manifest) hold that one spelling.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -27,7 +28,7 @@ MAX_PROBLEMS = 20  # shown at once; the rest are counted
 
 def _shown(text: str, limit: int = 120) -> str:
     """A field as a message shows it: a huge one cut short (the message must stay readable)."""
-    return text if len(text) <= limit else f"{text[:limit // 2]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit // 2]}... ({len(text)} characters)"
 
 
 def _decoded(csv_path: Path) -> str:
@@ -40,11 +41,13 @@ def _decoded(csv_path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = data[:exc.start]
+        before = data[: exc.start]
         line = len(re.split(rb"\r\n|\r|\n", before))
         column = exc.start - max(before.rfind(b"\n"), before.rfind(b"\r"))
-        raise PipelineError(f"{csv_path}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8; "
-                            f"a labels file must be UTF-8 text (re-save it as UTF-8)") from None
+        raise PipelineError(
+            f"{csv_path}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8; "
+            f"a labels file must be UTF-8 text (re-save it as UTF-8)"
+        ) from None
 
 
 def _records(csv_path: Path, text: str, problems: list[str]) -> Iterator[tuple[int, list[str]]]:
@@ -62,7 +65,7 @@ def _records(csv_path: Path, text: str, problems: list[str]) -> Iterator[tuple[i
             if "field larger than field limit" in str(exc):
                 why = f"a field longer than {csv.field_size_limit()} characters"
                 if reader.line_num > start:
-                    why += f" (running to line {reader.line_num}: is a quote (\") left open?)"
+                    why += f' (running to line {reader.line_num}: is a quote (") left open?)'
             else:
                 why = f"not readable as CSV ({exc})"
             problems.append(f"{csv_path}:{start}: {why}")

@@ -2,6 +2,7 @@
 anyway) make the test score measure memory, not generalisation. ``split.duplicates`` decides:
 ``warn`` (report the pairs), ``error`` (refuse the split) or ``drop`` (keep the copy in the earliest
 split, train before val before test, and drop the others)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

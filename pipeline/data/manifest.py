@@ -1,5 +1,6 @@
 """The split manifest (``outputs/split/manifest.json``): which file is in which split. The split stage
 writes it; every later stage reads it through :func:`load_manifest`."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from typing import Any
 
 from pipeline import outputs
 from pipeline.config.errors import PipelineError
-
 
 SPLITS = ("train", "val", "test")
 
@@ -36,7 +36,6 @@ class Manifest:
         return asdict(self)
 
 
-
 def load_manifest(path: str | Path) -> Manifest:
     """Read a manifest written by the split stage; a clear error if it is missing or damaged."""
     path = Path(path)
@@ -52,11 +51,19 @@ def load_manifest(path: str | Path) -> Manifest:
         raise PipelineError(f"{path}: not a split manifest (missing {', '.join(missing)}); re-run the split stage")
     manifest = Manifest(**{f.name: raw[f.name] for f in fields(Manifest) if f.name in raw})
     needed = {"segmentation": ("image", "mask"), "classification": ("image", "label")}.get(manifest.task)
-    if needed is None or not isinstance(manifest.splits, dict) or any(
-            split not in manifest.splits or not all(isinstance(e, dict) and all(k in e for k in needed)
-                                                    for e in manifest.splits[split]) for split in SPLITS):
-        raise PipelineError(f"{path}: damaged manifest (task {manifest.task!r}, splits {SPLITS} with "
-                            f"entries holding {needed}); re-run the split stage")
+    if (
+        needed is None
+        or not isinstance(manifest.splits, dict)
+        or any(
+            split not in manifest.splits
+            or not all(isinstance(e, dict) and all(k in e for k in needed) for e in manifest.splits[split])
+            for split in SPLITS
+        )
+    ):
+        raise PipelineError(
+            f"{path}: damaged manifest (task {manifest.task!r}, splits {SPLITS} with "
+            f"entries holding {needed}); re-run the split stage"
+        )
     return manifest
 
 
@@ -64,6 +71,8 @@ def read_manifest(root: Path, task: str) -> Manifest:
     """The split stage's manifest under ``root``, which must be a split of ``task`` (``data.task``)."""
     manifest = load_manifest(outputs.require(root, outputs.MANIFEST))
     if manifest.task != task:
-        raise PipelineError(f"{root / outputs.MANIFEST} is a {manifest.task} split but data.task is {task!r}; "
-                            "re-run the split stage (dvc repro split)")
+        raise PipelineError(
+            f"{root / outputs.MANIFEST} is a {manifest.task} split but data.task is {task!r}; "
+            "re-run the split stage (dvc repro split)"
+        )
     return manifest

@@ -2,6 +2,7 @@
 the content hash (the fingerprint, and the duplicate check), the image size (masks must match their
 image) and, for masks, the values (to check or infer ``data.num_classes``); every image is decoded
 fully, so a truncated or corrupt file is reported here with its path."""
+
 from __future__ import annotations
 
 import functools
@@ -17,12 +18,19 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.config.errors import PipelineError
-from pipeline.data.files import (DECODE_ERRORS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, decode_error_reason,
-                                 folder_problems, inside, mask_values, several)
+from pipeline.data.files import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    decode_error_reason,
+    folder_problems,
+    inside,
+    mask_values,
+    several,
+)
 from pipeline.data.images import orient
 from pipeline.data.labels import read_labels
 from pipeline.processes import dying_with_parent
-
 
 CHUNK = 256  # files per pool task at least: per-file futures would cost more than tiny reads
 
@@ -58,8 +66,9 @@ def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
             values = mask_values(image, path) if is_mask else ()
             return ScannedFile(rel, digest, image.size, values)
     except DECODE_ERRORS as exc:
-        raise PipelineError(f"{path}: not a readable {'mask' if is_mask else 'image'} "
-                            f"({decode_error_reason(exc, len(data))})") from None
+        raise PipelineError(
+            f"{path}: not a readable {'mask' if is_mask else 'image'} ({decode_error_reason(exc, len(data))})"
+        ) from None
 
 
 def _scan_chunk(root: str, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile]:
@@ -75,9 +84,10 @@ def scan_files(root: Path, jobs: Sequence[tuple[str, bool]]) -> list[ScannedFile
     if len(jobs) < PROCESS_THRESHOLD or cpus == 1 or "fork" not in mp.get_all_start_methods():
         return _scan_chunk(str(root), jobs)
     size = max(CHUNK, len(jobs) // (cpus * 8))
-    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    with ProcessPoolExecutor(cpus, mp_context=mp.get_context("fork"),
-                             initializer=dying_with_parent()) as pool:  # no worker outlives a killed stage
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    with ProcessPoolExecutor(
+        cpus, mp_context=mp.get_context("fork"), initializer=dying_with_parent()
+    ) as pool:  # no worker outlives a killed stage
         return [scanned for part in pool.map(functools.partial(_scan_chunk, str(root)), chunks) for scanned in part]
 
 
@@ -89,8 +99,10 @@ def _listing(folder: Path, real_root: Path, what: str) -> list[os.DirEntry[str]]
         raise PipelineError(f"{folder}: cannot list {what} ({exc.strerror or exc})") from None
     for entry in entries:
         if entry.is_symlink() and not inside(Path(entry.path), real_root):
-            raise PipelineError(f"{entry.path} is a link to {os.path.realpath(entry.path)}, outside the data "
-                                f"root {real_root}; nothing is read from outside the data root")
+            raise PipelineError(
+                f"{entry.path} is a link to {os.path.realpath(entry.path)}, outside the data "
+                f"root {real_root}; nothing is read from outside the data root"
+            )
     return entries
 
 
@@ -102,8 +114,10 @@ def _files(folder: Path, real_root: Path, extensions: Iterable[str], what: str) 
             raise PipelineError(f"{entry.path}: unexpected folder among {what}")
         suffix = os.path.splitext(entry.name)[1]
         if suffix.lower() not in extensions:
-            raise PipelineError(f"{entry.path}: unsupported file type {suffix or '(none)'!r}"
-                                f" among {what} (supported: {', '.join(sorted(extensions))})")
+            raise PipelineError(
+                f"{entry.path}: unsupported file type {suffix or '(none)'!r}"
+                f" among {what} (supported: {', '.join(sorted(extensions))})"
+            )
         names.append(entry.name)
     return names
 
@@ -123,11 +137,13 @@ def scan_classification(root: Path, num_classes: int | None) -> tuple[list[str],
     if not classes:
         loose = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
         hint = f" ({len(loose)} images lie directly in it)" if loose else ""
-        raise PipelineError(f"data.root: {root} has no class folders{hint}; classification expects "
-                            f"root/<class>/<image>")
+        raise PipelineError(
+            f"data.root: {root} has no class folders{hint}; classification expects root/<class>/<image>"
+        )
     if num_classes is not None and num_classes != len(classes):
-        raise PipelineError(f"data.num_classes is {num_classes} but {root} has {len(classes)} class folders "
-                            f"({several(classes, 10)})")
+        raise PipelineError(
+            f"data.num_classes is {num_classes} but {root} has {len(classes)} class folders ({several(classes, 10)})"
+        )
     rels, labels = [], []
     for label, name in enumerate(classes):
         files = _files(root / name, real_root, IMAGE_EXTENSIONS, f"the images of class {name!r}")
@@ -143,14 +159,17 @@ def _by_stem(names: list[str], folder: str) -> dict[str, str]:
     for name in names:
         stem = os.path.splitext(name)[0]
         if stem in stems:
-            raise PipelineError(f"{folder}/{stems[stem]} and {folder}/{name} share the stem {stem!r}; "
-                                f"images and masks are matched by stem")
+            raise PipelineError(
+                f"{folder}/{stems[stem]} and {folder}/{name} share the stem {stem!r}; "
+                f"images and masks are matched by stem"
+            )
         stems[stem] = name
     return stems
 
 
-def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
-                      mask_suffix: str) -> list[tuple[ScannedFile, ScannedFile]]:
+def scan_segmentation(
+    root: Path, images_dir: str, masks_dir: str, mask_suffix: str
+) -> list[tuple[ScannedFile, ScannedFile]]:
     """``root/images_dir/<stem>.*`` paired with ``root/masks_dir/<stem><mask_suffix>.*``."""
     real_root = _real_root(root, "segmentation", images_dir, masks_dir)
     image_folder, mask_folder = root / images_dir, root / masks_dir
@@ -160,21 +179,33 @@ def scan_segmentation(root: Path, images_dir: str, masks_dir: str,
         raise PipelineError(f"{image_folder}: no images")
     lonely = [str(image_folder / n) for s, n in images.items() if s + mask_suffix not in masks]
     if lonely:
-        raise PipelineError(f"{len(lonely)} image(s) without a mask (looked for {masks_dir}/<stem>{mask_suffix}"
-                            f".<ext>, data.mask_suffix = {mask_suffix!r}): {several(lonely)}")
+        raise PipelineError(
+            f"{len(lonely)} image(s) without a mask (looked for {masks_dir}/<stem>{mask_suffix}"
+            f".<ext>, data.mask_suffix = {mask_suffix!r}): {several(lonely)}"
+        )
     paired = {s + mask_suffix for s in images}
     orphans = [str(mask_folder / n) for s, n in masks.items() if s not in paired]
     if orphans:
-        raise PipelineError(f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
-                            f"{mask_suffix!r}): {several(orphans)}")
+        raise PipelineError(
+            f"{len(orphans)} mask(s) without an image in {images_dir}/ (data.mask_suffix = "
+            f"{mask_suffix!r}): {several(orphans)}"
+        )
     stems = sorted(images)
-    scanned = scan_files(root, [job for s in stems for job in (
-        (f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))])
+    scanned = scan_files(
+        root,
+        [
+            job
+            for s in stems
+            for job in ((f"{images_dir}/{images[s]}", False), (f"{masks_dir}/{masks[s + mask_suffix]}", True))
+        ],
+    )
     pairs = list(zip(scanned[0::2], scanned[1::2]))
     for image, mask in pairs:
         if image.size != mask.size:
-            raise PipelineError(f"{root / mask.rel}: mask is {mask.size[0]}x{mask.size[1]} but its image "
-                                f"{image.rel} is {image.size[0]}x{image.size[1]}; a mask must have its image's size")
+            raise PipelineError(
+                f"{root / mask.rel}: mask is {mask.size[0]}x{mask.size[1]} but its image "
+                f"{image.rel} is {image.size[0]}x{image.size[1]}; a mask must have its image's size"
+            )
     return pairs
 
 
@@ -186,12 +217,15 @@ def fingerprint(files: Iterable[ScannedFile]) -> str:
     return digest.hexdigest()
 
 
-def scan_labelled(root: Path, labels_csv: Path, num_classes: int | None) -> tuple[list[str], list[ScannedFile], list[int]]:
+def scan_labelled(
+    root: Path, labels_csv: Path, num_classes: int | None
+) -> tuple[list[str], list[ScannedFile], list[int]]:
     """Classification from ``data.labels`` (``path,label`` rows) -> (sorted class names, files, labels)."""
     rows = read_labels(labels_csv, root)
     classes = sorted({label for _, label in rows})
     if num_classes is not None and num_classes != len(classes):
-        raise PipelineError(f"data.num_classes is {num_classes} but {labels_csv} names {len(classes)} classes "
-                            f"({several(classes, 10)})")
+        raise PipelineError(
+            f"data.num_classes is {num_classes} but {labels_csv} names {len(classes)} classes ({several(classes, 10)})"
+        )
     index = {name: i for i, name in enumerate(classes)}
     return classes, scan_files(root, [(rel, False) for rel, _ in rows]), [index[label] for _, label in rows]

@@ -6,6 +6,7 @@ The same seed and the same files give a byte-identical manifest. Classification 
 class dealt into the splits in proportion); every file lands in exactly one split, and with
 ``split.group_by`` every group in exactly one split.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,19 +14,31 @@ from typing import Any
 
 from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
-from pipeline.data.assign import (assign, assign_folds, assign_groups, fraction_problem, group_by_problem,
-                                  group_keys)
+from pipeline.data.assign import assign, assign_folds, assign_groups, fraction_problem, group_by_problem, group_keys
 from pipeline.data.files import check_mask_classes, segmentation_class_names, several
 from pipeline.data.leakage import cross_split_duplicates, pair_names
 from pipeline.data.manifest import SPLITS
 from pipeline.data.scan import fingerprint, scan_classification, scan_labelled, scan_segmentation
 
 
-def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: int | None,
-                   images_dir: str = "images", masks_dir: str = "masks", mask_suffix: str = "",
-                   seed: int, fractions: dict[str, float], stratify: bool, labels_csv: Path | None = None,
-                   group_by: str | None = None, folds: int | None = None, fold: int = 0,
-                   duplicates: str = "warn") -> dict[str, Any]:
+def build_manifest(
+    root: Path,
+    *,
+    task: str,
+    root_as_written: str,
+    num_classes: int | None,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    mask_suffix: str = "",
+    seed: int,
+    fractions: dict[str, float],
+    stratify: bool,
+    labels_csv: Path | None = None,
+    group_by: str | None = None,
+    folds: int | None = None,
+    fold: int = 0,
+    duplicates: str = "warn",
+) -> dict[str, Any]:
     """The manifest (as a JSON-ready dict) of the dataset at ``root``: the stage's pure core."""
     if task == "classification":
         if labels_csv is not None:
@@ -54,17 +67,26 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
         raise PipelineError(f"split.fractions: {problem}")
     groups = group_keys([e["image"] for e in entries], group_by) if group_by else None
     if folds:
-        where = assign_folds(groups or [e["image"] for e in entries], labels, test_fraction=fractions["test"],
-                             folds=folds, fold=fold, seed=seed, stratify=stratified,
-                             unit="groups" if groups else "files")
+        where = assign_folds(
+            groups or [e["image"] for e in entries],
+            labels,
+            test_fraction=fractions["test"],
+            folds=folds,
+            fold=fold,
+            seed=seed,
+            stratify=stratified,
+            unit="groups" if groups else "files",
+        )
     elif groups is not None:
         where = assign_groups(groups, labels, [float(fractions[s]) for s in SPLITS], seed, stratified)
     else:
         where = assign(labels, fractions, seed, stratified)
     copies = cross_split_duplicates(images, where)
     if copies and duplicates == "error":
-        raise PipelineError(f"{len(copies)} image(s) in one split are byte-identical to one in another (a leak "
-                            f"into evaluation; split.duplicates: error): {several(pair_names(copies, images, where))}")
+        raise PipelineError(
+            f"{len(copies)} image(s) in one split are byte-identical to one in another (a leak "
+            f"into evaluation; split.duplicates: error): {several(pair_names(copies, images, where))}"
+        )
     dropped = {copy for _, copy in copies} if duplicates == "drop" else set()
     splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     counts = {s: dict.fromkeys(class_names, 0) for s in SPLITS}
@@ -75,16 +97,31 @@ def build_manifest(root: Path, *, task: str, root_as_written: str, num_classes: 
         for c in set(classes):
             counts[SPLITS[split_index]][class_names[c]] += 1
     kept = [s for i, s in enumerate(where) if i not in dropped]
-    summary = {"fractions": {s: round(kept.count(i) / max(len(kept), 1), 4) for i, s in enumerate(SPLITS)},
-               "duplicates": {"across_splits": len(copies), "dropped": len(dropped),
-                              "pairs": pair_names(copies, images, where)[:100]}}
+    summary = {
+        "fractions": {s: round(kept.count(i) / max(len(kept), 1), 4) for i, s in enumerate(SPLITS)},
+        "duplicates": {
+            "across_splits": len(copies),
+            "dropped": len(dropped),
+            "pairs": pair_names(copies, images, where)[:100],
+        },
+    }
     if groups:
-        summary["groups"] = {s: len({groups[j] for j, w in enumerate(where) if w == i and j not in dropped})
-                             for i, s in enumerate(SPLITS)}
+        summary["groups"] = {
+            s: len({groups[j] for j, w in enumerate(where) if w == i and j not in dropped})
+            for i, s in enumerate(SPLITS)
+        }
     if folds:
         summary["fold"] = {"folds": folds, "fold": fold}
-    return {"task": task, "root": root_as_written, "num_classes": num_classes, "class_names": class_names,
-            "splits": splits, "counts": counts, "fingerprint": fingerprint(files), "summary": summary}
+    return {
+        "task": task,
+        "root": root_as_written,
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "splits": splits,
+        "counts": counts,
+        "fingerprint": fingerprint(files),
+        "summary": summary,
+    }
 
 
 def describe(manifest: dict[str, Any]) -> str:
@@ -92,17 +129,20 @@ def describe(manifest: dict[str, Any]) -> str:
     (and groups), and the cross-split duplicates."""
     summary = manifest.get("summary", {})
     achieved, groups = summary.get("fractions", {}), summary.get("groups")
-    sizes = ", ".join(f"{s} {len(manifest['splits'][s])}"
-                      + (f" ({achieved[s]:.1%}" + (f", {groups[s]} groups" if groups else "") + ")" if s in achieved else "")
-                      for s in SPLITS)
+    sizes = ", ".join(
+        f"{s} {len(manifest['splits'][s])}"
+        + (f" ({achieved[s]:.1%}" + (f", {groups[s]} groups" if groups else "") + ")" if s in achieved else "")
+        for s in SPLITS
+    )
     fold = summary.get("fold")
     line = f"{manifest['task']} data {manifest['root']}, {manifest['num_classes']} classes: {sizes}"
     if fold:
         line += f"; fold {fold['fold']} of {fold['folds']}"
     copies = summary.get("duplicates", {})
     if copies.get("across_splits"):
-        line += (f"; {copies['across_splits']} image(s) identical to one in another split"
-                 + (f" ({copies['dropped']} dropped)" if copies.get("dropped") else ""))
+        line += f"; {copies['across_splits']} image(s) identical to one in another split" + (
+            f" ({copies['dropped']} dropped)" if copies.get("dropped") else ""
+        )
     return line
 
 
@@ -120,7 +160,9 @@ def _check_split(params: Any) -> list[Problem]:
     if cfg["folds"] is None and cfg["fold"] != 0:
         problems.append(Problem("split.fold", f"fold {cfg['fold']} needs split.folds (the number of folds)"))
     elif cfg["folds"] is not None and cfg["fold"] >= cfg["folds"]:
-        problems.append(Problem("split.fold", f"fold {cfg['fold']} of {cfg['folds']} folds: folds are numbered "
-                                f"0 to {cfg['folds'] - 1}"))
+        problems.append(
+            Problem(
+                "split.fold", f"fold {cfg['fold']} of {cfg['folds']} folds: folds are numbered 0 to {cfg['folds'] - 1}"
+            )
+        )
     return problems
-

@@ -12,6 +12,7 @@ in exactly the layout a user's data would have (the same reading code serves bot
 Only IEEE-exact arithmetic (+, -, *, /, sqrt, floor) and uniform draws are used, so regeneration
 gives the same pixels on any platform; ``python -m pipeline.data.synthetic`` rewrites both datasets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,8 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     pos = (np.arange(size, dtype=np.float64) + 0.5) * (cells / size)
     i = np.minimum(np.floor(pos).astype(int), cells - 1)
     f = pos - i
-    rows = knots[i] * (1.0 - f)[:, None] + knots[i + 1] * f[:, None]        # (size, cells+1)
-    return rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]   # (size, size)
+    rows = knots[i] * (1.0 - f)[:, None] + knots[i + 1] * f[:, None]  # (size, cells+1)
+    return rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]  # (size, size)
 
 
 def _texture(rng: np.random.Generator, grid: Grid) -> np.ndarray:
@@ -82,8 +83,7 @@ def _texture(rng: np.random.Generator, grid: Grid) -> np.ndarray:
     return np.where((u + v) % 2 == 0, 1.0, -1.0)
 
 
-def _paint(canvas: np.ndarray, region: np.ndarray, colour: np.ndarray, texture: np.ndarray,
-           amplitude: float) -> None:
+def _paint(canvas: np.ndarray, region: np.ndarray, colour: np.ndarray, texture: np.ndarray, amplitude: float) -> None:
     shade = colour[None, None, :] + amplitude * texture[:, :, None]
     canvas[region] = shade[region]
 
@@ -105,8 +105,9 @@ def _polygon(grid: Grid, vertices: list[tuple[float, float]]) -> np.ndarray:
     return np.logical_or(np.all([s >= 0 for s in sides], axis=0), np.all([s <= 0 for s in sides], axis=0))
 
 
-def _rotated(cy: float, cx: float, rot: tuple[float, float],
-             points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _rotated(
+    cy: float, cx: float, rot: tuple[float, float], points: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
     c, s = rot
     return [(cy + py * c + px * s, cx + px * c - py * s) for py, px in points]
 
@@ -136,8 +137,10 @@ def _rectangle(rng: np.random.Generator, grid: Grid, cy: float, cx: float, r: fl
 
 def _scalene(rng: np.random.Generator, grid: Grid, cy: float, cx: float, r: float) -> np.ndarray:
     jitter = [(r * 0.3 * (rng.random() - 0.5), r * 0.3 * (rng.random() - 0.5)) for _ in range(3)]
-    points = [(py + jy, px + jx) for (py, px), (jy, jx) in
-              zip([(-r, 0.0), (r * 0.5, r * SQRT3_2), (r * 0.5, -r * SQRT3_2)], jitter)]
+    points = [
+        (py + jy, px + jx)
+        for (py, px), (jy, jx) in zip([(-r, 0.0), (r * 0.5, r * SQRT3_2), (r * 0.5, -r * SQRT3_2)], jitter)
+    ]
     return _polygon(grid, _rotated(cy, cx, _unit_vector(rng), points))
 
 
@@ -180,8 +183,7 @@ def segmentation_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np
         cy, cx = rng.random(2) * (size - 2 * r * 0.6) + r * 0.6
         shape = SEGMENTATION_SHAPES[int(rng.integers(len(SEGMENTATION_SHAPES)))]
         region = shape(rng, grid, float(cy), float(cx), float(r))
-        _paint(canvas, region, _distinct_colour(rng, background, 110.0), _texture(rng, grid),
-               8.0 + 14.0 * rng.random())
+        _paint(canvas, region, _distinct_colour(rng, background, 110.0), _texture(rng, grid), 8.0 + 14.0 * rng.random())
         mask |= region
     return _finish(canvas, rng), mask.astype(np.uint8) * 255
 

@@ -28,6 +28,7 @@ constants and names output dims arbitrarily; the new one gives an optimised grap
 (TorchScript: a sidecar ``<file>.json``): the model file's recipe JSON under ``yamltrain.model`` plus
 readable keys (:func:`describe`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,9 +98,11 @@ class ExportReport:
         shapes = " and ".join(f"[{','.join(map(str, shape))}]" for shape, _ in self.checks)
         _, channels, *hw = self.checks[0][0]
         dims = ", ".join(map(str, ["batch", channels, *(("height", "width") if self.dynamic_size else hw)]))
-        return (f"{self.path} ({self.format}): largest absolute logit difference from PyTorch "
-                f"{self.max_abs_diff:.3g} on {shapes} (tolerance {self.tolerance:g}); takes uint8 "
-                f"[{dims}]" + (f"; {self.note}" if self.note else ""))
+        return (
+            f"{self.path} ({self.format}): largest absolute logit difference from PyTorch "
+            f"{self.max_abs_diff:.3g} on {shapes} (tolerance {self.tolerance:g}); takes uint8 "
+            f"[{dims}]" + (f"; {self.note}" if self.note else "")
+        )
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -128,16 +131,24 @@ def describe(info: ModelInfo, *, dynamic_size: bool, fmt: str) -> dict[str, Any]
         "class_names": info.classes,
         "image_size": list(info.image_hw),
         "input": f"{INPUT}: uint8 {pixels} [batch, {channels}, {height}, {width}], 0-255, each image resized to "
-                 f"{info.image_hw[0]}x{info.image_hw[1]} (height x width); normalised inside the graph",
+        f"{info.image_hw[0]}x{info.image_hw[1]} (height x width); normalised inside the graph",
         "output": f"{OUTPUT}: float32 [batch, {info.num_outputs}{spatial}]; "
-                  + ("softmax over classes" if info.num_outputs > 1 else f"sigmoid > {info.threshold} is foreground"),
+        + ("softmax over classes" if info.num_outputs > 1 else f"sigmoid > {info.threshold} is foreground"),
         "input_shape": ["batch", channels, height, width],
         "threshold": info.threshold,
     }
 
 
-def export_model(weights: str | Path, fmt: str, out: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
-                 opset: int = DEFAULT_OPSET, dynamic_size: bool = True, trust_code: bool = False) -> ExportReport:
+def export_model(
+    weights: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    opset: int = DEFAULT_OPSET,
+    dynamic_size: bool = True,
+    trust_code: bool = False,
+) -> ExportReport:
     """Export the model file ``weights`` to ``out`` as ``fmt`` (onnx or torchscript), check it
     against PyTorch and keep it only if every logit is within ``tolerance``; else raise
     :class:`PipelineError` and write nothing. ``dynamic_size=False`` fixes height and width. The
@@ -154,14 +165,16 @@ def export_model(weights: str | Path, fmt: str, out: str | Path, *, tolerance: f
         writable_file(path)
     refuse_overwrite(written, [Path(weights)])
     try:
-        return _export(weights, fmt, out, tolerance=tolerance, opset=opset, dynamic_size=dynamic_size,
-                       trust_code=trust_code)
+        return _export(
+            weights, fmt, out, tolerance=tolerance, opset=opset, dynamic_size=dynamic_size, trust_code=trust_code
+        )
     except OSError as exc:  # the folder refused the temporary file or the rename
         raise PipelineError(f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written") from None
 
 
-def _export(weights: str | Path, fmt: str, out: Path, *, tolerance: float, opset: int, dynamic_size: bool,
-            trust_code: bool) -> ExportReport:
+def _export(
+    weights: str | Path, fmt: str, out: Path, *, tolerance: float, opset: int, dynamic_size: bool, trust_code: bool
+) -> ExportReport:
     predictor = Predictor.from_file(weights, device="cpu", trust_code=trust_code)
     module, info = Deployable(predictor), predictor.info
     (height, width), channels = info.image_hw, module.channels
@@ -171,14 +184,16 @@ def _export(weights: str | Path, fmt: str, out: Path, *, tolerance: float, opset
         if dynamic_size:
             other = _images(1, channels, second_size((height, width)), seed=1)
             try:
-                report.checks = _write_and_check(fmt, module, predictor, tmp, [first, other], dynamic=True,
-                                                 opset=opset, tolerance=tolerance)
+                report.checks = _write_and_check(
+                    fmt, module, predictor, tmp, [first, other], dynamic=True, opset=opset, tolerance=tolerance
+                )
             except _Failed as exc:
                 report.dynamic_size, report.note = False, f"height and width fixed at {height}x{width} ({exc})"
         if not report.dynamic_size:
             try:
-                report.checks = _write_and_check(fmt, module, predictor, tmp, [first, first[:1]], dynamic=False,
-                                                 opset=opset, tolerance=tolerance)
+                report.checks = _write_and_check(
+                    fmt, module, predictor, tmp, [first, first[:1]], dynamic=False, opset=opset, tolerance=tolerance
+                )
             except _Failed as exc:
                 raise PipelineError(f"{out}: {exc}; nothing was written") from None
         if fmt == "torchscript":
@@ -195,8 +210,17 @@ class _Failed(Exception):
     """The export could not be written, loaded or run, or differs from PyTorch (the message says which)."""
 
 
-def _write_and_check(fmt: str, module: Deployable, predictor: Predictor, tmp: Path, batches: list[torch.Tensor], *,
-                     dynamic: bool, opset: int, tolerance: float) -> list[tuple[tuple[int, ...], float]]:
+def _write_and_check(
+    fmt: str,
+    module: Deployable,
+    predictor: Predictor,
+    tmp: Path,
+    batches: list[torch.Tensor],
+    *,
+    dynamic: bool,
+    opset: int,
+    tolerance: float,
+) -> list[tuple[tuple[int, ...], float]]:
     """Write the exported module to ``tmp``, load it back and compare it with PyTorch on each batch."""
     try:
         if fmt == "onnx":
@@ -220,8 +244,10 @@ def _write_and_check(fmt: str, module: Deployable, predictor: Predictor, tmp: Pa
             raise _Failed(f"the exported model does not run on {shape}: {_last_line(exc)}") from None
         diff = _max_abs_diff(got, want)
         if diff > tolerance:
-            raise _Failed(f"the exported {fmt} model's logits differ from PyTorch's by {diff:.3g} on {shape}, "
-                          f"above the tolerance {tolerance:g}")
+            raise _Failed(
+                f"the exported {fmt} model's logits differ from PyTorch's by {diff:.3g} on {shape}, "
+                f"above the tolerance {tolerance:g}"
+            )
         checks.append((tuple(shape), diff))
     return checks
 
@@ -238,8 +264,9 @@ def _max_abs_diff(exported: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(exported.astype(np.float64) - reference).max())
 
 
-def _write_onnx(module: Deployable, sample: torch.Tensor, tmp: Path, *, dynamic: bool, opset: int,
-                metadata: dict[str, Any]) -> None:
+def _write_onnx(
+    module: Deployable, sample: torch.Tensor, tmp: Path, *, dynamic: bool, opset: int, metadata: dict[str, Any]
+) -> None:
     """Export with torch.export (named dims: batch, height, width) and store ``metadata`` as
     metadata_props (strings as they are, other values as JSON)."""
     import onnx
@@ -247,10 +274,19 @@ def _write_onnx(module: Deployable, sample: torch.Tensor, tmp: Path, *, dynamic:
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (sample,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes={INPUT: axes}, opset_version=opset, verbose=False)
-    program.model.metadata_props.update({key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-                                         for key, value in metadata.items()})
+        program = torch.onnx.export(
+            module,
+            (sample,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes={INPUT: axes},
+            opset_version=opset,
+            verbose=False,
+        )
+    program.model.metadata_props.update(
+        {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True) for key, value in metadata.items()}
+    )
     program.save(str(tmp), external_data=False)
     onnx.checker.check_model(str(tmp), full_check=True)
 
@@ -279,6 +315,7 @@ def _torchscript_runner(path: Path) -> Runner:
     def run(batch: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             return loaded(batch).numpy()
+
     return run
 
 

@@ -6,6 +6,7 @@ segmentation writes ``OUT/masks/<stem>.png``, class-index masks at each input's 
 with ``overlays`` ``OUT/overlays/<stem>.png``. Every file is written atomically. An input that cannot be
 read is listed at the end with its reason; the others are still predicted.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,12 +67,15 @@ def find_inputs(inputs: Sequence[str], report: PredictReport | None = None) -> l
             raise PipelineError(f"{item}: no such file or folder")
     unique = list(dict.fromkeys(found))
     if not unique:
-        raise PipelineError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise PipelineError(
+            f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return unique
 
 
-def _batches(paths: list[Path], predictor: Predictor, size: int,
-             report: PredictReport) -> Iterator[tuple[list[Path], list[tuple[int, int]], torch.Tensor]]:
+def _batches(
+    paths: list[Path], predictor: Predictor, size: int, report: PredictReport
+) -> Iterator[tuple[list[Path], list[tuple[int, int]], torch.Tensor]]:
     """Decoded and prepared inputs in batches; unreadable ones go into ``report.failed``."""
     batch: list[tuple[Path, tuple[int, int], torch.Tensor]] = []
     for path in paths:
@@ -102,8 +106,15 @@ def outputs_of(task: str, out: Path, *, overlays: bool) -> list[Path]:
     return [out / "masks"] + ([out / "overlays"] if overlays else [])
 
 
-def predict_files(predictor: Predictor, inputs: Sequence[str], out: Path, *, batch_size: int = 16,
-                  overlays: bool = False, model: Path | None = None) -> PredictReport:
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str],
+    out: Path,
+    *,
+    batch_size: int = 16,
+    overlays: bool = False,
+    model: Path | None = None,
+) -> PredictReport:
     """Predict every input and write the outputs under ``out``; returns what was done. Before any
     work: ``out`` must be a writable folder whose outputs neither are nor hold an input (nor
     ``model``, the file predicted with)."""
@@ -111,13 +122,17 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], out: Path, *, bat
     writable_folder(out)
     report, rows = PredictReport(), []
     paths = find_inputs(inputs, report)
-    refuse_overwrite(outputs_of(predictor.task, out, overlays=overlays),
-                     [Path(i) for i in inputs if Path(i).exists()] + paths + ([model] if model else []))
+    refuse_overwrite(
+        outputs_of(predictor.task, out, overlays=overlays),
+        [Path(i) for i in inputs if Path(i).exists()] + paths + ([model] if model else []),
+    )
     stems = [p.stem for p in paths]
     if predictor.task == "segmentation" and len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
-        raise PipelineError(f"inputs share a file stem ({', '.join(twice[:5])}); masks are named by stem, so "
-                            "predict them into separate output folders")
+        raise PipelineError(
+            f"inputs share a file stem ({', '.join(twice[:5])}); masks are named by stem, so "
+            "predict them into separate output folders"
+        )
     names = predictor.info.classes if predictor.task == "classification" else None
     bar = tqdm(total=len(paths) + len(report.failed), desc="predict", unit="image", disable=None, file=sys.stderr)
     for batch_paths, sizes, batch in _batches(paths, predictor, batch_size, report):

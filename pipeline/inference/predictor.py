@@ -2,6 +2,7 @@
 exactly as the evaluate stage prepares them (the same resize, evaluation augmentation and
 normalisation functions), so a prediction here equals evaluate's for the same image.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,15 @@ class Predictor:
     flip_tta: bool = False
 
     @classmethod
-    def from_file(cls, path: str | Path, *, device: str = "auto", threshold: float | None = None,
-                  flip_tta: bool = False, trust_code: bool = False) -> "Predictor":
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        threshold: float | None = None,
+        flip_tta: bool = False,
+        trust_code: bool = False,
+    ) -> Predictor:
         """The model file at ``path`` on ``device``; ``threshold`` overrides the file's. Options are
         judged by the params.yaml rules of the evaluate keys they stand for (one line naming the
         option, never a traceback); the file's recipe by :func:`~pipeline.models.recipe.check_recipe`."""
@@ -45,8 +53,9 @@ class Predictor:
             check_value(f"{EVALUATE}/threshold", threshold, "--threshold")
         model, info = load_model(path, trust_code=trust_code)
         where = resolve_device(device, key="--device")
-        predictor = cls(model.to(where).eval(), info, where,
-                        info.threshold if threshold is None else float(threshold), flip_tta)
+        predictor = cls(
+            model.to(where).eval(), info, where, info.threshold if threshold is None else float(threshold), flip_tta
+        )
         if info.eval_augment:
             try:
                 predictor._transform

@@ -6,6 +6,7 @@ Input: a uint8 array of RGB images ``[N, H, W, 3]`` (any size: each is prepared 
 images). Output: classification, class probabilities ``[N, C]`` (float32, columns in class order);
 segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
-
 
 TRUST_ENV = "YAMLTRAIN_TRUST_CODE"
 
@@ -38,10 +38,12 @@ def pixels(model_input: Any) -> np.ndarray:
         return values
     if values.dtype.kind not in "iuf" or values.size == 0:
         raise MlflowException.invalid_parameter_value(
-            f"expected uint8 RGB images [N, H, W, 3], got {values.dtype} values of shape {list(values.shape)}")
+            f"expected uint8 RGB images [N, H, W, 3], got {values.dtype} values of shape {list(values.shape)}"
+        )
     if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
-        raise MlflowException.invalid_parameter_value("pixel values must be whole numbers 0..255; found fractions "
-                                                      "(send uint8 pixels, not normalised floats)")
+        raise MlflowException.invalid_parameter_value(
+            "pixel values must be whole numbers 0..255; found fractions (send uint8 pixels, not normalised floats)"
+        )
     low, high = values.min(), values.max()
     if low < 0 or high > 255:
         raise MlflowException.invalid_parameter_value(f"pixel values must lie in 0..255; found {low}..{high}")
@@ -54,10 +56,11 @@ class TrainedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from pipeline.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_file(context.artifacts["weights"], device="auto",
-                                             trust_code=trusts_code(getattr(context, "model_config", None)))
+        self.predictor = Predictor.from_file(
+            context.artifacts["weights"], device="auto", trust_code=trusts_code(getattr(context, "model_config", None))
+        )
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
+    def predict(self, context, model_input, params=None):
         import torch
         from PIL import Image
 

@@ -1,14 +1,15 @@
 """Building networks from an architecture config: torchvision and timm classifiers, the classic
 U-Net and U-Nets with a timm encoder, or the user's own ``module.path:factory``. Nothing here
 downloads: weights are loaded afterwards (:mod:`pipeline.models.initial`)."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from torch import nn
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.building import located, one_line
+from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.params import Params
 from pipeline.config.registry import Registry, import_object, is_import_path
@@ -34,7 +35,9 @@ def build_torchvision(config: dict[str, Any]) -> nn.Module:
     if name.startswith("vit_"):
         height, width = config["image_size"]
         if height != width:
-            raise PipelineError(f"model.name: torchvision {name} needs square images, got data.image_size {config['image_size']}")
+            raise PipelineError(
+                f"model.name: torchvision {name} needs square images, got data.image_size {config['image_size']}"
+            )
         extra["image_size"] = height
     model = torchvision.models.get_model(name, weights=None, num_classes=config["num_outputs"], **extra)
     return replace_first_conv(model, config["in_chans"]) if config["in_chans"] != 3 else model
@@ -48,15 +51,21 @@ def build_timm(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
     cfg = get_pretrained_cfg(config["name"])
     if cfg is not None and cfg.fixed_input_size:
         timm_kwargs.setdefault("img_size", tuple(config["image_size"]))
-    return timm.create_model(config["name"], num_classes=config["num_outputs"], in_chans=config["in_chans"],
-                             **timm_kwargs)
+    return timm.create_model(
+        config["name"], num_classes=config["num_outputs"], in_chans=config["in_chans"], **timm_kwargs
+    )
 
 
 def build_unet(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
     """U-Net: name classic, or any timm backbone with features_only as the encoder (unet/<timm name>)."""
     unet = config["unet"]
-    common = dict(in_chans=config["in_chans"], num_outputs=config["num_outputs"],
-                  base_channels=unet["base_channels"], depth=unet["depth"], upsampling=unet["upsampling"])
+    common = dict(
+        in_chans=config["in_chans"],
+        num_outputs=config["num_outputs"],
+        base_channels=unet["base_channels"],
+        depth=unet["depth"],
+        upsampling=unet["upsampling"],
+    )
     if config["name"] == "classic":
         return ClassicUNet(**common)
     try:
@@ -67,6 +76,7 @@ def build_unet(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
 
 def _torchvision_names() -> list[str]:
     import torchvision
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -91,6 +101,7 @@ def build_model(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
 
 def _timm_names() -> list[str]:
     import timm
+
     return timm.list_models()
 
 
@@ -100,21 +111,34 @@ def check_model(params: Params) -> list[Problem]:
     model, task = params.get("model"), params.get("data.task")
     source, name, problems = model["source"], model["name"], []
     if task == "segmentation" and source != "unet":
-        problems.append(Problem("model.source", f"{source} builds classifiers; segmentation needs "
-                                "source: unet (name: classic, or a timm backbone as the encoder)"))
+        problems.append(
+            Problem(
+                "model.source",
+                f"{source} builds classifiers; segmentation needs "
+                "source: unet (name: classic, or a timm backbone as the encoder)",
+            )
+        )
     if task == "classification" and source == "unet":
         problems.append(Problem("model.source", "a U-Net segments; classification needs torchvision or timm"))
     if not is_import_path(name) and (unknown := unknown_model(source, name)):
         problems.append(Problem("model.name", unknown))
     pretrained = model["pretrained"]
     if pretrained is True and source == "unet" and name == "classic":
-        problems.append(Problem("model.pretrained", "the classic U-Net has no library weights; use false or "
-                                "a path to a .pt/.pth/.safetensors state dict"))
+        problems.append(
+            Problem(
+                "model.pretrained",
+                "the classic U-Net has no library weights; use false or a path to a .pt/.pth/.safetensors state dict",
+            )
+        )
     if isinstance(pretrained, str):
         path = params.resolve_path(pretrained)
         if path.suffix not in weights_io.SUFFIXES:
-            problems.append(Problem("model.pretrained", f"{pretrained!r}: unsupported extension; expected "
-                                    f"{', '.join(weights_io.SUFFIXES)}"))
+            problems.append(
+                Problem(
+                    "model.pretrained",
+                    f"{pretrained!r}: unsupported extension; expected {', '.join(weights_io.SUFFIXES)}",
+                )
+            )
         elif not path.is_file():
             problems.append(Problem("model.pretrained", f"weight file {str(path)!r} does not exist"))
     freezing = freeze_problem(model["freeze"], pretrained)
@@ -133,32 +157,46 @@ def unknown_model(source: str, name: str) -> str | None:
         if name == "classic":
             return None
         import timm
+
         if timm.is_model(name):
             return None
-        return (f"unknown U-Net encoder {name!r}{did_you_mean(name, ['classic', *_timm_names()])}; use classic or a "
-                "timm backbone (`python -m pipeline list models 'timm/*'`)")
+        return (
+            f"unknown U-Net encoder {name!r}{did_you_mean(name, ['classic', *_timm_names()])}; use classic or a "
+            "timm backbone (`python -m pipeline list models 'timm/*'`)"
+        )
     if source == "timm":
         import timm
+
         if timm.is_model(name):
             return None
-        return (f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
-                "`python -m pipeline list models 'timm/*'` lists them")
+        return (
+            f"unknown timm model {name!r}{did_you_mean(name, _timm_names())}; "
+            "`python -m pipeline list models 'timm/*'` lists them"
+        )
     if source == "torchvision":
         names = _torchvision_names()  # no timm import
         if name in names:
             return None
-        return (f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
-                "`python -m pipeline list models 'torchvision/*'` lists them")
+        return (
+            f"unknown torchvision model {name!r}{did_you_mean(name, names)}; "
+            "`python -m pipeline list models 'torchvision/*'` lists them"
+        )
     return f"unknown model source {source!r}{did_you_mean(source, ['unet', 'timm', 'torchvision'])}"
 
 
 def architecture(model: dict[str, Any], *, task: str, num_classes: int, image_size: Any) -> dict[str, Any]:
     """The architecture config a model file records (all that rebuilding it needs)."""
     source = model["source"]
-    return {"source": source, "name": model["name"], "task": task, "num_classes": num_classes,
-            "num_outputs": num_outputs(task, num_classes), "in_chans": model["in_chans"],
-            "image_size": list(image_size) if isinstance(image_size, (list, tuple)) else [image_size] * 2,
-            "unet": model["unet"] if source == "unet" else None}
+    return {
+        "source": source,
+        "name": model["name"],
+        "task": task,
+        "num_classes": num_classes,
+        "num_outputs": num_outputs(task, num_classes),
+        "in_chans": model["in_chans"],
+        "image_size": list(image_size) if isinstance(image_size, (list, tuple)) else [image_size] * 2,
+        "unet": model["unet"] if source == "unet" else None,
+    }
 
 
 def _build_problems(params: Params) -> list[Problem]:

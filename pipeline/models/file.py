@@ -3,6 +3,7 @@ rebuilds the module without params.yaml, and predict, export and the MLflow Mode
 the architecture, task and class names, the head and what is frozen, where the starting weights came
 from, and the preprocessing (image size, normalisation, the evaluation augmentation) and threshold.
 The model stage's initial weights and train's best weights are such files."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from pipeline.models.build import build_model
 from pipeline.models.finetune import apply_freeze, in_prefixes
 from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
 
-
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
 # file records them; batches are normalised with them on the device (pipeline.training.device).
@@ -37,11 +37,11 @@ class ModelInfo:
     config: dict[str, Any]
     head_prefixes: list[str]
     freeze: str | list[str] = "none"
-    weights: dict[str, Any] | None = None     # source, path, sha256 of the starting weights
+    weights: dict[str, Any] | None = None  # source, path, sha256 of the starting weights
     frozen: list[str] = field(default_factory=list)
     class_names: list[str] | None = None
     eval_augment: list[Any] = field(default_factory=list)  # augment.eval, applied after the resize
-    threshold: float = 0.5                    # binary: foreground where sigmoid(logit) > threshold
+    threshold: float = 0.5  # binary: foreground where sigmoid(logit) > threshold
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -74,17 +74,34 @@ class ModelInfo:
 
     def recipe(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready data (also what export and MLflow carry)."""
-        return {"version": FORMAT_VERSION, "arch": self.config, "head_prefixes": self.head_prefixes,
-                "freeze": self.freeze, "frozen": self.frozen, "weights": self.weights,
-                "class_names": self.classes, "eval_augment": self.eval_augment, "threshold": self.threshold,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "version": FORMAT_VERSION,
+            "arch": self.config,
+            "head_prefixes": self.head_prefixes,
+            "freeze": self.freeze,
+            "frozen": self.frozen,
+            "weights": self.weights,
+            "class_names": self.classes,
+            "eval_augment": self.eval_augment,
+            "threshold": self.threshold,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
-    def from_recipe(cls, values: dict[str, Any], frozen: list[str]) -> "ModelInfo":
-        return cls(values["arch"], values["head_prefixes"], values["freeze"], values["weights"], frozen,
-                   class_names=values.get("class_names"), eval_augment=list(values.get("eval_augment") or []),
-                   threshold=float(values.get("threshold", 0.5)),
-                   mean=tuple(values.get("mean") or IMAGENET_MEAN), std=tuple(values.get("std") or IMAGENET_STD))
+    def from_recipe(cls, values: dict[str, Any], frozen: list[str]) -> ModelInfo:
+        return cls(
+            values["arch"],
+            values["head_prefixes"],
+            values["freeze"],
+            values["weights"],
+            frozen,
+            class_names=values.get("class_names"),
+            eval_augment=list(values.get("eval_augment") or []),
+            threshold=float(values.get("threshold", 0.5)),
+            mean=tuple(values.get("mean") or IMAGENET_MEAN),
+            std=tuple(values.get("std") or IMAGENET_STD),
+        )
 
 
 def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> str:
@@ -136,11 +153,17 @@ def _check_tensors(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
     with safe_open(str(path), "pt") as fh:
         stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
-    wrong = [f"{name} is {list(stored[name])}, the architecture's {list(shape)}"
-             for name, shape in expected.items() if name in stored and stored[name] != shape]
+    wrong = [
+        f"{name} is {list(stored[name])}, the architecture's {list(shape)}"
+        for name, shape in expected.items()
+        if name in stored and stored[name] != shape
+    ]
     if missing or extra or wrong:
-        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
-                ([f"unexpected {', '.join(extra[:3])}"] if extra else []) + wrong[:3]
+        parts = (
+            ([f"missing {', '.join(missing[:3])}"] if missing else [])
+            + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
+            + wrong[:3]
+        )
         raise PipelineError(f"its tensors do not fit the recipe's architecture: {'; '.join(parts)}")
 
 
@@ -157,6 +180,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # safetensors' own errors on a file of another kind
         raise PipelineError(f"{path}: not a safetensors model file ({one_line(exc)})") from None
     if META_KEY not in meta:
-        raise PipelineError(f"{path} was not written by this pipeline (no {META_KEY!r} metadata); the model "
-                            "stage and train write such files (outputs/train/best.safetensors)")
+        raise PipelineError(
+            f"{path} was not written by this pipeline (no {META_KEY!r} metadata); the model "
+            "stage and train write such files (outputs/train/best.safetensors)"
+        )
     return parse_recipe(meta[META_KEY], path)

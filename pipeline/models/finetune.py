@@ -5,6 +5,7 @@ A head is named by parameter-name prefixes (``fc``, ``classifier.6``, ``heads.he
 the prefixes travel in the initial model's metadata so training can split backbone and head into
 parameter groups without knowing the family.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -52,8 +53,10 @@ def find_head(model: nn.Module, source: str) -> list[str]:
             return [last]
     last = _last_layer(model, "")
     if last is None:
-        raise PipelineError(f"model: cannot find the output layer of {type(model).__name__}; give the "
-                            "module a `head_prefixes` attribute naming it")
+        raise PipelineError(
+            f"model: cannot find the output layer of {type(model).__name__}; give the "
+            "module a `head_prefixes` attribute naming it"
+        )
     return [last.lstrip(".")]
 
 
@@ -62,8 +65,16 @@ def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
     name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     if conv is None or conv.groups != 1:
         raise PipelineError(f"model.in_chans: cannot adapt the input of {type(model).__name__} to {in_chans} channels")
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
@@ -74,8 +85,9 @@ def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def frozen_predicate(freeze: str | list[str], head_prefixes: Sequence[str],
-                     fresh: Collection[str] = ()) -> Callable[[str], bool]:
+def frozen_predicate(
+    freeze: str | list[str], head_prefixes: Sequence[str], fresh: Collection[str] = ()
+) -> Callable[[str], bool]:
     """``none``, ``backbone`` (what the starting weights gave: all but the head and the ``fresh``,
     randomly initialised, tensors) or glob patterns -> is this parameter frozen?"""
     if freeze == "none":
@@ -89,13 +101,16 @@ def frozen_predicate(freeze: str | list[str], head_prefixes: Sequence[str],
 def freeze_problem(freeze: str | list[str], pretrained: bool | str) -> str | None:
     """Why ``model.freeze`` cannot work with ``model.pretrained`` (checked by validate and the stage)."""
     if freeze == "backbone" and pretrained is False:
-        return ("backbone freezes what the starting weights give, and model.pretrained is false: every layer "
-                "starts random; set model.pretrained, or freeze: none, or name the layers to freeze")
+        return (
+            "backbone freezes what the starting weights give, and model.pretrained is false: every layer "
+            "starts random; set model.pretrained, or freeze: none, or name the layers to freeze"
+        )
     return None
 
 
-def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Sequence[str], *,
-                 fresh: Collection[str] = ()) -> list[str]:
+def apply_freeze(
+    model: nn.Module, freeze: str | list[str], head_prefixes: Sequence[str], *, fresh: Collection[str] = ()
+) -> list[str]:
     """Set ``requires_grad=False`` on frozen parameters and pin frozen BatchNorm layers to eval mode
     (``requires_grad`` alone does not stop running statistics). Returns the frozen names.
 
@@ -105,9 +120,11 @@ def apply_freeze(model: nn.Module, freeze: str | list[str], head_prefixes: Seque
         for pattern in freeze:
             if not any(fnmatch.fnmatchcase(n, pattern) or in_prefixes(n, [pattern]) for n in names):
                 modules = sorted({n.rsplit(".", 1)[0] for n in names})
-                raise PipelineError(f"model.freeze: pattern {pattern!r} matches no parameter"
-                                    f"{did_you_mean(pattern, modules + names)}; names look like "
-                                    f"{', '.join(names[:4])} (globs such as 'layer1.*' work)")
+                raise PipelineError(
+                    f"model.freeze: pattern {pattern!r} matches no parameter"
+                    f"{did_you_mean(pattern, modules + names)}; names look like "
+                    f"{', '.join(names[:4])} (globs such as 'layer1.*' work)"
+                )
     is_frozen = frozen_predicate(freeze, head_prefixes, fresh)
     frozen = [n for n in names if is_frozen(n)]
     for name, param in model.named_parameters():

@@ -1,5 +1,6 @@
 """The model training starts from: built (seeded), its starting weights loaded (a file, or torchvision's
 or timm's own), a new head fitted, layers frozen; and a summary of what was done."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,16 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.hashing import file_sha256
 from pipeline.config.errors import PipelineError
+from pipeline.hashing import file_sha256
 from pipeline.models import weights as weights_io
 from pipeline.models.build import build_model
 from pipeline.models.file import ModelInfo
 from pipeline.models.finetune import apply_freeze, find_head, freeze_problem, frozen_batchnorm_layers, in_prefixes
 
 
-def initial_model(config: dict[str, Any], *, pretrained: bool | str, freeze: str | list[str], seed: int,
-                  root: Path) -> tuple[nn.Module, ModelInfo, weights_io.LoadReport | None]:
+def initial_model(
+    config: dict[str, Any], *, pretrained: bool | str, freeze: str | list[str], seed: int, root: Path
+) -> tuple[nn.Module, ModelInfo, weights_io.LoadReport | None]:
     """Build (seeded), load the starting weights, fit the new head, freeze: the pure core of the stage."""
     problem = freeze_problem(freeze, pretrained)
     if problem:
@@ -31,8 +33,9 @@ def initial_model(config: dict[str, Any], *, pretrained: bool | str, freeze: str
     return model, ModelInfo(config, head, freeze, brief, frozen), report
 
 
-def _build_with_weights(config: dict[str, Any], pretrained: bool | str,
-                        root: Path) -> tuple[nn.Module, weights_io.LoadReport | None]:
+def _build_with_weights(
+    config: dict[str, Any], pretrained: bool | str, root: Path
+) -> tuple[nn.Module, weights_io.LoadReport | None]:
     if pretrained is False:
         return build_model(config), None
     source, name = config["source"], config["name"]
@@ -55,8 +58,9 @@ def _build_with_weights(config: dict[str, Any], pretrained: bool | str,
     return model, weights_io.apply_state_dict(model, state, head_prefixes=find_head(model, source), report=report)
 
 
-def _build_through_timm(config: dict[str, Any], state: dict[str, torch.Tensor],
-                        report: weights_io.LoadReport) -> tuple[nn.Module, weights_io.LoadReport]:
+def _build_through_timm(
+    config: dict[str, Any], state: dict[str, torch.Tensor], report: weights_io.LoadReport
+) -> tuple[nn.Module, weights_io.LoadReport]:
     """timm loads the checkpoint itself (its key filters, classifier drop, in_chans adaptation);
     the file was read here, with ``weights_only=True``."""
     from timm.models import get_pretrained_cfg
@@ -64,7 +68,9 @@ def _build_through_timm(config: dict[str, Any], state: dict[str, torch.Tensor],
     try:
         model = build_model(config, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
     except (RuntimeError, KeyError, AssertionError) as exc:
-        raise PipelineError(f"model.pretrained: timm could not load {report.path} into {config['name']}: {exc}") from None
+        raise PipelineError(
+            f"model.pretrained: timm could not load {report.path} into {config['name']}: {exc}"
+        ) from None
     is_unet = config["source"] == "unet"
     for module in model.modules():  # do not keep a second copy of the checkpoint alive
         if isinstance(getattr(module, "pretrained_cfg", None), dict):
@@ -72,16 +78,22 @@ def _build_through_timm(config: dict[str, Any], state: dict[str, torch.Tensor],
     cfg = model.pretrained_cfg if not is_unet else get_pretrained_cfg(config["name"]).to_dict()
     target = model.state_dict()
     if is_unet:  # features_only keeps the backbone's tensors, some renamed (stem.0 -> stem_0)
-        report.dropped = [k for k in state if f"encoder.{k}" not in target
-                          and f"encoder.{k.replace('.', '_', 1)}" not in target]
+        report.dropped = [
+            k for k in state if f"encoder.{k}" not in target and f"encoder.{k.replace('.', '_', 1)}" not in target
+        ]
     elif config["num_outputs"] != cfg.get("num_classes"):
         classifier = cfg.get("classifier") or ()
-        report.dropped = [k for k in state if in_prefixes(k, [classifier] if isinstance(classifier, str) else classifier)]
+        report.dropped = [
+            k for k in state if in_prefixes(k, [classifier] if isinstance(classifier, str) else classifier)
+        ]
     source_chans = (cfg.get("input_size") or (3,))[0]
     if config["in_chans"] != source_chans:
         report.adapted = [f"{cfg.get('first_conv')}: {source_chans} -> {config['in_chans']} input channels"]
-    fresh = [k for k in target if not k.startswith("encoder.")] if is_unet else \
-        [k for k in target if report.dropped and in_prefixes(k, find_head(model, "timm"))]
+    fresh = (
+        [k for k in target if not k.startswith("encoder.")]
+        if is_unet
+        else [k for k in target if report.dropped and in_prefixes(k, find_head(model, "timm"))]
+    )
     report.missing = fresh
     report.loaded = len(target) - len(fresh) - len(report.adapted)
     return model, report
@@ -92,12 +104,14 @@ def _torchvision_resize(config: dict[str, Any], state: dict[str, torch.Tensor]) 
     if not config["name"].startswith("vit_") or "encoder.pos_embedding" not in state:
         return state
     from torchvision.models.vision_transformer import interpolate_embeddings
+
     patch = int(config["name"].rsplit("_", 1)[-1])
     return dict(interpolate_embeddings(config["image_size"][0], patch, state))
 
 
-def summarize(model: nn.Module, info: ModelInfo, report: weights_io.LoadReport | None,
-              init_sha256: str) -> dict[str, Any]:
+def summarize(
+    model: nn.Module, info: ModelInfo, report: weights_io.LoadReport | None, init_sha256: str
+) -> dict[str, Any]:
     """The stage's DVC metrics: sizes, what is trained, where the weights came from."""
     params = list(model.named_parameters())
     total = sum(p.numel() for _, p in params)
@@ -109,11 +123,23 @@ def summarize(model: nn.Module, info: ModelInfo, report: weights_io.LoadReport |
             weights[key], weights[f"{key}_examples"] = len(report_list := weights[key]), report_list[:8]
         weights["head_replaced"] = bool(report.dropped)
     config = info.config
-    return {"architecture": f"{config['source']}/{config['name']}", "task": config["task"],
-            "num_classes": config["num_classes"], "num_outputs": config["num_outputs"],
-            "in_chans": config["in_chans"], "unet": config["unet"],
-            "parameters": {"total": total, "trainable": trainable, "frozen": total - trainable,
-                           "head": sum(p.numel() for n, p in params if info.is_head(n))},
-            "head": info.head_prefixes, "freeze": info.freeze,
-            "frozen_batchnorm_layers": len(frozen_batchnorm_layers(model)), "frozen_tensors": info.frozen,
-            "weights": weights, "init_sha256": init_sha256}
+    return {
+        "architecture": f"{config['source']}/{config['name']}",
+        "task": config["task"],
+        "num_classes": config["num_classes"],
+        "num_outputs": config["num_outputs"],
+        "in_chans": config["in_chans"],
+        "unet": config["unet"],
+        "parameters": {
+            "total": total,
+            "trainable": trainable,
+            "frozen": total - trainable,
+            "head": sum(p.numel() for n, p in params if info.is_head(n)),
+        },
+        "head": info.head_prefixes,
+        "freeze": info.freeze,
+        "frozen_batchnorm_layers": len(frozen_batchnorm_layers(model)),
+        "frozen_tensors": info.frozen,
+        "weights": weights,
+        "init_sha256": init_sha256,
+    }

@@ -7,6 +7,7 @@ traceback or a gigabyte allocation. The architecture is named as data only, a so
 source's registry holds; a ``module.path:attr`` name would import and run that module, so it loads
 only with ``trust_code`` (``--trust-code``), which the error says.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ from pipeline.config.schema import value_problems
 FORMAT_VERSION = 2  # 2 adds class_names, preprocess and threshold; version 1 files load with defaults
 SCHEMA = "model_file.schema.json"
 UNET_KEYS = ("base_channels", "depth", "upsampling")
-TRUST_HINT = ("pass --trust-code to predict or export (MLflow: model_config={'trust_code': True}, or "
-              "YAMLTRAIN_TRUST_CODE=1 for `mlflow models serve`) only if you trust the file and that code")
+TRUST_HINT = (
+    "pass --trust-code to predict or export (MLflow: model_config={'trust_code': True}, or "
+    "YAMLTRAIN_TRUST_CODE=1 for `mlflow models serve`) only if you trust the file and that code"
+)
 
 
 def parse_recipe(text: str, where: str | Path) -> dict[str, Any]:
@@ -36,8 +39,10 @@ def parse_recipe(text: str, where: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PipelineError(f"{where}: recipe version {version!r} is not a format version (1, 2, ...)")
     if version > FORMAT_VERSION:
-        raise PipelineError(f"{where} is a model file of format {version}, newer than this code reads "
-                            f"({FORMAT_VERSION}); update the pipeline")
+        raise PipelineError(
+            f"{where} is a model file of format {version}, newer than this code reads "
+            f"({FORMAT_VERSION}); update the pipeline"
+        )
     return values
 
 
@@ -47,15 +52,19 @@ def check_recipe(values: dict[str, Any], where: str | Path, *, trust_code: bool 
     that contradict the task, class names that do not fit."""
     problems = [f"{p.key}: {p.message}" if p.key else p.message for p in value_problems(SCHEMA, values)]
     if problems:
-        raise PipelineError(f"{where}: invalid recipe: {problems[0]}"
-                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise PipelineError(
+            f"{where}: invalid recipe: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     arch = values["arch"]
     name, source, task = arch["name"], arch["source"], arch["task"]
     code = [name] if is_import_path(name) else []
     code += user_code_names(values.get("eval_augment") or [])
     if code and not trust_code:
-        raise PipelineError(f"{where}: names user code ({', '.join(repr(c) for c in code[:3])}); loading it would "
-                            f"import and run that module, so it is refused; {TRUST_HINT}")
+        raise PipelineError(
+            f"{where}: names user code ({', '.join(repr(c) for c in code[:3])}); loading it would "
+            f"import and run that module, so it is refused; {TRUST_HINT}"
+        )
     if not is_import_path(name):
         from pipeline.models.build import unknown_model
 
@@ -68,12 +77,15 @@ def check_recipe(values: dict[str, Any], where: str | Path, *, trust_code: bool 
 
     expected = num_outputs(task, arch["num_classes"])
     if arch["num_outputs"] != expected:
-        raise PipelineError(f"{where}: invalid recipe: arch.num_outputs is {arch['num_outputs']} but {task} with "
-                            f"{arch['num_classes']} classes has {expected}")
+        raise PipelineError(
+            f"{where}: invalid recipe: arch.num_outputs is {arch['num_outputs']} but {task} with "
+            f"{arch['num_classes']} classes has {expected}"
+        )
     names = values.get("class_names") or []
     if task == "classification" and len(names) > arch["num_classes"]:  # fewer are padded (ModelInfo.classes)
-        raise PipelineError(f"{where}: invalid recipe: class_names lists {len(names)} names for "
-                            f"{arch['num_classes']} classes")
+        raise PipelineError(
+            f"{where}: invalid recipe: class_names lists {len(names)} names for {arch['num_classes']} classes"
+        )
     if source == "unet" and not is_import_path(name):
         missing = sorted(set(UNET_KEYS) - set(arch.get("unet") or {}))
         if missing:
@@ -86,6 +98,9 @@ def user_code_names(spec: Any) -> list[str]:
     if isinstance(spec, dict):
         return [k for k in spec if is_import_path(str(k))] + [n for v in spec.values() for n in user_code_names(v)]
     if isinstance(spec, list):
-        return [n for item in spec for n in (
-            [item] if isinstance(item, str) and is_import_path(item) else user_code_names(item))]
+        return [
+            n
+            for item in spec
+            for n in ([item] if isinstance(item, str) and is_import_path(item) else user_code_names(item))
+        ]
     return []

@@ -5,6 +5,7 @@ and ``head`` (the final 1x1 convolution, the only layer whose shape depends on t
 classes, so it is the layer a fine-tuning run replaces). Both accept any input size: the decoder
 resizes to each skip connection instead of assuming sizes divisible by 2**depth.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,8 +40,11 @@ class UpBlock(nn.Module):
         self.upsampling = upsampling
         # Transposed: a learned 2x up-sampling that also halves the channels (the original U-Net);
         # bilinear: parameter-free, the channels are reduced by the double conv instead.
-        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2) \
-            if upsampling == "transposed" else nn.Identity()
+        self.up = (
+            nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+            if upsampling == "transposed"
+            else nn.Identity()
+        )
         up_channels = in_channels // 2 if upsampling == "transposed" else in_channels
         self.conv = double_conv(up_channels + skip_channels, out_channels)
 
@@ -56,15 +60,18 @@ class ClassicUNet(nn.Module):
 
     ``depth`` levels down, the channels doubling at each; the decoder mirrors the encoder."""
 
-    def __init__(self, *, in_chans: int, num_outputs: int, base_channels: int = 16, depth: int = 3,
-                 upsampling: str = "bilinear"):
+    def __init__(
+        self, *, in_chans: int, num_outputs: int, base_channels: int = 16, depth: int = 3, upsampling: str = "bilinear"
+    ):
         super().__init__()
-        channels = [base_channels * 2 ** level for level in range(depth + 1)]
+        channels = [base_channels * 2**level for level in range(depth + 1)]
         self.encoder = nn.ModuleList(
             [double_conv(in_chans, channels[0])]
-            + [double_conv(channels[i - 1], channels[i]) for i in range(1, depth + 1)])
+            + [double_conv(channels[i - 1], channels[i]) for i in range(1, depth + 1)]
+        )
         self.decoder = nn.ModuleList(
-            UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(depth)))
+            UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(depth))
+        )
         self.head = nn.Conv2d(channels[0], num_outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,12 +91,21 @@ class TimmUNet(nn.Module):
     The encoder's first ``depth`` feature levels are used; a double-conv decoder climbs back up the
     skips, and the last level is resized to the input size before the head."""
 
-    def __init__(self, encoder_name: str, *, in_chans: int, num_outputs: int, base_channels: int = 16,
-                 depth: int = 5, upsampling: str = "bilinear", **encoder_kwargs: Any):
+    def __init__(
+        self,
+        encoder_name: str,
+        *,
+        in_chans: int,
+        num_outputs: int,
+        base_channels: int = 16,
+        depth: int = 5,
+        upsampling: str = "bilinear",
+        **encoder_kwargs: Any,
+    ):
         super().__init__()
         self.encoder = create_timm_encoder(encoder_name, in_chans=in_chans, depth=depth, **encoder_kwargs)
         channels: Sequence[int] = self.encoder.feature_info.channels()
-        decoder_channels = [base_channels * 2 ** level for level in range(len(channels))]
+        decoder_channels = [base_channels * 2**level for level in range(len(channels))]
         self.decoder = nn.ModuleList()
         deep = channels[-1]
         for level in reversed(range(len(channels) - 1)):
@@ -118,11 +134,14 @@ def create_timm_encoder(name: str, *, in_chans: int, depth: int, **kwargs: Any) 
     import timm  # lazily: importing timm costs seconds, and the classic U-Net never needs it
 
     try:
-        encoder = timm.create_model(name, features_only=True, in_chans=in_chans,
-                                    out_indices=tuple(range(depth)), **kwargs)
+        encoder = timm.create_model(
+            name, features_only=True, in_chans=in_chans, out_indices=tuple(range(depth)), **kwargs
+        )
     except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as exc:
-        if "pretrained" in kwargs and kwargs["pretrained"]:
+        if kwargs.get("pretrained"):
             raise  # a weights problem; the caller explains it
-        raise ValueError(f"timm model {name!r} cannot serve as a U-Net encoder with depth {depth} "
-                         f"(features_only with {depth} feature levels): {exc}") from exc
+        raise ValueError(
+            f"timm model {name!r} cannot serve as a U-Net encoder with depth {depth} "
+            f"(features_only with {depth} feature levels): {exc}"
+        ) from exc
     return encoder

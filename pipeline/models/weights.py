@@ -9,6 +9,7 @@ classes), adapts the input convolution to another channel count, and reports all
 only then downloads, with short timeouts; offline it fails in seconds with :func:`no_weights_error`,
 which says how to supply a local file instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,13 +40,13 @@ DOWNLOAD_TIMEOUT_S = 15.0
 class LoadReport:
     """What happened to each tensor of a weight file (recorded in the model stage's summary)."""
 
-    source: str                      # "file", "torchvision" or "timm"
+    source: str  # "file", "torchvision" or "timm"
     path: str | None = None
     sha256: str | None = None
-    loaded: int = 0                  # tensors copied as they are
-    dropped: list[str] = field(default_factory=list)    # head tensors whose shape did not fit
-    adapted: list[str] = field(default_factory=list)    # input convolutions adapted to in_chans
-    missing: list[str] = field(default_factory=list)    # model tensors the file lacks (random init)
+    loaded: int = 0  # tensors copied as they are
+    dropped: list[str] = field(default_factory=list)  # head tensors whose shape did not fit
+    adapted: list[str] = field(default_factory=list)  # input convolutions adapted to in_chans
+    missing: list[str] = field(default_factory=list)  # model tensors the file lacks (random init)
     unexpected: list[str] = field(default_factory=list)  # file tensors the model has no place for
 
     def to_json(self) -> dict[str, Any]:
@@ -59,11 +60,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PipelineError(f"model.pretrained: weight file {str(path)!r} does not exist")
     if path.suffix not in SUFFIXES:
-        raise PipelineError(f"model.pretrained: {str(path)!r} has an unsupported extension; "
-                            f"expected one of {', '.join(SUFFIXES)}")
+        raise PipelineError(
+            f"model.pretrained: {str(path)!r} has an unsupported extension; expected one of {', '.join(SUFFIXES)}"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torchfile.load(path)
@@ -76,8 +79,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj:
-        raise PipelineError(f"model.pretrained: {str(path)!r} holds no state dict (a mapping of "
-                            f"parameter names to tensors)")
+        raise PipelineError(
+            f"model.pretrained: {str(path)!r} holds no state dict (a mapping of parameter names to tensors)"
+        )
     state = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -108,8 +112,9 @@ def _encoder_only(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[
     return state
 
 
-def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, head_prefixes: Sequence[str],
-                     report: LoadReport) -> LoadReport:
+def apply_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], *, head_prefixes: Sequence[str], report: LoadReport
+) -> LoadReport:
     """Copy ``state`` into ``model``: drop head tensors of another shape, adapt the first conv to the
     model's input channels, and refuse any other shape clash (the file is for another architecture)."""
     target = model.state_dict()
@@ -124,20 +129,28 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, head_p
             usable[key] = value
         elif in_prefixes(key, head_prefixes):
             report.dropped.append(f"{key}: {list(value.shape)} in the file, {list(target[key].shape)} in the model")
-        elif key == first_conv and value.ndim == 4 and value.shape[0] == target[key].shape[0] \
-                and value.shape[2:] == target[key].shape[2:]:
+        elif (
+            key == first_conv
+            and value.ndim == 4
+            and value.shape[0] == target[key].shape[0]
+            and value.shape[2:] == target[key].shape[2:]
+        ):
             usable[key] = adapt_input_conv(value, target[key].shape[1])
             report.adapted.append(f"{key}: {value.shape[1]} -> {target[key].shape[1]} input channels")
         else:
             clashes.append(f"{key} {list(value.shape)} (model: {list(target[key].shape)})")
     where = report.path or report.source
     if clashes:
-        raise PipelineError(f"model.pretrained: {where} does not fit this model; shapes differ for "
-                            f"{len(clashes)} tensor(s) outside the head, e.g. {'; '.join(clashes[:3])}. Were the "
-                            f"weights made for another architecture (model.name, model.unet)?")
+        raise PipelineError(
+            f"model.pretrained: {where} does not fit this model; shapes differ for "
+            f"{len(clashes)} tensor(s) outside the head, e.g. {'; '.join(clashes[:3])}. Were the "
+            f"weights made for another architecture (model.name, model.unet)?"
+        )
     if not usable:
-        raise PipelineError(f"model.pretrained: no tensor of {where} matches the model's names "
-                            f"(file: {', '.join(list(state)[:3])}...; model: {', '.join(list(target)[:3])}...)")
+        raise PipelineError(
+            f"model.pretrained: no tensor of {where} matches the model's names "
+            f"(file: {', '.join(list(state)[:3])}...; model: {', '.join(list(target)[:3])}...)"
+        )
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable) - len(report.adapted)
     report.missing = [k for k in target if k not in usable]
@@ -195,7 +208,8 @@ def no_weights_error(library: str, name: str, url: str, cache: str, reason: obje
         f"model.pretrained: true needs {library}'s weights for {name!r}, which are not in the cache "
         f"({cache}) and cannot be downloaded now: {reason}. Without a network, supply them as a local file: "
         f"download {url} on a machine that has internet, copy it into this project (e.g. weights/) and set "
-        f"`model.pretrained: weights/{name}{suffix}`; or copy it into the cache above")
+        f"`model.pretrained: weights/{name}{suffix}`; or copy it into the cache above"
+    )
 
 
 def _download(library: str, name: str, url: str, cached: Path) -> Path:
@@ -222,9 +236,13 @@ def torchvision_weights_file(name: str) -> Path:
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, AttributeError, KeyError):
-        raise PipelineError(f"model.pretrained: torchvision has no pretrained weights for {name!r}; "
-                            f"use pretrained: false or a local file") from None
-    return _download("torchvision", name, weights.url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url))
+        raise PipelineError(
+            f"model.pretrained: torchvision has no pretrained weights for {name!r}; "
+            f"use pretrained: false or a local file"
+        ) from None
+    return _download(
+        "torchvision", name, weights.url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    )
 
 
 def timm_weights_file(name: str) -> Path:
@@ -237,8 +255,9 @@ def timm_weights_file(name: str) -> Path:
     hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
     if not hub_id:
         if not url:
-            raise PipelineError(f"model.pretrained: timm has no pretrained weights for {name!r}; "
-                                f"use pretrained: false or a local file")
+            raise PipelineError(
+                f"model.pretrained: timm has no pretrained weights for {name!r}; use pretrained: false or a local file"
+            )
         return _download("timm", name, url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url))
     from huggingface_hub import constants, hf_hub_download
 

@@ -7,6 +7,7 @@ cores, runs the command in the same group, and on SIGTERM or SIGINT kills the wh
 run``, the stage it runs and that stage's DataLoader workers. Deliberately tiny (no torch, no
 pipeline imports beyond :mod:`pipeline.processes`): it starts in milliseconds.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """What a search found: the top trials, the trial counts, the epochs pruning saved, the command that
 applies the best trial; the study's plots (PNG); and the study's MLflow run, the parent of every
 trial's run, which carries the best value and params and the plots."""
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,15 @@ def summary(study: Any, *, objective: str, epochs: int, top: int = 5) -> str:
 
     trials = study.get_trials(deepcopy=False)
     count = studies.counts(study)
-    lines = [f"study {study.study_name}: {len(trials)} trial(s): " + ", ".join(
-        f"{count.get(state, 0)} {state}" for state in ("complete", "pruned", "fail", "running"))]
+    lines = [
+        f"study {study.study_name}: {len(trials)} trial(s): "
+        + ", ".join(f"{count.get(state, 0)} {state}" for state in ("complete", "pruned", "fail", "running"))
+    ]
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     spent = sum(int(t.user_attrs.get("epochs_run") or 0) for t in finished)
-    unpruned = sum(epochs if t.state == TrialState.PRUNED else int(t.user_attrs.get("epochs_run") or 0)
-                   for t in finished)
+    unpruned = sum(
+        epochs if t.state == TrialState.PRUNED else int(t.user_attrs.get("epochs_run") or 0) for t in finished
+    )
     if finished:
         lines.append(f"epochs spent: {spent} (the same trials unpruned: {unpruned})")
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -50,11 +54,13 @@ def draw(study: Any, folder: Path) -> list[Path]:
     """The optimisation history, parameter importances and parallel coordinates as PNGs in ``folder``
     (those the study has enough trials for)."""
     import matplotlib
+
     matplotlib.use("Agg")
+    import warnings
+
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
     from optuna.exceptions import ExperimentalWarning
-    import warnings
 
     from pipeline.atomic import atomic_path
 
@@ -79,7 +85,7 @@ def draw(study: Any, folder: Path) -> list[Path]:
 
 
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute
-PARENT_RUN_WAIT_S = 30.0             # how long a joining worker waits for the creator to open the run
+PARENT_RUN_WAIT_S = 30.0  # how long a joining worker waits for the creator to open the run
 
 
 def parent_run(tracking: dict[str, Any], root: Path, study: Any, *, created: bool = True) -> str | None:
@@ -97,14 +103,17 @@ def parent_run(tracking: dict[str, Any], root: Path, study: Any, *, created: boo
         return str(known)
     from pipeline.tracking.run import start_run
 
-    run = start_run(tracking, repo_root=root, run_name=study.study_name,
-                    tags={"search.study": study.study_name, "search.role": "study"})
+    run = start_run(
+        tracking,
+        repo_root=root,
+        run_name=study.study_name,
+        tags={"search.study": study.study_name, "search.role": "study"},
+    )
     study.set_user_attr(PARENT_RUN, run.run_id)
     return run.run_id
 
 
-def finish_parent_run(tracking: dict[str, Any], root: Path, study: Any, run_id: str | None,
-                      plots: list[Path]) -> None:
+def finish_parent_run(tracking: dict[str, Any], root: Path, study: Any, run_id: str | None, plots: list[Path]) -> None:
     """Record the best value and params, the counts and the plots on the study's run."""
     if run_id is None:
         return

@@ -9,6 +9,7 @@ MLflow run is nested under the study's run. ``jobs`` threads each ask Optuna for
 tell the result, then ask again: a new trial starts as soon as any ends. Ctrl-C kills every trial's
 process group and exits 130; a killed search's running trials are marked failed by the next one.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ class Plan:
         self.log_dir = self.root / studies.LOCAL_DIR / self.name
 
 
-def plan_from(params: Params, *, trials: int | None = None, jobs: int | None = None,
-              timeout: float | None = None) -> Plan:
+def plan_from(
+    params: Params, *, trials: int | None = None, jobs: int | None = None, timeout: float | None = None
+) -> Plan:
     """The search of ``params`` with the command line's overrides (each checked as the section is)."""
     from pipeline.config.schema import check_value
     from pipeline.training.early_stopping import resolve_monitor
@@ -84,12 +86,23 @@ def plan_from(params: Params, *, trials: int | None = None, jobs: int | None = N
         else:
             direction = "minimize" if objective.endswith("loss") else "maximize"
     if search["pruner"]["name"] != "none" and direction != ("maximize" if mode == "max" else "minimize"):
-        raise PipelineError(f"{params.path}: search.pruner: the pruner compares {monitor} (the train monitor, "
-                            f"{'higher' if mode == 'max' else 'lower'} is better) across trials, but the study "
-                            f"is to {direction} {objective}; use pruner none, or an objective of the same sense")
+        raise PipelineError(
+            f"{params.path}: search.pruner: the pruner compares {monitor} (the train monitor, "
+            f"{'higher' if mode == 'max' else 'lower'} is better) across trials, but the study "
+            f"is to {direction} {objective}; use pruner none, or an objective of the same sense"
+        )
     name = studies.study_name(search, params.get("tracking.experiment"))
-    return Plan(params.root, search, name, studies.storage_spec(search, params.root, name), objective, direction,
-                int(params.get("train.epochs")), params.get("tracking"), timeout)
+    return Plan(
+        params.root,
+        search,
+        name,
+        studies.storage_spec(search, params.root, name),
+        objective,
+        direction,
+        int(params.get("train.epochs")),
+        params.get("tracking"),
+        timeout,
+    )
 
 
 def _scalar(value: Any) -> str:
@@ -104,7 +117,7 @@ class Search:
 
     def __init__(self, plan: Plan, study: Any):
         self.plan, self.study = plan, study
-        self.stop = threading.Event()       # Ctrl-C
+        self.stop = threading.Event()  # Ctrl-C
         self.exhausted = threading.Event()  # the sampler has nothing left (the grid is used up)
         self.failed_in_a_row = 0
         self.lock = threading.Lock()
@@ -117,14 +130,19 @@ class Search:
         """Trials still to start: the target less the finished (complete, pruned) and running ones."""
         from optuna.trial import TrialState
 
-        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                              TrialState.RUNNING))
+        done = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
         return self.plan.search["trials"] - len(done)
 
     def _next(self) -> Any:
         with self.lock:  # one ask at a time here; other machines are serialised by the storage
-            if (self.stop.is_set() or self.exhausted.is_set() or self.remaining() <= 0
-                    or self.failed_in_a_row >= FAILED_IN_A_ROW):
+            if (
+                self.stop.is_set()
+                or self.exhausted.is_set()
+                or self.remaining() <= 0
+                or self.failed_in_a_row >= FAILED_IN_A_ROW
+            ):
                 return None
             if self.plan.timeout is not None and time.monotonic() - self.started > self.plan.timeout:
                 return None
@@ -148,14 +166,34 @@ class Search:
         trial.set_user_attr("dvc_exp", name)
         self.plan.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.plan.log_dir / f"trial-{trial.number}.log"
-        print(f"search: trial {trial.number} ({name}): " + ", ".join(f"{k}={v!r}" for k, v in values.items()),
-              flush=True)
-        command = [sys.executable, "-m", "pipeline.search.guard", *self._cpus(slot), "--",
-                   "dvc", "exp", "run", "--temp", "-n", name, *(f"-S{k}={_scalar(v)}" for k, v in values.items()),
-                   TRIAL_TARGET]
+        print(
+            f"search: trial {trial.number} ({name}): " + ", ".join(f"{k}={v!r}" for k, v in values.items()), flush=True
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.search.guard",
+            *self._cpus(slot),
+            "--",
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            name,
+            *(f"-S{k}={_scalar(v)}" for k, v in values.items()),
+            TRIAL_TARGET,
+        ]
         with open(log, "wb") as out:
-            process = subprocess.Popen(command, cwd=self.plan.root, env=self._env(trial, slot), stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                cwd=self.plan.root,
+                env=self._env(trial, slot),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             with self.lock:
                 self.running[trial.number] = process
             status = process.wait()
@@ -200,21 +238,31 @@ class Search:
         if len(cores) < jobs or jobs == 1:
             return []
         share = len(cores) // jobs
-        return ["--cpus", ",".join(map(str, cores[slot * share:(slot + 1) * share]))]
+        return ["--cpus", ",".join(map(str, cores[slot * share : (slot + 1) * share]))]
 
     def _env(self, trial: Any, slot: int) -> dict[str, str]:
         env = dict(os.environ)
-        env[ENV] = json.dumps({"storage": self.plan.spec, "study": self.plan.name, "trial_id": trial._trial_id,
-                               "number": trial.number, "pruner": self.plan.search["pruner"],
-                               "epochs": self.plan.epochs, "parent_run_id": self.parent_run_id})
+        env[ENV] = json.dumps(
+            {
+                "storage": self.plan.spec,
+                "study": self.plan.name,
+                "trial_id": trial._trial_id,
+                "number": trial.number,
+                "pruner": self.plan.search["pruner"],
+                "epochs": self.plan.epochs,
+                "parent_run_id": self.parent_run_id,
+            }
+        )
         if self.plan.search["jobs"] > 1 and (gpus := _gpus()):  # one trial at a time keeps every GPU
             env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
         return env
 
     # -- the whole run ------------------------------------------------------------------------------
     def run(self) -> int:
-        threads = [threading.Thread(target=self.worker, args=(slot,), name=f"trial-slot-{slot}", daemon=True)
-                   for slot in range(self.plan.search["jobs"])]
+        threads = [
+            threading.Thread(target=self.worker, args=(slot,), name=f"trial-slot-{slot}", daemon=True)
+            for slot in range(self.plan.search["jobs"])
+        ]
         for thread in threads:
             thread.start()
         try:
@@ -225,8 +273,11 @@ class Search:
             self.interrupt()
             return INTERRUPTED
         if self.failed_in_a_row >= FAILED_IN_A_ROW:
-            print(f"search: stopped after {self.failed_in_a_row} failed trials in a row; the cause is likely not "
-                  f"the values tried: see the last trial's log in {self.plan.log_dir}", file=sys.stderr)
+            print(
+                f"search: stopped after {self.failed_in_a_row} failed trials in a row; the cause is likely not "
+                f"the values tried: see the last trial's log in {self.plan.log_dir}",
+                file=sys.stderr,
+            )
             return 1
         return 0
 
@@ -295,8 +346,14 @@ def read_outcome(root: Path, name: str, objective: str) -> dict[str, Any]:
     return {"pruned": pruned, "value": value, "epochs_run": summary.get("epochs_run")}
 
 
-def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int | None = None,
-               timeout: float | None = None, report_only: bool = False) -> int:
+def run_search(
+    params_path: str | Path,
+    *,
+    trials: int | None = None,
+    jobs: int | None = None,
+    timeout: float | None = None,
+    report_only: bool = False,
+) -> int:
     """Validate, open the study, run this worker's trials (unless ``report_only``), report. Returns the
     exit status: 0; 1 when trials kept failing one after another; 130 after Ctrl-C."""
     from pipeline.components import load_params
@@ -305,10 +362,13 @@ def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int 
     params = load_params(params_path)
     plan = plan_from(params, trials=trials, jobs=jobs, timeout=timeout)
     if not (plan.root / ".dvc").is_dir() or not _git(plan.root, "rev-parse", "HEAD"):
-        raise PipelineError(f"{plan.root}: a search runs its trials as DVC experiments; it needs a git repository "
-                            "with a commit and `dvc init`")
-    study, created = studies.open_study(plan.name, plan.spec, direction=plan.direction, search=plan.search,
-                                        epochs=plan.epochs)
+        raise PipelineError(
+            f"{plan.root}: a search runs its trials as DVC experiments; it needs a git repository "
+            "with a commit and `dvc init`"
+        )
+    study, created = studies.open_study(
+        plan.name, plan.spec, direction=plan.direction, search=plan.search, epochs=plan.epochs
+    )
     status = 0
     if not report_only:
         orphans = studies.fail_orphans(study)
@@ -316,8 +376,11 @@ def run_search(params_path: str | Path, *, trials: int | None = None, jobs: int 
             print(f"search: trial(s) {', '.join(map(str, orphans))} of a killed search marked failed", flush=True)
         search = Search(plan, study)
         search.parent_run_id = report.parent_run(plan.tracking, plan.root, study, created=created)
-        print(f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies.redacted(plan.spec)}; "
-              f"{max(0, search.remaining())} trial(s) to run, {plan.search['jobs']} at a time", flush=True)
+        print(
+            f"search: study {plan.name} ({plan.direction} {plan.objective}) in {studies.redacted(plan.spec)}; "
+            f"{max(0, search.remaining())} trial(s) to run, {plan.search['jobs']} at a time",
+            flush=True,
+        )
         status = search.run()
         if status != INTERRUPTED:
             plots = report.draw(study, plan.log_dir)

@@ -6,6 +6,7 @@ the file with that value put in is validated against the schema and by the seman
 located in the ``search:`` section. Numbers are checked at both ends of their range, which is what a
 schema bound or a builder's range check can refuse.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,20 @@ from pipeline.config.params import Params, lookup
 from pipeline.config.schema import did_you_mean, validate
 from pipeline.config.yaml_source import Marks
 
-SECTIONS = ("data", "split", "augment", "model", "loss", "optimizer", "scheduler", "precision", "train",
-            "evaluate", "export", "tracking")
+SECTIONS = (
+    "data",
+    "split",
+    "augment",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "precision",
+    "train",
+    "evaluate",
+    "export",
+    "tracking",
+)
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -29,11 +42,13 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if dim["type"] == "categorical":
             values[key] = trial.suggest_categorical(key, dim["choices"])
         elif dim["type"] == "int":
-            values[key] = trial.suggest_int(key, int(dim["low"]), int(dim["high"]), step=int(dim.get("step") or 1),
-                                            log=bool(dim.get("log")))
+            values[key] = trial.suggest_int(
+                key, int(dim["low"]), int(dim["high"]), step=int(dim.get("step") or 1), log=bool(dim.get("log"))
+            )
         else:
-            values[key] = trial.suggest_float(key, float(dim["low"]), float(dim["high"]), step=dim.get("step"),
-                                              log=bool(dim.get("log")))
+            values[key] = trial.suggest_float(
+                key, float(dim["low"]), float(dim["high"]), step=dim.get("step"), log=bool(dim.get("log"))
+            )
     return values
 
 
@@ -108,8 +123,9 @@ def dimension_problems(params: Params, key: str, dim: dict[str, Any]) -> list[Pr
     if run_checks(params, [], keys=[key]):
         return []  # the file's own value already fails these checks: that is reported, not each trial's echo
     for where, value in _candidates(dim):
-        problems += [Problem(f"{at}.{where}", f"{key} = {value!r}: {p.message}")
-                     for p in _value_problems(params, key, value)]
+        problems += [
+            Problem(f"{at}.{where}", f"{key} = {value!r}: {p.message}") for p in _value_problems(params, key, value)
+        ]
     return problems
 
 
@@ -142,10 +158,12 @@ def _located(params: Params, problem: Problem) -> Problem:
     """``problem`` at its line and column: a dimension's key is one YAML key holding dots
     (``optimizer.lr``), which the generic dotted-key lookup would split."""
     rest = problem.key.removeprefix("search.space.")
-    key = next((k for k in sorted(params.get("search.space"), key=len, reverse=True)
-                if rest == k or rest.startswith(k + ".")), None)
+    key = next(
+        (k for k in sorted(params.get("search.space"), key=len, reverse=True) if rest == k or rest.startswith(k + ".")),
+        None,
+    )
     if key is None:
         return problem
-    inner = [int(p) if p.isdigit() else p for p in key_parts(rest[len(key):])]
+    inner = [int(p) if p.isdigit() else p for p in key_parts(rest[len(key) :])]
     line, column = params.marks.locate(("search", "space", key, *inner))
     return Problem(problem.key, problem.message, line, column)

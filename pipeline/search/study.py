@@ -7,6 +7,7 @@ git-ignored; Optuna's file-locked journal, safe for the trials of one machine); 
 trial records the host and process that runs it, so a worker that starts finds the trials of dead
 workers on its own host and marks them failed: the study then continues to its trial count.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ from pipeline.config.errors import PipelineError
 from pipeline.processes import process_running
 
 LOCAL_DIR = ".search"  # beside params.yaml; git-ignored
-WORKER = "worker"      # trial user attribute: {"host": ..., "pid": ...} of the search running it
-CREATE_ATTEMPTS = 5    # workers started together on a fresh database race to create its tables
+WORKER = "worker"  # trial user attribute: {"host": ..., "pid": ...} of the search running it
+CREATE_ATTEMPTS = 5  # workers started together on a fresh database race to create its tables
 
 
 def study_name(search: dict[str, Any], experiment: str) -> str:
@@ -53,8 +54,10 @@ def open_storage(spec: str) -> Any:
                 if attempt + 1 < CREATE_ATTEMPTS and _lost_creation_race(exc):
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                raise PipelineError(f"search.storage: cannot open {redacted(spec)} ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200]})") from None
+                raise PipelineError(
+                    f"search.storage: cannot open {redacted(spec)} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]})"
+                ) from None
     from optuna.storages.journal import JournalFileBackend
 
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +114,7 @@ def pruner(cfg: dict[str, Any], epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any],
-               epochs: int) -> tuple[Any, bool]:
+def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any], epochs: int) -> tuple[Any, bool]:
     """The study ``name`` in ``spec`` (created when missing, else joined with its own direction), with
     the sampler and pruner of ``search``; and whether this call created it: of workers started together
     on one storage exactly one does (the storage's unique study name decides), and it opens the study's run."""
@@ -126,10 +128,13 @@ def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any],
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=storage, pruner=study_pruner), False
     if study.direction.name.lower() != direction:
-        raise PipelineError(f"search.study {name!r} in {redacted(spec)} was created to {study.direction.name.lower()}, "
-                            f"not {direction}; name another study")
-    study.sampler = sampler({**search["sampler"], "seed": worker_seed(search["sampler"]["seed"], study, spec)},
-                            search["space"])
+        raise PipelineError(
+            f"search.study {name!r} in {redacted(spec)} was created to {study.direction.name.lower()}, "
+            f"not {direction}; name another study"
+        )
+    study.sampler = sampler(
+        {**search["sampler"], "seed": worker_seed(search["sampler"]["seed"], study, spec)}, search["space"]
+    )
     return study, created
 
 

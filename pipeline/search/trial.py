@@ -7,6 +7,7 @@ train stage finds it here; without it (every ordinary run) nothing here imports 
 The pruner is rebuilt from the same settings as the search's, since Optuna keeps it in the study
 object, not in the storage.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ class TrialReporter:
     number: int
 
     @classmethod
-    def from_env(cls) -> "TrialReporter | None":
+    def from_env(cls) -> TrialReporter | None:
         info = trial_info()
         if not info:
             return None
@@ -51,8 +52,11 @@ class TrialReporter:
 
         from pipeline.search.study import open_storage, pruner
 
-        study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]),
-                                  pruner=pruner(info["pruner"], int(info["epochs"])))
+        study = optuna.load_study(
+            study_name=info["study"],
+            storage=open_storage(info["storage"]),
+            pruner=pruner(info["pruner"], int(info["epochs"])),
+        )
         return cls(study, optuna.trial.Trial(study, int(info["trial_id"])), int(info["number"]))
 
     def report(self, epoch: int, value: float, *, last: bool = False) -> bool:

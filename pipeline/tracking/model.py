@@ -5,6 +5,7 @@ The run holds the model file twice over: as the ``weights`` artifact of the MLfl
 (what ``mlflow.pyfunc.load_model("runs:/<id>/model")`` and ``mlflow models serve`` use) and as the
 run artifact ``weights/best.safetensors`` (what ``python -m pipeline predict --model runs:/<id>`` fetches).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,15 @@ def log_pyfunc(uri: str, run_id: str, weights: Path, *, register_as: str | None 
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(weights), os.path.dirname(WEIGHTS_ARTIFACT))
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={"weights": str(weights)},
-                code_paths=[str(PACKAGE), str(SCHEMAS)], signature=signature, input_example=example,
-                pip_requirements=_requirements(), registered_model_name=register_as)
+                name=MODEL_NAME,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"weights": str(weights)},
+                code_paths=[str(PACKAGE), str(SCHEMAS)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+                registered_model_name=register_as,
+            )
     finally:
         mlflow.set_tracking_uri(previous)  # None unsets the global and the variable
     return info.model_uri
@@ -91,14 +98,18 @@ def local_weights(model: str, *, repo_root: Path | None = None) -> Path:
     uri = resolve_tracking_uri("sqlite:///mlflow.db", repo_root or Path.cwd())
     store = sqlite_path(uri)
     if store is not None and not store.is_file():  # MLflow would create an empty store to look in
-        raise PipelineError(f"--model {model}: no tracking store at {store} (run where params.yaml is, or set "
-                            f"{ENV_URI} to the store that holds the run)")
+        raise PipelineError(
+            f"--model {model}: no tracking store at {store} (run where params.yaml is, or set "
+            f"{ENV_URI} to the store that holds the run)"
+        )
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT,
-                                                        tracking_uri=uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT, tracking_uri=uri)
+        )
     except (MlflowException, OSError) as exc:
-        raise PipelineError(f"--model {model}: cannot fetch {WEIGHTS_ARTIFACT} from the run in {uri} "
-                            f"({getattr(exc, 'message', exc)})") from None
+        raise PipelineError(
+            f"--model {model}: cannot fetch {WEIGHTS_ARTIFACT} from the run in {uri} ({getattr(exc, 'message', exc)})"
+        ) from None

@@ -1,5 +1,6 @@
 """What a run is called and tagged with, and how keys and values are fitted to MLflow's limits
 (repeated here so nothing imports mlflow, which takes seconds, to know them)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.search.trial import trial_tags
-
 
 # MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
 MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -48,8 +48,9 @@ TRUNCATED = "...[truncated]"
 
 def _git(repo_root: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True, text=True,
-                              timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(repo_root), *args], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -60,8 +61,11 @@ def default_tags(repo_root: str | os.PathLike[str], *, device: str | None = None
     ``DVC_EXP_BASELINE_REV``, set by ``dvc exp run``), torch/CUDA versions, device, host, user.
     ``device`` defaults to what torch sees (CUDA or cpu) once torch is loaded."""
     root = Path(repo_root)
-    tags = {"host": socket.gethostname(), "mlflow.source.type": "LOCAL",
-            "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_KEY_LENGTH]}
+    tags = {
+        "host": socket.gethostname(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_KEY_LENGTH],
+    }
     try:
         tags["mlflow.user"] = getpass.getuser()
     except (OSError, KeyError):
@@ -104,7 +108,7 @@ def sanitize_key(key: str) -> str:
         clean = clean.replace("/", "_").strip(".") or "_"
     if len(clean) > MAX_KEY_LENGTH:
         digest = hashlib.sha1(clean.encode()).hexdigest()[:8]  # keeps cut keys distinct
-        clean = f"{clean[:MAX_KEY_LENGTH - 9]}_{digest}"
+        clean = f"{clean[: MAX_KEY_LENGTH - 9]}_{digest}"
     return clean
 
 
@@ -112,4 +116,4 @@ def as_text(value: Any, limit: int = MAX_PARAM_VAL_LENGTH) -> str:
     """A param/tag value as YAML shows it (``true``, ``null``, ``[64, 64]``), cut to ``limit``
     characters with a visible marker."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit - len(TRUNCATED)] + TRUNCATED
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED

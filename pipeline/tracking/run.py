@@ -7,6 +7,7 @@ GenAI / model-training switch in place of that selector and takes the view from 
 the switch, which starts on GenAI in every new browser), the split as the run's dataset input (the
 Dataset column), and artifacts at the root of the run (the compare view lists the root only).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.config.errors import PipelineError
-from pipeline.tracking.naming import (MAX_DATASET_DIGEST_SIZE, MAX_INPUT_TAG_VALUE_SIZE, MAX_METRICS_PER_BATCH,
-                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH, as_text, default_tags,
-                                      run_name_for, sanitize_key)
+from pipeline.tracking.naming import (
+    MAX_DATASET_DIGEST_SIZE,
+    MAX_INPUT_TAG_VALUE_SIZE,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+    as_text,
+    default_tags,
+    run_name_for,
+    sanitize_key,
+)
 from pipeline.tracking.store import ARTIFACTS_DIR, check_reachable, resolve_tracking_uri, sqlite_path, ui_link
-
 
 # The MLflow UI's names (its JavaScript bundle; tests/tracking/test_ui.py holds them to the installed one).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -34,7 +42,7 @@ DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    return (items[i:i + size] for i in range(0, len(items), size))
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def _warn(message: str) -> None:
@@ -73,12 +81,21 @@ class NullRun(_RunContext):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None, *,
-                     name: str | None = None) -> None:
+    def log_artifact(
+        self, path: str | os.PathLike[str], artifact_path: str | None = None, *, name: str | None = None
+    ) -> None:
         pass
 
-    def log_dataset(self, name: str, *, digest: str, source: str, profile: Mapping[str, Any],
-                    tags: Mapping[str, Any], context: str = "train") -> None:
+    def log_dataset(
+        self,
+        name: str,
+        *,
+        digest: str,
+        source: str,
+        profile: Mapping[str, Any],
+        tags: Mapping[str, Any],
+        context: str = "train",
+    ) -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -107,8 +124,9 @@ class TrackingRun(_RunContext):
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
-            raise PipelineError(f"tracking: could not {what} (run {self.run_id} at {self.uri}): "
-                                f"{exc.message}") from None
+            raise PipelineError(
+                f"tracking: could not {what} (run {self.run_id} at {self.uri}): {exc.message}"
+            ) from None
 
     def log_params(self, flat: Mapping[str, Any]) -> dict[str, str]:
         """Log every param (sanitised keys, truncated values) in batches of 100. A key already in the
@@ -128,8 +146,10 @@ class TrackingRun(_RunContext):
             self._call("log params", self.client.log_batch, self.run_id, params=batch)
         if changed:
             self.set_tags({f"changed_param.{k}": v for k, v in changed.items()})
-            _warn(f"run {self.run_id} already has other values for {', '.join(sorted(changed))}; "
-                  "MLflow params cannot change, so the new values are in tags changed_param.*")
+            _warn(
+                f"run {self.run_id} already has other values for {', '.join(sorted(changed))}; "
+                "MLflow params cannot change, so the new values are in tags changed_param.*"
+            )
         return changed
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -141,8 +161,9 @@ class TrackingRun(_RunContext):
         for batch in _chunks(rows, MAX_METRICS_PER_BATCH):
             self._call("log metrics", self.client.log_batch, self.run_id, metrics=batch)
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None, *,
-                     name: str | None = None) -> None:
+    def log_artifact(
+        self, path: str | os.PathLike[str], artifact_path: str | None = None, *, name: str | None = None
+    ) -> None:
         """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path`` (the
         root when None: the only level the compare view lists), a file as ``name`` when given."""
         path = Path(path)
@@ -154,8 +175,16 @@ class TrackingRun(_RunContext):
         log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
         self._call(f"log artifact {path}", log, self.run_id, str(path), artifact_path)
 
-    def log_dataset(self, name: str, *, digest: str, source: str, profile: Mapping[str, Any],
-                    tags: Mapping[str, Any], context: str = "train") -> None:
+    def log_dataset(
+        self,
+        name: str,
+        *,
+        digest: str,
+        source: str,
+        profile: Mapping[str, Any],
+        tags: Mapping[str, Any],
+        context: str = "train",
+    ) -> None:
         """The run's input dataset (the runs table's Dataset column): ``name``, ``digest`` (MLflow keeps
         36 characters: a longer hex digest is cut to its prefix), a local ``source`` path. MLflow keeps
         one dataset per experiment, name and digest, whose first ``profile`` and ``source`` every later
@@ -163,8 +192,13 @@ class TrackingRun(_RunContext):
         ``tags`` (input tags are per run), beside ``mlflow.data.context``."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        dataset = Dataset(name=name, digest=digest[:MAX_DATASET_DIGEST_SIZE], source_type="local",
-                          source=json.dumps({"uri": source}), profile=json.dumps(profile, default=str))
+        dataset = Dataset(
+            name=name,
+            digest=digest[:MAX_DATASET_DIGEST_SIZE],
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(profile, default=str),
+        )
         rows = [InputTag(DATASET_CONTEXT_TAG, context)]
         rows += [InputTag(sanitize_key(k), as_text(v, MAX_INPUT_TAG_VALUE_SIZE)) for k, v in tags.items()]
         self._call("log the dataset", self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, rows)])
@@ -192,8 +226,9 @@ class TrackingRun(_RunContext):
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=resumed,
-                                            tracking_uri=self.uri)
+        self._system = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.uri
+        )
         self._system.start()
 
     def end(self, status: str = "FINISHED") -> None:
@@ -223,16 +258,17 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            raise PipelineError(f"tracking: experiment {name!r} is deleted in {uri}; restore it "
-                                f"(mlflow experiments restore) or choose another tracking.experiment")
+            raise PipelineError(
+                f"tracking: experiment {name!r} is deleted in {uri}; restore it "
+                f"(mlflow experiments restore) or choose another tracking.experiment"
+            )
         if not experiment.tags.get(EXPERIMENT_KIND_TAG):
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     database = sqlite_path(uri)  # else MLflow puts artifacts in ./mlruns of the cwd
     location = (database.parent / ARTIFACTS_DIR).as_uri() if database is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:  # created meanwhile by a parallel (queued) run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -240,8 +276,14 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
-def start_run(cfg: Mapping[str, Any], *, repo_root: str | os.PathLike[str], run_id: str | None = None,
-              run_name: str | None = None, tags: Mapping[str, Any] | None = None) -> "Run":
+def start_run(
+    cfg: Mapping[str, Any],
+    *,
+    repo_root: str | os.PathLike[str],
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Run:
     """Open the run train and evaluate log into. ``cfg`` is the ``tracking`` section; ``run_id``
     resumes that run (evaluate after train, train after an interruption); ``run_name`` is a hint for
     the generated name (see :func:`run_name_for`); ``tags`` go over :func:`default_tags`."""
@@ -268,9 +310,11 @@ def start_run(cfg: Mapping[str, Any], *, repo_root: str | os.PathLike[str], run_
                 return run
         experiment_id = _experiment_id(client, cfg["experiment"], uri)
         all_tags = {**default_tags(repo_root), **(tags or {})}
-        created = client.create_run(experiment_id, run_name=run_name_for(cfg, run_name),
-                                    tags={sanitize_key(k): as_text(v, MAX_TAG_VAL_LENGTH)
-                                          for k, v in all_tags.items()})
+        created = client.create_run(
+            experiment_id,
+            run_name=run_name_for(cfg, run_name),
+            tags={sanitize_key(k): as_text(v, MAX_TAG_VAL_LENGTH) for k, v in all_tags.items()},
+        )
     except MlflowException as exc:
         raise PipelineError(f"tracking: cannot open a run at {uri}: {exc.message}") from None
     print(f"tracking: run {created.info.run_name} ({created.info.run_id}); MLflow UI: {ui_link(uri, experiment_id)}")

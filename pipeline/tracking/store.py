@@ -5,6 +5,7 @@ The default store is ``sqlite:///mlflow.db`` beside params.yaml *of the original
 so a store resolved against the copy would vanish with it. ``MLFLOW_TRACKING_URI`` overrides
 ``tracking.uri``. A store that does not answer fails the stage before any training.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,9 +45,16 @@ UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told ot
 
 
 # scheme -> default SQLAlchemy driver module (None: no driver needed)
-SCHEMES: dict[str, str | None] = {"sqlite": None, "http": None, "https": None,
-                                  "postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc",
-                                  "databricks": None, "databricks-uc": None}
+SCHEMES: dict[str, str | None] = {
+    "sqlite": None,
+    "http": None,
+    "https": None,
+    "postgresql": "psycopg2",
+    "mysql": "MySQLdb",
+    "mssql": "pyodbc",
+    "databricks": None,
+    "databricks-uc": None,
+}
 
 
 _DRIVER_MODULES = {"mysqldb": "MySQLdb", "mysqlconnector": "mysql.connector"}
@@ -75,16 +83,22 @@ def uri_problem(uri: str) -> str | None:
     if scheme in ("", "file"):
         if _file_store_allowed():
             return None
-        return (f"{uri!r} is a file store (./mlruns), which current MLflow refuses (maintenance mode; "
-                f"{ENV_ALLOW_FILE_STORE}=true opts back in); use sqlite:///mlflow.db (the default) "
-                "or a tracking server URL, and move old runs with `mlflow migrate-filestore`")
+        return (
+            f"{uri!r} is a file store (./mlruns), which current MLflow refuses (maintenance mode; "
+            f"{ENV_ALLOW_FILE_STORE}=true opts back in); use sqlite:///mlflow.db (the default) "
+            "or a tracking server URL, and move old runs with `mlflow migrate-filestore`"
+        )
     if scheme not in SCHEMES:
-        return (f"unsupported tracking URI scheme {scheme!r}{did_you_mean(scheme, SCHEMES)} "
-                f"(supported: {', '.join(SCHEMES)}, e.g. sqlite:///mlflow.db or http://host:5000)")
+        return (
+            f"unsupported tracking URI scheme {scheme!r}{did_you_mean(scheme, SCHEMES)} "
+            f"(supported: {', '.join(SCHEMES)}, e.g. sqlite:///mlflow.db or http://host:5000)"
+        )
     if scheme == "sqlite":
         if parts.netloc or sqlite_path(uri) is None:
-            return (f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
-                    "or sqlite:////absolute/path/mlflow.db")
+            return (
+                f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
+                "or sqlite:////absolute/path/mlflow.db"
+            )
     if scheme in ("http", "https") and not parts.netloc:
         return f"{uri!r} names no host (e.g. http://127.0.0.1:5000)"
     module = _DRIVER_MODULES.get(driver, driver) if driver else SCHEMES[scheme]
@@ -100,10 +114,10 @@ def original_repo_root(repo_root: str | os.PathLike[str]) -> Path:
     root = Path(repo_root).resolve()
     parts = root.parts
     for i in range(len(parts) - len(_EXPS_DIR)):
-        if parts[i:i + len(_EXPS_DIR)] != _EXPS_DIR:
+        if parts[i : i + len(_EXPS_DIR)] != _EXPS_DIR:
             continue
         dvc_root = Path(*parts[:i])
-        rest = parts[i + len(_EXPS_DIR):]
+        rest = parts[i + len(_EXPS_DIR) :]
         rest = rest[1:] if rest[:1] == ("standalone",) else rest
         if not rest:  # the exps folder itself is no workspace
             return root
@@ -168,8 +182,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         try:
             socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
         except OSError as exc:
-            raise PipelineError(f"tracking database {parts.hostname}:{port} is not reachable "
-                                f"({exc}); {hint}") from None
+            raise PipelineError(f"tracking database {parts.hostname}:{port} is not reachable ({exc}); {hint}") from None
     elif scheme == "sqlite":
         folder = sqlite_path(uri).parent
         try:
@@ -179,7 +192,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 @semantic_check("tracking")
-def _check_tracking(params: "Params") -> list[Problem]:
+def _check_tracking(params: Params) -> list[Problem]:
     if not params.get("tracking.enabled"):
         return []
     problems = []
@@ -205,5 +218,5 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (relative as written, or absolute), else None."""
     if not uri.lower().startswith(SQLITE_PREFIX):
         return None
-    raw = unquote(uri[len(SQLITE_PREFIX):])
+    raw = unquote(uri[len(SQLITE_PREFIX) :])
     return Path(raw).expanduser() if raw and raw != ":memory:" else None

@@ -4,6 +4,7 @@ A checkpoint is taken at every epoch boundary. All randomness is re-derived from
 when an epoch starts (the training loop's ``epoch_seed``), so resuming from epoch k replays exactly what an
 uninterrupted run would have done (bit for bit with ``train.deterministic: true`` on CPU).
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,10 @@ from typing import Any
 
 import torch
 
-from pipeline.hashing import file_sha256
 from pipeline import torchfile
 from pipeline.atomic import write_bytes
 from pipeline.config.errors import PipelineError
+from pipeline.hashing import file_sha256
 
 
 def fingerprint(params: dict[str, Any], files: list[Path]) -> str:
@@ -97,8 +98,9 @@ def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | No
     try:
         state = torchfile.load(path)
     except torchfile.UnsafeFileError as exc:
-        raise PipelineError(f"{exc}; this pipeline never writes such a checkpoint: delete it to train "
-                            "from scratch") from None
+        raise PipelineError(
+            f"{exc}; this pipeline never writes such a checkpoint: delete it to train from scratch"
+        ) from None
     except PipelineError as exc:  # a corrupt checkpoint must not block a fresh start
         print(f"train: ignoring the checkpoint: {exc}")
         return None
@@ -108,5 +110,3 @@ def load_resumable(path: Path, expected_fingerprint: str) -> dict[str, Any] | No
     if state.get("finished"):
         return None
     return state
-
-

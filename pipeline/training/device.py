@@ -1,5 +1,6 @@
 """Batches leave the DataLoader as uint8 and are normalised on the device: 4x less host->device
 traffic than float32, and the normalisation runs where the compute is. Train and evaluate share this."""
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,9 @@ def resolve_device(name: str, *, key: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=16)
-def _affine(device: torch.device, channels: int, mean: tuple[float, ...] = MEAN,
-            std: tuple[float, ...] = STD) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(
+    device: torch.device, channels: int, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_uint8 * scale + shift == (x / 255 - mean) / std``, built once per device: creating the
     constants on the device every step would be a blocking copy (a host sync) per batch."""
     mean = torch.tensor((tuple(mean) * channels)[:channels]).view(1, -1, 1, 1)
@@ -35,8 +37,14 @@ def _affine(device: torch.device, channels: int, mean: tuple[float, ...] = MEAN,
     return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
 
 
-def normalise(images: torch.Tensor, device: torch.device, *, channels_last: bool = False,
-              mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+def normalise(
+    images: torch.Tensor,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> torch.Tensor:
     """uint8 [N,C,H,W] images -> normalised float32 on ``device``: what every model here sees
     (training, evaluation, predict)."""
     x = images.to(device, non_blocking=device.type == "cuda")
@@ -46,8 +54,9 @@ def normalise(images: torch.Tensor, device: torch.device, *, channels_last: bool
     return torch.addcmul(shift, x.float(), scale)
 
 
-def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, *,
-              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, *, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
     y = targets.to(device, non_blocking=device.type == "cuda").long()
     return normalise(images, device, channels_last=channels_last), y

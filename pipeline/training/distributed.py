@@ -11,6 +11,7 @@ then terminates the others. Conditions every rank can observe (a non-finite loss
 one small all-reduce (:func:`any_rank`) so all ranks stop together with the same message instead of
 one rank waiting in a collective that will never come.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,11 +66,13 @@ def check_devices(devices: int | str, env: dict[str, str] | None = None) -> None
     if world == 1 and devices > 1:
         raise PipelineError(
             f"train.devices is {devices}: launch the stage with torchrun, one process per device: "
-            f"`torchrun --nproc_per_node={devices} -m stages.train` (or set train.devices: auto)")
+            f"`torchrun --nproc_per_node={devices} -m stages.train` (or set train.devices: auto)"
+        )
     if world > 1 and devices != per_node:
         raise PipelineError(
             f"train.devices is {devices} but torchrun started {per_node} process(es) on this node; "
-            f"use --nproc_per_node={devices} or set train.devices: auto")
+            f"use --nproc_per_node={devices} or set train.devices: auto"
+        )
 
 
 def setup(devices: int | str, device: torch.device) -> tuple[Context, torch.device]:
@@ -79,20 +82,28 @@ def setup(devices: int | str, device: torch.device) -> tuple[Context, torch.devi
     check_devices(devices)
     if launched_world_size() == 1:
         return SINGLE, device
-    ctx = Context(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                  world_size=launched_world_size())
+    ctx = Context(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=launched_world_size(),
+    )
     if device.type == "cuda":
         if device.index is not None:
-            raise PipelineError(f"train.device is {device}, but under torchrun each rank uses cuda:LOCAL_RANK; "
-                                "set train.device: auto or cuda")
+            raise PipelineError(
+                f"train.device is {device}, but under torchrun each rank uses cuda:LOCAL_RANK; "
+                "set train.device: auto or cuda"
+            )
         if ctx.local_rank >= torch.cuda.device_count():
-            raise PipelineError(f"rank {ctx.rank}: LOCAL_RANK {ctx.local_rank} but only "
-                                f"{torch.cuda.device_count()} CUDA device(s) on this node")
+            raise PipelineError(
+                f"rank {ctx.rank}: LOCAL_RANK {ctx.local_rank} but only "
+                f"{torch.cuda.device_count()} CUDA device(s) on this node"
+            )
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return ctx, device
 
 
@@ -109,8 +120,10 @@ def wrap_model(net: torch.nn.Module, ctx: Context, device: torch.device, *, sync
         return net
     if sync_batchnorm:
         if device.type != "cuda":
-            raise PipelineError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
-                                "kernel); set it to false for CPU runs")
+            raise PipelineError(
+                "train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                "kernel); set it to false for CPU runs"
+            )
         net = convert_sync_batchnorm(net)  # frozen BatchNorms stay pinned in eval
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
@@ -132,8 +145,9 @@ def train_sampler(dataset: Sized, ctx: Context, *, seed: int) -> DistributedSamp
     duplicates."""
     if not ctx.enabled:
         return None
-    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                              drop_last=True)
+    return DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+    )
 
 
 class ShardSampler(Sampler[int]):
@@ -189,8 +203,10 @@ def print_effective_batch(ctx: Context, batch_size: int, accumulate: int, lr: fl
     """State once (rank 0) what one optimizer step sees and the learning rate it uses."""
     if ctx.is_main:
         scaled = f" (optimizer.lr {lr:g} x{lr_factor}, train.scale_lr)" if lr_factor > 1 else ""
-        print(f"train: {ctx.world_size} process(es) x batch {batch_size} x accumulate {accumulate} = "
-              f"effective batch {ctx.world_size * batch_size * accumulate}; lr {lr * lr_factor:g}{scaled}")
+        print(
+            f"train: {ctx.world_size} process(es) x batch {batch_size} x accumulate {accumulate} = "
+            f"effective batch {ctx.world_size * batch_size * accumulate}; lr {lr * lr_factor:g}{scaled}"
+        )
 
 
 def write_debug_samples(sampler: Sampler[int] | None, ctx: Context, epoch: int) -> None:

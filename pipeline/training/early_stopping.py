@@ -1,6 +1,7 @@
 """Early stopping on one validation metric, as an object with its own state: the loop asks it two
 questions (did this epoch improve? should training stop?) and the checkpoint stores its state, so a
 resumed run counts stale epochs exactly as the uninterrupted one would."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,8 +51,13 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (the settings come from params, which the checkpoint matches)."""
-        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "epochs": self.epochs,
-                "pruned": self.pruned}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "epochs": self.epochs,
+            "pruned": self.pruned,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]

@@ -1,6 +1,7 @@
 """The evaluate stage's library: the test-set pass (the shared :func:`~pipeline.training.scoring.score`
 plus what only evaluate keeps: confusion-plot samples and overlay images), the files it writes, and
 what it reads from train (``run.json``) and logs to MLflow."""
+
 from __future__ import annotations
 
 import csv
@@ -32,7 +33,7 @@ def read_run_info(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the train stage") from None
     if not isinstance(info, dict) or not isinstance(info.get("run_id"), (str, type(None))):
-        raise PipelineError(f"{path}: expected {{\"run_id\": string or null, ...}}; re-run the train stage")
+        raise PipelineError(f'{path}: expected {{"run_id": string or null, ...}}; re-run the train stage')
     return info
 
 
@@ -40,8 +41,11 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The measurements of ``metrics.json`` (losses and scores, all floats) as MLflow metrics, prefixed
     ``test_`` (train logs ``val_*``). Whole numbers there are counts (``images``), which MLflow would
     chart as if measured: evaluate logs them as tags."""
-    return {key if key.startswith("test_") else f"test_{key}": float(value)
-            for key, value in metrics.items() if isinstance(value, float)}
+    return {
+        key if key.startswith("test_") else f"test_{key}": float(value)
+        for key, value in metrics.items()
+        if isinstance(value, float)
+    }
 
 
 def class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
@@ -63,16 +67,15 @@ class TestSamples:
         self.predicted: list[torch.Tensor] = []
         self.drawn: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                 y: torch.Tensor) -> None:
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         pred = predict(logits, self.threshold)
         if self.task == "classification":
             self.actual.append(y)
             self.predicted.append(pred)
         else:
             start = (-self.offset) % self.stride
-            self.actual.append(y.reshape(-1)[start::self.stride])
-            self.predicted.append(pred.reshape(-1)[start::self.stride])
+            self.actual.append(y.reshape(-1)[start :: self.stride])
+            self.predicted.append(pred.reshape(-1)[start :: self.stride])
             self.offset += y.numel()
         need = self.overlays - len(self.drawn["images"])
         if need > 0:
@@ -81,26 +84,50 @@ class TestSamples:
             self.drawn["preds"] += [p.numpy() for p in pred[:need].cpu()]
 
 
-def run_test_set(model: Any, dataset: Any, loss_fn: Any, plan: Any, device: torch.device,
-                 cfg: dict[str, Any], *, task: str, class_names: list[str],
-                 image_hw: tuple[int, int]) -> dict[str, Any]:
+def run_test_set(
+    model: Any,
+    dataset: Any,
+    loss_fn: Any,
+    plan: Any,
+    device: torch.device,
+    cfg: dict[str, Any],
+    *,
+    task: str,
+    class_names: list[str],
+    image_hw: tuple[int, int],
+) -> dict[str, Any]:
     """One pass over the test set (``model`` in eval mode): the loss, the confusion meter, the
     confusion-plot rows and the first ``cfg["overlays"]`` images with their predictions."""
-    loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=False,
-                        num_workers=resolve_workers(cfg["workers"]), pin_memory=device.type == "cuda",
-                        worker_init_fn=dying_with_parent())  # no worker outlives a killed stage
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg["batch_size"],
+        shuffle=False,
+        num_workers=resolve_workers(cfg["workers"]),
+        pin_memory=device.type == "cuda",
+        worker_init_fn=dying_with_parent(),
+    )  # no worker outlives a killed stage
     meter = make_meter(task, len(class_names), threshold=cfg["threshold"], class_names=class_names)
     pixels = len(dataset) * image_hw[0] * image_hw[1]
-    samples = TestSamples(task, threshold=cfg["threshold"], overlays=cfg["overlays"],
-                          stride=max(1, math.ceil(pixels / cfg["confusion_sample"])))
+    samples = TestSamples(
+        task,
+        threshold=cfg["threshold"],
+        overlays=cfg["overlays"],
+        stride=max(1, math.ceil(pixels / cfg["confusion_sample"])),
+    )
     loss = score(model, loader, loss_fn, meter, plan, on_batch=samples)
-    return {"meter": meter, "loss": loss.mean(), "count": loss.count,
-            "actual": torch.cat(samples.actual).cpu().tolist(),
-            "predicted": torch.cat(samples.predicted).cpu().tolist(), **samples.drawn}
+    return {
+        "meter": meter,
+        "loss": loss.mean(),
+        "count": loss.count,
+        "actual": torch.cat(samples.actual).cpu().tolist(),
+        "predicted": torch.cat(samples.predicted).cpu().tolist(),
+        **samples.drawn,
+    }
 
 
-def write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence[Any],
-                  results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def write_outputs(
+    out: Path, task: str, names: list[str], test_entries: Sequence[Any], results: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write metrics.json, summary.json, confusion.csv, confusion.png and overlays.png into ``out``;
     return (metrics, summary). metrics.json holds scores only (what `dvc metrics show` and `dvc exp
     show` list); the count, class names and confusion matrix go to summary.json."""
@@ -121,15 +148,19 @@ def write_outputs(out: Path, task: str, names: list[str], test_entries: Sequence
         header = ("actual", "predicted")
     write_text(out / outputs.EVALUATE_CONFUSION_CSV.name, _csv_text(header, rows))
     unit = "test images" if task == "classification" else "test pixels"
-    plots.save_png(out / outputs.EVALUATE_CONFUSION_PNG.name,
-                   plots.draw_confusion(matrix, names, title=f"confusion matrix, {unit}"))
+    plots.save_png(
+        out / outputs.EVALUATE_CONFUSION_PNG.name,
+        plots.draw_confusion(matrix, names, title=f"confusion matrix, {unit}"),
+    )
     if task == "classification":
         drawn = plots.draw_classification_overlays(
-            results["images"], [names[int(t)] for t in results["targets"]],
-            [names[int(p)] for p in results["preds"]])
+            results["images"], [names[int(t)] for t in results["targets"]], [names[int(p)] for p in results["preds"]]
+        )
     else:
-        captions = [f"{Path(entry['image']).name}: dice {image_dice(t, p, k):.3f}"
-                    for entry, t, p in zip(test_entries, results["targets"], results["preds"])]
+        captions = [
+            f"{Path(entry['image']).name}: dice {image_dice(t, p, k):.3f}"
+            for entry, t, p in zip(test_entries, results["targets"], results["preds"])
+        ]
         drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
     plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)
     write_json(out / outputs.EVALUATE_SUMMARY.name, summary)

@@ -11,6 +11,7 @@ on what that worker loaded before, so a run resumed at epoch k draws exactly wha
 drew. (Augmenters with a private RNG, Rain and Snowflakes, are reset once per epoch in each worker and
 then follow that worker's samples: repeatable for a given worker count, as before.)
 """
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """The per-epoch history as the files DVC plots read: ``history.csv`` (one row per epoch) and
 ``validation.csv`` (the validation scores in long form, whatever the task calls them)."""
+
 from __future__ import annotations
 
 import csv
@@ -20,6 +21,10 @@ def validation_csv(rows: list[dict[str, float]]) -> str:
     """The validation scores (every ``val_*`` column but the loss) in long form, ``epoch,metric,value``:
     one DVC plot draws them whatever the task's scores are called (dvc.yaml's "validation")."""
     lines = ["epoch,metric,value"]
-    lines += [f"{row['epoch']},{key},{value!r}" for row in rows for key, value in row.items()
-              if key.startswith("val_") and key != "val_loss"]
+    lines += [
+        f"{row['epoch']},{key},{value!r}"
+        for row in rows
+        for key, value in row.items()
+        if key.startswith("val_") and key != "val_loss"
+    ]
     return "\n".join(lines) + "\n"

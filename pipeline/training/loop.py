@@ -5,6 +5,7 @@ maybe stop). The train stage opens the tracking run around the two and writes th
 Every epoch's randomness derives from (train.seed, epoch) alone, so a run resumed from its checkpoint
 replays exactly what the uninterrupted run would have done (bit for bit with train.deterministic on CPU).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
 
 
-def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, plan: Any, *,
-                    grad_clip: float | None, accumulate: int) -> Any:
+def make_train_step(
+    net: torch.nn.Module,
+    loss_fn: Any,
+    optimizer: torch.optim.Optimizer,
+    plan: Any,
+    *,
+    grad_clip: float | None,
+    accumulate: int,
+) -> Any:
     """The one training step the loop (and the throughput benchmark) runs: uint8 batch -> device,
     forward under autocast, float32 loss, backward, and when ``apply`` the optimizer step (unscale,
     clip, step). Returns ``(detached loss, stepped)``; nothing here syncs with the host. A DDP ``net``
@@ -64,8 +72,7 @@ def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.O
             with plan.autocast():
                 logits = net(x)
             loss = loss_fn(logits, y)
-            stepped = plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=grad_clip,
-                                             step=apply)
+            stepped = plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=grad_clip, step=apply)
         return loss.detach(), stepped
 
     return step
@@ -75,22 +82,22 @@ def make_train_step(net: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.O
 class Trainer:
     """Everything the build phase makes and the loop uses."""
 
-    cfg: dict[str, Any]                           # the train section
+    cfg: dict[str, Any]  # the train section
     ctx: dist.Context
     plan: PrecisionPlan
-    model: torch.nn.Module                        # the plain module: state dicts and saved weights
+    model: torch.nn.Module  # the plain module: state dicts and saved weights
     info: ModelInfo
-    net: torch.nn.Module                          # prepared (device, channels_last, compile): validation
-    ddp_net: torch.nn.Module                      # ``net`` wrapped for DDP (``net`` itself when single)
-    train_step: Any                               # make_train_step over ``ddp_net``
+    net: torch.nn.Module  # prepared (device, channels_last, compile): validation
+    ddp_net: torch.nn.Module  # ``net`` wrapped for DDP (``net`` itself when single)
+    train_step: Any  # make_train_step over ``ddp_net``
     train_set: ManifestDataset | OfflineCacheDataset
-    sampler: Any                                  # DDP's DistributedSampler, None when single
+    sampler: Any  # DDP's DistributedSampler, None when single
     generator: torch.Generator
     train_loader: DataLoader
     val_loader: DataLoader
-    train_feed: DeviceFeed                        # the loaders' batches on the device, copied ahead
+    train_feed: DeviceFeed  # the loaders' batches on the device, copied ahead
     val_feed: DeviceFeed
-    writer: checkpoint.BackgroundWriter           # checkpoints written off the training thread
+    writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
@@ -99,8 +106,14 @@ class Trainer:
     stopper: EarlyStopping
 
 
-def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: ModelInfo, ctx: dist.Context,
-          device: torch.device) -> Trainer:
+def build(
+    view: ParamsView,
+    manifest: Manifest,
+    model: torch.nn.Module,
+    info: ModelInfo,
+    ctx: dist.Context,
+    device: torch.device,
+) -> Trainer:
     """The build phase: numerics, seeds, data, model, loss, optimizer, schedule, meter, stopper."""
     cfg, task = view["train"], view["data.task"]
     apply_threads(cfg["threads"], workers=cfg["workers"])  # before any parallel work sizes the pools
@@ -130,22 +143,45 @@ def build(view: ParamsView, manifest: Manifest, model: torch.nn.Module, info: Mo
     for group in optimizer.param_groups:  # before the scheduler records its initial learning rates
         group["lr"] *= lr_factor
     dist.print_effective_batch(ctx, cfg["batch_size"], cfg["accumulate"], view["optimizer"]["lr"], lr_factor)
-    schedule = build_scheduler(view["scheduler"], optimizer, epochs=cfg["epochs"],
-                               steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
-                               monitor=monitor)
-    train_step = make_train_step(ddp_net, loss_fn, optimizer, plan, grad_clip=cfg["grad_clip"],
-                                 accumulate=cfg["accumulate"])
+    schedule = build_scheduler(
+        view["scheduler"],
+        optimizer,
+        epochs=cfg["epochs"],
+        steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
+        monitor=monitor,
+    )
+    train_step = make_train_step(
+        ddp_net, loss_fn, optimizer, plan, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
+    )
     return Trainer(
-        cfg=cfg, ctx=ctx, plan=plan, model=model, info=info, net=net, ddp_net=ddp_net, train_step=train_step,
-        train_set=train_set, sampler=sampler, generator=generator, train_loader=train_loader,
-        val_loader=val_loader, train_feed=DeviceFeed(train_loader, device), val_feed=DeviceFeed(val_loader, device),
-        writer=checkpoint.BackgroundWriter(), loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-        meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names), monitor=monitor,
-        stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]))
+        cfg=cfg,
+        ctx=ctx,
+        plan=plan,
+        model=model,
+        info=info,
+        net=net,
+        ddp_net=ddp_net,
+        train_step=train_step,
+        train_set=train_set,
+        sampler=sampler,
+        generator=generator,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_feed=DeviceFeed(train_loader, device),
+        val_feed=DeviceFeed(val_loader, device),
+        writer=checkpoint.BackgroundWriter(),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        schedule=schedule,
+        meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names),
+        monitor=monitor,
+        stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]),
+    )
 
 
-def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
-        state: dict[str, Any] | None = None, trial: Any = None) -> list[dict[str, float]]:
+def fit(
+    t: Trainer, run: Any, *, root: Path, fingerprint: str, state: dict[str, Any] | None = None, trial: Any = None
+) -> list[dict[str, float]]:
     """The epoch loop, from the start or from the checkpoint ``state``; returns the whole history.
 
     Rank 0 writes ``history.csv``, the best weights and the checkpoint after every epoch. ``trial``
@@ -173,8 +209,16 @@ def fit(t: Trainer, run: Any, *, root: Path, fingerprint: str,
     return history
 
 
-def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
-            history: list[dict[str, float]], trial: Any = None) -> None:
+def _epochs(
+    t: Trainer,
+    epochs: Any,
+    run: Any,
+    *,
+    root: Path,
+    fingerprint: str,
+    history: list[dict[str, float]],
+    trial: Any = None,
+) -> None:
     """The epochs of :func:`fit`, appending to ``history``."""
     for epoch in epochs:
         trained = train_epoch(t, epoch)
@@ -182,8 +226,10 @@ def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
         row["lr"] = t.schedule.last_lr()[0]
         row |= trained  # images_per_s, data_wait (and skipped_steps with fp16)
         if t.monitor not in row:
-            raise PipelineError(f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
-                                f"available: {', '.join(k for k in row if k.startswith('val_'))}")
+            raise PipelineError(
+                f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
+                f"available: {', '.join(k for k in row if k.startswith('val_'))}"
+            )
         t.schedule.step_epoch(row)
         history.append(row)
         if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
@@ -194,20 +240,33 @@ def _epochs(t: Trainer, epochs: Any, run: Any, *, root: Path, fingerprint: str,
         if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all
             write_text(root / outputs.TRAIN_HISTORY, history_csv(history))
             write_text(root / outputs.TRAIN_VALIDATION, validation_csv(history))
-            t.writer.save(root / outputs.TRAIN_CHECKPOINT / "last.pt", {
-                "fingerprint": fingerprint, "epoch": epoch, "model": t.model.state_dict(),
-                "optimizer": t.optimizer.state_dict(), "scheduler": t.schedule.state_dict(),
-                "scaler": t.plan.scaler.state_dict(), "early_stopping": t.stopper.state_dict(),
-                "history": history, "run_id": run.run_id,
-                "finished": t.stopper.should_stop or epoch + 1 == t.cfg["epochs"]})
+            t.writer.save(
+                root / outputs.TRAIN_CHECKPOINT / "last.pt",
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": t.model.state_dict(),
+                    "optimizer": t.optimizer.state_dict(),
+                    "scheduler": t.schedule.state_dict(),
+                    "scaler": t.plan.scaler.state_dict(),
+                    "early_stopping": t.stopper.state_dict(),
+                    "history": history,
+                    "run_id": run.run_id,
+                    "finished": t.stopper.should_stop or epoch + 1 == t.cfg["epochs"],
+                },
+            )
         epochs.set_postfix({t.monitor: f"{row[t.monitor]:.4f}"})
         if t.stopper.should_stop:
             if t.ctx.is_main and t.stopper.pruned:
-                print(f"train: pruned after epoch {epoch + 1} by the search (trial {trial.number}): "
-                      f"{t.monitor} {row[t.monitor]:.4f}")
+                print(
+                    f"train: pruned after epoch {epoch + 1} by the search (trial {trial.number}): "
+                    f"{t.monitor} {row[t.monitor]:.4f}"
+                )
             elif t.ctx.is_main:
-                print(f"train: early stop after epoch {epoch + 1}: {t.monitor} did not improve for "
-                      f"{t.stopper.stale} epochs")
+                print(
+                    f"train: early stop after epoch {epoch + 1}: {t.monitor} did not improve for "
+                    f"{t.stopper.stale} epochs"
+                )
             break
 
 
@@ -265,11 +324,12 @@ def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
                 _raise_if_nonfinite(bad_step, epoch, t.plan.name, t.ctx)
                 bar.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
     elapsed = time.perf_counter() - started
-    totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]),
-                                 t.ctx)
-    result = {"train_loss": totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
-              "images_per_s": totals[1].item() / elapsed if elapsed > 0 else 0.0,
-              "data_wait": t.train_feed.wait_s / elapsed if elapsed > 0 else 0.0}
+    totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]), t.ctx)
+    result = {
+        "train_loss": totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
+        "images_per_s": totals[1].item() / elapsed if elapsed > 0 else 0.0,
+        "data_wait": t.train_feed.wait_s / elapsed if elapsed > 0 else 0.0,
+    }
     if t.plan.scaler.is_enabled():
         result["skipped_steps"] = float(t.plan.skipped_steps.item())
     return result
@@ -290,12 +350,12 @@ def validate(t: Trainer) -> dict[str, float]:
 NAN_PRECISION_HINTS = {"fp16": ", or precision.dtype bf16 or fp32", "bf16": ", or precision.dtype fp32"}
 
 
-def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, precision: str,
-                        ctx: dist.Context = dist.SINGLE) -> None:
+def _raise_if_nonfinite(bad_step: torch.Tensor, epoch: int, precision: str, ctx: dist.Context = dist.SINGLE) -> None:
     """Stop on the first non-finite step; under DDP the ranks agree on the earliest one, so all stop.
     The hint names a wider precision only to a run that has one to go to."""
     step = int(dist.earliest_step(bad_step, ctx).item())
     if step >= 0:
         raise PipelineError(
             f"the loss became NaN or Inf at epoch {epoch + 1}, step {step + 1}; lower optimizer.lr or set "
-            f"train.grad_clip{NAN_PRECISION_HINTS.get(precision, '')}")
+            f"train.grad_clip{NAN_PRECISION_HINTS.get(precision, '')}"
+        )

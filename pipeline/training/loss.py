@@ -6,6 +6,7 @@ CUDA autocast and loses precision). The loss modules themselves are in :mod:`pip
 ``validate`` builds the declared loss with :func:`build_loss` and calls it on a two-sample batch of
 the task's shape, so a value the loss only rejects when called (``alpha: 'high'``) is found there.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -41,11 +42,15 @@ def _per_class_problem(name: str, params: dict[str, Any], num_outputs: int) -> t
 def _mode_message(name: str, mode: str, num_outputs: int) -> str:
     outs = f" ({num_outputs} output channels)" if mode == MULTICLASS else ""
     if mode == MULTICLASS and name in ("bce", "dice_bce"):
-        return (f"{name} is for binary tasks (one logit channel); this task is multi-class{outs}: use "
-                "cross_entropy, or name: sum with terms [{name: dice}, {name: cross_entropy}]")
+        return (
+            f"{name} is for binary tasks (one logit channel); this task is multi-class{outs}: use "
+            "cross_entropy, or name: sum with terms [{name: dice}, {name: cross_entropy}]"
+        )
     if mode == BINARY:
-        return (f"{name} is for multi-class tasks; this task is binary (one logit channel): use bce, "
-                "dice_bce, dice, iou, tversky or focal")
+        return (
+            f"{name} is for multi-class tasks; this task is binary (one logit channel): use bce, "
+            "dice_bce, dice, iou, tversky or focal"
+        )
     return f"{name} does not support multi-class tasks{outs}"
 
 
@@ -105,15 +110,23 @@ def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int) -> nn.Module
         return Float32Loss(_build_one(name, params, num_outputs, "loss", task), f"{name} ({task})")
     problems = []
     if not terms:
-        problems.append(Problem("loss.terms", "name: sum needs at least one term, e.g. "
-                                "[{name: dice, weight: 1}, {name: focal, weight: 0.5}]"))
+        problems.append(
+            Problem(
+                "loss.terms",
+                "name: sum needs at least one term, e.g. [{name: dice, weight: 1}, {name: focal, weight: 0.5}]",
+            )
+        )
     if params:
         problems.append(Problem("loss.params", "name: sum takes no params; give each term its own params"))
     built = []
     for i, term in enumerate(terms):
         try:
-            built.append((float(term.get("weight", 1.0)),
-                          _build_one(term["name"], dict(term.get("params") or {}), num_outputs, f"loss.terms[{i}]", task)))
+            built.append(
+                (
+                    float(term.get("weight", 1.0)),
+                    _build_one(term["name"], dict(term.get("params") or {}), num_outputs, f"loss.terms[{i}]", task),
+                )
+            )
         except ComponentError as exc:
             problems += exc.problems
     if problems:

@@ -10,6 +10,7 @@ whole batch (one ratio per class, stable when some images have an empty mask); `
 ratio per image and averages (every image counts equally). On classification logits they are soft
 set-overlap scores of the softmax probabilities against the one-hot labels (a "soft F1").
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -29,13 +30,16 @@ BINARY, MULTICLASS = "binary", "multiclass"
 def _binary_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """{0,1} class indices -> float targets shaped like the one-channel logits."""
     if target.numel() != logits.numel():
-        raise PipelineError(f"binary loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
-                            "do not match (expected one logit channel per target value)")
+        raise PipelineError(
+            f"binary loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
+            "do not match (expected one logit channel per target value)"
+        )
     return target.reshape(logits.shape).to(logits.dtype)
 
 
-def _flat_probs_and_onehot(logits: torch.Tensor, target: torch.Tensor,
-                           include_background: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat_probs_and_onehot(
+    logits: torch.Tensor, target: torch.Tensor, include_background: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and one-hot targets as ``[N, C, S]`` (``S`` = pixels, 1 for classification)."""
     n, c = logits.shape[:2]
     if c == 1:
@@ -106,8 +110,15 @@ class TverskyLoss(_OverlapLoss):
     beta > alpha penalises missed foreground more than false alarms (defaults 0.3/0.7 as in Salehi et
     al. 2017; 0.5/0.5 is Dice)."""
 
-    def __init__(self, *, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0,
-                 per_sample: bool = False, include_background: bool = True):
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        smooth: float = 1.0,
+        per_sample: bool = False,
+        include_background: bool = True,
+    ):
         super().__init__(smooth=smooth, per_sample=per_sample, include_background=include_background)
         self.alpha, self.beta = alpha, beta
 
@@ -149,16 +160,18 @@ class CrossEntropyLoss(nn.Module):
 
     supports = (MULTICLASS,)
 
-    def __init__(self, *, weight: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 ignore_index: int = -100):
+    def __init__(
+        self, *, weight: Sequence[float] | None = None, label_smoothing: float = 0.0, ignore_index: int = -100
+    ):
         super().__init__()
         self.weight = None if weight is None else [float(w) for w in weight]
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else constant(self, "weight", logits)
-        return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=self.ignore_index,
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits, target.long(), weight=weight, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
+        )
 
 
 @losses.register("dice_bce")
@@ -167,8 +180,15 @@ class DiceBCELoss(nn.Module):
 
     supports = (BINARY,)
 
-    def __init__(self, *, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 per_sample: bool = False, pos_weight: float | None = None):
+    def __init__(
+        self,
+        *,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1.0,
+        per_sample: bool = False,
+        pos_weight: float | None = None,
+    ):
         super().__init__()
         self.bce_weight, self.dice_weight = bce_weight, dice_weight
         self.bce = BCELoss(pos_weight=pos_weight)
@@ -260,6 +280,8 @@ class Float32Loss(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             value = self.inner(logits.float(), target.long())
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise PipelineError(f"loss {self.name!r} must return a scalar tensor, got "
-                                f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+            raise PipelineError(
+                f"loss {self.name!r} must return a scalar tensor, got "
+                f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
+            )
         return value.reshape(()).float()

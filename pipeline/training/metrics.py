@@ -10,6 +10,7 @@ small one; an image with no foreground cannot drag the mean to 0). Empty target 
 count as a perfect match (Dice/IoU 1.0), never NaN. Target pixels outside ``[0, num_classes)`` (e.g.
 an "ignore" value of 255) are left out of every statistic.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,7 @@ def _names(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
     return [str(n) for n in class_names]
 
 
-def segmentation_metrics(confusion: torch.Tensor,
-                         class_names: Sequence[str] | None = None) -> dict[str, float]:
+def segmentation_metrics(confusion: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, float]:
     """Pooled Dice, IoU and pixel accuracy from a pixel confusion matrix (rows = actual).
 
     ``dice``/``iou``: binary -> of the foreground (class 1); multi-class -> mean over foreground
@@ -81,8 +81,7 @@ def segmentation_metrics(confusion: torch.Tensor,
     return out
 
 
-def classification_metrics(confusion: torch.Tensor,
-                           class_names: Sequence[str] | None = None) -> dict[str, float]:
+def classification_metrics(confusion: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, float]:
     """Accuracy, per-class precision/recall/F1 (0 where undefined, as scikit-learn's
     ``zero_division=0``) and ``macro_f1``: the mean F1 over classes that occur in the target or the
     prediction (scikit-learn's default label set), from a confusion matrix (rows = actual)."""
@@ -116,8 +115,9 @@ SUMMARIES: dict[str, Callable[[torch.Tensor, Sequence[str] | None], dict[str, fl
 class ConfusionMeter:
     """Accumulates a confusion matrix over batches; ``compute()`` turns it into the task's metrics."""
 
-    def __init__(self, task: str, num_classes: int, *, threshold: float = 0.5,
-                 class_names: Sequence[str] | None = None):
+    def __init__(
+        self, task: str, num_classes: int, *, threshold: float = 0.5, class_names: Sequence[str] | None = None
+    ):
         if task not in SUMMARIES:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if num_classes < 2:
@@ -134,8 +134,7 @@ class ConfusionMeter:
         """Add one batch: logits [N,C,H,W] / [N,C] (C == 1: binary, sigmoid), target [N,H,W] / [N]."""
         channels = logits.shape[1]
         if channels not in (1, self.num_classes) or (channels == 1 and self.num_classes != 2):
-            raise ValueError(f"logits have {channels} channels; expected {self.num_classes} "
-                             f"(or 1 for a binary task)")
+            raise ValueError(f"logits have {channels} channels; expected {self.num_classes} (or 1 for a binary task)")
         pred = predict(logits.detach(), self.threshold)
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
@@ -157,8 +156,9 @@ class ConfusionMeter:
         return SUMMARIES[self.task](cm, self.class_names)
 
 
-def make_meter(task: str, num_classes: int, *, threshold: float = 0.5,
-               class_names: Sequence[str] | None = None) -> ConfusionMeter:
+def make_meter(
+    task: str, num_classes: int, *, threshold: float = 0.5, class_names: Sequence[str] | None = None
+) -> ConfusionMeter:
     """A meter for ``task`` ("segmentation" | "classification") over ``num_classes`` classes
     (background included; 2 = binary). ``threshold`` applies to single-channel (sigmoid) logits."""
     return ConfusionMeter(task, num_classes, threshold=threshold, class_names=class_names)

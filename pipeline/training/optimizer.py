@@ -6,6 +6,7 @@ its signature by ``validate``. Each model group (backbone/head) gets ``lr = opti
 with ``no_decay_norm_bias`` it is split in two, and biases and other 1-D parameters (norm weights)
 get ``weight_decay = 0`` (decaying them only pulls normalisation scales towards zero).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
+from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import Registry
 
@@ -24,9 +25,14 @@ if TYPE_CHECKING:
 
 
 def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
-    return {name: obj for name, obj in vars(torch.optim).items()
-            if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
-            and obj is not torch.optim.Optimizer and name not in UNSUPPORTED}
+    return {
+        name: obj
+        for name, obj in vars(torch.optim).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+        and name not in UNSUPPORTED
+    }
 
 
 # In torch.optim but unusable from a training loop that calls optimizer.step() on dense gradients.
@@ -34,7 +40,7 @@ UNSUPPORTED = {
     "LBFGS": "LBFGS needs a closure re-evaluating the model in step(), which this training loop does not do",
     "SparseAdam": "SparseAdam only takes sparse gradients (nn.Embedding(sparse=True)); image models have dense ones",
     "Muon": "Muon only optimizes 2-D weight matrices (conv kernels, biases and norms need another optimizer); "
-            "wrap it in your own 'module.path:Class' that routes the other parameters to AdamW",
+    "wrap it in your own 'module.path:Class' that routes the other parameters to AdamW",
 }
 
 optimizers = Registry("optimizers", provider=_torch_optimizers)
@@ -61,15 +67,19 @@ def optimizer_groups(groups: list[dict[str, Any]], *, lr: float, split_no_decay:
         params = list(group["params"])
         names = list(group.get("names") or [f"{group.get('name', 'group')}.{i}" for i in range(len(params))])
         if len(names) != len(params):
-            raise PipelineError(f"parameter group {group.get('name')!r}: {len(names)} names for {len(params)} parameters")
+            raise PipelineError(
+                f"parameter group {group.get('name')!r}: {len(names)} names for {len(params)} parameters"
+            )
         mult = float(group.get("lr_mult", 1.0))
         base = {k: v for k, v in group.items() if k not in ("params", "names")}
         base.update(lr=lr * mult, lr_mult=mult, name=group.get("name", "group"))
         halves = [(False, params, names)]
         if split_no_decay:
             flags = [_is_no_decay(n, p) for n, p in zip(names, params)]
-            halves = [(False, [p for p, f in zip(params, flags) if not f], [n for n, f in zip(names, flags) if not f]),
-                      (True, [p for p, f in zip(params, flags) if f], [n for n, f in zip(names, flags) if f])]
+            halves = [
+                (False, [p for p, f in zip(params, flags) if not f], [n for n, f in zip(names, flags) if not f]),
+                (True, [p for p, f in zip(params, flags) if f], [n for n, f in zip(names, flags) if f]),
+            ]
         for no_decay, ps, ns in halves:
             if ps:
                 extra = {"weight_decay": 0.0} if no_decay else {}
@@ -86,9 +96,11 @@ def build_optimizer(cfg: dict[str, Any], groups: list[dict[str, Any]]) -> torch.
         raise ComponentError.at("optimizer.name", UNSUPPORTED[name])
     cls = resolve(optimizers, name, "optimizer.name")
     kwargs = dict(cfg.get("params") or {})
-    pipeline_args = [Problem(f"optimizer.params.{key}", f"set by the pipeline; use {where}")
-                     for key, where in (("params", "the model's parameter groups"), ("lr", "optimizer.lr"))
-                     if key in kwargs]
+    pipeline_args = [
+        Problem(f"optimizer.params.{key}", f"set by the pipeline; use {where}")
+        for key, where in (("params", "the model's parameter groups"), ("lr", "optimizer.lr"))
+        if key in kwargs
+    ]
     if pipeline_args:
         raise ComponentError(pipeline_args)
     check_binding(cls, kwargs, key="optimizer.params", provided=("params", "lr"))
@@ -138,6 +150,7 @@ def _step_once(optimizer: torch.optim.Optimizer) -> None:
 def check_optimizer(params: Any) -> list[Problem]:
     """Build the declared optimizer (the train stage's own builder) on a stand-in and step it once."""
     cfg = {**params.get("optimizer"), "lr": 1e-3}  # optimizer.lr's range is the schema's to check
+
     def attempt(args: dict[str, Any]) -> None:
         _step_once(build_optimizer({**cfg, "params": args}, stand_in_groups()))
 
@@ -151,11 +164,13 @@ def check_optimizer(params: Any) -> list[Problem]:
     return []
 
 
-def parameter_groups(model: nn.Module, info: "ModelInfo", lr_mult: dict[str, float]) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, info: ModelInfo, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
     """Optimizer groups ``backbone`` and ``head`` with their learning-rate multipliers; frozen
     parameters are left out, and so is a group with nothing left to train."""
-    groups = {part: {"params": [], "names": [], "lr_mult": float(lr_mult.get(part, 1.0)), "name": part}
-              for part in ("backbone", "head")}
+    groups = {
+        part: {"params": [], "names": [], "lr_mult": float(lr_mult.get(part, 1.0)), "name": part}
+        for part in ("backbone", "head")
+    }
     for name, param in model.named_parameters():
         if param.requires_grad:
             group = groups["head" if info.is_head(name) else "backbone"]

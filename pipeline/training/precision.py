@@ -6,6 +6,7 @@ The autocast context is built once (nanoGPT style); the scaler exists always but
 fp16, so the loop has one code path. :meth:`PrecisionPlan.backward_and_step` does backward, unscale,
 clip, step and zero_grad in the right order, so accumulation and clipping are right by construction.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,15 @@ class PrecisionPlan:
             model = torch.compile(model)
         return model
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
-                          model: nn.Module, grad_clip: float | None, step: bool) -> bool:
+    def backward_and_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        *,
+        model: nn.Module,
+        grad_clip: float | None,
+        step: bool,
+    ) -> bool:
         """Backward (scaled for fp16); when ``step``: unscale, clip to ``grad_clip``, step, update
         the scaler, zero the gradients. Returns ``step``: whether this batch ended an optimizer step
         (the schedule advances on it). With accumulation pass ``loss / accumulate`` and ``step`` true
@@ -116,8 +124,10 @@ def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         return torch.bfloat16 if _cuda_bf16(device) else torch.float32
     if requested == "fp16" and device.type != "cuda":
-        raise PipelineError(f"precision.dtype: fp16 needs a CUDA GPU (GradScaler and fast fp16 kernels), "
-                            f"but the device is {device.type}; use bf16 or fp32 there")
+        raise PipelineError(
+            f"precision.dtype: fp16 needs a CUDA GPU (GradScaler and fast fp16 kernels), "
+            f"but the device is {device.type}; use bf16 or fp32 there"
+        )
     if requested == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
         raise PipelineError("precision.dtype: this GPU has no native bf16; use fp16 (with its GradScaler) or fp32")
     return DTYPES[requested]
@@ -140,6 +150,10 @@ def resolve_precision(cfg: dict[str, Any], device: torch.device) -> PrecisionPla
 def check_precision(params: Any) -> list[Problem]:
     """fp16 on a device that is certainly a CPU is refused before anything runs."""
     if params.get("precision.dtype") == "fp16" and params.get("train.device") in ("cpu", "mps"):
-        return [Problem("precision.dtype", f"fp16 needs a CUDA GPU but train.device is "
-                                           f"{params.get('train.device')!r}; use bf16 or fp32")]
+        return [
+            Problem(
+                "precision.dtype",
+                f"fp16 needs a CUDA GPU but train.device is {params.get('train.device')!r}; use bf16 or fp32",
+            )
+        ]
     return []

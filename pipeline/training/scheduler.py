@@ -13,6 +13,7 @@ The train loop calls :meth:`LRSchedule.step_batch` after every optimizer step an
 (``interval``: auto = OneCycleLR and CyclicLR per batch, the rest per epoch). ``steps_per_epoch``
 counts optimizer steps (batches / accumulate).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -23,8 +24,8 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
+from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import Registry, is_import_path
 
@@ -45,9 +46,15 @@ PER_STEP = ("OneCycleLR", "CyclicLR")
 
 def _torch_schedulers() -> dict[str, Any]:
     base = torch_schedulers.LRScheduler
-    return {name: obj for name, obj in vars(torch_schedulers).items()
-            if inspect.isclass(obj) and (issubclass(obj, base) or obj is torch_schedulers.ReduceLROnPlateau)
-            and obj is not base and not name.startswith("_") and name not in UNSUPPORTED}
+    return {
+        name: obj
+        for name, obj in vars(torch_schedulers).items()
+        if inspect.isclass(obj)
+        and (issubclass(obj, base) or obj is torch_schedulers.ReduceLROnPlateau)
+        and obj is not base
+        and not name.startswith("_")
+        and name not in UNSUPPORTED
+    }
 
 
 schedulers = Registry("schedulers", provider=_torch_schedulers)
@@ -57,8 +64,7 @@ schedulers = Registry("schedulers", provider=_torch_schedulers)
 class StepDecay(torch_schedulers.LRScheduler):
     """lr = base_lr * factor ** (epoch // every); a real LRScheduler, so its state is checkpointed."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.1, every: int = 10,
-                 last_epoch: int = -1):
+    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.1, every: int = 10, last_epoch: int = -1):
         if every < 1:
             raise PipelineError("scheduler.params.every must be at least 1")
         self.factor, self.every = factor, every
@@ -100,8 +106,14 @@ def _main_length(interval: str, warmup: dict[str, Any], epochs: int, steps_per_e
     return max(1, epochs - warm_epochs)
 
 
-def _auto_args(cls: Any, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer, length: int,
-               steps_per_epoch: int, monitor: str | None) -> dict[str, Any]:
+def _auto_args(
+    cls: Any,
+    kwargs: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    length: int,
+    steps_per_epoch: int,
+    monitor: str | None,
+) -> dict[str, Any]:
     """Sensible values for arguments the user left out (T_max, max_lr, total_steps, ...)."""
     lrs = [g["lr"] for g in optimizer.param_groups]
     name = cls.__name__
@@ -126,15 +138,20 @@ def _auto_args(cls: Any, kwargs: dict[str, Any], optimizer: torch.optim.Optimize
 
 
 # Arguments the pipeline fills in per class (so validate does not call them missing).
-AUTO_ARGS = {"CosineAnnealingLR": ("T_max",), "PolynomialLR": ("total_iters",),
-             "OneCycleLR": ("max_lr", "total_steps"), "CyclicLR": ("max_lr", "base_lr")}
+AUTO_ARGS = {
+    "CosineAnnealingLR": ("T_max",),
+    "PolynomialLR": ("total_iters",),
+    "OneCycleLR": ("max_lr", "total_steps"),
+    "CyclicLR": ("max_lr", "base_lr"),
+}
 
 
 class LRSchedule:
     """A scheduler plus warmup plus the stepping interval, behind one small interface."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, main: Any, *, interval: str,
-                 warmup: dict[str, Any], monitor: str | None):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, main: Any, *, interval: str, warmup: dict[str, Any], monitor: str | None
+    ):
         self.optimizer, self.main, self.interval, self.monitor = optimizer, main, interval, monitor
         self.plateau = isinstance(main, torch_schedulers.ReduceLROnPlateau)
         self.warm_unit, self.warm_length = _warmup_units(warmup)
@@ -186,8 +203,10 @@ class LRSchedule:
         if not self.monitor:
             raise PipelineError("scheduler.monitor: ReduceLROnPlateau needs a monitored metric")
         if self.monitor not in metrics:
-            raise PipelineError(f"scheduler.monitor: {self.monitor!r} is not among this epoch's metrics "
-                                f"({', '.join(sorted(metrics)) or 'none'})")
+            raise PipelineError(
+                f"scheduler.monitor: {self.monitor!r} is not among this epoch's metrics "
+                f"({', '.join(sorted(metrics)) or 'none'})"
+            )
         return float(metrics[self.monitor])
 
     def last_lr(self) -> list[float]:
@@ -195,9 +214,14 @@ class LRSchedule:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"main": None if self.main is None else self.main.state_dict(), "target": self.target,
-                "steps_done": self.steps_done, "epochs_done": self.epochs_done, "warming": self.warming,
-                "main_ran_this_epoch": self.main_ran_this_epoch}
+        return {
+            "main": None if self.main is None else self.main.state_dict(),
+            "target": self.target,
+            "steps_done": self.steps_done,
+            "epochs_done": self.epochs_done,
+            "warming": self.warming,
+            "main_ran_this_epoch": self.main_ran_this_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.main is not None and state.get("main") is not None:
@@ -207,8 +231,14 @@ class LRSchedule:
         self.warming, self.main_ran_this_epoch = state["warming"], state["main_ran_this_epoch"]
 
 
-def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, *, epochs: int,
-                    steps_per_epoch: int, monitor: str | None = None) -> LRSchedule:
+def build_scheduler(
+    cfg: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    monitor: str | None = None,
+) -> LRSchedule:
     """The schedule for the resolved ``scheduler`` section. ``monitor`` is the train stage's
     resolution of ``monitor: auto`` (an explicit ``scheduler.monitor`` wins). ``validate`` runs this
     very function on a stand-in optimizer (:func:`exercise_scheduler`); problems raise
@@ -221,14 +251,17 @@ def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, *, ep
     if int(warmup.get("epochs") or 0) > 0 and int(warmup.get("steps") or 0) > 0:
         raise ComponentError.at("scheduler.warmup", "set warmup.epochs or warmup.steps, not both")
     if int(warmup.get("epochs") or 0) >= epochs:
-        raise ComponentError.at("scheduler.warmup.epochs",
-                                f"{warmup['epochs']} warmup epochs leave nothing of train.epochs = {epochs}")
+        raise ComponentError.at(
+            "scheduler.warmup.epochs", f"{warmup['epochs']} warmup epochs leave nothing of train.epochs = {epochs}"
+        )
     interval = auto_interval(name, cfg.get("interval", "auto"))
     if cfg.get("monitor", "auto") != "auto":
         monitor = cfg["monitor"]
     if cls is torch_schedulers.ReduceLROnPlateau and interval == "step":
-        raise ComponentError.at("scheduler.interval", "ReduceLROnPlateau steps on a validation metric, i.e. per "
-                                "epoch; use interval: epoch or auto")
+        raise ComponentError.at(
+            "scheduler.interval",
+            "ReduceLROnPlateau steps on a validation metric, i.e. per epoch; use interval: epoch or auto",
+        )
     kwargs = dict(cfg.get("params") or {})
     if cls is _NoSchedule:
         if kwargs:
@@ -260,8 +293,9 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
     def attempt(args: dict[str, Any]) -> None:
         parameter = torch.zeros(1, requires_grad=True)
         optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)
-        schedule = build_scheduler({**cfg, "params": args}, optimizer, epochs=epochs,
-                                   steps_per_epoch=steps_per_epoch, monitor=monitor)
+        schedule = build_scheduler(
+            {**cfg, "params": args}, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, monitor=monitor
+        )
         for _ in range(run_epochs):
             for _ in range(steps_per_epoch):
                 optimizer.step()
@@ -270,8 +304,7 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
         if not all(math.isfinite(lr) for lr in schedule.last_lr()):
             raise ValueError(f"the learning rate became {schedule.last_lr()}")
 
-    blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params",
-                   what=f"{cfg['name']} when stepped")
+    blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params", what=f"{cfg['name']} when stepped")
 
 
 @semantic_check("scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)})

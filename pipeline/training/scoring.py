@@ -1,6 +1,7 @@
 """One scoring pass over a loader, shared by validation in training and by the evaluate stage, so the
 two compute the loss and the metrics the same way: no_grad, the precision plan's autocast, the loss
 weighted by batch size, the confusion meter fed float32 logits."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -27,8 +28,15 @@ class LossSum(NamedTuple):
         return float(self.total.item() / max(self.count, 1))
 
 
-def score(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Any], loss_fn: Any,
-          meter: ConfusionMeter, plan: Any, *, on_batch: BatchHook | None = None) -> LossSum:
+def score(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable[Any],
+    loss_fn: Any,
+    meter: ConfusionMeter,
+    plan: Any,
+    *,
+    on_batch: BatchHook | None = None,
+) -> LossSum:
     """Run ``model`` (already in eval mode: the caller's, as training flips it back and forth) over
     ``loader`` once; reset and fill ``meter``; return the loss sum and count.
 

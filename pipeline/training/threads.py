@@ -13,6 +13,7 @@ less one per DataLoader worker (each worker runs single-threaded: :func:`pipelin
 and at least one. ``OMP_WAIT_POLICY=PASSIVE`` stops the spinning altogether, but only when set in the
 environment before torch is imported (libgomp reads it once, when it loads).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,12 @@ def apply_threads(setting: int | str, *, workers: int | str) -> int:
 
     The inter-op pool can only be sized before its first use (and once per process): later calls
     leave it as it is."""
-    threads = resolve_threads(setting, cores=available_cores(), workers=resolve_workers(workers),
-                              local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = resolve_threads(
+        setting,
+        cores=available_cores(),
+        workers=resolve_workers(workers),
+        local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)

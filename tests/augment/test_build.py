@@ -1,16 +1,17 @@
 """Building imgaug augmenters from YAML: the registry holds every imgaug augmenter, YAML lists become
 ranges and nested specs build, and the segmentation-unsafe list is what imgaug itself refuses."""
+
 from __future__ import annotations
 
 import warnings
 
+import imgaug.augmenters as iaa
+import imgaug.parameters as iap
+import imgaug.random as iarandom
 import numpy as np
 import pytest
 import yaml
 
-import imgaug.augmenters as iaa
-import imgaug.parameters as iap
-import imgaug.random as iarandom
 from pipeline.augment import build as augment_build
 from pipeline.augment.build import SEGMENTATION_UNSAFE, augmenters, build_augmenter
 from pipeline.config.errors import PipelineError
@@ -32,10 +33,21 @@ def unwrap(param):
 
 # --- the registry -------------------------------------------------------------------------------
 
+
 def test_registry_holds_every_imgaug_augmenter_with_submodule_names():
     names = augmenters.names()
-    assert {"Affine", "Fliplr", "Sometimes", "SomeOf", "OneOf", "Sequential", "ElasticTransformation",
-            "pillike.Equalize", "pillike.Affine", "imgcorruptlike.GaussianNoise"} <= set(names)
+    assert {
+        "Affine",
+        "Fliplr",
+        "Sometimes",
+        "SomeOf",
+        "OneOf",
+        "Sequential",
+        "ElasticTransformation",
+        "pillike.Equalize",
+        "pillike.Affine",
+        "imgcorruptlike.GaussianNoise",
+    } <= set(names)
     assert "Augmenter" not in names  # abstract
     assert augmenters.get("Affine") is iaa.Affine and augmenters.get("pillike.Affine") is iaa.pillike.Affine
     assert all(issubclass(augmenters.get(n), iaa.Augmenter) for n in names)
@@ -44,12 +56,14 @@ def test_registry_holds_every_imgaug_augmenter_with_submodule_names():
 
 def test_pipeline_list_augmenters(capsys):
     from pipeline.cli import main
+
     assert main(["list", "augmenters", "pillike.*"]) == 0
     listed = capsys.readouterr().out.split()
     assert "pillike.Equalize" in listed and "Affine" not in listed
 
 
 # --- building from YAML -------------------------------------------------------------------------
+
 
 def test_yaml_lists_become_ranges_choice_becomes_list_and_nested_specs_build():
     spec = yaml.safe_load("""
@@ -81,6 +95,7 @@ def test_a_bad_spec_fails_when_built_too():
 
 
 # --- segmentation safety -------------------------------------------------------------------------
+
 
 def test_the_unsafe_list_is_what_imgaug_actually_refuses():
     """Run every augmenter that builds without arguments on an image with a mask: exactly those

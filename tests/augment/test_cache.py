@@ -1,4 +1,5 @@
 """The offline cache reads back exactly what was written, repeats from its seed, and fails clearly."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.augment.cache import OfflineCacheDataset, write_cache, write_disabled
+from pipeline.augment.transform import build_transform
 from pipeline.config.errors import PipelineError
 from pipeline.seeding import loader_generator, worker_init_fn
-from pipeline.augment.cache import OfflineCacheDataset
-from pipeline.augment.transform import build_transform
-from pipeline.augment.cache import write_cache, write_disabled
 
-SPEC = [{"Fliplr": {"p": 0.5}}, {"Affine": {"rotate": [-30, 30], "mode": "reflect"}},
-        {"AdditiveGaussianNoise": {"scale": [0, 10]}}]
+SPEC = [
+    {"Fliplr": {"p": 0.5}},
+    {"Affine": {"rotate": [-30, 30], "mode": "reflect"}},
+    {"AdditiveGaussianNoise": {"scale": [0, 10]}},
+]
 
 
 class Base(torch.utils.data.Dataset):
@@ -56,8 +59,9 @@ def test_cache_reads_back_exactly_what_was_written(tmp_path, task):
     recording = Recording(build_transform(SPEC, task=task))
     index = write_cache(tmp_path / "cache", base, recording, task=task, copies=copies, shard_size=4, seed=1)
     assert index["samples"] == 7 and len(index["shards"]) == 6  # ceil(21 / 4)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == \
-        ["index.json"] + sorted(f"shard-{k:05d}.{kind}.npy" for k in range(6) for kind in ("images", "targets"))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["index.json"] + sorted(
+        f"shard-{k:05d}.{kind}.npy" for k in range(6) for kind in ("images", "targets")
+    )
     dataset = OfflineCacheDataset(tmp_path / "cache")
     assert len(dataset) == 7
     for epoch in range(copies + 1):
@@ -78,8 +82,15 @@ def test_cache_reads_back_exactly_what_was_written(tmp_path, task):
 def test_same_seed_gives_byte_identical_shards(tmp_path):
     base = Base(5, "segmentation")
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        write_cache(tmp_path / name, base, build_transform(SPEC, task="segmentation"), task="segmentation",
-                    copies=2, shard_size=100, seed=seed)
+        write_cache(
+            tmp_path / name,
+            base,
+            build_transform(SPEC, task="segmentation"),
+            task="segmentation",
+            copies=2,
+            shard_size=100,
+            seed=seed,
+        )
     shard = "shard-00000.images.npy"
     assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
     assert (tmp_path / "a" / shard).read_bytes() != (tmp_path / "c" / shard).read_bytes()
@@ -87,12 +98,25 @@ def test_same_seed_gives_byte_identical_shards(tmp_path):
 
 
 def test_cache_serves_a_dataloader_with_workers(tmp_path):
-    write_cache(tmp_path / "cache", Base(6, "segmentation"), build_transform(SPEC, task="segmentation"),
-                task="segmentation", copies=2, shard_size=4, seed=0)
+    write_cache(
+        tmp_path / "cache",
+        Base(6, "segmentation"),
+        build_transform(SPEC, task="segmentation"),
+        task="segmentation",
+        copies=2,
+        shard_size=4,
+        seed=0,
+    )
     dataset = OfflineCacheDataset(tmp_path / "cache")
     dataset[0]  # opens the memory maps here; workers must open their own
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=worker_init_fn,
-                        generator=loader_generator(0), multiprocessing_context="fork")
+    loader = DataLoader(
+        dataset,
+        batch_size=4,
+        num_workers=2,
+        worker_init_fn=worker_init_fn,
+        generator=loader_generator(0),
+        multiprocessing_context="fork",
+    )
     images, masks = next(iter(loader))
     assert images.shape == (4, 3, 10, 14) and masks.shape == (4, 10, 14)
     assert torch.equal(images[1], dataset[1][0])
@@ -111,7 +135,8 @@ def test_images_of_changing_size_are_refused_and_the_old_cache_kept(tmp_path):
     write_disabled(tmp_path / "cache")
     varying = build_transform([{"Crop": {"px": [0, 3], "keep_size": False}}], task="segmentation")
     with pytest.raises(PipelineError, match="one fixed output size"):
-        write_cache(tmp_path / "cache", Base(6, "segmentation"), varying, task="segmentation", copies=3,
-                    shard_size=4, seed=0)
+        write_cache(
+            tmp_path / "cache", Base(6, "segmentation"), varying, task="segmentation", copies=3, shard_size=4, seed=0
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temporary left behind
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["enabled"] is False

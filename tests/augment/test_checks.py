@@ -1,15 +1,16 @@
 """Checking augment specs as `validate` does: each name and argument problem at its own dotted key and
 line, every shipped config's augmenters build, mask-unsafe augmenters are refused for segmentation, and
 the check leaves the global random state alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+import imgaug.random as iarandom
 import numpy as np
 import pytest
 import yaml
 
-import imgaug.random as iarandom
 from pipeline.augment.build import SEGMENTATION_UNSAFE, build_augmenter
 from pipeline.augment.checks import augment_problems
 from pipeline.components import load_params
@@ -34,9 +35,14 @@ def test_each_argument_problem_is_reported_at_its_own_dotted_key():
     """)
     found = problems_of(spec)
     assert set(found) == {
-        "augment.train[0].Fliplr.p", "augment.train[1].Affine.rotat", "augment.train[2]",
-        "augment.train[3].Sometimes.then_list[0].GaussianBlur.sigma", "augment.train[4].GaussianBlur.bogus",
-        "augment.train[5].Affine", "augment.train[6]"}
+        "augment.train[0].Fliplr.p",
+        "augment.train[1].Affine.rotat",
+        "augment.train[2]",
+        "augment.train[3].Sometimes.then_list[0].GaussianBlur.sigma",
+        "augment.train[4].GaussianBlur.bogus",
+        "augment.train[5].Affine",
+        "augment.train[6]",
+    }
     assert "interval [0.0, 1.0]" in found["augment.train[0].Fliplr.p"]
     assert "did you mean 'rotate'?" in found["augment.train[1].Affine.rotat"]
     assert "did you mean 'Flipud'?" in found["augment.train[2]"] or "'Fliplr'" in found["augment.train[2]"]
@@ -45,8 +51,13 @@ def test_each_argument_problem_is_reported_at_its_own_dotted_key():
 
 
 def test_validate_reports_bad_name_and_bad_argument_at_their_lines(tmp_path):
-    params = write_params(tmp_path / "params.yaml", replace={"    - Fliplr: {p: 0.5}\n": "    - Flipr: {p: 0.5}\n",
-                                                             "    - Affine: {rotate:": "    - Affine: {rotat:"})
+    params = write_params(
+        tmp_path / "params.yaml",
+        replace={
+            "    - Fliplr: {p: 0.5}\n": "    - Flipr: {p: 0.5}\n",
+            "    - Affine: {rotate:": "    - Affine: {rotat:",
+        },
+    )
     lines = params.read_text().splitlines()
     name_line = next(i for i, line in enumerate(lines, 1) if "- Flipr:" in line)
     arg_line = next(i for i, line in enumerate(lines, 1) if "{rotat:" in line)
@@ -75,10 +86,11 @@ def test_every_augmenter_in_a_shipped_config_builds(path):
 
 # --- segmentation safety -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(SEGMENTATION_UNSAFE))
 def test_mask_unsafe_augmenters_are_refused_for_segmentation_only(name):
     nested = [{"Sometimes": {"p": 0.5, "then_list": [name]}}]
-    assert "cannot handle segmentation masks" in problems_of(nested)[f"augment.train[0].Sometimes.then_list[0]"]
+    assert "cannot handle segmentation masks" in problems_of(nested)["augment.train[0].Sometimes.then_list[0]"]
     assert problems_of(nested, task="classification") == {}
 
 

@@ -4,6 +4,7 @@ Each draw is replayed through imgaug with the drawn values fixed (``iaa.Affine(r
 ``iaa.Fliplr(1.0)``, per-channel values through ``WithChannels``): the device result must match
 within interpolation tolerance, masks exactly away from label edges and the image border. Then the
 containers' choices, the fallback report, ``augment.device`` resolution, and tiny training runs."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,7 @@ import torch
 import yaml
 
 from pipeline.augment.build import _masks_follow_borders, apply_augmenter
-from pipeline.augment.device import (DeviceAugment, device_plan, fallback_reasons, fold, resolve_where,
-                                     runs_on)
+from pipeline.augment.device import DeviceAugment, device_plan, fallback_reasons, fold, resolve_where, runs_on
 from pipeline.augment.device_ops import Pixel, Warp
 from pipeline.config.errors import PipelineError
 from tests.conftest import REPO, train_history, train_workspace
@@ -71,14 +71,23 @@ def fixed(leaf, i: int) -> iaa.Augmenter:
         shift = {"x": cast(v["translate_x"][i]), "y": cast(v["translate_y"][i])}
         cval = v["cval"][i]
         assert np.all(cval == cval[0]), "a per-channel cval has no fixed imgaug form; test it apart"
-        return iaa.Affine(scale={"x": float(v["scale_x"][i]), "y": float(v["scale_y"][i])},
-                          rotate=float(v["rotate"][i]), shear={"x": float(v["shear_x"][i]), "y": float(v["shear_y"][i])},
-                          mode=str(v["mode"][i]), cval=int(cval[0]), order=int(v["order"][i]),
-                          **({"translate_px": shift} if cast is int else {"translate_percent": shift}))
+        return iaa.Affine(
+            scale={"x": float(v["scale_x"][i]), "y": float(v["scale_y"][i])},
+            rotate=float(v["rotate"][i]),
+            shear={"x": float(v["shear_x"][i]), "y": float(v["shear_y"][i])},
+            mode=str(v["mode"][i]),
+            cval=int(cval[0]),
+            order=int(v["order"][i]),
+            **({"translate_px": shift} if cast is int else {"translate_percent": shift}),
+        )
     if leaf.name == "GaussianBlur":
         return iaa.GaussianBlur(sigma=float(v["sigma"][i]))
-    kinds = {"LinearContrast": ("linear", "alpha", float), "GammaContrast": ("gamma", "gamma", float),
-             "Add": ("add", "value", int), "Multiply": ("multiply", "mul", float)}
+    kinds = {
+        "LinearContrast": ("linear", "alpha", float),
+        "GammaContrast": ("gamma", "gamma", float),
+        "Add": ("add", "value", int),
+        "Multiply": ("multiply", "mul", float),
+    }
     kind, arg, cast = kinds[leaf.name]
     return per_channel(getattr(iaa, leaf.name), arg, v[kind][i], cast)
 
@@ -96,13 +105,14 @@ def away_from_edges(mask: np.ndarray, border: int = 2) -> np.ndarray:
     same = np.ones(mask.shape, bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            same &= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]] == mask
+            same &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] == mask
     same[:border], same[-border:], same[:, :border], same[:, -border:] = False, False, False, False
     return same
 
 
-def assert_matches_imgaug(spec: list, *, n: int = 6, seed: int = 3, h: int = H, w: int = W,
-                          mean: float = 1.0, p99: float = 3.0) -> None:
+def assert_matches_imgaug(
+    spec: list, *, n: int = 6, seed: int = 3, h: int = H, w: int = W, mean: float = 1.0, p99: float = 3.0
+) -> None:
     samples, drawn, out, out_masks = run_device(spec, n, seed, h, w)
     for i, (image, mask) in enumerate(samples):
         ref, ref_mask = imgaug_replay(drawn, i, image, mask)
@@ -115,21 +125,37 @@ def assert_matches_imgaug(spec: list, *, n: int = 6, seed: int = 3, h: int = H, 
 
 # --- augmenter by augmenter against imgaug ---------------------------------------------------------
 
-@pytest.mark.parametrize("affine", [
-    {"rotate": [-30, 30], "scale": [0.8, 1.2], "mode": "reflect"},
-    {"rotate": [-30, 30], "translate_percent": {"x": [-0.2, 0.2]}, "shear": [-10, 10], "mode": "constant", "cval": 77},
-    {"rotate": [-30, 30], "scale": {"x": [0.7, 1.3], "y": [0.8, 1.1]}, "translate_px": [-5, 5], "mode": "edge"},
-    {"rotate": [-30, 30], "scale": [0.7, 1.0], "mode": "symmetric"},
-    {"rotate": [-30, 30], "scale": [0.7, 1.0], "order": 0},
-    {"shear": {"x": [-15, 15], "y": [-15, 15]}, "mode": {"choice": ["reflect", "edge", "constant"]}},
-])
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        {"rotate": [-30, 30], "scale": [0.8, 1.2], "mode": "reflect"},
+        {
+            "rotate": [-30, 30],
+            "translate_percent": {"x": [-0.2, 0.2]},
+            "shear": [-10, 10],
+            "mode": "constant",
+            "cval": 77,
+        },
+        {"rotate": [-30, 30], "scale": {"x": [0.7, 1.3], "y": [0.8, 1.1]}, "translate_px": [-5, 5], "mode": "edge"},
+        {"rotate": [-30, 30], "scale": [0.7, 1.0], "mode": "symmetric"},
+        {"rotate": [-30, 30], "scale": [0.7, 1.0], "order": 0},
+        {"shear": {"x": [-15, 15], "y": [-15, 15]}, "mode": {"choice": ["reflect", "edge", "constant"]}},
+    ],
+)
 def test_affine_matches_imgaug(affine):
     assert_matches_imgaug([{"Affine": affine}])
 
 
 def test_affine_shortcuts_match_imgaug():
-    assert_matches_imgaug([{"Rotate": {"rotate": [-45, 45]}}, {"ScaleX": {"scale": [0.7, 1.3]}},
-                           {"TranslateY": {"percent": [-0.1, 0.1]}}, {"ShearX": {"shear": [-10, 10]}}])
+    assert_matches_imgaug(
+        [
+            {"Rotate": {"rotate": [-45, 45]}},
+            {"ScaleX": {"scale": [0.7, 1.3]}},
+            {"TranslateY": {"percent": [-0.1, 0.1]}},
+            {"ShearX": {"shear": [-10, 10]}},
+        ]
+    )
 
 
 def test_random_cval_fills_each_channel_with_its_own_value():
@@ -158,12 +184,15 @@ def test_gaussian_blur_matches_imgaug():
     assert_matches_imgaug([{"GaussianBlur": {"sigma": [0.0, 3.0]}}], n=8)
 
 
-@pytest.mark.parametrize("spec", [
-    [{"LinearContrast": {"alpha": [0.5, 1.5], "per_channel": 0.5}}],
-    [{"GammaContrast": {"gamma": [0.5, 2.0], "per_channel": 0.5}}],
-    [{"Add": {"value": [-40, 40], "per_channel": 0.5}}],
-    [{"Multiply": {"mul": [0.6, 1.4], "per_channel": 0.5}}],
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [{"LinearContrast": {"alpha": [0.5, 1.5], "per_channel": 0.5}}],
+        [{"GammaContrast": {"gamma": [0.5, 2.0], "per_channel": 0.5}}],
+        [{"Add": {"value": [-40, 40], "per_channel": 0.5}}],
+        [{"Multiply": {"mul": [0.6, 1.4], "per_channel": 0.5}}],
+    ],
+)
 def test_pixel_augmenters_match_imgaug(spec):
     assert_matches_imgaug(spec, n=8)
 
@@ -175,6 +204,7 @@ def test_default_chain_matches_imgaug_sample_by_sample():
 
 
 # --- containers: imgaug's choices, per sample ------------------------------------------------------
+
 
 def test_sometimes_picks_then_or_else_per_sample():
     spec = [{"Sometimes": {"p": 0.3, "then_list": [{"Fliplr": {"p": 1.0}}], "else_list": [{"Flipud": {"p": 1.0}}]}}]
@@ -199,15 +229,21 @@ def test_oneof_applies_exactly_one_child_per_sample():
 
 def test_someof_counts_and_random_order_per_sample():
     # (x + 40) * 2 or x * 2 + 40: which child went first shows in the pixels
-    spec = [{"SomeOf": {"n": 2, "random_order": True, "children": [{"Add": {"value": 40}}, {"Multiply": {"mul": 2.0}}]}}]
+    spec = [
+        {"SomeOf": {"n": 2, "random_order": True, "children": [{"Add": {"value": 40}}, {"Multiply": {"mul": 2.0}}]}}
+    ]
     plan = device_plan(spec, task="classification")
     images = torch.full((400, 3, 4, 4), 20, dtype=torch.uint8)
     out, _ = plan(images, seed=5)
     values = out[:, 0, 0, 0]
     assert set(values.tolist()) == {120.0, 80.0}
     assert 0.4 < (values == 120).float().mean() < 0.6
-    counted = device_plan([{"SomeOf": {"n": [1, 2], "children": ["Fliplr", "Flipud", "Identity"]}}],
-                          task="segmentation").draw(2000, (8, 8), 3, seed=2).leaves[0].values["chosen"]
+    counted = (
+        device_plan([{"SomeOf": {"n": [1, 2], "children": ["Fliplr", "Flipud", "Identity"]}}], task="segmentation")
+        .draw(2000, (8, 8), 3, seed=2)
+        .leaves[0]
+        .values["chosen"]
+    )
     assert set(counted.sum(axis=1)) == {1, 2}
 
 
@@ -243,10 +279,16 @@ def test_geometry_folds_into_one_warp_until_something_comes_between():
 
 # --- what falls back, and where the chain runs -------------------------------------------------------
 
+
 def test_unsupported_augmenters_are_named_at_their_key():
-    spec = ["Fliplr", {"ElasticTransformation": {"alpha": 5, "sigma": 1}},
-            {"Sometimes": {"p": 0.5, "then_list": ["Grayscale"]}}, {"Affine": {"mode": "wrap"}},
-            {"OneOf": {"children": [{"Rot90": {"k": 1, "keep_size": False}}]}}, {"Affine": {"fit_output": True}}]
+    spec = [
+        "Fliplr",
+        {"ElasticTransformation": {"alpha": 5, "sigma": 1}},
+        {"Sometimes": {"p": 0.5, "then_list": ["Grayscale"]}},
+        {"Affine": {"mode": "wrap"}},
+        {"OneOf": {"children": [{"Rot90": {"k": 1, "keep_size": False}}]}},
+        {"Affine": {"fit_output": True}},
+    ]
     assert fallback_reasons(spec) == [
         "augment.train[1].ElasticTransformation: ElasticTransformation has no device version",
         "augment.train[2].Sometimes.then_list[0].Grayscale: Grayscale has no device version",
@@ -254,7 +296,8 @@ def test_unsupported_augmenters_are_named_at_their_key():
         "reflect, symmetric)",
         "augment.train[4].OneOf.children[0].Rot90.keep_size: Rot90 with keep_size: false changes the image size; "
         "no device version",
-        "augment.train[5].Affine.fit_output: Affine with fit_output: true changes the image size; no device version"]
+        "augment.train[5].Affine.fit_output: Affine with fit_output: true changes the image size; no device version",
+    ]
     assert device_plan(spec, task="segmentation") is None
     assert runs_on("Affine") == runs_on("OneOf") == "device" and runs_on("ElasticTransformation") == "cpu"
     assert runs_on("pillike.Affine") == "cpu"
@@ -282,6 +325,7 @@ def test_list_augmenters_says_where_each_runs(capsys):
 
 
 # --- the batch transform training uses ------------------------------------------------------------
+
 
 def test_device_augment_is_seeded_per_epoch_and_batch_and_pickles():
     spec = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["train"]
@@ -343,4 +387,5 @@ def test_validate_notes_a_chain_that_falls_back_and_refuses_device_for_it(tmp_pa
     write_params(path, path, replace={"  device: auto ": "  device: device "})
     assert problems_by_key(path, "augment.device") == {
         "augment.device": "'device' but augment.train[5].Jigsaw cannot run there: Jigsaw has no device version; "
-                          "use auto or cpu"}
+        "use auto or cpu"
+    }

@@ -1,4 +1,5 @@
 """The augmentation preview: the original, then augmented versions, one row per image."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,21 +1,21 @@
 """The transform an augment spec becomes: masks follow their images through every geometric augmenter
 (also at reflected borders and size changes), pixel-level ones leave masks alone, it pickles."""
+
 from __future__ import annotations
 
 import pickle
 
+import imgaug.augmenters as iaa
+import imgaug.random as iarandom
 import numpy as np
 import pytest
 import yaml
 
-import imgaug.augmenters as iaa
-import imgaug.random as iarandom
 from pipeline.augment import build as augment_build
 from pipeline.augment.transform import build_transform
 from pipeline.components import load_params
 from tests.augment.test_build import blobs
 from tests.conftest import REPO
-
 
 GEOMETRIC = yaml.safe_load("""
 - Fliplr: {p: 0.5}
@@ -73,8 +73,9 @@ def test_default_training_augmentation_keeps_masks_on_their_objects():
 def test_pixel_level_augmenters_change_the_image_only():
     mask = blobs()
     image = np.random.default_rng(1).integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
-    transform = build_transform([{"LinearContrast": {"alpha": 1.5}}, {"GaussianBlur": {"sigma": 1.0}}],
-                                task="segmentation")
+    transform = build_transform(
+        [{"LinearContrast": {"alpha": 1.5}}, {"GaussianBlur": {"sigma": 1.0}}], task="segmentation"
+    )
     out_image, out_mask = transform(image, mask)
     assert np.array_equal(out_mask, mask) and not np.array_equal(out_image, image)
 

@@ -1,6 +1,7 @@
 """Every independent error at once: a key the schema rejects hides no check that can judge without it
 (a check whose context was rejected runs on stand-ins, :mod:`pipeline.config.checks`), and what only
 the rejected key, or its stand-in, would cause is not reported."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,16 +19,19 @@ from tests.conftest import write_params
 #  words the message must hold). Each error is independent of the others.
 ERRORS = [
     ("task: segmentation ", "task: segmentaton  ", "data.task", "segmentaton", "did you mean 'segmentation'"),
-    ("fractions: {train: 0.7, val: 0.15,", "fractions: {train: 0.7, val: 0.25,", "split.fractions", "{train",
-     "sum"),
-    ("- Flipud: {p: 0.5}", "- Fliplrr: {p: 0.5}", "augment.train[1].Fliplrr", "{p: 0.5}",
-     "did you mean 'Fliplr'"),
+    ("fractions: {train: 0.7, val: 0.15,", "fractions: {train: 0.7, val: 0.25,", "split.fractions", "{train", "sum"),
+    ("- Flipud: {p: 0.5}", "- Fliplrr: {p: 0.5}", "augment.train[1].Fliplrr", "{p: 0.5}", "did you mean 'Fliplr'"),
     ("name: classic ", "name: clasic  ", "model.name", "clasic", "did you mean 'classic'"),
     ("name: dice_bce ", "name: dcie     ", "loss.name", "dcie", "did you mean 'dice'"),
     ("name: AdamW ", "name: Adamw ", "optimizer.name", "Adamw", "did you mean 'AdamW'"),
     ("lr: 0.003 ", "lr: -0.03 ", "optimizer.lr", "-0.03", "minimum"),
-    ("params: {}                    # its keyword", "params: {step_size: 1, gamma: 'abc'}  # its keyword",
-     "scheduler.params.gamma", "'abc'", "StepLR"),
+    (
+        "params: {}                    # its keyword",
+        "params: {step_size: 1, gamma: 'abc'}  # its keyword",
+        "scheduler.params.gamma",
+        "'abc'",
+        "StepLR",
+    ),
     ("dtype: auto ", "dtype: fp33 ", "precision.dtype", "fp33", "did you mean 'fp32'"),
     ("epochs: 8", "epochs: -1", "train.epochs", "-1", "minimum of 1"),
     ("batch_size: 16", "batch_size: 0 ", "train.batch_size", "0", "minimum of 1"),
@@ -62,10 +66,15 @@ def test_a_rejected_task_or_epoch_count_causes_no_problem_of_its_own(tmp_path):
     """The shipped file is valid for segmentation; under data.task's other value its U-Net, its
     dice_bce loss with 2 classes (multi-class there) and its masks would be wrong, and 5 warmup epochs
     would outlast a short run: none of that is reported, only the schema's two problems."""
-    path = write_params(tmp_path / "params.yaml", link=True, replace={
-        "task: segmentation ": "task: classificaton",
-        "epochs: 8": "epochs: x",
-        "warmup: {epochs: 1,": "warmup: {epochs: 5,"})
+    path = write_params(
+        tmp_path / "params.yaml",
+        link=True,
+        replace={
+            "task: segmentation ": "task: classificaton",
+            "epochs: 8": "epochs: x",
+            "warmup: {epochs: 1,": "warmup: {epochs: 5,",
+        },
+    )
     assert {p.key for p in _problems(path)} == {"data.task", "train.epochs"}
 
 

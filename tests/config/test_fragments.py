@@ -1,5 +1,6 @@
 """The completion fragments (schemas/sections/generated/): in step with the registries, complete for
 editors, and without any say in what validates."""
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ from referencing.jsonschema import DRAFT202012
 
 import pipeline.components  # noqa: F401 - declares the registries (and where their checks live)
 from pipeline.config import fragments
-from pipeline.config.arguments import argument_docs, json_value, keyword_arguments, type_text, has_json_form
+from pipeline.config.arguments import argument_docs, has_json_form, json_value, keyword_arguments, type_text
 from pipeline.config.registry import REGISTRIES
 from pipeline.config.schema import ROOT_SCHEMA, SCHEMA_DIR
 from tests.conftest import problems_by_key, write_params
@@ -32,10 +33,13 @@ def test_committed_fragments_are_what_the_registries_generate(kind):
     made_from = _committed(kind).get("x-generated-from", {}).get("packages")
     installed = generated["x-generated-from"]["packages"]
     if made_from != installed:  # torch's classes and docstrings change between releases
-        pytest.skip(f"{fragments.fragment_path(kind).name} was made from {made_from}, this is {installed}: "
-                    f"run `{fragments.COMMAND}` to compare (and commit what it writes)")
+        pytest.skip(
+            f"{fragments.fragment_path(kind).name} was made from {made_from}, this is {installed}: "
+            f"run `{fragments.COMMAND}` to compare (and commit what it writes)"
+        )
     assert fragments.fragment_path(kind).read_text(encoding="utf-8") == fragments.render(kind), (
-        f"{fragments.fragment_path(kind)} is out of date with the {kind} registry: run `{fragments.COMMAND}`")
+        f"{fragments.fragment_path(kind)} is out of date with the {kind} registry: run `{fragments.COMMAND}`"
+    )
 
 
 def test_generation_is_deterministic():
@@ -50,8 +54,10 @@ def _branches(kind: str) -> dict[str, dict]:
     out = {}
     for branch in fragments.fragment(kind)["$defs"]["arguments"]["allOf"]:
         name = branch["if"]["properties"]["name"]["const"]
-        out[name] = {"required": branch["if"].get("required") == ["name"],
-                     "params": branch["then"]["properties"]["params"]["properties"]}
+        out[name] = {
+            "required": branch["if"].get("required") == ["name"],
+            "params": branch["then"]["properties"]["params"]["properties"],
+        }
     return out
 
 
@@ -77,7 +83,11 @@ def test_arguments_come_with_descriptions_and_defaults():
     assert adamw["weight_decay"]["description"].startswith("weight decay coefficient")  # torch's Args: entry
     assert "default:" not in adamw["weight_decay"]["description"]  # the default comes from the signature
     step = schedulers["StepLR"]["params"]
-    assert "optimizer" not in step and "required" in step["step_size"]["description"] and "default" not in step["step_size"]
+    assert (
+        "optimizer" not in step
+        and "required" in step["step_size"]["description"]
+        and "default" not in step["step_size"]
+    )
     assert schedulers["step_decay"]["params"]["every"]["default"] == 10
     # the section's default name applies when name is left out; any other needs it written
     assert not losses["dice_bce"]["required"] and losses["focal"]["required"]
@@ -122,8 +132,12 @@ def _documents() -> list[dict]:
         for name in (5, "", "no_such_thing", "tests.user_losses:ScaledL1", None):
             docs.append({**copy.deepcopy(base), section: {**base[section], "name": name}})
         docs.append({**copy.deepcopy(base), section: {k: v for k, v in base[section].items() if k != "name"}})
-    docs.append({**copy.deepcopy(base), "loss": {"name": "sum", "terms": [{"name": "focal", "params": {"gamma": "x"}},
-                                                                         {"name": 3}, {"weight": 1}]}})
+    docs.append(
+        {
+            **copy.deepcopy(base),
+            "loss": {"name": "sum", "terms": [{"name": "focal", "params": {"gamma": "x"}}, {"name": 3}, {"weight": 1}]},
+        }
+    )
     return docs
 
 
@@ -131,14 +145,20 @@ def test_fragments_constrain_nothing():
     with_fragments, without = _validator(True), _validator(False)
     for doc in _documents():
         got = sorted((e.json_path, e.message) for e in with_fragments.iter_errors(doc))
-        assert got == sorted((e.json_path, e.message) for e in without.iter_errors(doc)), (doc["loss"], doc["optimizer"])
+        assert got == sorted((e.json_path, e.message) for e in without.iter_errors(doc)), (
+            doc["loss"],
+            doc["optimizer"],
+        )
 
 
-@pytest.mark.parametrize("section, params, key", [
-    ("loss", {"name": "dice", "params": {"smoth": 1.0}}, "loss.params.smoth"),
-    ("optimizer", {"name": "SGD", "lr": 0.1, "params": {"momentun": 0.9}}, "optimizer.params.momentun"),
-    ("scheduler", {"name": "StepLR", "params": {"step_size": 2, "gama": 0.5}}, "scheduler.params.gama"),
-])
+@pytest.mark.parametrize(
+    "section, params, key",
+    [
+        ("loss", {"name": "dice", "params": {"smoth": 1.0}}, "loss.params.smoth"),
+        ("optimizer", {"name": "SGD", "lr": 0.1, "params": {"momentun": 0.9}}, "optimizer.params.momentun"),
+        ("scheduler", {"name": "StepLR", "params": {"step_size": 2, "gama": 0.5}}, "scheduler.params.gama"),
+    ],
+)
 def test_an_unknown_argument_is_still_one_located_problem(tmp_path, section, params, key):
     problems = problems_by_key(write_params(tmp_path / "params.yaml", link=True, **{section: params}))
     assert list(problems) == [key] and "unexpected argument" in problems[key], problems
@@ -154,7 +174,7 @@ class _Documented:
             and more. Default: ``[]``.
     """
 
-    def __init__(self, rate: Optional[float] = 0.5, *, names: tuple[str, ...] = ("a",), fn=len, big=float("inf")):
+    def __init__(self, rate: float | None = 0.5, *, names: tuple[str, ...] = ("a",), fn=len, big=float("inf")):
         pass
 
 
@@ -169,7 +189,9 @@ def test_argument_reading():
     assert not has_json_form(args["fn"].default) and not has_json_form(args["big"].default)
     assert type_text("torch.Tensor | None") == "Tensor | None" and type_text(inspect.Parameter.empty) == ""
     assert [a.name for a in keyword_arguments(REGISTRIES["optimizers"].find("SGD"), "optimizers")][:2] == [
-        "momentum", "dampening"]
+        "momentum",
+        "dampening",
+    ]
 
 
 def test_schema_command_writes_and_checks(tmp_path, monkeypatch, capsys):

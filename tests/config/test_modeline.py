@@ -1,5 +1,6 @@
 """Every shipped params file names a schema its editor finds from where the file stands, and
 `python -m pipeline init` installs an example as params.yaml with that line rewritten."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,8 @@ def test_modeline_resolves_to_the_schema_from_where_the_file_stands(path: Path):
     reference = schema_reference(text)
     assert text.startswith("# yaml-language-server: $schema="), f"{path}: the schema line must come first"
     assert reference and resolve_reference(reference, path) == (SCHEMA_DIR / ROOT_SCHEMA).resolve(), (
-        f"{path}: $schema={reference} resolves to {resolve_reference(reference, path)}")
+        f"{path}: $schema={reference} resolves to {resolve_reference(reference, path)}"
+    )
 
 
 def _link_repo_data(folder: Path) -> None:

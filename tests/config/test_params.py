@@ -1,4 +1,5 @@
 """Validation of params files: every problem at once, each with line, column, key and a useful hint."""
+
 from __future__ import annotations
 
 import re
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config.params import flatten
 from pipeline.components import load_params
 from pipeline.config.errors import ConfigError
+from pipeline.config.params import flatten
 from tests.conftest import REPO, write_params
 
 SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])
@@ -27,8 +28,11 @@ def test_every_shipped_params_file_validates(path, tmp_path):
 
 
 def test_defaults_are_filled(tmp_path):
-    path = write_params(tmp_path / "params.yaml", link=True,
-                        replace={"  grad_clip: 1.0                # max gradient norm (null: off)\n": ""})
+    path = write_params(
+        tmp_path / "params.yaml",
+        link=True,
+        replace={"  grad_clip: 1.0                # max gradient norm (null: off)\n": ""},
+    )
     params = load_params(path)
     assert params.get("train.grad_clip") is None  # the schema's default
     assert params.get("train.epochs") == yaml.safe_load((REPO / "params.yaml").read_text())["train"]["epochs"]
@@ -41,12 +45,16 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_each_kind_of_error_located(tmp_path):
-    path = write_params(tmp_path / "params.yaml", link=True, replace={
-        "  task: segmentation ": "  task: segmentaton  ",  # enum typo
-        "  epochs: ": "  epochs: many #",  # wrong type
-        "  batch_size: 16": "  batch_size: 0",  # out of range
-        "  seed: 42 ": "  sed: 42  ",  # unknown key
-    })
+    path = write_params(
+        tmp_path / "params.yaml",
+        link=True,
+        replace={
+            "  task: segmentation ": "  task: segmentaton  ",  # enum typo
+            "  epochs: ": "  epochs: many #",  # wrong type
+            "  batch_size: 16": "  batch_size: 0",  # out of range
+            "  seed: 42 ": "  sed: 42  ",  # unknown key
+        },
+    )
     text = path.read_text()
     lines = _problems(path)
     name = str(tmp_path / "params.yaml")
@@ -63,8 +71,13 @@ def test_each_kind_of_error_located(tmp_path):
 
 
 def test_duplicate_keys_and_schema_errors_together(tmp_path):
-    lines = _problems(write_params(tmp_path / "params.yaml", link=True, replace={
-        "  epochs: ": "  epochs: 3\n  epochs: ", "  workers: auto": "  workers: -1"}))
+    lines = _problems(
+        write_params(
+            tmp_path / "params.yaml",
+            link=True,
+            replace={"  epochs: ": "  epochs: 3\n  epochs: ", "  workers: auto": "  workers: -1"},
+        )
+    )
     assert any("train.epochs: duplicate key" in l for l in lines)
     assert any("train.workers" in l and "minimum" in l for l in lines)
 

@@ -1,4 +1,5 @@
 """The schema itself: strict at every level and documented, so editors can complete and explain."""
+
 from __future__ import annotations
 
 import json

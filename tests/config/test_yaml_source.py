@@ -1,4 +1,5 @@
 """The loader keeps positions and reports what PyYAML would hide or crash on."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The Dataset over a manifest: uint8 tensors resized and aligned with their masks, the transform's
 arrays, both mask encodings, classification labels, DataLoader workers, a file damaged later."""
+
 from __future__ import annotations
 
 import pickle
@@ -28,7 +29,7 @@ def _square_scene(i: int, size: tuple[int, int] = (24, 32)) -> tuple[np.ndarray,
     h, w = size
     image = np.full((h, w, 3), 40, np.uint8)
     mask = np.zeros((h, w), np.uint8)
-    mask[4 + i % 4:16 + i % 4, 6:20] = 1
+    mask[4 + i % 4 : 16 + i % 4, 6:20] = 1
     image[mask == 1] = (230, 20, 20)
     return image, mask
 
@@ -38,8 +39,15 @@ def segmentation_manifest(root: Path, n: int = 8, stored: int = 255) -> Manifest
         image, mask = _square_scene(i)
         _save(root / "images" / f"s{i}.png", image)
         _save(root / "masks" / f"s{i}.png", mask * stored)
-    raw = build_manifest(root, task="segmentation", root_as_written=str(root), num_classes=None,
-                         seed=0, fractions=FRACTIONS, stratify=True)
+    raw = build_manifest(
+        root,
+        task="segmentation",
+        root_as_written=str(root),
+        num_classes=None,
+        seed=0,
+        fractions=FRACTIONS,
+        stratify=True,
+    )
     return Manifest(**raw)
 
 
@@ -47,8 +55,15 @@ def classification_manifest(root: Path) -> Manifest:
     for label, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
         for i in range(4):
             _save(root / f"class{label}" / f"{i}.png", np.full((10, 14, 3), colour, np.uint8))
-    raw = build_manifest(root, task="classification", root_as_written="anything", num_classes=None,
-                         seed=0, fractions=FRACTIONS, stratify=True)
+    raw = build_manifest(
+        root,
+        task="classification",
+        root_as_written="anything",
+        num_classes=None,
+        seed=0,
+        fractions=FRACTIONS,
+        stratify=True,
+    )
     return Manifest(**raw)
 
 

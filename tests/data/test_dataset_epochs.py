@@ -1,9 +1,8 @@
 """ManifestDataset.set_epoch: what the training loop calls at the start of every epoch, after the global
 RNGs were reseeded from (train.seed, epoch). Augmenters with a private RNG (Snowflakes, Rain) replay
 an epoch only because set_epoch resets the transform; global-RNG augmenters replay either way."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
@@ -20,9 +19,17 @@ from pipeline.seeding import seed_everything
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     root = tmp_path_factory.mktemp("epochs") / "data"
     generate_segmentation(root, n=8, size=16, seed=0)
-    return Manifest(**build_manifest(root, task="segmentation", root_as_written=str(root), num_classes=None,
-                                     seed=0, fractions={"train": 0.5, "val": 0.25, "test": 0.25},
-                                     stratify=True))
+    return Manifest(
+        **build_manifest(
+            root,
+            task="segmentation",
+            root_as_written=str(root),
+            num_classes=None,
+            seed=0,
+            fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+            stratify=True,
+        )
+    )
 
 
 def first_image_after_reseed(dataset: ManifestDataset, *, set_epoch: int | None) -> torch.Tensor:
@@ -38,8 +45,13 @@ def first_image_after_reseed(dataset: ManifestDataset, *, set_epoch: int | None)
 
 @pytest.mark.parametrize("augmenter", ["Snowflakes", "Rain"])
 def test_set_epoch_makes_private_rng_augmenters_follow_the_seed(manifest, augmenter):
-    dataset = ManifestDataset(manifest, "train", root=manifest.root, image_size=[16, 16],
-                              transform=build_transform([{augmenter: {}}], task="segmentation"))
+    dataset = ManifestDataset(
+        manifest,
+        "train",
+        root=manifest.root,
+        image_size=[16, 16],
+        transform=build_transform([{augmenter: {}}], task="segmentation"),
+    )
     first = first_image_after_reseed(dataset, set_epoch=0)
     assert torch.equal(first_image_after_reseed(dataset, set_epoch=1), first)  # replayed
     assert not torch.equal(first_image_after_reseed(dataset, set_epoch=None), first)  # without: it drifts
@@ -47,8 +59,13 @@ def test_set_epoch_makes_private_rng_augmenters_follow_the_seed(manifest, augmen
 
 def test_set_epoch_without_a_resettable_transform_changes_nothing(manifest):
     plain = ManifestDataset(manifest, "train", root=manifest.root, image_size=[16, 16])
-    flip = ManifestDataset(manifest, "train", root=manifest.root, image_size=[16, 16],
-                           transform=lambda image, mask: (image[:, ::-1], mask[:, ::-1]))
+    flip = ManifestDataset(
+        manifest,
+        "train",
+        root=manifest.root,
+        image_size=[16, 16],
+        transform=lambda image, mask: (image[:, ::-1], mask[:, ::-1]),
+    )
     for dataset in (plain, flip):
         before = dataset[0][0]
         dataset.set_epoch(5)

@@ -2,6 +2,7 @@
 tasks, with and without a transform, through DataLoader workers), a parallel write equals a serial
 one, a cache of another manifest or size is refused naming `dvc repro decode`, and a failed write
 leaves the previous cache whole."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,17 @@ def manifest_of(root: Path, task: str = "segmentation", seed: int = 0) -> Manife
             generate_segmentation(root, n=15, size=32, seed=2)
         else:
             generate_classification(root, n_per_class=5, size=32, seed=2)
-    return Manifest(**build_manifest(root, task=task, root_as_written=str(root), num_classes=None, seed=seed,
-                                     fractions=FRACTIONS, stratify=task == "classification"))
+    return Manifest(
+        **build_manifest(
+            root,
+            task=task,
+            root_as_written=str(root),
+            num_classes=None,
+            seed=seed,
+            fractions=FRACTIONS,
+            stratify=task == "classification",
+        )
+    )
 
 
 def both(tmp_path: Path, task: str, split: str, **kwargs) -> tuple[ManifestDataset, DecodedDataset]:
@@ -43,8 +53,10 @@ def both(tmp_path: Path, task: str, split: str, **kwargs) -> tuple[ManifestDatas
     manifest = manifest_of(data, task)
     if not cache.exists():
         write_decoded(cache, manifest, root=data, image_size=SIZE)
-    return (ManifestDataset(manifest, split, root=data, image_size=SIZE, **kwargs),
-            DecodedDataset(cache, manifest, split, root=data, image_size=SIZE, **kwargs))
+    return (
+        ManifestDataset(manifest, split, root=data, image_size=SIZE, **kwargs),
+        DecodedDataset(cache, manifest, split, root=data, image_size=SIZE, **kwargs),
+    )
 
 
 @pytest.mark.parametrize("task", ["segmentation", "classification"])

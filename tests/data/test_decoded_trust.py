@@ -3,6 +3,7 @@ outside the cache folder, an index that does not describe the shards (no shards,
 shapes, missing keys, bad JSON, an old format) and a shard changed after the decode stage wrote it
 (zeroed, truncated) are each refused with a message naming index.json or the shard and `dvc repro
 decode`, before a sample is read; and the train stage stops on them without writing its weights."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ def test_the_index_records_each_shard_file_size_and_sha256(built):
                 assert entry["sha256"][kind] == file_sha256(path)
 
 
-@pytest.mark.parametrize(("bad", "why"), [("/etc/hostname", "an absolute path"),
-                                          ("../../../../etc/hostname", "leads outside")])
+@pytest.mark.parametrize(
+    ("bad", "why"), [("/etc/hostname", "an absolute path"), ("../../../../etc/hostname", "leads outside")]
+)
 def test_a_shard_path_outside_the_cache_folder_is_refused(cache, built, bad, why):
     edit_index(cache, lambda index: shard(index).update(images=bad))
     with pytest.raises(PipelineError) as caught:
@@ -105,16 +107,21 @@ def test_a_zeroed_shard_is_refused_before_the_first_sample(cache, built):
     assert np.load(shard_file).shape == (9, 3, *SIZE)  # a well-formed array of zeros
     with pytest.raises(PipelineError) as caught:
         open_train(cache, built)
-    assert str(caught.value) == (f"{shard_file}: its content differs from the sha256 index.json recorded: the shard "
-                                 "changed after the decode stage wrote it; rebuild it: dvc repro decode")
+    assert str(caught.value) == (
+        f"{shard_file}: its content differs from the sha256 index.json recorded: the shard "
+        "changed after the decode stage wrote it; rebuild it: dvc repro decode"
+    )
 
 
 def test_a_truncated_or_missing_shard_is_refused(cache, built):
     shard_file = cache / "val/shard-00000.targets.npy"
     size = shard_file.stat().st_size
     shard_file.write_bytes(shard_file.read_bytes()[:-1])
-    with pytest.raises(PipelineError, match=rf"{shard_file}: {size - 1} bytes, but index.json recorded {size}: "
-                                            "the shard changed .*dvc repro decode"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"{shard_file}: {size - 1} bytes, but index.json recorded {size}: "
+        "the shard changed .*dvc repro decode",
+    ):
         open_train(cache, built, "val")
     shard_file.unlink()
     with pytest.raises(PipelineError, match=rf"{shard_file}: cannot read this shard .*dvc repro decode"):
@@ -131,6 +138,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             del node[last]
         else:
             node[last] = value
+
     return change
 
 
@@ -171,9 +179,13 @@ def test_a_shard_of_other_shape_than_its_index_says_is_refused(cache, built):
     """The index says 9 rows; the file (with its size and digest recorded to match) holds 8."""
     shard_file = cache / "train/shard-00000.images.npy"
     np.save(shard_file, np.zeros((8, 3, *SIZE), np.uint8))
-    edit_index(cache, lambda index: shard(index).update(
-        bytes={**shard(index)["bytes"], "images": shard_file.stat().st_size},
-        sha256={**shard(index)["sha256"], "images": file_sha256(shard_file)}))
+    edit_index(
+        cache,
+        lambda index: shard(index).update(
+            bytes={**shard(index)["bytes"], "images": shard_file.stat().st_size},
+            sha256={**shard(index)["sha256"], "images": file_sha256(shard_file)},
+        ),
+    )
     wrong = rf"{shard_file}: holds uint8 \[8, 3, 16, 20\], not uint8 \[9, 3, 16, 20\]; .*dvc repro decode"
     with pytest.raises(PipelineError, match=wrong):
         open_train(cache, built)

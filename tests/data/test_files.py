@@ -1,5 +1,6 @@
 """Reading files: the mask convention (every mode PIL opens, binary and multi-class), and the data
 checks `python -m pipeline validate` runs (data.root and the segmentation folders)."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,8 @@ from pipeline.config.errors import ConfigError, PipelineError
 from pipeline.data.files import mask_array, mask_to_classes, mask_values
 from tests.conftest import REPO, write_params
 
-
 # -- masks -------------------------------------------------------------------------------------
+
 
 def test_mask_modes_give_stored_values():
     values = np.array([[0, 1], [2, 3]], np.uint8)
@@ -48,6 +49,7 @@ def test_binary_masks_map_to_zero_one_and_multiclass_masks_stay():
 
 # -- semantic checks (python -m pipeline validate) ---------------------------------------------
 
+
 def test_validate_reports_a_missing_data_root_by_key(tmp_path):
     path = write_params(tmp_path / "params.yaml", replace={"root: data/shapes-seg": "root: no/such/folder"})
     text = path.read_text()
@@ -62,8 +64,10 @@ def test_validate_reports_a_missing_data_root_by_key(tmp_path):
 def test_validate_reports_missing_and_escaping_segmentation_folders(tmp_path):
     (tmp_path / "d" / "images").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
-    path = write_params(tmp_path / "params.yaml",
-                        replace={"root: data/shapes-seg": "root: d", "masks_dir: masks": "masks_dir: ../outside"})
+    path = write_params(
+        tmp_path / "params.yaml",
+        replace={"root: data/shapes-seg": "root: d", "masks_dir: masks": "masks_dir: ../outside"},
+    )
     with pytest.raises(ConfigError) as info:
         load_params(path)
     problems = {p.key: p.message for p in info.value.problems}

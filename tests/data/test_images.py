@@ -1,6 +1,7 @@
 """The one image reader: 16-bit and float images scaled by their real range (not clipped at 255), EXIF
 orientation applied to images and masks, impossible values refused naming the file; and the same
 reading in the dataset (train, evaluate, the decoded cache) and in predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,11 +88,15 @@ def test_a_float_tiff_reads_as_its_8_bit_twin(tmp_path, full_scale):
     assert np.abs(_read(tmp_path / "float.tif")[..., 0].astype(int) - grey).max() <= 1
 
 
-@pytest.mark.parametrize("values, why", [
-    (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-    (-0.5, "-0.5..0.5 (mode F) fit none of the ranges 0..1, 0..255, 0..65535"),
-    (70000.0, "0.5..70000 (mode F) fit none"),
-])
+@pytest.mark.parametrize(
+    "values, why",
+    [
+        (np.nan, "NaN or infinite"),
+        (np.inf, "NaN or infinite"),
+        (-0.5, "-0.5..0.5 (mode F) fit none of the ranges 0..1, 0..255, 0..65535"),
+        (70000.0, "0.5..70000 (mode F) fit none"),
+    ],
+)
 def test_a_float_image_no_range_holds_is_refused_naming_the_file(tmp_path, values, why):
     array = np.full((6, 8), 0.5, np.float32)
     array[2, 3] = values
@@ -116,7 +121,11 @@ def test_other_modes_convert_as_pil_does(tmp_path):
 def test_a_jpeg_with_exif_orientation_6_reads_upright(tmp_path):
     upright = np.zeros((96, 160, 3), np.uint8)  # four flat quadrants: JPEG keeps their means
     upright[:48, :80], upright[:48, 80:], upright[48:, :80], upright[48:, 80:] = (
-        (230, 30, 30), (30, 230, 30), (30, 30, 230), (200, 200, 200))
+        (230, 30, 30),
+        (30, 230, 30),
+        (30, 30, 230),
+        (200, 200, 200),
+    )
     path = _sideways(Image.fromarray(upright), tmp_path / "portrait.jpg", quality=95)
     with Image.open(path) as stored:
         assert stored.size == (96, 160)  # stored sideways
@@ -151,8 +160,15 @@ def test_the_dataset_reads_16_bit_and_turned_copies_as_the_8_bit_image_with_mask
     (tmp_path / "masks").mkdir()
     Image.fromarray(mask * 255).save(tmp_path / "masks" / "upright.png")
     entries = [{"image": f"images/{name}", "mask": "masks/upright.png"} for name in names]
-    manifest = Manifest(task="segmentation", root=str(tmp_path), num_classes=2, class_names=["bg", "fg"],
-                        splits={"train": entries, "val": [], "test": []}, counts={}, fingerprint="")
+    manifest = Manifest(
+        task="segmentation",
+        root=str(tmp_path),
+        num_classes=2,
+        class_names=["bg", "fg"],
+        splits={"train": entries, "val": [], "test": []},
+        counts={},
+        fingerprint="",
+    )
     dataset = ManifestDataset(manifest, "train", root=tmp_path, image_size=[48, 80])
     loaded = [dataset.load(i) for i in range(3)]
     for image, target in loaded[1:]:
@@ -169,9 +185,16 @@ def test_the_split_stage_pairs_a_turned_image_with_its_upright_mask(tmp_path):
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(exist_ok=True)
         _sideways(Image.fromarray(grey), root / "images" / f"s{i}.png")  # stored 48 wide, 80 high
-        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")          # drawn on the upright 80x48
-    manifest = build_manifest(root, task="segmentation", root_as_written=str(root), num_classes=None, seed=0,
-                              fractions={"train": 0.5, "val": 0.25, "test": 0.25}, stratify=False)
+        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")  # drawn on the upright 80x48
+    manifest = build_manifest(
+        root,
+        task="segmentation",
+        root_as_written=str(root),
+        num_classes=None,
+        seed=0,
+        fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+        stratify=False,
+    )
     assert manifest["num_classes"] == 2 and sum(len(s) for s in manifest["splits"].values()) == 4
 
 

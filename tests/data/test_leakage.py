@@ -1,5 +1,6 @@
 """Data you can trust: grouped splits (a group never crosses splits), cross-split duplicates reported or
 dropped, labels from a CSV with located errors, and k-fold cross-validation around a fixed test set."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,8 +40,17 @@ def carvana(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _carvana_manifest(root: Path, **split: object) -> dict:
-    return build_manifest(root, task="segmentation", root_as_written=str(root), num_classes=None, mask_suffix="_mask",
-                          seed=0, fractions=FRACTIONS, stratify=True, **split)
+    return build_manifest(
+        root,
+        task="segmentation",
+        root_as_written=str(root),
+        num_classes=None,
+        mask_suffix="_mask",
+        seed=0,
+        fractions=FRACTIONS,
+        stratify=True,
+        **split,
+    )
 
 
 def _groups_by_split(manifest: dict) -> dict[str, set[str]]:
@@ -69,8 +79,16 @@ def test_uneven_groups_meet_the_fractions_as_closely_as_they_allow(tmp_path: Pat
         for view in range(size):
             _png(tmp_path / "images" / f"g{group}_{view}.png", group * 50 + view)
             _png(tmp_path / "masks" / f"g{group}_{view}.png", group * 50 + view, "L")
-    manifest = build_manifest(tmp_path, task="segmentation", root_as_written="d", num_classes=None, seed=3,
-                              fractions={"train": 0.6, "val": 0.2, "test": 0.2}, stratify=False, group_by=CARVANA)
+    manifest = build_manifest(
+        tmp_path,
+        task="segmentation",
+        root_as_written="d",
+        num_classes=None,
+        seed=3,
+        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+        stratify=False,
+        group_by=CARVANA,
+    )
     sizes_by_split = {s: len(manifest["splits"][s]) for s in SPLITS}
     assert sizes_by_split == {"train": 24, "val": 8, "test": 8}  # 40 x (0.6, 0.2, 0.2), met exactly
     assert all(len(splits) == 1 for splits in _groups_by_split(manifest).values())
@@ -81,8 +99,16 @@ def test_classification_stays_stratified_as_far_as_the_groups_allow(tmp_path: Pa
         for subject in range(10):
             for shot in range(4):
                 _png(tmp_path / label / f"{label}{subject}_{shot}.png", hash((label, subject, shot)) % 10**6)
-    manifest = build_manifest(tmp_path, task="classification", root_as_written="d", num_classes=None, seed=1,
-                              fractions={"train": 0.6, "val": 0.2, "test": 0.2}, stratify=True, group_by=CARVANA)
+    manifest = build_manifest(
+        tmp_path,
+        task="classification",
+        root_as_written="d",
+        num_classes=None,
+        seed=1,
+        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+        stratify=True,
+        group_by=CARVANA,
+    )
     assert manifest["counts"] == {s: {"cat": n, "dog": n} for s, n in (("train", 24), ("val", 8), ("test", 8))}
 
 
@@ -139,30 +165,57 @@ def _labelled(root: Path, rows: str) -> Path:
 
 def test_labels_from_a_csv(tmp_path: Path):
     csv_path = _labelled(tmp_path, "path,label\na.png,cat\nb.png,dog\nsub/c.png,cat\nd.png,dog\ne.png,cat\nf.png,dog\n")
-    manifest = build_manifest(tmp_path, task="classification", root_as_written="d", num_classes=None, seed=0,
-                              fractions={"train": 0.34, "val": 0.33, "test": 0.33}, stratify=True, labels_csv=csv_path)
+    manifest = build_manifest(
+        tmp_path,
+        task="classification",
+        root_as_written="d",
+        num_classes=None,
+        seed=0,
+        fractions={"train": 0.34, "val": 0.33, "test": 0.33},
+        stratify=True,
+        labels_csv=csv_path,
+    )
     assert manifest["class_names"] == ["cat", "dog"] and manifest["counts"]["test"] == {"cat": 1, "dog": 1}
     labels = {e["image"]: e["label"] for s in SPLITS for e in manifest["splits"][s]}
     assert labels == {"a.png": 0, "b.png": 1, "sub/c.png": 0, "d.png": 1, "e.png": 0, "f.png": 1}
 
 
-@pytest.mark.parametrize("rows, expected", [
-    ("file,class\na.png,cat\n", ":1: columns must be path,label (found file,class)"),
-    ("path,label\na.png,cat\nb.png,\n", ":3: empty label"),
-    ("path,label\na.png,cat\nnope.png,dog\n", ":3: nope.png does not exist under"),
-    ("path,label\na.png,cat\nb.png,dog\na.png,dog\n", ":4: a.png is listed again (first on line 2)"),
-    ("path,label\na.png,cat,extra\n", ":2: expected 2 fields"),
-    ("path,label\nlabels.csv,cat\n", ":2: labels.csv: unsupported file type"),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ("file,class\na.png,cat\n", ":1: columns must be path,label (found file,class)"),
+        ("path,label\na.png,cat\nb.png,\n", ":3: empty label"),
+        ("path,label\na.png,cat\nnope.png,dog\n", ":3: nope.png does not exist under"),
+        ("path,label\na.png,cat\nb.png,dog\na.png,dog\n", ":4: a.png is listed again (first on line 2)"),
+        ("path,label\na.png,cat,extra\n", ":2: expected 2 fields"),
+        ("path,label\nlabels.csv,cat\n", ":2: labels.csv: unsupported file type"),
+    ],
+)
 def test_label_file_errors_name_the_line(tmp_path: Path, rows: str, expected: str):
     csv_path = _labelled(tmp_path / "data", rows)
     with pytest.raises(PipelineError, match=f"{csv_path}{expected}".replace("(", r"\(").replace(")", r"\)")):
-        build_manifest(tmp_path / "data", task="classification", root_as_written="d", num_classes=None, seed=0,
-                       fractions=FRACTIONS, stratify=True, labels_csv=csv_path)
-    path = write_params(tmp_path / "params.yaml", **{"data.task": "classification", "data.root": "data",
-                                                     "data.labels": "labels.csv", "model.source": "timm",
-                                                     "model.name": "resnet10t", "model.pretrained": False,
-                                                     "loss": {"name": "cross_entropy", "params": {}, "terms": []}})
+        build_manifest(
+            tmp_path / "data",
+            task="classification",
+            root_as_written="d",
+            num_classes=None,
+            seed=0,
+            fractions=FRACTIONS,
+            stratify=True,
+            labels_csv=csv_path,
+        )
+    path = write_params(
+        tmp_path / "params.yaml",
+        **{
+            "data.task": "classification",
+            "data.root": "data",
+            "data.labels": "labels.csv",
+            "model.source": "timm",
+            "model.name": "resnet10t",
+            "model.pretrained": False,
+            "loss": {"name": "cross_entropy", "params": {}, "terms": []},
+        },
+    )
     assert expected.split(": ", 1)[-1] in problems_by_key(path)["data.labels"]  # validate reads it the same way
 
 
@@ -172,7 +225,7 @@ def test_folds_are_disjoint_cover_the_non_test_data_and_keep_the_test_set(carvan
     test = images[0]["test"]
     assert test and all(fold["test"] == test for fold in images)
     vals = [fold["val"] for fold in images]
-    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])  # disjoint
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1 :])  # disjoint
     everything = {e["image"] for s in SPLITS for e in folds[0]["splits"][s]}
     assert set().union(*vals) == everything - test  # together the non-test data
     assert all(fold["train"] == everything - test - fold["val"] for fold in images)

@@ -1,4 +1,5 @@
 """The manifest file the split stage writes: it round-trips, and a missing or damaged one says what to do."""
+
 from __future__ import annotations
 
 import json

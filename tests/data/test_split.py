@@ -1,4 +1,5 @@
 """Splitting: determinism, complete disjoint stratified splits, both layouts, every bad input."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from PIL import Image
 import pipeline.data.scan as scan_lib
 from pipeline.atomic import write_json
 from pipeline.config.errors import PipelineError
-from pipeline.data.manifest import SPLITS
 from pipeline.data.assign import deal
+from pipeline.data.manifest import SPLITS
 from pipeline.data.split import build_manifest
 from tests.conftest import REPO
 
@@ -38,21 +39,28 @@ def make_classification(root: Path, sizes: dict[str, int]) -> Path:
     return root
 
 
-def make_segmentation(root: Path, n: int, *, stored: tuple[int, ...] = (0, 255), image_ext: str = ".png",
-                      mask_ext: str = ".png", mask_suffix: str = "", size: tuple[int, int] = (8, 10)) -> Path:
+def make_segmentation(
+    root: Path,
+    n: int,
+    *,
+    stored: tuple[int, ...] = (0, 255),
+    image_ext: str = ".png",
+    mask_ext: str = ".png",
+    mask_suffix: str = "",
+    size: tuple[int, int] = (8, 10),
+) -> Path:
     """``n`` pairs; every mask holds the values ``stored`` (cycled over its rows)."""
     for i in range(n):
         _save(root / "images" / f"im{i:03d}{image_ext}", _image(i, size))
         mask = np.zeros(size, np.uint8)
         for row, value in enumerate(stored):
-            mask[row::len(stored)] = value
+            mask[row :: len(stored)] = value
         _save(root / "masks" / f"im{i:03d}{mask_suffix}{mask_ext}", mask)
     return root
 
 
 def manifest(root: Path, task: str = "classification", **overrides) -> dict:
-    kwargs = dict(task=task, root_as_written="data", num_classes=None, seed=42, fractions=FRACTIONS,
-                  stratify=True)
+    kwargs = dict(task=task, root_as_written="data", num_classes=None, seed=42, fractions=FRACTIONS, stratify=True)
     return build_manifest(root, **{**kwargs, **overrides})
 
 
@@ -61,6 +69,7 @@ def _entries(m: dict) -> dict[str, list[str]]:
 
 
 # -- determinism and shape of the splits -------------------------------------------------------
+
 
 def test_same_seed_same_bytes_other_seed_other_split(tmp_path):
     root = make_classification(tmp_path / "data", {"a": 20, "b": 14, "c": 9})
@@ -128,6 +137,7 @@ def test_worker_processes_give_the_same_manifest(tmp_path, monkeypatch):
 
 # -- layouts and mask encodings ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stored", [(0, 255), (0, 1)])
 def test_binary_masks_stored_either_way(tmp_path, stored):
     m = manifest(make_segmentation(tmp_path / "data", 10, stored=stored), task="segmentation")
@@ -155,14 +165,26 @@ def test_carvana_naming_jpg_images_gif_masks(tmp_path):
         gif = Image.fromarray(mask, "L").convert("P")
         gif.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
         gif.save(root / "train_masks" / f"car{i}_01_mask.gif") if (root / "train_masks").exists() else (
-            (root / "train_masks").mkdir(), gif.save(root / "train_masks" / f"car{i}_01_mask.gif"))
-    m = manifest(root, task="segmentation", images_dir="train", masks_dir="train_masks", mask_suffix="_mask",
-                 fractions={"train": 0.5, "val": 0.25, "test": 0.25})
+            (root / "train_masks").mkdir(),
+            gif.save(root / "train_masks" / f"car{i}_01_mask.gif"),
+        )
+    m = manifest(
+        root,
+        task="segmentation",
+        images_dir="train",
+        masks_dir="train_masks",
+        mask_suffix="_mask",
+        fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+    )
     assert m["num_classes"] == 2
     assert sorted(e["mask"] for s in SPLITS for e in m["splits"][s]) == [
-        f"train_masks/car{i}_01_mask.gif" for i in range(6)]
-    assert all(e["image"] == e["mask"].replace("train_masks/", "train/").replace("_mask.gif", ".jpg")
-               for s in SPLITS for e in m["splits"][s])
+        f"train_masks/car{i}_01_mask.gif" for i in range(6)
+    ]
+    assert all(
+        e["image"] == e["mask"].replace("train_masks/", "train/").replace("_mask.gif", ".jpg")
+        for s in SPLITS
+        for e in m["splits"][s]
+    )
 
 
 def test_fingerprint_follows_the_contents(tmp_path):
@@ -188,6 +210,7 @@ def test_embedded_classification_data_splits_evenly():
 
 
 # -- bad input: a clear error naming the file or key -------------------------------------------
+
 
 def test_missing_root(tmp_path):
     with pytest.raises(PipelineError, match=r"data.root: .*nowhere does not exist"):
@@ -267,8 +290,11 @@ def test_fractions_that_do_not_sum_to_one(tmp_path):
 
 def test_fractions_that_leave_a_split_empty(tmp_path):
     root = make_classification(tmp_path / "data", {"a": 5, "b": 5})
-    with pytest.raises(PipelineError, match=r"split.fractions.test = 0.04 leaves the test split empty: "
-                                            r"10 files x 0.04 = 0.40"):
+    with pytest.raises(
+        PipelineError,
+        match=r"split.fractions.test = 0.04 leaves the test split empty: "
+        r"10 files x 0.04 = 0.40",
+    ):
         manifest(root, fractions={"train": 0.8, "val": 0.16, "test": 0.04})
 
 

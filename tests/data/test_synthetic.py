@@ -1,4 +1,5 @@
 """The embedded default datasets: committed files = what the generator makes, and they are usable."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.synthetic import (CLASS_NAMES, CLASSIFICATION_DEFAULTS, REPO_DATA, SEGMENTATION_DEFAULTS,
-                              classification_scene, generate_classification, generate_segmentation,
-                              segmentation_scene)
+from pipeline.data.synthetic import (
+    CLASS_NAMES,
+    CLASSIFICATION_DEFAULTS,
+    REPO_DATA,
+    SEGMENTATION_DEFAULTS,
+    classification_scene,
+    generate_classification,
+    generate_segmentation,
+    segmentation_scene,
+)
 
 SEG = REPO_DATA / "shapes-seg"
 CLS = REPO_DATA / "shapes-cls"
@@ -22,8 +30,10 @@ def _pixels(path: Path) -> np.ndarray:
 
 def _seg_arrays() -> tuple[np.ndarray, np.ndarray]:
     names = sorted(p.name for p in (SEG / "images").iterdir())
-    return (np.stack([_pixels(SEG / "images" / n) for n in names]),
-            np.stack([_pixels(SEG / "masks" / n) for n in names]))
+    return (
+        np.stack([_pixels(SEG / "images" / n) for n in names]),
+        np.stack([_pixels(SEG / "masks" / n) for n in names]),
+    )
 
 
 def test_committed_segmentation_matches_the_generator_pixel_for_pixel():
@@ -82,12 +92,15 @@ def test_generators_write_the_user_layout_deterministically(tmp_path):
         assert image.shape == (24, 24, 3) and image.dtype == np.uint8
         assert mask.shape == (24, 24) and set(np.unique(mask)) <= {0, 255}
         np.testing.assert_array_equal(image, _pixels(tmp_path / "b" / "images" / name))
-    assert any(not np.array_equal(_pixels(tmp_path / "a" / "images" / n), _pixels(tmp_path / "c" / "images" / n))
-               for n in names)
+    assert any(
+        not np.array_equal(_pixels(tmp_path / "a" / "images" / n), _pixels(tmp_path / "c" / "images" / n))
+        for n in names
+    )
 
     generate_classification(tmp_path / "cls", n_per_class=2, size=20, seed=1)
     assert {p.relative_to(tmp_path / "cls").as_posix() for p in (tmp_path / "cls").rglob("*.png")} == {
-        f"{c}/{c}_{i:04d}.png" for c in CLASS_NAMES for i in range(2)}
+        f"{c}/{c}_{i:04d}.png" for c in CLASS_NAMES for i in range(2)
+    }
 
 
 def test_generation_replaces_the_folder_whole(tmp_path):

@@ -1,6 +1,7 @@
 """``python -m pipeline export``: ONNX and TorchScript files that reproduce PyTorch (the predictor's
 logits) within tolerance at other batch and image sizes than they were exported with, carry the
 model file's recipe, and are refused (leaving no file) when they do not match."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,26 @@ from pipeline.models.file import META_KEY, ModelInfo, save_model
 from pipeline.models.initial import initial_model
 
 ARCHS = {  # 32 px, tiny: a fully convolutional U-Net and a timm classifier with global pooling
-    "unet": ({"source": "unet", "name": "classic", "in_chans": 3,
-              "unet": {"base_channels": 4, "depth": 2, "upsampling": "bilinear"}}, "segmentation", 2),
-    "unet_transposed": ({"source": "unet", "name": "classic", "in_chans": 3,
-                         "unet": {"base_channels": 4, "depth": 2, "upsampling": "transposed"}}, "segmentation", 3),
+    "unet": (
+        {
+            "source": "unet",
+            "name": "classic",
+            "in_chans": 3,
+            "unet": {"base_channels": 4, "depth": 2, "upsampling": "bilinear"},
+        },
+        "segmentation",
+        2,
+    ),
+    "unet_transposed": (
+        {
+            "source": "unet",
+            "name": "classic",
+            "in_chans": 3,
+            "unet": {"base_channels": 4, "depth": 2, "upsampling": "transposed"},
+        },
+        "segmentation",
+        3,
+    ),
     "timm": ({"source": "timm", "name": "test_resnet", "in_chans": 3, "unet": None}, "classification", 3),
     "vit": ({"source": "timm", "name": "test_vit", "in_chans": 3, "unet": None}, "classification", 3),
 }
@@ -62,6 +79,7 @@ def exported(model_files, tmp_path_factory) -> Callable[[str, str], tuple[Path, 
             out = root / f"{kind}{SUFFIX[fmt]}"
             done[kind, fmt] = out, export_model(model_files[kind][0], fmt, out)
         return done[kind, fmt]
+
     return get
 
 
@@ -124,11 +142,14 @@ def test_onnx_graph_has_named_dynamic_dims(exported):
     assert (logits.name, logits.type, logits.shape) == ("logits", "tensor(float)", ["batch", 1, "height", "width"])
 
 
-@pytest.mark.parametrize(("kind", "fmt", "why"), [
-    ("unet_transposed", "onnx", "the exported model does not run on [1, 3, 41, 39]"),
-    ("unet_transposed", "torchscript", "the exported model does not run on [1, 3, 41, 39]"),
-    ("vit", "torchscript", "the model does not take [1, 3, 41, 39]"),
-])
+@pytest.mark.parametrize(
+    ("kind", "fmt", "why"),
+    [
+        ("unet_transposed", "onnx", "the exported model does not run on [1, 3, 41, 39]"),
+        ("unet_transposed", "torchscript", "the exported model does not run on [1, 3, 41, 39]"),
+        ("vit", "torchscript", "the model does not take [1, 3, 41, 39]"),
+    ],
+)
 def test_a_model_that_needs_its_size_is_exported_with_fixed_height_and_width(kind, fmt, why, model_files, tmp_path):
     """A transposed-convolution U-Net cannot take odd sizes (its graph up-samples 20 to 40, not 41) and a
     ViT takes multiples of its patch only: the dynamic graph is not kept, the size is fixed, the file says so."""
@@ -182,4 +203,7 @@ def test_an_unsupported_opset_is_refused_before_exporting(model_files, tmp_path)
 def test_defaults_are_the_export_sections():
     section = fill_defaults({"export": {}})["export"]
     assert (section["tolerance"], section["opset"], section["dynamic_size"]) == (
-        exporting.DEFAULT_TOLERANCE, exporting.DEFAULT_OPSET, True)
+        exporting.DEFAULT_TOLERANCE,
+        exporting.DEFAULT_OPSET,
+        True,
+    )

@@ -1,5 +1,6 @@
 """``python -m pipeline predict``: the trained model on new images, prepared exactly as evaluate
 prepares them, so predict on the test split gives evaluate's predictions and scores."""
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,21 @@ def test_segmentation_predictions_score_exactly_what_evaluate_scored(segmentatio
 
 def test_classification_predictions_are_evaluates(classification: Path, tmp_path: Path):
     ws, out = classification, tmp_path / "pred"
-    assert cli(["predict", str(ws / "data"), "--model", str(ws / "outputs/train/best.safetensors"),
-                "--out", str(out), "--batch-size", "5"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(ws / "data"),
+                "--model",
+                str(ws / "outputs/train/best.safetensors"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     with open(out / "predictions.csv", newline="") as fh:
         rows = {Path(r["path"]).relative_to(ws / "data").as_posix(): r for r in csv.DictReader(fh)}
     names = json.loads((ws / "outputs/split/manifest.json").read_text())["class_names"]
@@ -82,8 +96,18 @@ def test_masks_come_back_at_each_inputs_size_and_bad_inputs_are_listed(segmentat
     Image.fromarray(rng.integers(0, 256, (90, 20), dtype=np.uint8)).save(tmp_path / "tall.jpg")  # greyscale
     (tmp_path / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "pred"
-    status = cli(["predict", str(tmp_path / "*.*g"), "--model", str(segmentation / "outputs/train/best.safetensors"),
-                  "--out", str(out), "--tta", "--overlays"])
+    status = cli(
+        [
+            "predict",
+            str(tmp_path / "*.*g"),
+            "--model",
+            str(segmentation / "outputs/train/best.safetensors"),
+            "--out",
+            str(out),
+            "--tta",
+            "--overlays",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and f"could not read {tmp_path / 'broken.png'}: cannot decode image" in err
     assert "Traceback" not in err
@@ -94,7 +118,17 @@ def test_masks_come_back_at_each_inputs_size_and_bad_inputs_are_listed(segmentat
 
 
 def test_predict_errors_name_what_is_wrong(segmentation: Path, tmp_path: Path, capsys):
-    assert cli(["predict", str(tmp_path / "nothing-here.png"), "--model", str(segmentation / "outputs/train/best.safetensors")]) == 2
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "nothing-here.png"),
+                "--model",
+                str(segmentation / "outputs/train/best.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "nothing-here.png: no such file or folder" in capsys.readouterr().err
     assert cli(["predict", str(tmp_path), "--model", str(tmp_path / "none.safetensors")]) == 2
     assert "none.safetensors: no such model file" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Building models: every family (torchvision, timm, U-Nets) gives the right output shape and names its
 new head, a user factory plugs in, the seed decides the initialisation, and `validate` reports bad names,
 wrong families and missing weight files at their keys."""
+
 from __future__ import annotations
 
 import tempfile
@@ -18,10 +19,26 @@ from tests.conftest import REPO, problems_by_key, write_params
 TINY_UNET = {"base_channels": 4, "depth": 2, "upsampling": "bilinear"}
 
 
-def arch(source: str, name: str, *, task: str = "classification", outputs: int = 5, in_chans: int = 3,
-         size: int = 32, unet: dict | None = None) -> dict:
-    return {"source": source, "name": name, "task": task, "num_classes": outputs, "num_outputs": outputs,
-            "in_chans": in_chans, "image_size": [size, size], "unet": unet}
+def arch(
+    source: str,
+    name: str,
+    *,
+    task: str = "classification",
+    outputs: int = 5,
+    in_chans: int = 3,
+    size: int = 32,
+    unet: dict | None = None,
+) -> dict:
+    return {
+        "source": source,
+        "name": name,
+        "task": task,
+        "num_classes": outputs,
+        "num_outputs": outputs,
+        "in_chans": in_chans,
+        "image_size": [size, size],
+        "unet": unet,
+    }
 
 
 def build(config: dict, *, pretrained: bool | str = False, freeze: str | list = "none", root: Path = REPO):
@@ -36,7 +53,7 @@ def build(config: dict, *, pretrained: bool | str = False, freeze: str | list = 
 
 
 def test_num_outputs():
-    assert num_outputs("segmentation", 2) == 1   # one logit channel, sigmoid
+    assert num_outputs("segmentation", 2) == 1  # one logit channel, sigmoid
     assert num_outputs("segmentation", 4) == 4
     assert num_outputs("classification", 2) == 2
     assert num_outputs("classification", 10) == 10
@@ -47,13 +64,22 @@ def test_num_outputs():
 FAMILIES = [
     (arch("torchvision", "resnet18"), ["fc"]),
     (arch("torchvision", "mobilenet_v3_small", in_chans=1), ["classifier.3"]),
-    (arch("torchvision", "squeezenet1_0"), ["classifier.1"]),   # a 1x1 conv head
+    (arch("torchvision", "squeezenet1_0"), ["classifier.1"]),  # a 1x1 conv head
     (arch("timm", "resnet10t", in_chans=4), ["fc"]),
     (arch("timm", "mobilenetv3_small_050"), ["classifier"]),
     (arch("timm", "vit_tiny_patch16_224", size=32), ["head"]),  # built for 32x32 (fixed-size model)
     (arch("unet", "classic", task="segmentation", outputs=1, unet=TINY_UNET), ["head"]),
-    (arch("unet", "mobilenetv3_small_050", task="segmentation", outputs=3, in_chans=1,
-          unet={"base_channels": 4, "depth": 3, "upsampling": "transposed"}), ["head"]),
+    (
+        arch(
+            "unet",
+            "mobilenetv3_small_050",
+            task="segmentation",
+            outputs=3,
+            in_chans=1,
+            unet={"base_channels": 4, "depth": 3, "upsampling": "transposed"},
+        ),
+        ["head"],
+    ),
 ]
 
 
@@ -73,8 +99,9 @@ def test_output_shape_and_new_head(config, head):
 
 def tiny_classifier(*, num_classes: int, in_chans: int) -> nn.Module:
     """A user model factory, named in params.yaml as 'module.path:attr'."""
-    return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(in_chans, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
+    )
 
 
 def test_user_model_factory_gets_classes_and_channels_and_its_last_layer_is_the_head():
@@ -94,14 +121,33 @@ def test_the_seed_decides_the_initialisation():
 
 # --- checks ---------------------------------------------------------------------------------------
 
+
 def test_checks_report_unknown_names_wrong_families_and_missing_files(tmp_path):
-    found = problems_by_key(write_params(tmp_path / "params.yaml", link=True, **{
-        "data.task": "classification", "data.root": "data/shapes-cls", "model.source": "torchvision",
-        "model.name": "resnet181", "model.pretrained": "weights/nope.pth"}))
+    found = problems_by_key(
+        write_params(
+            tmp_path / "params.yaml",
+            link=True,
+            **{
+                "data.task": "classification",
+                "data.root": "data/shapes-cls",
+                "model.source": "torchvision",
+                "model.name": "resnet181",
+                "model.pretrained": "weights/nope.pth",
+            },
+        )
+    )
     assert "did you mean 'resnet18'" in found["model.name"] and "does not exist" in found["model.pretrained"]
-    found = problems_by_key(write_params(tmp_path / "params.yaml", link=True, **{
-        "model.source": "timm", "model.name": "resnet10t", "model.pretrained": "w.onnx"}))
-    assert "segmentation needs source: unet" in found["model.source"] and "unsupported extension" in found["model.pretrained"]
+    found = problems_by_key(
+        write_params(
+            tmp_path / "params.yaml",
+            link=True,
+            **{"model.source": "timm", "model.name": "resnet10t", "model.pretrained": "w.onnx"},
+        )
+    )
+    assert (
+        "segmentation needs source: unet" in found["model.source"]
+        and "unsupported extension" in found["model.pretrained"]
+    )
 
 
 def test_list_models_shows_every_family(capsys):

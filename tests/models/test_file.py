@@ -1,4 +1,5 @@
 """The model file: the initial weights round-trip with the module, its freezing and its recipe."""
+
 from __future__ import annotations
 
 import pytest

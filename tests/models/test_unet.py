@@ -1,5 +1,6 @@
 """Both U-Nets: output shapes for odd sizes and both up-samplings, the head is the last 1x1 conv,
 and a timm encoder takes its weights from a backbone checkpoint."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,7 @@ def test_classic_unet_size_follows_base_channels_and_depth():
     wide = sum(p.numel() for p in ClassicUNet(in_chans=3, num_outputs=1, base_channels=8, depth=2).parameters())
     deep = sum(p.numel() for p in ClassicUNet(in_chans=3, num_outputs=1, base_channels=4, depth=3).parameters())
     assert 3.5 * small < wide < 4.5 * small  # conv weights scale with channels squared
-    assert deep > 3 * small                  # the new level has 4x the channels of the last
+    assert deep > 3 * small  # the new level has 4x the channels of the last
 
 
 def test_classic_unet_rejects_an_unknown_upsampling():
@@ -51,7 +52,8 @@ def test_timm_unet_encoder_loads_a_backbone_state_dict_through_timm():
 
     source = timm.create_model("resnet10t", num_classes=7)
     state = {k: v.clone() for k, v in source.state_dict().items()}
-    model = TimmUNet("resnet10t", in_chans=3, num_outputs=1, depth=3, pretrained=True,
-                     pretrained_cfg_overlay={"state_dict": state})
+    model = TimmUNet(
+        "resnet10t", in_chans=3, num_outputs=1, depth=3, pretrained=True, pretrained_cfg_overlay={"state_dict": state}
+    )
     assert torch.equal(model.encoder.conv1[0].weight, state["conv1.0.weight"])
     assert torch.equal(model.encoder.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])

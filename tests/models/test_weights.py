@@ -1,6 +1,7 @@
 """Starting weights: local .pt/.pth/.safetensors files (a head of another shape dropped, input channels
 adapted, a U-Net encoder from a classification backbone, clear errors), the libraries' weights from a
 warm cache without network and a fast failure with a cold one, and the shipped source weights."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ SHIPPED = REPO / "weights" / "unet_classic_shapes_boundary.safetensors"
 
 # --- local weights --------------------------------------------------------------------------------
 
+
 def test_local_weights_round_trip_pt_and_safetensors(tmp_path):
     config = arch("timm", "resnet10t")
     source = build(config)[0]
@@ -41,8 +43,10 @@ def test_a_head_of_another_shape_is_dropped_and_reported(tmp_path):
     source = build(arch("timm", "resnet10t", outputs=10))[0]
     torch.save(source.state_dict(), tmp_path / "ten.pt")
     model, info, report = build(arch("timm", "resnet10t", outputs=3), pretrained=str(tmp_path / "ten.pt"))
-    assert report.dropped == ["fc.weight: [10, 512] in the file, [3, 512] in the model",
-                              "fc.bias: [10] in the file, [3] in the model"]
+    assert report.dropped == [
+        "fc.weight: [10, 512] in the file, [3, 512] in the model",
+        "fc.bias: [10] in the file, [3] in the model",
+    ]
     assert report.missing == ["fc.weight", "fc.bias"] and model.fc.out_features == 3
     assert torch.equal(model.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
 
@@ -50,8 +54,14 @@ def test_a_head_of_another_shape_is_dropped_and_reported(tmp_path):
 def test_a_unet_encoder_starts_from_a_classification_backbone(tmp_path):
     backbone = build(arch("timm", "resnet10t", outputs=10))[0]
     torch.save(backbone.state_dict(), tmp_path / "resnet10t.pth")
-    config = arch("unet", "resnet10t", task="segmentation", outputs=1, in_chans=1,
-                  unet={"base_channels": 4, "depth": 3, "upsampling": "bilinear"})
+    config = arch(
+        "unet",
+        "resnet10t",
+        task="segmentation",
+        outputs=1,
+        in_chans=1,
+        unet={"base_channels": 4, "depth": 3, "upsampling": "bilinear"},
+    )
     model, info, report = build(config, pretrained="resnet10t.pth", freeze=["encoder.*"], root=tmp_path)
     # depth 3 uses the backbone down to layer2: the deeper stages and the classifier are dropped
     assert {k.split(".")[0] for k in report.dropped} == {"layer3", "layer4", "fc"}
@@ -66,12 +76,14 @@ def test_a_unet_encoder_starts_from_a_classification_backbone(tmp_path):
 def test_input_convolution_is_adapted_to_other_channel_counts(tmp_path, in_chans):
     source = build(arch("torchvision", "squeezenet1_0"))[0]
     torch.save(source.state_dict(), tmp_path / "rgb.pth")
-    model, _, report = build(arch("torchvision", "squeezenet1_0", in_chans=in_chans), pretrained=str(tmp_path / "rgb.pth"))
+    model, _, report = build(
+        arch("torchvision", "squeezenet1_0", in_chans=in_chans), pretrained=str(tmp_path / "rgb.pth")
+    )
     rgb, adapted = source.features[0].weight, model.features[0].weight
     assert adapted.shape[1] == in_chans and report.adapted == [f"features.0.weight: 3 -> {in_chans} input channels"]
     if in_chans in (1, 6):  # one grey channel, or RGB twice: the response to a grey image is unchanged
         torch.testing.assert_close(adapted.sum(1), rgb.sum(1))
-    else:                   # R, G, B, R tiled, scaled by 3/4 (timm's rule)
+    else:  # R, G, B, R tiled, scaled by 3/4 (timm's rule)
         torch.testing.assert_close(adapted, torch.cat([rgb, rgb[:, :1]], 1) * 0.75)
 
 
@@ -93,6 +105,7 @@ def test_weight_file_errors_are_clear(tmp_path):
 
 # --- the libraries' weights: warm cache works offline, a cold cache fails fast --------------------
 
+
 @pytest.fixture
 def no_network(monkeypatch, tmp_path):
     """Empty caches, and every connection refused as on a machine without network."""
@@ -108,9 +121,15 @@ def no_network(monkeypatch, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("config", [arch("torchvision", "squeezenet1_0"), arch("timm", "resnet10t"),
-                                    arch("unet", "resnet10t", task="segmentation", outputs=1, unet=TINY_UNET)],
-                         ids=["torchvision", "timm", "unet-timm"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        arch("torchvision", "squeezenet1_0"),
+        arch("timm", "resnet10t"),
+        arch("unet", "resnet10t", task="segmentation", outputs=1, unet=TINY_UNET),
+    ],
+    ids=["torchvision", "timm", "unet-timm"],
+)
 def test_pretrained_true_offline_fails_fast_saying_how_to_supply_a_file(no_network, config):
     started = time.perf_counter()
     with pytest.raises(PipelineError) as error:
@@ -131,7 +150,7 @@ def test_torchvision_weights_come_from_a_warm_cache_without_network(no_network):
     import torchvision
 
     url = torchvision.models.get_model_weights("squeezenet1_0").DEFAULT.url
-    library = build(arch("torchvision", "squeezenet1_0", outputs=1000))[0]    # stands in for ImageNet weights
+    library = build(arch("torchvision", "squeezenet1_0", outputs=1000))[0]  # stands in for ImageNet weights
     cached = no_network / "torch" / "hub" / "checkpoints" / Path(url).name
     cached.parent.mkdir(parents=True)
     torch.save(library.state_dict(), cached)
@@ -157,18 +176,21 @@ def test_timm_weights_come_from_a_warm_hub_cache_without_network(no_network):
 
 # --- the shipped source weights -------------------------------------------------------------------
 
+
 def test_the_default_params_fine_tune_from_the_shipped_file():
     params = load_params(REPO / "params.yaml")
     assert params.resolve_path(params.get("model.pretrained")) == SHIPPED and SHIPPED.stat().st_size < 2 * 2**20
     from safetensors import safe_open
+
     with safe_open(str(SHIPPED), "pt") as fh:
         made = json.loads(fh.metadata()["source_model"])
-        assert fh.get_tensor("head.weight").shape[0] == 3   # the source task's head: 3 classes
+        assert fh.get_tensor("head.weight").shape[0] == 3  # the source task's head: 3 classes
     assert made["architecture"] == {"source": "unet", "name": "classic", **params.get("model.unet")}
 
 
 def test_source_task_labels_interior_and_a_two_pixel_boundary():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("make_source_weights", REPO / "scripts" / "make_source_weights.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -176,5 +198,5 @@ def test_source_task_labels_interior_and_a_two_pixel_boundary():
     mask[1:6, 1:6] = 255
     labels = script.boundary_labels(mask.numpy())
     assert labels[3, 3] == 1 and labels[0, 0] == 0
-    assert labels[1, 3] == 2 and labels[0, 3] == 2 and labels[2, 3] == 1   # inner and outer ring
+    assert labels[1, 3] == 2 and labels[0, 3] == 2 and labels[2, 3] == 1  # inner and outer ring
     assert (labels == 1).sum() == 9 and (labels == 2).sum() == 16 + 20

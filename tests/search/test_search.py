@@ -2,6 +2,7 @@
 experiments in a git + DVC repository, two at a time; ``kill -9`` of the search leaves no process
 behind, and the same command continues the study to its trial count; Ctrl-C stops every trial and
 exits 130."""
+
 from __future__ import annotations
 
 import signal
@@ -24,9 +25,19 @@ SPACE = {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     ws = make_repo(tmp_path_factory.mktemp("search"), images=24)
-    write_params(ws / "params.yaml", ws / "params.yaml", **{
-        "train.epochs": 1, "scheduler.warmup.epochs": 0, "search.trials": 3, "search.jobs": 2, "search.space": SPACE,
-        "search.pruner": {"name": "none", "warmup_epochs": 1}, "tracking.system_metrics": 0})
+    write_params(
+        ws / "params.yaml",
+        ws / "params.yaml",
+        **{
+            "train.epochs": 1,
+            "scheduler.warmup.epochs": 0,
+            "search.trials": 3,
+            "search.jobs": 2,
+            "search.space": SPACE,
+            "search.pruner": {"name": "none", "warmup_epochs": 1},
+            "tracking.system_metrics": 0,
+        },
+    )
     sh(ws, "git", "commit", "-qam", "a search space")
     return ws
 
@@ -45,8 +56,13 @@ def _states(ws: Path, name: str) -> list[TrialState]:
 def _start(ws: Path, *args: str) -> subprocess.Popen:
     path = ws.parent / f"search{len(args)}.log"  # outside the repository: git stays clean
     with open(path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", "search", *args], cwd=ws, env=_env(),
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "search", *args],
+            cwd=ws,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     process.log = path
     return process
 
@@ -55,8 +71,7 @@ def _wait(condition, seconds: float, what: str, process: subprocess.Popen | None
     deadline = time.monotonic() + seconds
     while not condition():
         if process is not None and process.poll() is not None:
-            pytest.fail(f"the search exited {process.returncode} before {what}: "
-                        f"{process.log.read_text()[-2000:]}")
+            pytest.fail(f"the search exited {process.returncode} before {what}: {process.log.read_text()[-2000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.5)
@@ -80,8 +95,16 @@ def test_a_killed_search_leaves_nothing_running_and_the_same_command_continues(r
     search = _start(repo)
     # Two trials start at once, a third as soon as one ends: so a moment comes when one is complete and
     # another running, whatever their order; then kill -9.
-    _wait(lambda: TrialState.COMPLETE in _states(repo, name) and TrialState.RUNNING in _states(repo, name)
-          and bool(psutil.Process(search.pid).children()), 240, "a complete and a running trial", search)
+    _wait(
+        lambda: (
+            TrialState.COMPLETE in _states(repo, name)
+            and TrialState.RUNNING in _states(repo, name)
+            and bool(psutil.Process(search.pid).children())
+        ),
+        240,
+        "a complete and a running trial",
+        search,
+    )
     family = [p.pid for p in psutil.Process(search.pid).children(recursive=True)]
     assert family, "the running trial has processes"
     search.send_signal(signal.SIGKILL)
@@ -112,9 +135,15 @@ def test_ctrl_c_stops_every_trial_and_exits_130(repo):
     write_params(repo / "params.yaml", repo / "params.yaml", **{"search.study": "interrupted"})
     sh(repo, "git", "commit", "-qam", "another study")
     search = _start(repo, "--trials", "2")
-    _wait(lambda: TrialState.RUNNING in _states(repo, "interrupted") and any(
-        "stages." in " ".join(p.cmdline()) for p in psutil.Process(search.pid).children(recursive=True)),
-        120, "a trial's stage to run", search)
+    _wait(
+        lambda: (
+            TrialState.RUNNING in _states(repo, "interrupted")
+            and any("stages." in " ".join(p.cmdline()) for p in psutil.Process(search.pid).children(recursive=True))
+        ),
+        120,
+        "a trial's stage to run",
+        search,
+    )
     family = [p.pid for p in psutil.Process(search.pid).children(recursive=True)]
     search.send_signal(signal.SIGINT)
     assert search.wait(timeout=30) == 130

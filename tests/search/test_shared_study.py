@@ -2,6 +2,7 @@
 instant on one study in a real PostgreSQL (Optuna's RDB storage), logging to a real MLflow tracking
 server whose backend store is the same PostgreSQL. Together they run the study's trial count, each
 trial once, as DVC experiments, nested in MLflow under one study run."""
+
 from __future__ import annotations
 
 import csv
@@ -43,23 +44,39 @@ def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(postgres: 
         db.execute(sqlalchemy.text("CREATE DATABASE fresh"))
     engine.dispose()
     code = "import sys; from pipeline.search.study import open_storage; open_storage(sys.argv[1])"
-    workers = [subprocess.Popen([sys.executable, "-c", code, postgres.url("fresh")], cwd=REPO, text=True,
-                                stderr=subprocess.PIPE) for _ in range(4)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, postgres.url("fresh")], cwd=REPO, text=True, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
     errors = [worker.communicate(timeout=120)[1] for worker in workers]
     assert [worker.returncode for worker in workers] == [0] * 4, errors
 
 
-def test_two_workers_share_one_study_in_postgresql(tmp_path: Path, postgres: Postgres,
-                                                   postgres_mlflow: MlflowServer) -> None:
+def test_two_workers_share_one_study_in_postgresql(
+    tmp_path: Path, postgres: Postgres, postgres_mlflow: MlflowServer
+) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     make_repo(ws, images=40)
-    write_params(ws / "params.yaml", ws / "params.yaml", **{
-        "train.epochs": 1, "scheduler.warmup.epochs": 0,
-        "tracking.uri": postgres_mlflow.uri, "tracking.experiment": EXPERIMENT, "tracking.system_metrics": 0,
-        "search.study": STUDY, "search.storage": postgres.url("study"), "search.trials": 2, "search.jobs": 1,
-        "search.pruner": {"name": "none", "warmup_epochs": 1},
-        "search.space": {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003]}}})
+    write_params(
+        ws / "params.yaml",
+        ws / "params.yaml",
+        **{
+            "train.epochs": 1,
+            "scheduler.warmup.epochs": 0,
+            "tracking.uri": postgres_mlflow.uri,
+            "tracking.experiment": EXPERIMENT,
+            "tracking.system_metrics": 0,
+            "search.study": STUDY,
+            "search.storage": postgres.url("study"),
+            "search.trials": 2,
+            "search.jobs": 1,
+            "search.pruner": {"name": "none", "warmup_epochs": 1},
+            "search.space": {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003]}},
+        },
+    )
     sh(ws, "git", "commit", "-qam", "a study shared by two workers")
 
     logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]  # outside the repository: git stays clean
@@ -68,8 +85,15 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path: Path, postgres: Pos
     try:
         for log in logs:
             with open(log, "wb") as out:
-                workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", "search"], cwd=ws, env=env,
-                                                stdout=out, stderr=subprocess.STDOUT))
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "pipeline", "search"],
+                        cwd=ws,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         statuses = [worker.wait(timeout=420) for worker in workers]
     finally:
         for worker in workers:
@@ -105,8 +129,9 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path: Path, postgres: Pos
     runs = client.search_runs([experiment.experiment_id])
     study_runs = [r for r in runs if r.data.tags.get("search.role") == "study"]
     trial_runs = [r for r in runs if "search.trial" in r.data.tags]
-    assert [r.info.run_id for r in study_runs] == [study.user_attrs["mlflow_parent_run_id"]], \
-        [(r.info.run_id, r.data.tags) for r in study_runs]
+    assert [r.info.run_id for r in study_runs] == [study.user_attrs["mlflow_parent_run_id"]], [
+        (r.info.run_id, r.data.tags) for r in study_runs
+    ]
     assert sorted(int(r.data.tags["search.trial"]) for r in trial_runs) == numbers
     assert {r.data.tags.get("mlflow.parentRunId") for r in trial_runs} == {study_runs[0].info.run_id}
     assert study_runs[0].info.status == "FINISHED"

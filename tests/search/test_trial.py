@@ -1,6 +1,7 @@
 """The training side of a search trial, in-process: the train stage reports each epoch's monitored
 score to the study, stops where the pruner says (recorded as pruned in summary.json, the study and the
 MLflow run), and its MLflow run is nested under the study's run."""
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,29 @@ def test_a_losing_trial_is_pruned_after_its_warmup_and_recorded(tmp_path, monkey
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = make_workspace(tmp_path / "ws", **{"train.epochs": 3, "tracking.enabled": True, "tracking.uri": uri,
-                                                 "tracking.system_metrics": 0})
+    params = make_workspace(
+        tmp_path / "ws",
+        **{"train.epochs": 3, "tracking.enabled": True, "tracking.uri": uri, "tracking.system_metrics": 0},
+    )
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("yamltrain", artifact_location=(tmp_path / "mlartifacts").as_uri())
     parent = client.create_run(experiment, run_name="s").info.run_id
     study = _study(tmp_path / "s.journal")  # a perfect earlier trial: any real score is below its median
     trial = study.ask()
-    monkeypatch.setenv(ENV, json.dumps({"storage": str(tmp_path / "s.journal"), "study": "s",
-                                        "trial_id": trial._trial_id, "number": trial.number, "epochs": 3,
-                                        "pruner": {"name": "median", "warmup_epochs": 1, "startup_trials": 1},
-                                        "parent_run_id": parent}))
+    monkeypatch.setenv(
+        ENV,
+        json.dumps(
+            {
+                "storage": str(tmp_path / "s.journal"),
+                "study": "s",
+                "trial_id": trial._trial_id,
+                "number": trial.number,
+                "epochs": 3,
+                "pruner": {"name": "median", "warmup_epochs": 1, "startup_trials": 1},
+                "parent_run_id": parent,
+            }
+        ),
+    )
     assert train_stage.main(["--params", str(params)]) == 0
     summary = json.loads((params.parent / "outputs/train/summary.json").read_text())
     assert summary["pruned"] is True and summary["stopped_early"] is True

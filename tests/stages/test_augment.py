@@ -1,5 +1,6 @@
 """The augment stage on a tiny workspace: a seeded preview of the expected size, the disabled cache's
 index or the offline cache training reads, and a clear refusal before the split stage has run."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,17 @@ from tests.conftest import make_workspace
 
 def workspace(root: Path, **overrides: object) -> Path:
     """Eight images split 4/2/2 (four to augment), resized to 16x20, a preview of 3 images x 5 versions."""
-    return make_workspace(root, images=8, stages=("split",), **{
-        "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25}, "data.image_size": [16, 20],
-        "augment.preview": {"images": 3, "versions": 5, "seed": 0}, **overrides})
+    return make_workspace(
+        root,
+        images=8,
+        stages=("split",),
+        **{
+            "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+            "data.image_size": [16, 20],
+            "augment.preview": {"images": 3, "versions": 5, "seed": 0},
+            **overrides,
+        },
+    )
 
 
 def test_augment_stage_writes_preview_of_expected_size_and_a_disabled_cache(tmp_path):
@@ -31,7 +40,7 @@ def test_augment_stage_writes_preview_of_expected_size_and_a_disabled_cache(tmp_
         assert picture.size == (width, height)
         pixels = np.asarray(picture)
     assert (pixels[0] == 255).all()  # the white gap above the first row
-    cells = [pixels[2 + r * 18:2 + r * 18 + 16, 2:2 + 20] for r in range(3)]
+    cells = [pixels[2 + r * 18 : 2 + r * 18 + 16, 2 : 2 + 20] for r in range(3)]
     assert len({c.tobytes() for c in cells}) == 3  # three different images
     index = (tmp_path / "outputs" / "augment" / "cache" / "index.json").read_text()
     assert '"enabled": false' in index
@@ -49,8 +58,9 @@ def test_augment_stage_refuses_a_missing_manifest(tmp_path, capsys):
 
 
 def test_augment_stage_writes_the_cache_training_reads(tmp_path):
-    params = workspace(tmp_path, **{"augment.offline.enabled": True, "augment.offline.copies": 3,
-                                    "augment.offline.shard_size": 5})
+    params = workspace(
+        tmp_path, **{"augment.offline.enabled": True, "augment.offline.copies": 3, "augment.offline.shard_size": 5}
+    )
     assert augment.main(["--params", str(params)]) == 0
     cache = tmp_path / "outputs" / "augment" / "cache"
     index = json.loads((cache / "index.json").read_text())

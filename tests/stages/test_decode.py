@@ -2,6 +2,7 @@
 (or, with data.cache: none, the index saying there is none), refuses to run before the split, and the
 train stage reads from it: with the image files gone it still trains, to the same history as a run
 that decodes the files, and a cache decoded at another size stops it, naming `dvc repro decode`."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ def test_training_reads_the_cache_and_learns_exactly_what_it_learns_from_files(t
     assert train_stage.main(["--params", str(by_cache)]) == 0
     by_files = train_workspace(tmp_path / "files", shapes_dataset, **run, **{"data.cache": "none"})
     assert train_stage.main(["--params", str(by_files)]) == 0
-    learned = [[{k: v for k, v in row.items() if k in ("epoch", "lr", "train_loss") or k.startswith("val_")}
-                for row in train_history(params)] for params in (by_cache, by_files)]  # timings aside
+    learned = [
+        [
+            {k: v for k, v in row.items() if k in ("epoch", "lr", "train_loss") or k.startswith("val_")}
+            for row in train_history(params)
+        ]
+        for params in (by_cache, by_files)
+    ]  # timings aside
     assert len(learned[0]) == 2 and learned[0] == learned[1]
     best = "outputs/train/best.safetensors"
     assert (tmp_path / "cache" / best).read_bytes() == (tmp_path / "files" / best).read_bytes()

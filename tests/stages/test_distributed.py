@@ -2,6 +2,7 @@
 disjoint per-rank samples, rank 0 alone records outputs and one MLflow run, it matches a single process
 with the same effective batch, resume after a kill, failures stop every rank. The plumbing itself
 (pipeline.training.distributed) is tested in tests/training/test_distributed.py."""
+
 from __future__ import annotations
 
 import os
@@ -37,12 +38,20 @@ def loss_nan_on_rank1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return loss * float("nan") if os.environ.get("RANK") == "1" else loss
 
 
-def torchrun(params: Path, env: dict[str, str] | None = None, timeout: float = 120,
-             **popen: object) -> subprocess.CompletedProcess:
+def torchrun(
+    params: Path, env: dict[str, str] | None = None, timeout: float = 120, **popen: object
+) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update(env or {})
-    return subprocess.run([*TORCHRUN, "-m", "stages.train", "--params", str(params)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [*TORCHRUN, "-m", "stages.train", "--params", str(params)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 RUN = {"train.epochs": 3, "train.accumulate": 2}  # the uninterrupted run the resume test compares with
@@ -53,8 +62,9 @@ def ddp_run(tmp_path_factory, shapes_dataset) -> tuple[Path, subprocess.Complete
     """One uninterrupted 2-rank run with an MLflow store and the per-rank sample lists."""
     tmp_path = tmp_path_factory.mktemp("ddp")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = train_workspace(tmp_path, shapes_dataset, **RUN, **{
-        "tracking.enabled": True, "tracking.uri": uri, "tracking.experiment": "ddp"})
+    params = train_workspace(
+        tmp_path, shapes_dataset, **RUN, **{"tracking.enabled": True, "tracking.uri": uri, "tracking.experiment": "ddp"}
+    )
     return params, torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
 
 
@@ -112,8 +122,14 @@ def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, sh
     cut = train_workspace(tmp_path / "cut", shapes_dataset, **RUN)  # tracking is not part of the fingerprint
     ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([*TORCHRUN, "-m", "stages.train", "--params", str(cut)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "stages.train", "--params", str(cut)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -143,13 +159,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("loss, message, ranks", [
-    ("loss_failing_on_rank1", "rank 1 cannot read its batch", 1),  # rank 1 exits; torchrun stops rank 0
-    ("loss_nan_on_rank1", "the loss became NaN or Inf at epoch 1, step 1", 2),  # both agree and stop
-])
+@pytest.mark.parametrize(
+    "loss, message, ranks",
+    [
+        ("loss_failing_on_rank1", "rank 1 cannot read its batch", 1),  # rank 1 exits; torchrun stops rank 0
+        ("loss_nan_on_rank1", "the loss became NaN or Inf at epoch 1, step 1", 2),  # both agree and stop
+    ],
+)
 def test_a_failure_on_one_rank_stops_all(tmp_path, shapes_dataset, loss, message, ranks):
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "loss.name": f"tests.stages.test_distributed:{loss}", "train.epochs": 1})
+    params = train_workspace(
+        tmp_path, shapes_dataset, **{"loss.name": f"tests.stages.test_distributed:{loss}", "train.epochs": 1}
+    )
     started = time.monotonic()
     done = torchrun(params, timeout=90)
     assert done.returncode != 0

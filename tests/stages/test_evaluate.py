@@ -3,6 +3,7 @@ real split and model stages, with train's outputs faked from the initial weights
 classification outputs checked against the manifest, clear errors before any work, the test metrics in
 train's MLflow run, and old outputs left whole on a failure. The test-set pass itself
 (pipeline.training.evaluation) is tested in tests/training/test_evaluation.py."""
+
 from __future__ import annotations
 
 import csv
@@ -124,8 +125,7 @@ def test_missing_weights_is_a_clear_error(segmentation_workspace: Path, tmp_path
     assert not (workspace / "outputs/evaluate").exists()
 
 
-def test_unreachable_tracking_server_fails_fast_before_evaluating(segmentation_workspace: Path,
-                                                                  tmp_path: Path, capsys):
+def test_unreachable_tracking_server_fails_fast_before_evaluating(segmentation_workspace: Path, tmp_path: Path, capsys):
     params = copy_workspace(segmentation_workspace, tmp_path / "ws")
     workspace = params.parent
     with socket.socket() as sock:  # a port nobody listens on
@@ -140,8 +140,9 @@ def test_unreachable_tracking_server_fails_fast_before_evaluating(segmentation_w
     assert not (workspace / "outputs/evaluate").exists()
 
 
-def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace: Path, tmp_path: Path,
-                                                           mlflow_server, monkeypatch: pytest.MonkeyPatch):
+def test_test_metrics_and_plots_go_into_trains_mlflow_run(
+    segmentation_workspace: Path, tmp_path: Path, mlflow_server, monkeypatch: pytest.MonkeyPatch
+):
     from mlflow import MlflowClient
 
     from pipeline.tracking import run as tracking
@@ -149,13 +150,17 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = copy_workspace(segmentation_workspace, tmp_path / "ws")
     workspace = params.parent
-    write_params(params, params, **{"tracking.enabled": True, "tracking.uri": mlflow_server.uri,
-                                    "tracking.experiment": "evaluate-test"})
+    write_params(
+        params,
+        params,
+        **{"tracking.enabled": True, "tracking.uri": mlflow_server.uri, "tracking.experiment": "evaluate-test"},
+    )
     tracking_params = yaml.safe_load(params.read_text())["tracking"]
     with tracking.start_run(tracking_params, repo_root=workspace, run_name="train") as train_run:
         train_run.log_metrics({"val_dice": 0.5}, step=1)  # what train leaves behind
-    (workspace / "outputs/train/run.json").write_text(json.dumps({"run_id": train_run.run_id,
-                                                                   "tracking_uri": train_run.uri}))
+    (workspace / "outputs/train/run.json").write_text(
+        json.dumps({"run_id": train_run.run_id, "tracking_uri": train_run.uri})
+    )
 
     assert evaluate_stage.main(["--params", str(params)]) == 0
     client = MlflowClient(tracking_uri=mlflow_server.uri)
@@ -175,10 +180,11 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(segmentation_workspace
     assert logged == {"test_metrics.json", "test_summary.json", "confusion.csv", "confusion.png", "overlays.png"}
 
 
-def test_a_failure_midway_leaves_the_previous_outputs_whole(segmentation_workspace: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch):
-    from pipeline.config.errors import PipelineError
+def test_a_failure_midway_leaves_the_previous_outputs_whole(
+    segmentation_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     from pipeline import plots
+    from pipeline.config.errors import PipelineError
 
     params = copy_workspace(segmentation_workspace, tmp_path / "ws")
     old = params.parent / "outputs/evaluate"

@@ -1,5 +1,6 @@
 """The export stage on a tiny workspace: a verified ONNX file of the trained weights that onnxruntime
 runs, with the weights' recipe in it."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """The model stage on a tiny workspace: deterministic, reloadable initial weights and their summary,
 fine-tuning from the shipped source weights, and exit 2 with a message on every bad input."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,12 @@ def test_stage_end_to_end_is_deterministic_and_reloadable(tmp_path, capsys):
     first = init.read_bytes()
     summary = json.loads(summary_file.read_text())
     assert summary["architecture"] == "unet/classic" and summary["num_outputs"] == 1
-    assert summary["parameters"]["frozen"] == sum(p.numel() for n, p in load_model(init)[0].named_parameters()
-                                                  if n.startswith("encoder.0."))
+    assert summary["parameters"]["frozen"] == sum(
+        p.numel() for n, p in load_model(init)[0].named_parameters() if n.startswith("encoder.0.")
+    )
     assert summary["init_sha256"] == file_sha256(init) and summary["weights"] is None
     assert model_stage.main(["--params", str(path)]) == 0
-    assert init.read_bytes() == first                                    # same seed, same bytes
+    assert init.read_bytes() == first  # same seed, same bytes
     model, info = load_model(init)
     assert model(torch.randn(1, 3, 24, 24)).shape == (1, 1, 24, 24) and info.task == "segmentation"
     assert sorted(load_file(str(init))) == sorted(model.state_dict())
@@ -34,12 +36,18 @@ def test_stage_end_to_end_is_deterministic_and_reloadable(tmp_path, capsys):
 def test_stage_fine_tunes_from_the_shipped_source_weights(tmp_path, capsys):
     """The default pipeline's four steps: the shipped source model (3 classes) loses its head, a new
     1-channel head is built, and everything else is copied."""
-    path = make_workspace(tmp_path, stages=("split",), **{
-        "model.pretrained": str(SHIPPED), "model.unet": {"base_channels": 16, "depth": 3, "upsampling": "bilinear"}})
+    path = make_workspace(
+        tmp_path,
+        stages=("split",),
+        **{"model.pretrained": str(SHIPPED), "model.unet": {"base_channels": 16, "depth": 3, "upsampling": "bilinear"}},
+    )
     assert model_stage.main(["--params", str(path)]) == 0
     summary = json.loads((tmp_path / "outputs/model/summary.json").read_text())
     weights = summary["weights"]
-    assert weights["head_replaced"] and sorted(d.split(":")[0] for d in weights["dropped"]) == ["head.bias", "head.weight"]
+    assert weights["head_replaced"] and sorted(d.split(":")[0] for d in weights["dropped"]) == [
+        "head.bias",
+        "head.weight",
+    ]
     assert weights["missing"] == 2 and weights["sha256"] == file_sha256(SHIPPED)
     source = load_file(str(SHIPPED))
     model, _ = load_model(tmp_path / "outputs/model/init.safetensors")

@@ -1,5 +1,6 @@
 """The split stage end to end: it writes the manifest (byte-identical on a re-run), and bad data or bad
 fractions exit 2 naming the file or key, writing nothing."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,11 @@ def test_bad_data_exits_2_names_the_file_and_writes_nothing(tmp_path, capsys):
 
 def test_validate_reports_fractions_by_key(tmp_path):
     make_segmentation(tmp_path / "mydata", 5)
-    params = write_params(tmp_path / "params.yaml", link=True,
-                          replace={"root: data/shapes-seg": "root: mydata", "test: 0.15}": "test: 0.25}"})
+    params = write_params(
+        tmp_path / "params.yaml",
+        link=True,
+        replace={"root: data/shapes-seg": "root: mydata", "test: 0.15}": "test: 0.25}"},
+    )
     with pytest.raises(ConfigError) as info:
         load_params(params)
     [problem] = [p for p in info.value.problems if p.key == "split.fractions"]

@@ -1,6 +1,7 @@
 """The train stage on tiny generated workspaces built by the real split and model stages: it learns,
 resumes after a real kill to the same weights, stops on NaN naming the step, runs bf16 on CPU, stops
 early, and records the run in a real MLflow store."""
+
 from __future__ import annotations
 
 import io
@@ -45,9 +46,17 @@ def nan_from_second_step(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
 def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     # Fine-tunes the shipped source-task U-Net (as the default pipeline does): from scratch, a few
     # dozen steps on 32 px images are too few for a reliable gain.
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "train.epochs": 4, "model.pretrained": str(REPO / "weights/unet_classic_shapes_boundary.safetensors"),
-        "model.unet.base_channels": 16, "model.unet.depth": 3, "optimizer.lr": 0.003})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{
+            "train.epochs": 4,
+            "model.pretrained": str(REPO / "weights/unet_classic_shapes_boundary.safetensors"),
+            "model.unet.base_channels": 16,
+            "model.unet.depth": 3,
+            "optimizer.lr": 0.003,
+        },
+    )
     assert train_stage.main(["--params", str(params)]) == 0
     rows = train_history(params)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -78,8 +87,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, w
 
     cut = train_workspace(tmp_path / "cut", shapes_dataset, **overrides)
     ckpt = cut.parent / "outputs/train/checkpoint/last.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", str(cut)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train", "--params", str(cut)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -94,7 +107,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, w
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert train_history(cut) == train_history(whole) or all(
-        abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(train_history(cut), train_history(whole)))
+        abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(train_history(cut), train_history(whole))
+    )
 
 
 def test_changed_params_start_fresh_instead_of_resuming(tmp_path, shapes_dataset, capsys):
@@ -114,12 +128,16 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, shapes_dataset, capsys):
     assert not (tmp_path / "outputs/train/metrics.json").exists()
 
 
-def test_nan_stops_within_a_quarter_of_an_epoch_without_a_wider_precision_hint_in_fp32(tmp_path, shapes_dataset,
-                                                                                      capsys):
+def test_nan_stops_within_a_quarter_of_an_epoch_without_a_wider_precision_hint_in_fp32(
+    tmp_path, shapes_dataset, capsys
+):
     """log_every_steps (20) is longer than the epoch: the loss is still read back four times an epoch."""
     TRAINING_CALLS.clear()
-    params = train_workspace(tmp_path, shapes_dataset, **{"loss.name": "tests.stages.test_train:nan_from_second_step",
-                                                          "train.log_every_steps": 20})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{"loss.name": "tests.stages.test_train:nan_from_second_step", "train.log_every_steps": 20},
+    )
     assert train_stage.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     batches = len(json.loads((tmp_path / "outputs/split/manifest.json").read_text())["splits"]["train"]) // 4
@@ -136,9 +154,14 @@ def test_bf16_on_cpu(tmp_path, shapes_dataset):
 
 
 def test_early_stopping(tmp_path, shapes_dataset, capsys):
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "train.epochs": 6, "train.early_stopping": {"monitor": "val_loss", "mode": "auto", "patience": 1,
-                                                   "min_delta": 100.0}})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{
+            "train.epochs": 6,
+            "train.early_stopping": {"monitor": "val_loss", "mode": "auto", "patience": 1, "min_delta": 100.0},
+        },
+    )
     assert train_stage.main(["--params", str(params)]) == 0
     assert len(train_history(params)) == 2  # nothing beats epoch 1 by 100: stop after one stale epoch
     assert "early stop after epoch 2" in capsys.readouterr().out
@@ -150,9 +173,17 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, m
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "tracking.enabled": True, "tracking.uri": "sqlite:///mlflow.db", "tracking.experiment": "t",
-        "tracking.system_metrics": 0.2, "train.epochs": 2})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{
+            "tracking.enabled": True,
+            "tracking.uri": "sqlite:///mlflow.db",
+            "tracking.experiment": "t",
+            "tracking.system_metrics": 0.2,
+            "train.epochs": 2,
+        },
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert train_stage.main(["--params", str(params)]) == 0
     run_json = yaml.safe_load((tmp_path / "outputs/train/run.json").read_text())
@@ -172,14 +203,12 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, m
     assert cpu and all(0.0 <= m.value <= 100.0 * os.cpu_count() for m in cpu)
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     assert run.data.tags["dataset_fingerprint"]
-    names = {a.path for a in client.list_artifacts(run_id)} | \
-            {a.path for a in client.list_artifacts(run_id, "weights")}
+    names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "weights")}
     assert {"history.csv", "weights/best.safetensors"} <= names
     assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
 
 
-def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_dataset, mlflow_server,
-                                                               monkeypatch):
+def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_dataset, mlflow_server, monkeypatch):
     """One pipeline run = one MLflow run on a real `mlflow server`: every param, per-epoch history,
     test metrics and the artifacts of both stages, queried back through MlflowClient."""
     from mlflow import MlflowClient
@@ -188,9 +217,16 @@ def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_
     from pipeline.tracking.naming import sanitize_key
     from stages import evaluate as evaluate_stage
 
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "tracking.enabled": True, "tracking.uri": mlflow_server.uri, "tracking.experiment": "server-e2e",
-        "train.epochs": 2})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{
+            "tracking.enabled": True,
+            "tracking.uri": mlflow_server.uri,
+            "tracking.experiment": "server-e2e",
+            "train.epochs": 2,
+        },
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert train_stage.main(["--params", str(params)]) == 0
     assert evaluate_stage.main(["--params", str(params)]) == 0
@@ -221,24 +257,39 @@ def _bar_frames(text: str, desc: str) -> list[str]:
     return [f for f in frames if f.startswith(f"{desc}:")]
 
 
-@pytest.mark.parametrize("batches, log_every, steps", [
-    (8, 20, {2, 4, 6, 8}), (9, 20, {3, 5, 7, 9}), (11, 20, {3, 6, 9, 11}), (3, 20, {1, 2, 3}), (1, 20, {1}),
-    (80, 20, {20, 40, 60, 80}), (90, 20, {20, 40, 60, 80, 90}), (79, 20, {20, 40, 60, 79}),
-])
+@pytest.mark.parametrize(
+    "batches, log_every, steps",
+    [
+        (8, 20, {2, 4, 6, 8}),
+        (9, 20, {3, 5, 7, 9}),
+        (11, 20, {3, 6, 9, 11}),
+        (3, 20, {1, 2, 3}),
+        (1, 20, {1}),
+        (80, 20, {20, 40, 60, 80}),
+        (90, 20, {20, 40, 60, 80, 90}),
+        (79, 20, {20, 40, 60, 79}),
+    ],
+)
 def test_loss_is_read_back_four_times_an_epoch_or_every_log_every_steps(batches, log_every, steps):
     """At each quarter of the epoch when log_every_steps comes fewer than four times (9 batches: 4
     reads, where every ceil(9 / 4) = 3 steps gave only 3), else every log_every_steps; and the last."""
     assert loop.readback_steps(batches, log_every) == steps
 
 
-def test_bars_show_the_running_loss_four_times_an_epoch_and_a_validation_bar(tmp_path, shapes_dataset,
-                                                                              monkeypatch):
+def test_bars_show_the_running_loss_four_times_an_epoch_and_a_validation_bar(tmp_path, shapes_dataset, monkeypatch):
     """8 batches an epoch, log_every_steps 20: the epoch bar's running loss still changes four times
     (at the quarters: the only reads of the loss, so exactly four), and validation has a bar of its
     own over the validation batches in each epoch."""
-    params = train_workspace(tmp_path, shapes_dataset, **{
-        "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25}, "train.batch_size": 4,
-        "train.epochs": 2, "train.log_every_steps": 20})
+    params = train_workspace(
+        tmp_path,
+        shapes_dataset,
+        **{
+            "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+            "train.batch_size": 4,
+            "train.epochs": 2,
+            "train.log_every_steps": 20,
+        },
+    )
     splits = json.loads((tmp_path / "outputs/split/manifest.json").read_text())["splits"]
     val_batches = math.ceil(len(splits["val"]) / 4)
     assert len(splits["train"]) // 4 == 8

@@ -1,6 +1,7 @@
 """The validate stage: every check of the whole file before any stage works. A valid file gets the
 constant record the split stage depends on; problems in several sections are all listed, exit 2, and
 nothing is written."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,16 @@ def test_a_valid_file_gets_the_constant_record(tmp_path, capsys):
 
 
 def test_problems_only_a_built_component_shows_are_all_listed_and_nothing_is_written(tmp_path, capsys):
-    params = make_workspace(tmp_path, stages=(), **{
-        "loss.params": {"smooth": "high"}, "scheduler.params": {"eta_min": "low"},
-        "augment.train": [{"Affine": {"rotate": "a lot"}}], "model.pretrained": "weights/none.safetensors"})
+    params = make_workspace(
+        tmp_path,
+        stages=(),
+        **{
+            "loss.params": {"smooth": "high"},
+            "scheduler.params": {"eta_min": "low"},
+            "augment.train": [{"Affine": {"rotate": "a lot"}}],
+            "model.pretrained": "weights/none.safetensors",
+        },
+    )
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     for key in ("loss.params.smooth", "scheduler.params.eta_min", "augment.train[0]", "model.pretrained"):

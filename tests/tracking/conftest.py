@@ -1,5 +1,6 @@
 """The tracking tests' fixtures: no tracking setting leaks in from outside, one migrated SQLite store
 for the session, and throw-away git repositories."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,9 @@ def store(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         for name in OUTSIDE_ENV:
             patch.delenv(name, raising=False)
-        tracking.start_run({"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tests", "run_name": None},
-                           repo_root=root).end()
+        tracking.start_run(
+            {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tests", "run_name": None}, repo_root=root
+        ).end()
     return root
 
 

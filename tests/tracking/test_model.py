@@ -1,6 +1,7 @@
 """The trained model as an MLflow Model: logged by the train stage (from code, not a pickled module),
 registered, loaded with mlflow.pyfunc in a fresh process outside the repository, served by a real
 `mlflow models serve` on 127.0.0.1, and fetched by `python -m pipeline predict --model runs:/ID`."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        params = make_workspace(root, **{"train.epochs": 1, "tracking.enabled": True, "tracking.uri": uri,
-                                         "tracking.experiment": "models", "tracking.register_model": REGISTERED})
+        params = make_workspace(
+            root,
+            **{
+                "train.epochs": 1,
+                "tracking.enabled": True,
+                "tracking.uri": uri,
+                "tracking.experiment": "models",
+                "tracking.register_model": REGISTERED,
+            },
+        )
         assert train_stage.main(["--params", str(params)]) == 0
         assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model leaves the process's store alone
     run_id = yaml.safe_load((root / "outputs/train/run.json").read_text())["run_id"]
@@ -78,12 +87,20 @@ def test_pyfunc_loads_in_a_fresh_process_and_predicts_like_predict(trained, tmp_
     root, uri, run_id = trained
     images = _images()
     np.save(tmp_path / "images.npy", images)
-    code = ("import sys, numpy as np, mlflow\n"
-            f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
-            "out = model.predict(np.load(sys.argv[1]))\n"
-            "np.save(sys.argv[2], out)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
-                          cwd=tmp_path, env=_env(uri), capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, numpy as np, mlflow\n"
+        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
+        "out = model.predict(np.load(sys.argv[1]))\n"
+        "np.save(sys.argv[2], out)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+        cwd=tmp_path,
+        env=_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (2, 40, 24) and out.dtype == np.uint8
@@ -101,9 +118,29 @@ def test_the_model_server_answers(trained, tmp_path):
     port = _free_port()
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=_env(uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=_env(uri),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
@@ -116,18 +153,22 @@ def test_the_model_server_answers(trained, tmp_path):
         else:
             pytest.fail(f"model server did not come up: {(tmp_path / 'serve.log').read_text()[-3000:]}")
         images = _images()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": images.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         assert np.array_equal(np.asarray(answer["predictions"], dtype=np.uint8), _expected(root, images))
         # A value no uint8 pixel holds is a 400 with a short message, not the whole array quoted back.
         wrong = images.astype(np.int64)
         wrong[0, 0, 0, 0] = 300
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": wrong.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": wrong.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=60)
         body = refused.value.read().decode()

@@ -1,4 +1,5 @@
 """MLflow runs against real stores: a SQLite file and a real `mlflow server`."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config.errors import PipelineError
-from pipeline.tracking import naming, run as tracking, store as tracking_store
+from pipeline.tracking import naming
+from pipeline.tracking import run as tracking
+from pipeline.tracking import store as tracking_store
 from tests.tracking.conftest import git, git_repo
 
 
@@ -20,22 +23,38 @@ def _cfg(uri: str = "sqlite:///mlflow.db", **over) -> dict:
 
 # --- logging into a real SQLite store -----------------------------------------------------------
 
+
 def test_mlflow_limits_match_mlflow():
     from mlflow.utils import validation as v
 
-    assert (naming.MAX_PARAMS_TAGS_PER_BATCH, naming.MAX_METRICS_PER_BATCH, naming.MAX_PARAM_VAL_LENGTH,
-            naming.MAX_TAG_VAL_LENGTH, naming.MAX_KEY_LENGTH, naming.MAX_DATASET_DIGEST_SIZE,
-            naming.MAX_INPUT_TAG_VALUE_SIZE) == (
-        v.MAX_PARAMS_TAGS_PER_BATCH, v.MAX_METRICS_PER_BATCH, v.MAX_PARAM_VAL_LENGTH,
-        v.MAX_TAG_VAL_LENGTH, v.MAX_ENTITY_KEY_LENGTH, v.MAX_DATASET_DIGEST_SIZE, v.MAX_INPUT_TAG_VALUE_SIZE)
+    assert (
+        naming.MAX_PARAMS_TAGS_PER_BATCH,
+        naming.MAX_METRICS_PER_BATCH,
+        naming.MAX_PARAM_VAL_LENGTH,
+        naming.MAX_TAG_VAL_LENGTH,
+        naming.MAX_KEY_LENGTH,
+        naming.MAX_DATASET_DIGEST_SIZE,
+        naming.MAX_INPUT_TAG_VALUE_SIZE,
+    ) == (
+        v.MAX_PARAMS_TAGS_PER_BATCH,
+        v.MAX_METRICS_PER_BATCH,
+        v.MAX_PARAM_VAL_LENGTH,
+        v.MAX_TAG_VAL_LENGTH,
+        v.MAX_ENTITY_KEY_LENGTH,
+        v.MAX_DATASET_DIGEST_SIZE,
+        v.MAX_INPUT_TAG_VALUE_SIZE,
+    )
 
 
 def test_params_go_in_batches_of_100_long_values_truncated_keys_sanitised(store, monkeypatch):
     run = tracking.start_run(_cfg(), repo_root=store, run_name="seg-unet")
     sizes = []
     real_log_batch = run.client.log_batch
-    monkeypatch.setattr(run.client, "log_batch",
-                        lambda run_id, **kw: (sizes.append(len(kw.get("params", []))), real_log_batch(run_id, **kw)))
+    monkeypatch.setattr(
+        run.client,
+        "log_batch",
+        lambda run_id, **kw: (sizes.append(len(kw.get("params", []))), real_log_batch(run_id, **kw)),
+    )
     flat = {f"section.key{i}": i for i in range(247)}
     flat |= {"augment.train": [{"Fliplr": {"p": 0.5}}], "long": "x" * 7000, "a b/c[0]": True, "none": None}
     assert run.log_params(flat) == {}
@@ -78,8 +97,13 @@ def test_a_dataset_is_shared_by_name_and_digest_its_input_tags_are_per_run(store
     runs = []
     for source, train in (("/first/data/shapes", 30), ("/second/data/shapes", 40)):
         with tracking.start_run(_cfg(experiment="datasets"), repo_root=store) as run:
-            run.log_dataset("data/shapes", digest=fingerprint, source=source,
-                            profile={"fingerprint": fingerprint}, tags={"split.train": train, "task": "x" * 600})
+            run.log_dataset(
+                "data/shapes",
+                digest=fingerprint,
+                source=source,
+                profile={"fingerprint": fingerprint},
+                tags={"split.train": train, "task": "x" * 600},
+            )
         runs.append(MlflowClient(run.uri).get_run(run.run_id).inputs.dataset_inputs)
     for (got,), train in zip(runs, ("30", "40")):
         assert (got.dataset.name, got.dataset.digest) == ("data/shapes", fingerprint[:36])
@@ -106,7 +130,9 @@ def test_resume_by_run_id_appends_to_the_same_run(store):
     assert run.data.params == {"train.epochs": "2", "evaluate.threshold": "0.5", "evaluate.batch_size": "32"}
     assert run.data.tags["changed_param.evaluate.threshold"] == "0.7" and run.data.tags["stage"] == "evaluate"
     assert [(m.step, m.value) for m in MlflowClient(first.uri).get_metric_history(run.info.run_id, "loss")] == [
-        (1, 1.0), (2, 0.5)]
+        (1, 1.0),
+        (2, 0.5),
+    ]
     assert run.data.metrics["test_dice"] == 0.8 and run.info.status == "FINISHED"
     assert len(MlflowClient(first.uri).search_runs([run.info.experiment_id], "run_name = 'resume-me'")) == 1
 
@@ -120,9 +146,8 @@ def test_unknown_run_id_starts_a_new_run_and_says_so(store, capsys):
 
 def test_a_failing_or_interrupted_body_marks_the_run(store):
     for error, status in ((ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")):
-        with pytest.raises(error):
-            with tracking.start_run(_cfg(), repo_root=store) as run:
-                raise error()
+        with pytest.raises(error), tracking.start_run(_cfg(), repo_root=store) as run:
+            raise error()
         assert MlflowClient(run.uri).get_run(run.run_id).info.status == status
 
 
@@ -171,6 +196,7 @@ def test_tags_include_the_git_commit(tmp_path):
 
 
 # --- a real tracking server ---------------------------------------------------------------------
+
 
 def test_a_run_logged_over_http_is_visible_through_the_client(mlflow_server, tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\x00\x01")

@@ -1,5 +1,6 @@
 """Where the MLflow store is: relative SQLite paths, the refused file store, a real `dvc exp run --temp`
 logging into the original repo's store, and the semantic check of tracking.uri."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ DVC = Path(sys.executable).with_name("dvc")
 
 
 # --- where the store is -------------------------------------------------------------------------
+
 
 def test_relative_sqlite_resolves_against_the_repo_root_others_unchanged(tmp_path, monkeypatch):
     assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -60,7 +62,8 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
     shutil.copy(store / "mlflow.db", repo / "mlflow.db")  # already migrated: saves seconds
     (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
     (repo / "params.yaml").write_text("lr: 0.1\n")
-    (repo / "log_run.py").write_text(textwrap.dedent("""
+    (repo / "log_run.py").write_text(
+        textwrap.dedent("""
         import json, os, sys
         sys.path.insert(0, sys.argv[1])
         from pipeline.tracking import run as tracking, store as tracking_store
@@ -68,10 +71,22 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
         with tracking.start_run(cfg, repo_root=os.getcwd(), run_name="hint") as run:
             run.log_params({"lr": 0.2})
         json.dump({"cwd": os.getcwd(), "run_id": run.run_id}, open("out.json", "w"))
-    """))
-    (repo / "dvc.yaml").write_text(json.dumps({"stages": {"log": {
-        "cmd": f"{sys.executable} log_run.py {REPO}", "deps": ["log_run.py"], "params": ["lr"],
-        "outs": [{"out.json": {"cache": False}}]}}}))
+    """)
+    )
+    (repo / "dvc.yaml").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "log": {
+                        "cmd": f"{sys.executable} log_run.py {REPO}",
+                        "deps": ["log_run.py"],
+                        "params": ["lr"],
+                        "outs": [{"out.json": {"cache": False}}],
+                    }
+                }
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env["DVC_NO_ANALYTICS"] = "1"
     (repo / ".dvc").mkdir()  # what `dvc init` writes, without paying for another dvc start
@@ -79,11 +94,18 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
     (repo / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "init")
-    done = subprocess.run([DVC, "exp", "run", "--temp", "-n", "tmp-exp", "-S", "lr=0.2"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [DVC, "exp", "run", "--temp", "-n", "tmp-exp", "-S", "lr=0.2"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     runs = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").search_runs(
-        [MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_experiment_by_name("exp").experiment_id])
+        [MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_experiment_by_name("exp").experiment_id]
+    )
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_name == "tmp-exp" and run.data.tags["dvc.exp_name"] == "tmp-exp"
@@ -94,18 +116,22 @@ def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_pat
 
 # --- the semantic check -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("sqlite:///mlflow.db", None),
-    ("http://127.0.0.1:5000", None),
-    ("databricks", None),
-    ("databricks://my-profile", None),
-    ("./mlruns", "file store"),
-    ("sqlte:///mlflow.db", "did you mean 'sqlite'"),
-    ("sqlite://mlflow.db", "sqlite:///mlflow.db"),
-    ("sqlite:///:memory:", "names no database file"),
-    ("http://", "names no host"),
-    ("postgresql://u@db:5432/mlflow", "driver 'psycopg2'"),
-])
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///mlflow.db", None),
+        ("http://127.0.0.1:5000", None),
+        ("databricks", None),
+        ("databricks://my-profile", None),
+        ("./mlruns", "file store"),
+        ("sqlte:///mlflow.db", "did you mean 'sqlite'"),
+        ("sqlite://mlflow.db", "sqlite:///mlflow.db"),
+        ("sqlite:///:memory:", "names no database file"),
+        ("http://", "names no host"),
+        ("postgresql://u@db:5432/mlflow", "driver 'psycopg2'"),
+    ],
+)
 def test_uri_problems(uri, expected):
     if expected and "driver" in expected and __import__("importlib").util.find_spec("psycopg2"):
         pytest.skip("psycopg2 is installed here")

@@ -2,6 +2,7 @@
 kind, the link's view, the split as the run's dataset, artifacts the compare view has in common, and
 metrics that are measurements only. Two whole pipeline runs (split, augment, model, train, evaluate)
 go into a real `mlflow server`."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,24 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.tracking import run as tracking, store as tracking_store
+from pipeline.tracking import run as tracking
+from pipeline.tracking import store as tracking_store
 from tests.conftest import TRAIN, make_workspace
 
 MLFLOW_JS = Path(__import__("mlflow").__file__).parent / "server/js/build/static/js"
 
 # Where each file of a pipeline run lands: the run's root, one name each (the compare view's level).
-ROOT_ARTIFACTS = {"history.csv", "history.png", "params.resolved.yaml", "augment_preview.png",
-                  "test_metrics.json", "test_summary.json", "confusion.csv", "confusion.png", "overlays.png"}
+ROOT_ARTIFACTS = {
+    "history.csv",
+    "history.png",
+    "params.resolved.yaml",
+    "augment_preview.png",
+    "test_metrics.json",
+    "test_summary.json",
+    "confusion.csv",
+    "confusion.png",
+    "overlays.png",
+}
 
 
 def _cfg(uri: str, experiment: str) -> dict:
@@ -64,18 +75,22 @@ def test_the_printed_link_opens_the_model_training_view(store, capsys):
     page = f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}?workflowType=machine_learning"
     out = capsys.readouterr().out
     assert f"({run.run_id}); MLflow UI: {page} (after: mlflow ui --backend-store-uri {run.uri})" in out
-    assert tracking_store.ui_link("http://host:5000", "7") == \
-        "http://host:5000/#/experiments/7?workflowType=machine_learning"
+    assert (
+        tracking_store.ui_link("http://host:5000", "7")
+        == "http://host:5000/#/experiments/7?workflowType=machine_learning"
+    )
     tracking.start_run(_cfg("sqlite:///mlflow.db", "ui-link"), repo_root=store, run_id=run.run_id).end()
     assert "MLflow UI" not in capsys.readouterr().out  # evaluate, resuming the run, says nothing
 
 
 # --- two pipeline runs on a real server -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, shapes_dataset, mlflow_server) -> list[tuple[str, Path]]:
     """(run id, workspace) of two whole pipeline runs that differ in the learning rate."""
-    from stages import evaluate as evaluate_stage, train as train_stage
+    from stages import evaluate as evaluate_stage
+    from stages import train as train_stage
 
     runs = []
     with pytest.MonkeyPatch.context() as patch:
@@ -83,9 +98,19 @@ def two_runs(tmp_path_factory, shapes_dataset, mlflow_server) -> list[tuple[str,
         patch.delenv("DVC_EXP_NAME", raising=False)
         for lr in (0.01, 0.003):
             root = tmp_path_factory.mktemp("pipeline")
-            params = make_workspace(root, dataset=shapes_dataset, stages=("split", "augment", "model"), **{
-                **TRAIN, "train.epochs": 2, "optimizer.lr": lr, "tracking.enabled": True,
-                "tracking.uri": mlflow_server.uri, "tracking.experiment": "ui-pipeline"})
+            params = make_workspace(
+                root,
+                dataset=shapes_dataset,
+                stages=("split", "augment", "model"),
+                **{
+                    **TRAIN,
+                    "train.epochs": 2,
+                    "optimizer.lr": lr,
+                    "tracking.enabled": True,
+                    "tracking.uri": mlflow_server.uri,
+                    "tracking.experiment": "ui-pipeline",
+                },
+            )
             assert train_stage.main(["--params", str(params)]) == 0
             assert evaluate_stage.main(["--params", str(params)]) == 0
             runs.append((json.loads((root / "outputs/train/run.json").read_text())["run_id"], root))
@@ -115,8 +140,11 @@ def test_the_split_is_the_runs_dataset(two_runs, mlflow_server):
         # one dataset per experiment, name and digest: the same data is one entity, found first here
         assert (dataset.source_type, json.loads(dataset.source)) == ("local", {"uri": str(first_root / "data")})
         assert {t.key: t.value for t in inputs[0].tags} == {
-            "mlflow.data.context": "train", "task": "segmentation", "num_classes": str(manifest["num_classes"]),
-            **{f"split.{s}": str(len(manifest["splits"][s])) for s in ("train", "val", "test")}}
+            "mlflow.data.context": "train",
+            "task": "segmentation",
+            "num_classes": str(manifest["num_classes"]),
+            **{f"split.{s}": str(len(manifest["splits"][s])) for s in ("train", "val", "test")},
+        }
 
 
 def _ui_artifact_list(uri: str, run_id: str) -> list[dict]:
@@ -149,14 +177,25 @@ def test_only_measurements_are_metrics(two_runs, mlflow_server):
         record = json.loads((root / "outputs/train/summary.json").read_text())
         tested = json.loads((root / "outputs/evaluate/summary.json").read_text())
         assert not {"test_images", "epochs_run", "best_epoch", "stopped_early"} & set(run.data.metrics)
-        assert run.data.tags["test_images"] == str(tested["images"]) == str(len(
-            json.loads((root / "outputs/split/manifest.json").read_text())["splits"]["test"]))
+        assert (
+            run.data.tags["test_images"]
+            == str(tested["images"])
+            == str(len(json.loads((root / "outputs/split/manifest.json").read_text())["splits"]["test"]))
+        )
         assert run.data.tags["epochs_run"] == "2" and run.data.tags["stopped_early"] == "false"
         assert run.data.tags["best_epoch"] == str(record["best_epoch"])
         best = client.get_metric_history(run_id, "best_val_dice")
         assert [(m.step, m.value) for m in best] == [(record["best_epoch"], pytest.approx(trained["best_val_dice"]))]
-        per_epoch = {"train_loss", "val_loss", "val_dice", "val_iou", "val_pixel_accuracy", "lr", "images_per_s",
-                     "data_wait"}
+        per_epoch = {
+            "train_loss",
+            "val_loss",
+            "val_dice",
+            "val_iou",
+            "val_pixel_accuracy",
+            "lr",
+            "images_per_s",
+            "data_wait",
+        }
         tested = {k if k.startswith("test_") else f"test_{k}" for k, v in evaluated.items() if isinstance(v, float)}
         measured = {k for k in run.data.metrics if not k.startswith("system/")}  # MLflow's own, sampled
         assert measured == per_epoch | tested | {"best_val_dice"}

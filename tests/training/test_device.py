@@ -1,4 +1,5 @@
 """On-device normalisation: exact to float rounding, channels_last kept, invertible for drawing."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The DDP plumbing in pipeline.training.distributed, without launching anything: devices checked
 against the torchrun launch, samplers that split the data without overlap, SyncBatchNorm refused on
 CPU, and the train keys it reads validated. Real 2-rank runs are in tests/stages/test_distributed.py."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """EarlyStopping: which epochs improve, when training stops, and a state dict that resumes exactly."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,12 @@ def test_min_mode_needs_to_beat_the_best_by_more_than_min_delta():
     stopper = EarlyStopping(mode="min", min_delta=0.1, patience=2)
     # 0.95 is lower than 1.0 but not by more than 0.1; 0.85 is (< 0.9); 0.9 and 0.8 are not < 0.75.
     assert steps(stopper, [1.0, 0.95, 0.85, 0.9, 0.8]) == [
-        (True, 0, False), (False, 1, False), (True, 0, False), (False, 1, False), (False, 2, True)]
+        (True, 0, False),
+        (False, 1, False),
+        (True, 0, False),
+        (False, 1, False),
+        (False, 2, True),
+    ]
     assert (stopper.best, stopper.best_epoch, stopper.epochs) == (0.85, 3, 5)
 
 
@@ -52,8 +58,11 @@ def test_state_dict_round_trip_continues_like_the_uninterrupted_run():
     assert head + steps(resumed, values[3:]) == expected
     # 0.69 is not below 0.7 - 0.015: stale 2 after epoch 4, where the loop would stop; stale 4 at epoch 6
     assert expected[3] == (False, 2, True)
-    assert resumed.state_dict() == whole.state_dict() == {"best": 0.7, "best_epoch": 2, "stale": 4, "epochs": 6,
-                                                          "pruned": False}
+    assert (
+        resumed.state_dict()
+        == whole.state_dict()
+        == {"best": 0.7, "best_epoch": 2, "stale": 4, "epochs": 6, "pruned": False}
+    )
 
 
 def test_a_pruned_run_stops_and_stays_stopped_when_resumed():
@@ -75,12 +84,15 @@ def test_unknown_mode_is_refused():
         EarlyStopping(mode="auto")
 
 
-@pytest.mark.parametrize("task, monitor, mode, expected", [
-    ("segmentation", "auto", "auto", ("val_dice", "max")),
-    ("classification", "auto", "auto", ("val_accuracy", "max")),
-    ("segmentation", "val_loss", "auto", ("val_loss", "min")),
-    ("classification", "val_macro_f1", "auto", ("val_macro_f1", "max")),
-    ("segmentation", "val_loss", "max", ("val_loss", "max")),
-])
+@pytest.mark.parametrize(
+    "task, monitor, mode, expected",
+    [
+        ("segmentation", "auto", "auto", ("val_dice", "max")),
+        ("classification", "auto", "auto", ("val_accuracy", "max")),
+        ("segmentation", "val_loss", "auto", ("val_loss", "min")),
+        ("classification", "val_macro_f1", "auto", ("val_macro_f1", "max")),
+        ("segmentation", "val_loss", "max", ("val_loss", "max")),
+    ],
+)
 def test_resolve_monitor(task, monitor, mode, expected):
     assert resolve_monitor(task, monitor, mode) == expected

@@ -2,6 +2,7 @@
 a perfect model scores perfectly, an all-background one as counted by hand (and the sampled confusion
 pixels), a non-finite loss is written as null, and only prefixed numbers go to MLflow. The stage end to
 end is in tests/stages/test_evaluate.py."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from pipeline.training.precision import resolve_precision
 
 SIZE = 32
 FP32 = {"dtype": "fp32", "channels_last": False, "tf32": False, "compile": False}
-CFG = {"batch_size": 3, "workers": 0, "device": "cpu", "threshold": 0.5, "overlays": 2,
-       "confusion_sample": 10_000}
+CFG = {"batch_size": 3, "workers": 0, "device": "cpu", "threshold": 0.5, "overlays": 2, "confusion_sample": 10_000}
 
 
 class RedThreshold(torch.nn.Module):
@@ -44,9 +44,17 @@ def red_dataset(n: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def run_loop(model: torch.nn.Module, data: list, **cfg: object) -> dict:
     device = torch.device("cpu")
     loss = build_loss({"name": "dice_bce", "params": {}, "terms": []}, task="segmentation", num_outputs=1)
-    return evaluation.run_test_set(model, data, loss, resolve_precision(FP32, device), device,
-                                   {**CFG, **cfg}, task="segmentation",
-                                   class_names=["background", "foreground"], image_hw=(SIZE, SIZE))
+    return evaluation.run_test_set(
+        model,
+        data,
+        loss,
+        resolve_precision(FP32, device),
+        device,
+        {**CFG, **cfg},
+        task="segmentation",
+        class_names=["background", "foreground"],
+        image_hw=(SIZE, SIZE),
+    )
 
 
 def test_loop_scores_a_perfect_model_perfectly():
@@ -78,18 +86,32 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
     data = red_dataset(3)
     results = run_loop(lambda x: torch.full_like(x[:, :1], float("nan")), data)
     entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
-    metrics, summary = evaluation.write_outputs(tmp_path, "segmentation", ["background", "foreground"],
-                                                entries, results)
+    metrics, summary = evaluation.write_outputs(
+        tmp_path, "segmentation", ["background", "foreground"], entries, results
+    )
     assert metrics["test_loss"] is None and "written as null" in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.json").read_text())["dice"] == 0.0  # NaN logit: background
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "confusion.csv", "confusion.png", "metrics.json", "overlays.png", "summary.json"]
+        "confusion.csv",
+        "confusion.png",
+        "metrics.json",
+        "overlays.png",
+        "summary.json",
+    ]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary and summary["images"] == 3
 
 
 def test_mlflow_metrics_are_prefixed_scores_only():
     """Counts (the number of test images) are no measurements to chart: a tag, not a metric."""
-    got = evaluation.mlflow_metrics({"test_loss": 0.5, "dice": 0.8, "dice/foreground": 0.8,
-                                     "images": 3, "confusion_matrix": [[1]], "class_names": ["a"],
-                                     "iou": None})
+    got = evaluation.mlflow_metrics(
+        {
+            "test_loss": 0.5,
+            "dice": 0.8,
+            "dice/foreground": 0.8,
+            "images": 3,
+            "confusion_matrix": [[1]],
+            "class_names": ["a"],
+            "iou": None,
+        }
+    )
     assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8}

@@ -1,5 +1,6 @@
 """How batches reach the step: persistent workers with per-sample seeds, the device feed and its
 data-wait clock, the background checkpoint writer, fused optimizers and the worker count."""
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,12 @@ from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import Manifest
 from pipeline.data.split import build_manifest
 from pipeline.data.synthetic import generate_segmentation
+from pipeline.torchfile import load as load_torch_file
 from pipeline.training import checkpoint
 from pipeline.training.feed import DeviceFeed
 from pipeline.training.inputs import make_loader
 from pipeline.training.optimizer import fast_defaults
 from pipeline.training.threads import resolve_workers
-from pipeline.torchfile import load as load_torch_file
 
 CPU = torch.device("cpu")
 AUGMENT = [{"Fliplr": {"p": 0.5}}, {"Affine": {"rotate": [-30, 30]}}, {"GaussianBlur": {"sigma": [0.0, 1.0]}}]
@@ -32,16 +33,24 @@ AUGMENT = [{"Fliplr": {"p": 0.5}}, {"Affine": {"rotate": [-30, 30]}}, {"Gaussian
 def augmented(tmp_path_factory: pytest.TempPathFactory) -> ManifestDataset:
     root = tmp_path_factory.mktemp("feed") / "data"
     generate_segmentation(root, n=16, size=16, seed=0)
-    manifest = Manifest(**build_manifest(root, task="segmentation", root_as_written=str(root), num_classes=None,
-                                         seed=0, fractions={"train": 0.75, "val": 0.125, "test": 0.125},
-                                         stratify=True))
-    return ManifestDataset(manifest, "train", root=root, image_size=[16, 16],
-                           transform=build_transform(AUGMENT, task="segmentation"))
+    manifest = Manifest(
+        **build_manifest(
+            root,
+            task="segmentation",
+            root_as_written=str(root),
+            num_classes=None,
+            seed=0,
+            fractions={"train": 0.75, "val": 0.125, "test": 0.125},
+            stratify=True,
+        )
+    )
+    return ManifestDataset(
+        manifest, "train", root=root, image_size=[16, 16], transform=build_transform(AUGMENT, task="segmentation")
+    )
 
 
 def epochs_of(dataset: Dataset, *, workers: int, seeds: list[int]) -> list[list[torch.Tensor]]:
-    loader = make_loader(dataset, {"workers": workers, "batch_size": 4}, CPU, shuffle=True,
-                         generator=torch.Generator())
+    loader = make_loader(dataset, {"workers": workers, "batch_size": 4}, CPU, shuffle=True, generator=torch.Generator())
     batches = []
     for epoch, seed in enumerate(seeds):
         loader.generator.manual_seed(seed)
@@ -71,8 +80,13 @@ class Pids(Dataset):
 
 def test_workers_persist_across_epochs_for_training_and_validation():
     for shuffle in (True, False):
-        loader = make_loader(Pids(), {"workers": 2, "batch_size": 2}, CPU, shuffle=shuffle,
-                             generator=torch.Generator() if shuffle else None)
+        loader = make_loader(
+            Pids(),
+            {"workers": 2, "batch_size": 2},
+            CPU,
+            shuffle=shuffle,
+            generator=torch.Generator() if shuffle else None,
+        )
         pids = []
         for epoch in range(3):
             if shuffle:

@@ -1,5 +1,6 @@
 """Losses: every registered loss on binary and multi-class inputs, the focal reference, hand-computed
 Dice/IoU/Tversky (pooled and per sample), empty masks, user losses, and validate-time errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,8 +67,9 @@ def test_binary_focal_equals_torchvision(alpha: float | None, gamma: float) -> N
     logits = torch.randn(3, 1, 8, 8, generator=g) * 4
     target = torch.randint(0, 2, (3, 8, 8), generator=g)
     ours = build_loss(_cfg("focal", gamma=gamma, alpha=alpha), task="segmentation", num_outputs=1)(logits, target)
-    ref = sigmoid_focal_loss(logits, target.unsqueeze(1).float(), alpha=-1 if alpha is None else alpha,
-                             gamma=gamma, reduction="mean")
+    ref = sigmoid_focal_loss(
+        logits, target.unsqueeze(1).float(), alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="mean"
+    )
     assert abs(ours.item() - ref.item()) < 1e-6
 
 
@@ -97,8 +99,12 @@ HAND_T = torch.tensor([1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.uint8).reshape(2, 2,
 HAND = [  # name, params, pooled loss, per-sample loss
     ("dice", {}, 1 - 7.4 / 10.0, 1 - (3.4 / 4.0 + 4.0 / 6.0) / 2),
     ("iou", {}, 1 - 3.7 / 6.3, 1 - (1.7 / 2.3 + 2.0 / 4.0) / 2),
-    ("tversky", {}, 1 - 3.7 / (3.7 + 0.3 * 0.3 + 0.7 * 2.3),
-     1 - (1.7 / (1.7 + 0.3 * 0.3 + 0.7 * 0.3) + 2.0 / (2.0 + 0.7 * 2.0)) / 2),
+    (
+        "tversky",
+        {},
+        1 - 3.7 / (3.7 + 0.3 * 0.3 + 0.7 * 2.3),
+        1 - (1.7 / (1.7 + 0.3 * 0.3 + 0.7 * 0.3) + 2.0 / (2.0 + 0.7 * 2.0)) / 2,
+    ),
     ("tversky", {"alpha": 0.5, "beta": 0.5}, 1 - 7.4 / 10.0, 1 - (3.4 / 4.0 + 4.0 / 6.0) / 2),
 ]
 
@@ -152,10 +158,14 @@ def test_cross_entropy_options_match_torch() -> None:
     logits = torch.randn(2, 3, 4, 4, generator=g)
     target = torch.randint(0, 3, (2, 4, 4), generator=g)
     target[0, 0, :2] = 255
-    loss = build_loss(_cfg("cross_entropy", weight=[1.0, 2.0, 0.5], label_smoothing=0.1, ignore_index=255),
-                      task="segmentation", num_outputs=3)
-    expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 0.5]), label_smoothing=0.1,
-                               ignore_index=255)
+    loss = build_loss(
+        _cfg("cross_entropy", weight=[1.0, 2.0, 0.5], label_smoothing=0.1, ignore_index=255),
+        task="segmentation",
+        num_outputs=3,
+    )
+    expected = F.cross_entropy(
+        logits, target, weight=torch.tensor([1.0, 2.0, 0.5]), label_smoothing=0.1, ignore_index=255
+    )
     assert loss(logits, target.to(torch.uint8)).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
@@ -168,8 +178,14 @@ def test_per_class_weights_must_match_the_classes() -> None:
 
 def test_weighted_sum_of_terms() -> None:
     logits, target = _inputs(BINARY, "seg")
-    cfg = {"name": "sum", "params": {}, "terms": [{"name": "dice", "weight": 1.0, "params": {}},
-                                                   {"name": "focal", "weight": 0.5, "params": {"gamma": 1.0}}]}
+    cfg = {
+        "name": "sum",
+        "params": {},
+        "terms": [
+            {"name": "dice", "weight": 1.0, "params": {}},
+            {"name": "focal", "weight": 0.5, "params": {"gamma": 1.0}},
+        ],
+    }
     total = build_loss(cfg, task="segmentation", num_outputs=1)(logits, target)
     dice = build_loss(_cfg("dice"), task="segmentation", num_outputs=1)(logits, target)
     focal = build_loss(_cfg("focal", gamma=1.0), task="segmentation", num_outputs=1)(logits, target)
@@ -199,6 +215,7 @@ def test_user_loss_by_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- validate-time errors, through load_params on a temp copy of params.yaml -----------------------
 
+
 def test_validate_reports_loss_param_typos_at_their_key(tmp_path: Path) -> None:
     path = write_params(tmp_path / "params.yaml", **{"loss.name": "focal", "loss.params": {"gama": 2}})
     problems = problems_by_key(path, "loss")
@@ -206,7 +223,11 @@ def test_validate_reports_loss_param_typos_at_their_key(tmp_path: Path) -> None:
 
 
 def test_validate_reports_terms_problems_at_their_index(tmp_path: Path) -> None:
-    terms = [{"name": "dice", "params": {"smoth": 1}}, {"name": "focall"}, {"name": "iou", "params": {"per_sample": True}}]
+    terms = [
+        {"name": "dice", "params": {"smoth": 1}},
+        {"name": "focall"},
+        {"name": "iou", "params": {"per_sample": True}},
+    ]
     path = write_params(tmp_path / "params.yaml", loss={"name": "sum", "params": {}, "terms": terms})
     problems = problems_by_key(path, "loss")
     assert "did you mean 'smooth'" in problems["loss.terms[0].params.smoth"]
@@ -214,15 +235,24 @@ def test_validate_reports_terms_problems_at_their_index(tmp_path: Path) -> None:
     assert set(problems) == {"loss.terms[0].params.smoth", "loss.terms[1].name"}
 
 
-@pytest.mark.parametrize("loss,key,needle", [
-    ({"name": "sum", "terms": []}, "loss.terms", "at least one term"),
-    ({"name": "dice", "terms": [{"name": "bce"}]}, "loss.terms", "only used with name: sum"),
-    ({"name": "dice_bcee"}, "loss.name", "did you mean 'dice_bce'"),
-    ({"name": "tests.user_losses:Nope"}, "loss.name", "has no attribute"),
-    ({"name": "tests.user_losses:ScaledL1", "params": {"scael": 2}}, "loss.params.scael", "did you mean 'scale'"),
-    ({"name": "tests.user_losses:margin_loss", "params": {"margn": 2}}, "loss.params.margn", "did you mean 'margin'"),
-])
-def test_validate_loss_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: dict, key: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "loss,key,needle",
+    [
+        ({"name": "sum", "terms": []}, "loss.terms", "at least one term"),
+        ({"name": "dice", "terms": [{"name": "bce"}]}, "loss.terms", "only used with name: sum"),
+        ({"name": "dice_bcee"}, "loss.name", "did you mean 'dice_bce'"),
+        ({"name": "tests.user_losses:Nope"}, "loss.name", "has no attribute"),
+        ({"name": "tests.user_losses:ScaledL1", "params": {"scael": 2}}, "loss.params.scael", "did you mean 'scale'"),
+        (
+            {"name": "tests.user_losses:margin_loss", "params": {"margn": 2}},
+            "loss.params.margn",
+            "did you mean 'margin'",
+        ),
+    ],
+)
+def test_validate_loss_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: dict, key: str, needle: str
+) -> None:
     monkeypatch.syspath_prepend(str(REPO))
     problems = problems_by_key(write_params(tmp_path / "params.yaml", loss={"params": {}, "terms": [], **loss}), "loss")
     assert needle in problems[key]
@@ -236,13 +266,18 @@ def test_validate_loss_vs_task(tmp_path: Path) -> None:
     problems = problems_by_key(write_params(path, **{"loss.name": "cross_entropy", "data.num_classes": 2}), "loss")
     assert "binary (one logit channel)" in problems["loss.name"]
     assert problems_by_key(write_params(path, **multi, **{"loss.name": "focal"}), "loss") == {}
-    problems = problems_by_key(write_params(path, **multi, **{"loss.name": "cross_entropy",
-                                                              "loss.params": {"weight": [1, 2]}}), "loss")
+    problems = problems_by_key(
+        write_params(path, **multi, **{"loss.name": "cross_entropy", "loss.params": {"weight": [1, 2]}}), "loss"
+    )
     assert "2 per-class weights for 3 classes" in problems["loss.params.weight"]
-    problems = problems_by_key(write_params(path, **{"loss.name": "focal", "loss.params": {"alpha": [0.5, 0.5]}}), "loss")
+    problems = problems_by_key(
+        write_params(path, **{"loss.name": "focal", "loss.params": {"alpha": [0.5, 0.5]}}), "loss"
+    )
     assert "one number" in problems["loss.params.alpha"]
-    assert problems_by_key(write_params(path, **{"loss.name": "dice_bce", "loss.params": {"per_sample": True}}),
-                           "loss") == {}
+    assert (
+        problems_by_key(write_params(path, **{"loss.name": "dice_bce", "loss.params": {"per_sample": True}}), "loss")
+        == {}
+    )
 
 
 def test_shipped_loss_section_is_valid() -> None:
@@ -274,14 +309,17 @@ def test_weighted_losses_build_their_constants_once_per_device_and_dtype(monkeyp
 
     logits3, target3 = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     logits1, target1 = torch.randn(2, 1, 4, 4), torch.randint(0, 2, (2, 4, 4))
-    cases = [(CrossEntropyLoss(weight=[1.0, 2.0, 3.0]), logits3, target3),
-             (FocalLoss(alpha=[0.2, 0.3, 0.5]), logits3, target3), (BCELoss(pos_weight=2.0), logits1, target1)]
+    cases = [
+        (CrossEntropyLoss(weight=[1.0, 2.0, 3.0]), logits3, target3),
+        (FocalLoss(alpha=[0.2, 0.3, 0.5]), logits3, target3),
+        (BCELoss(pos_weight=2.0), logits1, target1),
+    ]
     for loss, logits, target in cases:
         first = loss(logits, target)
         built = []
-        monkeypatch.setattr(torch.Tensor, "new_tensor",
-                            lambda self, *a, **k: built.append(a) or torch.tensor(*a, **k))
+        monkeypatch.setattr(torch.Tensor, "new_tensor", lambda self, *a, **k: built.append(a) or torch.tensor(*a, **k))
         assert torch.equal(loss(logits, target), first) and built == []  # same value, nothing rebuilt
         monkeypatch.undo()
-        assert list(loss.__dict__["_constants"]) == [(next(iter(loss.__dict__["_constants"]))[0], logits.device,
-                                                      logits.dtype)]  # one per device and dtype
+        assert list(loss.__dict__["_constants"]) == [
+            (next(iter(loss.__dict__["_constants"]))[0], logits.device, logits.dtype)
+        ]  # one per device and dtype

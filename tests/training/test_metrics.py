@@ -1,5 +1,6 @@
 """Metrics against hand-computed numbers: binary and multi-class segmentation (pooled), empty masks,
 classification precision/recall/F1 with undefined classes, thresholds, ignored pixels."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,13 @@ import math
 import pytest
 import torch
 
-from pipeline.training.metrics import (classification_metrics, confusion_counts, make_meter, predict,
-                            segmentation_metrics)
+from pipeline.training.metrics import (
+    classification_metrics,
+    confusion_counts,
+    make_meter,
+    predict,
+    segmentation_metrics,
+)
 
 
 def binary_logits(pred: list[list[int]]) -> torch.Tensor:
@@ -90,8 +96,7 @@ def test_multiclass_segmentation_mean_over_foreground_classes_present():
 
 def test_multiclass_all_background_is_perfect():
     meter = make_meter("segmentation", 3)
-    meter.update(onehot_logits(torch.zeros(2, 3, 3, dtype=torch.long), 3),
-                 torch.zeros(2, 3, 3, dtype=torch.long))
+    meter.update(onehot_logits(torch.zeros(2, 3, 3, dtype=torch.long), 3), torch.zeros(2, 3, 3, dtype=torch.long))
     m = meter.compute()
     assert m["dice"] == 1.0 and m["iou"] == 1.0 and m["pixel_accuracy"] == 1.0
 
@@ -178,4 +183,5 @@ def test_confusion_counts_match_bincount():
     expected = torch.bincount((target * 5 + pred).flatten(), minlength=25).view(5, 5)
     assert torch.equal(confusion_counts(target, pred, 5), expected)
     assert segmentation_metrics(expected)["pixel_accuracy"] == pytest.approx(
-        expected.trace().item() / expected.sum().item())
+        expected.trace().item() / expected.sum().item()
+    )

@@ -1,5 +1,6 @@
 """Optimizers: every torch.optim optimizer builds and steps, parameter groups get lr * lr_mult and the
 no-decay split, unusable ones are refused, and validate reports bad arguments at their key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,10 @@ def _groups(model: nn.Sequential, backbone_mult: float = 0.1, head_mult: float =
     named = list(model.named_parameters())
     back = [(n, p) for n, p in named if not n.startswith("3.")]
     head = [(n, p) for n, p in named if n.startswith("3.")]
-    return [{"params": [p for _, p in back], "names": [n for n, _ in back], "lr_mult": backbone_mult, "name": "backbone"},
-            {"params": [p for _, p in head], "names": [n for n, _ in head], "lr_mult": head_mult, "name": "head"}]
+    return [
+        {"params": [p for _, p in back], "names": [n for n, _ in back], "lr_mult": backbone_mult, "name": "backbone"},
+        {"params": [p for _, p in head], "names": [n for n, _ in head], "lr_mult": head_mult, "name": "head"},
+    ]
 
 
 def _cfg(name: str = "AdamW", lr: float = 0.01, no_decay: bool = True, **params) -> dict:
@@ -54,8 +57,10 @@ def test_unusable_optimizers_are_refused_with_a_reason(name: str) -> None:
 def test_groups_get_lr_times_mult_and_the_no_decay_split() -> None:
     model = _model()
     optimizer = build_optimizer(_cfg("AdamW", lr=0.01, weight_decay=0.05), _groups(model, 0.1, 2.0))
-    got = {(g["name"], g["no_decay"]): (g["lr"], g["weight_decay"], g["lr_mult"], g["names"])
-           for g in optimizer.param_groups}
+    got = {
+        (g["name"], g["no_decay"]): (g["lr"], g["weight_decay"], g["lr_mult"], g["names"])
+        for g in optimizer.param_groups
+    }
     assert got == {
         ("backbone", False): (pytest.approx(0.001), 0.05, 0.1, ["0.weight"]),
         ("backbone", True): (pytest.approx(0.001), 0.0, 0.1, ["1.weight", "1.bias"]),
@@ -79,8 +84,10 @@ def test_weight_decay_really_skips_no_decay_params() -> None:
 
 def test_without_split_every_group_decays() -> None:
     optimizer = build_optimizer(_cfg("SGD", lr=0.1, no_decay=False, weight_decay=0.5), _groups(_model(), 0.5, 1.0))
-    assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == \
-        [("backbone", 0.05, 0.5), ("head", 0.1, 0.5)]
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        ("backbone", 0.05, 0.5),
+        ("head", 0.1, 0.5),
+    ]
 
 
 def test_frozen_groups_dropped_and_all_frozen_refused() -> None:
@@ -104,13 +111,16 @@ def test_user_optimizer_by_import_path() -> None:
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
 
 
-@pytest.mark.parametrize("optimizer,key,needle", [
-    ({"name": "SGD", "params": {"momentun": 0.9}}, "optimizer.params.momentun", "did you mean 'momentum'"),
-    ({"name": "AdamWW", "params": {}}, "optimizer.name", "did you mean 'AdamW'"),
-    ({"name": "AdamW", "params": {"lr": 0.1}}, "optimizer.params.lr", "optimizer.lr"),
-    ({"name": "LBFGS", "params": {}}, "optimizer.name", "closure"),
-    ({"name": "torch.optim:Nope", "params": {}}, "optimizer.name", "has no attribute"),
-])
+@pytest.mark.parametrize(
+    "optimizer,key,needle",
+    [
+        ({"name": "SGD", "params": {"momentun": 0.9}}, "optimizer.params.momentun", "did you mean 'momentum'"),
+        ({"name": "AdamWW", "params": {}}, "optimizer.name", "did you mean 'AdamW'"),
+        ({"name": "AdamW", "params": {"lr": 0.1}}, "optimizer.params.lr", "optimizer.lr"),
+        ({"name": "LBFGS", "params": {}}, "optimizer.name", "closure"),
+        ({"name": "torch.optim:Nope", "params": {}}, "optimizer.name", "has no attribute"),
+    ],
+)
 def test_validate_optimizer_errors(tmp_path: Path, optimizer: dict, key: str, needle: str) -> None:
     path = write_params(tmp_path / "params.yaml", **{f"optimizer.{k}": v for k, v in optimizer.items()})
     assert needle in problems_by_key(path, "optimizer")[key]

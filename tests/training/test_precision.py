@@ -1,5 +1,6 @@
 """Precision: bf16 autocast on CPU, fp16 refused on CPU, auto = fp32 on CPU, the GradScaler only for
 fp16, clipping after unscaling, skipped overflow steps, gradient accumulation, channels_last."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -90,8 +91,7 @@ def test_overflowing_step_is_skipped_and_reported(monkeypatch) -> None:
 
     with monkeypatch.context() as patch:
         patch.setattr(plan.scaler, "get_scale", host_sync)
-        ended = plan.backward_and_step(model(x * float("inf")).sum(), optimizer, model=model, grad_clip=1.0,
-                                       step=True)
+        ended = plan.backward_and_step(model(x * float("inf")).sum(), optimizer, model=model, grad_clip=1.0, step=True)
         assert ended is True and torch.equal(model.weight.detach(), w0)  # the step ended, skipped
         assert plan.skipped_steps.item() == 1
         assert plan.backward_and_step(model(x).sum(), optimizer, model=model, grad_clip=None, step=True) is True

@@ -1,6 +1,7 @@
 """Schedulers: every registered scheduler builds, steps and resumes; warmup + schedule LR sequences
 against hand-computed values; per-batch OneCycleLR; ReduceLROnPlateau fed the monitored metric;
 step_decay state through a checkpoint; validate-time errors at their key."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,12 @@ from pipeline.training.scheduler import LRSchedule, build_scheduler, schedulers
 from tests.conftest import problems_by_key, write_params
 
 # Required arguments the pipeline cannot guess; everything else is auto-filled or defaulted.
-MINIMAL = {"StepLR": {"step_size": 1}, "MultiStepLR": {"milestones": [1]}, "ExponentialLR": {"gamma": 0.9},
-           "CosineAnnealingWarmRestarts": {"T_0": 2}}
+MINIMAL = {
+    "StepLR": {"step_size": 1},
+    "MultiStepLR": {"milestones": [1]},
+    "ExponentialLR": {"gamma": 0.9},
+    "CosineAnnealingWarmRestarts": {"T_0": 2},
+}
 
 
 def _optimizer(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
@@ -25,12 +30,23 @@ def _optimizer(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
 
 
 def _cfg(name: str, *, warmup: dict | None = None, interval: str = "auto", monitor: str = "auto", **params) -> dict:
-    return {"name": name, "params": params, "interval": interval, "monitor": monitor,
-            "warmup": {"epochs": 0, "steps": 0, "start_factor": 0.1, **(warmup or {})}}
+    return {
+        "name": name,
+        "params": params,
+        "interval": interval,
+        "monitor": monitor,
+        "warmup": {"epochs": 0, "steps": 0, "start_factor": 0.1, **(warmup or {})},
+    }
 
 
-def _run(schedule: LRSchedule, optimizer: torch.optim.Optimizer, epochs: int, steps: int,
-         metrics: list[float] | None = None, per_step: bool = False) -> list[float]:
+def _run(
+    schedule: LRSchedule,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps: int,
+    metrics: list[float] | None = None,
+    per_step: bool = False,
+) -> list[float]:
     """The LR each batch (per_step) or each epoch's first batch trained with, like the train loop."""
     seen = []
     for epoch in range(epochs):
@@ -54,8 +70,9 @@ def test_every_scheduler_builds_steps_and_resumes(name: str) -> None:
     rest = _run(schedule, opt, 2, 3, metrics=[2.0, 3.0], per_step=True)
     assert all(math.isfinite(lr) and lr >= 0 for lr in first + rest)
     # Warmup (in steps) climbs from 0.1x to the schedule's own first rate (OneCycleLR: max_lr / 25).
-    no_warmup = build_scheduler({**cfg, "warmup": {}}, _optimizer(groups=2), epochs=4, steps_per_epoch=3,
-                                monitor="val_loss")
+    no_warmup = build_scheduler(
+        {**cfg, "warmup": {}}, _optimizer(groups=2), epochs=4, steps_per_epoch=3, monitor="val_loss"
+    )
     assert first[:4] == pytest.approx([f * no_warmup.last_lr()[0] for f in (0.1, 0.4, 0.7, 1.0)])
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
@@ -68,15 +85,17 @@ def test_every_scheduler_builds_steps_and_resumes(name: str) -> None:
 
 def test_warmup_two_epochs_then_steplr() -> None:
     opt = _optimizer()
-    schedule = build_scheduler(_cfg("StepLR", warmup={"epochs": 2}, step_size=2, gamma=0.1), opt,
-                               epochs=6, steps_per_epoch=4)
+    schedule = build_scheduler(
+        _cfg("StepLR", warmup={"epochs": 2}, step_size=2, gamma=0.1), opt, epochs=6, steps_per_epoch=4
+    )
     assert _run(schedule, opt, 6, 4) == pytest.approx([0.1, 0.55, 1.0, 1.0, 0.1, 0.1])
 
 
 def test_warmup_matches_torch_linearlr_plus_sequentiallr() -> None:
     opt, ref_opt = _optimizer(), _optimizer()
-    schedule = build_scheduler(_cfg("ExponentialLR", warmup={"epochs": 3, "start_factor": 0.25}, gamma=0.5),
-                               opt, epochs=7, steps_per_epoch=1)
+    schedule = build_scheduler(
+        _cfg("ExponentialLR", warmup={"epochs": 3, "start_factor": 0.25}, gamma=0.5), opt, epochs=7, steps_per_epoch=1
+    )
     warm = torch.optim.lr_scheduler.LinearLR(ref_opt, start_factor=0.25, total_iters=3)
     main = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=0.5)
     ref = torch.optim.lr_scheduler.SequentialLR(ref_opt, [warm, main], milestones=[3])
@@ -134,13 +153,15 @@ def test_interval_override_steps_cosine_per_batch() -> None:
     opt = _optimizer()
     schedule = build_scheduler(_cfg("CosineAnnealingLR", interval="step"), opt, epochs=2, steps_per_epoch=2)
     assert _run(schedule, opt, 2, 2, per_step=True) == pytest.approx(
-        [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+        [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    )
 
 
 def test_plateau_gets_the_monitored_metric() -> None:
     opt = _optimizer()
-    schedule = build_scheduler(_cfg("ReduceLROnPlateau", patience=0, factor=0.5), opt, epochs=5,
-                               steps_per_epoch=1, monitor="val_loss")
+    schedule = build_scheduler(
+        _cfg("ReduceLROnPlateau", patience=0, factor=0.5), opt, epochs=5, steps_per_epoch=1, monitor="val_loss"
+    )
     # val_loss improves, then worsens twice: two halvings, and only from the metric.
     assert _run(schedule, opt, 5, 1, metrics=[1.0, 0.5, 0.7, 0.9, 0.4]) == pytest.approx([1, 1, 1, 0.5, 0.25])
     assert schedule.last_lr() == pytest.approx([0.25])
@@ -148,8 +169,12 @@ def test_plateau_gets_the_monitored_metric() -> None:
 
 def test_plateau_mode_follows_the_monitor_and_warmup_comes_first() -> None:
     opt = _optimizer()
-    schedule = build_scheduler(_cfg("ReduceLROnPlateau", warmup={"epochs": 1}, monitor="val_dice",
-                                    patience=0, factor=0.5), opt, epochs=4, steps_per_epoch=1)
+    schedule = build_scheduler(
+        _cfg("ReduceLROnPlateau", warmup={"epochs": 1}, monitor="val_dice", patience=0, factor=0.5),
+        opt,
+        epochs=4,
+        steps_per_epoch=1,
+    )
     assert schedule.main.mode == "max"
     for dice, lr in [(0.9, 0.1), (0.5, 1.0), (0.6, 1.0), (0.55, 1.0)]:  # warmup epoch ignores the metric
         assert schedule.last_lr() == pytest.approx([lr])
@@ -187,22 +212,30 @@ def test_step_decay_values_and_checkpoint_round_trip() -> None:
 
 # --- validate-time errors ---------------------------------------------------------------------------
 
+
 def _problems(tmp_path: Path, scheduler: dict, epochs: int = 8) -> dict[str, str]:
     path = write_params(tmp_path / "params.yaml", scheduler={"params": {}, **scheduler}, **{"train.epochs": epochs})
     return problems_by_key(path, "scheduler")
 
 
-@pytest.mark.parametrize("scheduler,key,needle", [
-    ({"name": "CosineAnealingLR"}, "scheduler.name", "did you mean 'CosineAnnealingLR'"),
-    ({"name": "StepLR"}, "scheduler.params", "missing required argument 'step_size'"),
-    ({"name": "StepLR", "params": {"step_size": 2, "gama": 0.5}}, "scheduler.params.gama", "did you mean 'gamma'"),
-    ({"name": "LambdaLR"}, "scheduler.name", "Python function"),
-    ({"name": "ReduceLROnPlateau", "interval": "step"}, "scheduler.interval", "per epoch"),
-    ({"name": "none", "warmup": {"epochs": 1, "steps": 10}}, "scheduler.warmup", "not both"),
-    ({"name": "none", "warmup": {"epochs": 8}}, "scheduler.warmup.epochs", "train.epochs"),
-    ({"name": "step_decay", "params": {"evry": 2}}, "scheduler.params.evry", "did you mean 'every'"),
-    ({"name": "CosineAnnealingLR", "params": {"optimizer": 1}}, "scheduler.params.optimizer", "set by the pipeline"),
-])
+@pytest.mark.parametrize(
+    "scheduler,key,needle",
+    [
+        ({"name": "CosineAnealingLR"}, "scheduler.name", "did you mean 'CosineAnnealingLR'"),
+        ({"name": "StepLR"}, "scheduler.params", "missing required argument 'step_size'"),
+        ({"name": "StepLR", "params": {"step_size": 2, "gama": 0.5}}, "scheduler.params.gama", "did you mean 'gamma'"),
+        ({"name": "LambdaLR"}, "scheduler.name", "Python function"),
+        ({"name": "ReduceLROnPlateau", "interval": "step"}, "scheduler.interval", "per epoch"),
+        ({"name": "none", "warmup": {"epochs": 1, "steps": 10}}, "scheduler.warmup", "not both"),
+        ({"name": "none", "warmup": {"epochs": 8}}, "scheduler.warmup.epochs", "train.epochs"),
+        ({"name": "step_decay", "params": {"evry": 2}}, "scheduler.params.evry", "did you mean 'every'"),
+        (
+            {"name": "CosineAnnealingLR", "params": {"optimizer": 1}},
+            "scheduler.params.optimizer",
+            "set by the pipeline",
+        ),
+    ],
+)
 def test_validate_scheduler_errors(tmp_path: Path, scheduler: dict, key: str, needle: str) -> None:
     assert needle in _problems(tmp_path, scheduler)[key]
 

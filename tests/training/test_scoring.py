@@ -1,5 +1,6 @@
 """The scoring pass shared by validation and evaluate: the loss weighted by batch size (checked against
 hand-computed cross-entropies), the meter reset and filled, the per-batch hook, no_grad and float32."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,7 @@ def test_meter_is_reset_first_and_the_hook_sees_every_batch():
         seen.append((images.shape[0], targets.tolist(), logits.dtype, logits.requires_grad, y.dtype))
 
     score(Scripted(), loader(), torch.nn.functional.cross_entropy, meter, FP32, on_batch=hook)
-    assert seen == [(3, [0, 0, 1], torch.float32, False, torch.int64),
-                    (1, [1], torch.float32, False, torch.int64)]
+    assert seen == [(3, [0, 0, 1], torch.float32, False, torch.int64), (1, [1], torch.float32, False, torch.int64)]
     assert sum(map(sum, meter.confusion_matrix())) == 4  # only this pass
 
 
@@ -75,8 +75,14 @@ def test_bf16_autocast_still_feeds_float32_logits_and_a_float32_sum():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
     dtypes = []
-    result = score(net, loader(), torch.nn.functional.cross_entropy, make_meter("classification", 2), bf16,
-                   on_batch=lambda images, targets, logits, y: dtypes.append(logits.dtype))
+    result = score(
+        net,
+        loader(),
+        torch.nn.functional.cross_entropy,
+        make_meter("classification", 2),
+        bf16,
+        on_batch=lambda images, targets, logits, y: dtypes.append(logits.dtype),
+    )
     assert dtypes == [torch.float32, torch.float32]
     assert result.total.dtype == torch.float32 and math.isfinite(result.mean())
 
@@ -84,12 +90,10 @@ def test_bf16_autocast_still_feeds_float32_logits_and_a_float32_sum():
 def test_shard_sums_add_up_to_the_whole_split():
     """Why score returns sums: DDP ranks add theirs, then take one mean (what validation does)."""
     whole = score(Scripted(), loader(), torch.nn.functional.cross_entropy, make_meter("classification", 2), FP32)
-    first = score(Scripted(), loader()[:1], torch.nn.functional.cross_entropy, make_meter("classification", 2),
-                  FP32)
+    first = score(Scripted(), loader()[:1], torch.nn.functional.cross_entropy, make_meter("classification", 2), FP32)
     second_model = Scripted()
     second_model.calls = 1
-    second = score(second_model, loader()[1:], torch.nn.functional.cross_entropy,
-                   make_meter("classification", 2), FP32)
+    second = score(second_model, loader()[1:], torch.nn.functional.cross_entropy, make_meter("classification", 2), FP32)
     added = LossSum(first.total + second.total, first.count + second.count)
     assert added.count == whole.count == 4
     assert added.mean() == whole.mean()

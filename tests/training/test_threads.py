@@ -1,6 +1,7 @@
 """train.threads: torch's threads sized to the cores this process may use, shared with its DataLoader
 workers (one thread each) and torchrun's other ranks on the node; an explicit number as given; a bad
 value refused by validate at its line."""
+
 from __future__ import annotations
 
 import os
@@ -22,15 +23,18 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("setting, cores, workers, local, expected", [
-    ("auto", 2, 0, 1, 2),     # no workers: every core this process may use
-    ("auto", 2, 2, 1, 1),     # the shipped 2 workers on 2 cores: one thread left, never 0
-    ("auto", 16, 2, 1, 14),   # a core per worker, the rest for the training process
-    ("auto", 16, 2, 4, 2),    # torchrun's 4 ranks share the 16 cores first: 4 each, less 2 workers
-    ("auto", 1, 4, 1, 1),
-    (3, 2, 2, 1, 3),          # a number is taken as given, even past the cores
-    (1, 64, 0, 1, 1),
-])
+@pytest.mark.parametrize(
+    "setting, cores, workers, local, expected",
+    [
+        ("auto", 2, 0, 1, 2),  # no workers: every core this process may use
+        ("auto", 2, 2, 1, 1),  # the shipped 2 workers on 2 cores: one thread left, never 0
+        ("auto", 16, 2, 1, 14),  # a core per worker, the rest for the training process
+        ("auto", 16, 2, 4, 2),  # torchrun's 4 ranks share the 16 cores first: 4 each, less 2 workers
+        ("auto", 1, 4, 1, 1),
+        (3, 2, 2, 1, 3),  # a number is taken as given, even past the cores
+        (1, 64, 0, 1, 1),
+    ],
+)
 def test_resolve_threads(setting, cores, workers, local, expected):
     assert resolve_threads(setting, cores=cores, workers=workers, local_processes=local) == expected
 
@@ -47,11 +51,14 @@ def test_auto_counts_the_affinity_not_the_machine(monkeypatch, restore_threads):
     assert apply_threads(3, workers=2) == 3 and torch.get_num_threads() == 3
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "0 is less than the minimum of 1"),
-    ("many", "expected 'auto' or integer, got string 'many'"),
-    ("1.5", "expected 'auto' or integer, got number 1.5"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "0 is less than the minimum of 1"),
+        ("many", "expected 'auto' or integer, got string 'many'"),
+        ("1.5", "expected 'auto' or integer, got number 1.5"),
+    ],
+)
 def test_bad_threads_refused_at_its_line(tmp_path, value, message):
     path = write_params(tmp_path / "params.yaml", replace={"  threads: auto": f"  threads: {value}"}, link=True)
     assert problems_by_key(path, "train.threads") == {"train.threads": message}
