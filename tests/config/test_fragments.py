@@ -174,7 +174,7 @@ class _Documented:
             and more. Default: ``[]``.
     """
 
-    def __init__(self, rate: float | None = 0.5, *, names: tuple[str, ...] = ("a",), fn=len, big=float("inf")):
+    def __init__(self, rate: Optional[float] = 0.5, *, names: tuple[str, ...] = ("a",), fn=len, big=float("inf")):
         pass
 
 
