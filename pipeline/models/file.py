@@ -24,7 +24,7 @@ from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
-# file records them; batches are normalised with them on the device (pipeline.training.device).
+# file records them; batches are normalised with them on the device (pipeline.models.input_contract).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

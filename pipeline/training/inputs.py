@@ -18,9 +18,9 @@ from pipeline.config.params import ParamsView
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.decoded import open_split
 from pipeline.data.manifest import Manifest
+from pipeline.models.input_contract import resolve_device
 from pipeline.processes import dying_with_parent
 from pipeline.seeding import worker_init_fn
-from pipeline.training.device import resolve_device
 from pipeline.training.feed import SeededSamples, epoch_keys
 from pipeline.training.threads import resolve_workers
 
