@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from pipeline import outputs
 from pipeline.augment.cache import OfflineCacheDataset
-from pipeline.augment.device import DeviceAugment, resolve_where
+from pipeline.augment.device_augment import DeviceAugment
+from pipeline.augment.device_support import resolve_where
 from pipeline.augment.transform import build_transform
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
