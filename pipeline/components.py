@@ -26,7 +26,7 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
     "split": ("pipeline.data.split",),
     "augment": ("pipeline.augment.checks",),
     "model": ("pipeline.models.build",),
-    "loss": ("pipeline.training.loss",),
+    "loss": ("pipeline.training.losses",),
     "optimizer": ("pipeline.training.optimizer",),
     "scheduler": ("pipeline.training.scheduler",),
     "precision": ("pipeline.training.precision",),

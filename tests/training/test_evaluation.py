@@ -13,7 +13,7 @@ import torch
 
 from pipeline.models.input_contract import MEAN, STD
 from pipeline.training import evaluation
-from pipeline.training.loss import build_loss
+from pipeline.training.losses import build_loss
 from pipeline.training.precision import resolve_precision
 
 SIZE = 32
