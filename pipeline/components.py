@@ -25,7 +25,7 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
     "data": ("pipeline.data.files", "pipeline.data.labels"),
     "split": ("pipeline.data.split",),
     "augment": ("pipeline.augment.checks",),
-    "model": ("pipeline.models.build",),
+    "model": ("pipeline.models.networks",),
     "loss": ("pipeline.training.losses",),
     "optimizer": ("pipeline.training.optimizer",),
     "scheduler": ("pipeline.training.scheduler",),
@@ -36,8 +36,8 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
 
 # Registry kind (`python -m pipeline list KIND`) -> the module that creates it.
 REGISTRY_MODULES: dict[str, str] = {
-    "augmenters": "pipeline.augment.build",
-    "models": "pipeline.models.build",
+    "augmenters": "pipeline.augment.augmenters",
+    "models": "pipeline.models.networks",
     "losses": "pipeline.training.losses",
     "optimizers": "pipeline.training.optimizer",
     "schedulers": "pipeline.training.scheduler",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.augment.build import Builder
+from pipeline.augment.augmenters import Builder
 from pipeline.augment.device_support import fallback_problems
 from pipeline.config.checks import key_parts, semantic_check
 from pipeline.config.errors import ComponentError, Problem

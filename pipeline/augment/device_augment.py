@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.augment.build import build_augmenter
+from pipeline.augment.augmenters import build_augmenter
 from pipeline.augment.device_draw import Drawer, Leaf
 from pipeline.augment.device_ops import Pixel, Warp, apply_ops
 from pipeline.augment.device_support import fallback_reasons, fallbacks

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pipeline.augment.build import build_augmenter
+from pipeline.augment.augmenters import build_augmenter
 from pipeline.augment.device_ops import MODE_CODES, mode_code
 from pipeline.config.errors import PipelineError, Problem
 

@@ -18,8 +18,8 @@ from pipeline.atomic import atomic_path
 from pipeline.config.building import one_line
 from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
-from pipeline.models.build import build_model
 from pipeline.models.finetune import apply_freeze, in_prefixes
+from pipeline.models.networks import build_model
 from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
