@@ -26,7 +26,7 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
     "split": ("pipeline.data.split",),
     "augment": ("pipeline.augment.checks",),
     "model": ("pipeline.models.networks",),
-    "loss": ("pipeline.training.losses",),
+    "loss": ("pipeline.training.losses.section",),
     "optimizer": ("pipeline.training.optimizer",),
     "scheduler": ("pipeline.training.scheduler",),
     "precision": ("pipeline.training.precision",),
@@ -38,7 +38,7 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
 REGISTRY_MODULES: dict[str, str] = {
     "augmenters": "pipeline.augment.augmenters",
     "models": "pipeline.models.networks",
-    "losses": "pipeline.training.losses",
+    "losses": "pipeline.training.losses.base",
     "optimizers": "pipeline.training.optimizer",
     "schedulers": "pipeline.training.scheduler",
 }

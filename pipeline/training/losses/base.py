@@ -4,6 +4,7 @@ constant helpers.
 Every loss takes logits. Binary means one logit channel (``C == 1``, sigmoid); multi-class means ``C >= 2``
 (softmax). Logits are ``[N, C, H, W]`` (segmentation) or ``[N, C]`` (classification); targets are class
 indices ``[N, H, W]`` / ``[N]`` (int64). A loss class says which modes it takes in ``supports``.
+Importing this module imports its package first, which registers every built-in loss.
 """
 
 from __future__ import annotations
