@@ -1,5 +1,5 @@
 """Benchmark: host cost per sample of the training augmentation, imgaug per sample (the CPU path, what a
-DataLoader worker does) against the device path (pipeline/augment/device.py) on this machine's tensors.
+DataLoader worker does) against the device path (pipeline/augment/device_augment.py) on this machine's tensors.
 
 For the ``augment.train`` chain of a params file (default: the repo's params.yaml) at ``--size`` px,
 on random uint8 images (and masks, for segmentation), it times:
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.augment.device import device_plan, fallback_reasons
+from pipeline.augment.device_augment import device_plan
+from pipeline.augment.device_support import fallback_reasons
 from pipeline.augment.transform import build_transform
 from pipeline.components import load_params
 

@@ -35,7 +35,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from pipeline.atomic import write_json  # noqa: E402
-from pipeline.augment.device import device_plan, fallback_reasons  # noqa: E402
+from pipeline.augment.device_augment import device_plan  # noqa: E402
+from pipeline.augment.device_support import fallback_reasons  # noqa: E402
 from pipeline.augment.transform import build_transform  # noqa: E402
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.decoded import DecodedDataset, write_decoded  # noqa: E402

@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.models.unet import ClassicUNet
     from pipeline.seeding import worker_init_fn
     from pipeline.training.loop import make_train_step
-    from pipeline.training.loss import build_loss
+    from pipeline.training.losses import build_loss
     from pipeline.training.precision import resolve_precision
     from pipeline.training.threads import apply_threads
 

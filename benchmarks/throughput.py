@@ -53,10 +53,10 @@ from pipeline.config.errors import PipelineError  # noqa: E402
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model
+from pipeline.models.input_contract import resolve_device  # noqa: E402
 from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
-from pipeline.training.device import resolve_device  # noqa: E402
 from pipeline.training.loop import make_train_step  # noqa: E402
-from pipeline.training.loss import build_loss  # noqa: E402
+from pipeline.training.losses import build_loss  # noqa: E402
 from pipeline.training.optimizer import (
     build_optimizer,
     parameter_groups,

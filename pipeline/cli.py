@@ -85,7 +85,7 @@ def _list(args: argparse.Namespace) -> int:
     ]
     runs_on = None
     if args.kind == "augmenters":  # where each can run: device (a batched torch version) or cpu
-        from pipeline.augment.device import runs_on
+        from pipeline.augment.device_support import runs_on
     for name in names:
         desc = registry.describe(name) if args.long else ""
         desc = f"{runs_on(name):6s} {desc}" if runs_on else desc

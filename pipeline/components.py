@@ -25,8 +25,8 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
     "data": ("pipeline.data.files", "pipeline.data.labels"),
     "split": ("pipeline.data.split",),
     "augment": ("pipeline.augment.checks",),
-    "model": ("pipeline.models.build",),
-    "loss": ("pipeline.training.loss",),
+    "model": ("pipeline.models.networks",),
+    "loss": ("pipeline.training.losses.section",),
     "optimizer": ("pipeline.training.optimizer",),
     "scheduler": ("pipeline.training.scheduler",),
     "precision": ("pipeline.training.precision",),
@@ -36,9 +36,9 @@ CHECK_MODULES: dict[str, tuple[str, ...]] = {
 
 # Registry kind (`python -m pipeline list KIND`) -> the module that creates it.
 REGISTRY_MODULES: dict[str, str] = {
-    "augmenters": "pipeline.augment.build",
-    "models": "pipeline.models.build",
-    "losses": "pipeline.training.losses",
+    "augmenters": "pipeline.augment.augmenters",
+    "models": "pipeline.models.networks",
+    "losses": "pipeline.training.losses.base",
     "optimizers": "pipeline.training.optimizer",
     "schedulers": "pipeline.training.scheduler",
 }

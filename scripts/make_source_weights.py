@@ -34,7 +34,7 @@ from pipeline.atomic import atomic_path
 from pipeline.data.synthetic import segmentation_scene
 from pipeline.hashing import file_sha256
 from pipeline.models.unet import ClassicUNet
-from pipeline.training.device import to_device
+from pipeline.training.batches import to_device
 
 OUT = Path(__file__).resolve().parent.parent / "weights" / "unet_classic_shapes_boundary.safetensors"
 UNET = {"base_channels": 16, "depth": 3, "upsampling": "bilinear"}  # = params.yaml model.unet

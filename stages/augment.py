@@ -2,7 +2,7 @@
 
 ``python -m stages.augment`` writes ``outputs/augment/preview.png`` (each row: a training image, then
 augmented versions, masks overlaid) and ``outputs/augment/cache/`` (the offline copies, or an index
-saying the cache is disabled). The augmentation itself is :mod:`pipeline.augment.build`.
+saying the cache is disabled). The augmentation itself is :mod:`pipeline.augment.augmenters`.
 """
 
 from __future__ import annotations

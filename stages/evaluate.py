@@ -30,11 +30,11 @@ from pipeline.config.params import ParamsView, flatten
 from pipeline.data.dataset import ManifestDataset, image_hw
 from pipeline.data.manifest import read_manifest
 from pipeline.models.file import load_model
+from pipeline.models.input_contract import resolve_device
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
-from pipeline.training.device import resolve_device
 from pipeline.training.evaluation import class_names, mlflow_metrics, read_run_info, run_test_set, write_outputs
-from pipeline.training.loss import build_loss
+from pipeline.training.losses import build_loss
 from pipeline.training.precision import resolve_precision
 
 PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss", "tracking")

@@ -19,7 +19,7 @@ from pipeline.atomic import write_json
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
 from pipeline.data.manifest import Manifest, load_manifest
-from pipeline.models import build
+from pipeline.models import networks
 from pipeline.models.file import save_model
 from pipeline.models.initial import initial_model, summarize
 from pipeline.stage import run_stage
@@ -47,7 +47,7 @@ def architecture(view: ParamsView, manifest: Manifest) -> dict[str, Any]:
             f"({outputs.MANIFEST}); use null to follow the data"
         )
     declared = {key: view[f"model.{key}"] for key in ("source", "name", "in_chans", "unet")}
-    return build.architecture(
+    return networks.architecture(
         declared, task=task, num_classes=wanted or data_classes, image_size=view["data.image_size"]
     )
 

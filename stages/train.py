@@ -19,6 +19,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config.params import ParamsView, flatten
 from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model
+from pipeline.models.input_contract import resolve_device
 from pipeline.plots import draw_history, save_png
 from pipeline.search.trial import TrialReporter
 from pipeline.stage import run_stage
@@ -26,7 +27,6 @@ from pipeline.tracking import run as tracking
 from pipeline.tracking.store import portable_uri
 from pipeline.training import checkpoint, loop
 from pipeline.training import distributed as dist
-from pipeline.training.device import resolve_device
 
 PARAMS = (
     "data.task",

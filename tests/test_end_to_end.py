@@ -122,7 +122,7 @@ def test_repro_then_cache_behaviour(workspace):
     assert ran(sh(ws, "dvc", "repro").stdout) == ["validate", "train", "evaluate", "export"]
     _commit(ws)
 
-    loss_code = ws / "pipeline/training/loss.py"  # the loss module's code: the same two stages
+    loss_code = ws / "pipeline/training/losses/focal.py"  # a loss module's code: the same two stages
     loss_code.write_text(loss_code.read_text() + "\n# an edit to the loss module\n")
     trained = (ws / "outputs/train/best.safetensors").read_bytes()
     stages = ran(sh(ws, "dvc", "repro").stdout)

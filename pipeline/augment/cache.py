@@ -3,11 +3,9 @@
 For when the CPUs cannot augment as fast as the GPU trains: the augment stage materialises the
 copies once (DVC caches them), and training reads copy ``epoch % K`` instead of augmenting online.
 
-Layout of the cache directory (always written, so DVC always has an output to track)::
-
-    index.json                  {"enabled": false} or the description below
-    shard-00000.images.npy      uint8 [n, 3, H, W]   (memory-mapped when read)
-    shard-00000.targets.npy     uint8 [n, H, W] (segmentation) or int64 [n] (classification)
+The cache directory is always written, so DVC always has an output to track: ``index.json`` says
+``{"enabled": false}``, or describes the copies in shards of the format :mod:`pipeline.data.shards`
+defines (memory-mapped when read).
 
 Sample ``s = copy * N + i`` is copy ``copy`` of training image ``i``: copy-major, so one epoch reads
 one contiguous ``1/K`` of the cache.
@@ -15,8 +13,6 @@ one contiguous ``1/K`` of the cache.
 
 from __future__ import annotations
 
-import bisect
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,25 +22,19 @@ import torch
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config.errors import PipelineError
+from pipeline.data import shards as shard_files
+from pipeline.data.shards import INDEX, allocate_shards, locate
 from pipeline.seeding import seed_everything
 
 FORMAT_VERSION = 1
-INDEX = "index.json"
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
 
 
-def write_disabled(
-    cache_dir: str | Path,
-    *,
-    reason: str = "augment.offline.enabled is false: training augments online",
-    format_version: int = FORMAT_VERSION,
-) -> dict[str, Any]:
-    """An empty cache whose index says so and why (``augment.offline.enabled: false``; the decoded
-    cache's ``data.cache: none`` too): DVC needs the stage's output to exist."""
-    index = {"enabled": False, "format": format_version, "reason": reason}
-    with atomic_dir(cache_dir) as tmp:
-        write_json(tmp / INDEX, index)
-    return index
+def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
+    """An empty cache whose index says so (``augment.offline.enabled: false``): DVC needs the output."""
+    return shard_files.write_disabled(
+        cache_dir, reason="augment.offline.enabled is false: training augments online", format_version=FORMAT_VERSION
+    )
 
 
 def write_cache(
@@ -82,7 +72,7 @@ def write_cache(
                 out_image, out_mask = transform(image_hwc, mask)
                 if not arrays:
                     first_shape = out_image.shape
-                    arrays = allocate_shards(tmp, shards, out_image, total, shard_size, segmentation)
+                    arrays = allocate_shards(tmp, shards, out_image.shape[:2], total, shard_size, segmentation)
                 if out_image.shape != first_shape:
                     raise PipelineError(
                         f"augment.train produced images of shapes {first_shape} and {out_image.shape}: "
@@ -112,39 +102,9 @@ def write_cache(
     return index
 
 
-def allocate_shards(
-    folder: Path, shards: list[dict[str, Any]], first_image: np.ndarray, total: int, shard_size: int, segmentation: bool
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Create every shard's memory-mapped .npy files, sized by the first augmented image."""
-    height, width = first_image.shape[:2]
-    arrays = []
-    for number, start in enumerate(range(0, total, shard_size)):
-        count = min(shard_size, total - start)
-        names = {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}
-        images = np.lib.format.open_memmap(
-            folder / names["images"], mode="w+", dtype=np.uint8, shape=(count, 3, height, width)
-        )
-        target_shape = (count, height, width) if segmentation else (count,)
-        targets = np.lib.format.open_memmap(
-            folder / names["targets"], mode="w+", dtype=np.uint8 if segmentation else np.int64, shape=target_shape
-        )
-        arrays.append((images, targets))
-        shards.append({**names, "start": start, "count": count})
-    return arrays
-
-
-def read_index(cache_dir: str | Path, *, stage: str = "augment") -> dict[str, Any]:
-    """A cache folder's ``index.json`` (this offline cache's, or the decode stage's: ``stage`` names the
-    stage that writes it, for the message when it is missing or unreadable)."""
-    path = Path(cache_dir) / INDEX
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the {stage} stage first (dvc repro {stage})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(
-            f"{path} is not a readable index ({exc}); re-run the {stage} stage (dvc repro {stage})"
-        ) from None
+def read_index(cache_dir: str | Path) -> dict[str, Any]:
+    """The offline cache's ``index.json``."""
+    return shard_files.read_index(cache_dir, stage="augment")
 
 
 class OfflineCacheDataset(torch.utils.data.Dataset):
@@ -206,9 +166,8 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
         if not -self.samples <= i < self.samples:
             raise IndexError(f"sample {i} out of range for {self.samples} samples")
         sample = self.copy * self.samples + (i % self.samples)
-        shard = bisect.bisect_right(self._starts, sample) - 1
+        shard, row = locate(self._starts, sample)
         images, targets = self._open()[shard]
-        row = sample - self._starts[shard]
         image = torch.from_numpy(np.array(images[row]))
         target = (
             torch.from_numpy(np.array(targets[row]))

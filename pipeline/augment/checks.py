@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.augment.build import Builder
-from pipeline.augment.device import fallback_problems
+from pipeline.augment.augmenters import Builder
+from pipeline.augment.device_support import fallback_problems
 from pipeline.config.checks import key_parts, semantic_check
 from pipeline.config.errors import ComponentError, Problem
 from pipeline.config.params import Params

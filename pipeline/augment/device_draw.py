@@ -1,17 +1,29 @@
 """The host half of device augmentation: a batch's parameters, drawn by the augmenters' own imgaug
 stochastic parameters, as imgaug's ``_augment_batch_`` methods draw them (same parameters, same RNG
-splits), into a flat list of :class:`~pipeline.augment.device.Leaf` draws. Containers become
+splits), into a flat list of :class:`Leaf` draws. Containers become
 per-sample masks: ``Sometimes`` picks then/else rows, ``SomeOf``/``OneOf`` pick children per row,
 random orders are drawn per sample (the CPU path augments one sample per call, so its orders are too)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.augment.device import Leaf, _kinds
 from pipeline.augment.device_ops import EDGE, Pixel, Warp, gaussian_kernels, mode_code
+from pipeline.augment.device_support import kinds
+
+
+@dataclass
+class Leaf:
+    """One augmenter's draw for a batch: where in the chain, which samples, its parameter values."""
+
+    path: str  # e.g. "[3].then_list[0]"
+    name: str
+    active: np.ndarray  # (n,) bool
+    values: dict[str, Any]
+    op: Warp | Pixel | None  # a Warp here holds this augmenter's part only
 
 
 def _geometric(n: int, matrix: np.ndarray, active: np.ndarray) -> Warp:
@@ -49,7 +61,7 @@ class Drawer:
 
     def node(self, aug: Any, active: np.ndarray, rng: Any, path: str) -> None:
         """Draw ``aug`` for the rows in ``active``, from an RNG derived from ``rng`` (one per visit)."""
-        getattr(self, "_" + _kinds()[type(aug)])(aug, active, rng.derive_rng_(), path)
+        getattr(self, "_" + kinds()[type(aug)])(aug, active, rng.derive_rng_(), path)
 
     def leaf(self, path: str, aug: Any, active: np.ndarray, values: dict[str, Any], op: Warp | Pixel | None) -> None:
         self.leaves.append(Leaf(path, type(aug).__name__, active, values, op))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.augment.build import apply_augmenter, build_augmenter
+from pipeline.augment.augmenters import apply_augmenter, build_augmenter
 
 
 class AugmentTransform:

@@ -82,7 +82,7 @@ def semantic_check(*inputs: str, stand_ins: Mapping[str, Sequence[Any]] | None =
 
 
 def declare_check_modules(modules: dict[str, Sequence[str]]) -> None:
-    """Say which modules register the checks of each section (``{"loss": ["pipeline.training.loss"]}``);
+    """Say which modules register the checks of each section (``{"loss": ["pipeline.training.losses.section"]}``);
     :func:`run_checks` imports them when it checks that section. Every check's subject must lie in the
     section its module is declared for."""
     _MODULES.update({section: tuple(names) for section, names in modules.items()})

@@ -20,7 +20,7 @@ from pipeline.data.manifest import Manifest
 # (image HxWx3 uint8, mask HxW uint8 or None) -> (image, mask): built by the augmentation helper.
 Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.ndarray | None]"]
 # (images uint8 [N,3,H,W], targets) on the training device -> (float images 0-255, targets): a whole
-# batch augmented where the model runs (pipeline.augment.device.DeviceAugment); has set_epoch(seed).
+# batch augmented where the model runs (pipeline.augment.device_augment.DeviceAugment); has set_epoch(seed).
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 

@@ -4,9 +4,9 @@ resizing a file (~5 ms at 224 px). The decode stage writes it (``outputs/decode`
 ``ManifestDataset.load``, so :class:`DecodedDataset` yields exactly what :class:`ManifestDataset` does.
 The test split is not decoded: evaluation reads each test image once, a cache would only cost disk.
 
-Each split's folder has the offline augmentation cache's shards (:mod:`pipeline.augment.cache`):
-``shard-NNNNN.images.npy`` uint8 [n,3,H,W], ``shard-NNNNN.targets.npy`` uint8 masks [n,H,W] or int64
-labels [n]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
+Each split's folder holds shards in the format :mod:`pipeline.data.shards` defines (the offline
+augmentation cache's too): ``shard-NNNNN.images.npy`` uint8 [n,3,H,W], ``shard-NNNNN.targets.npy``
+uint8 masks [n,H,W] or int64 labels [n]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
 image_size, num_classes, manifest_fingerprint (the data files), manifest_digest (what a re-split
 changes), bytes, and per split its count, folder, shapes, dtypes and shards, each with its files'
 byte sizes and sha256. What the reader checks before it trusts them: :mod:`pipeline.data.decoded_index`.
@@ -14,7 +14,6 @@ byte sizes and sha256. What the reader checks before it trusts them: :mod:`pipel
 
 from __future__ import annotations
 
-import bisect
 import concurrent.futures
 import multiprocessing
 import os
@@ -29,8 +28,6 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.augment import cache as offline_cache
-from pipeline.augment.cache import allocate_shards
 from pipeline.config.errors import PipelineError
 from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw
 from pipeline.data.decoded_index import (
@@ -46,6 +43,8 @@ from pipeline.data.decoded_index import (
     verify_shards,
 )
 from pipeline.data.manifest import Manifest
+from pipeline.data.shards import allocate_shards, locate
+from pipeline.data.shards import write_disabled as write_no_cache
 from pipeline.processes import dying_with_parent
 
 SHARD_BYTES = 512 << 20  # samples per shard: as many as fit in this many bytes
@@ -76,7 +75,7 @@ def cache_bytes(manifest: Manifest, image_size: int | list[int] | tuple[int, int
 
 def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
     """A cache folder whose index says there is none (``data.cache: none``): DVC needs its output."""
-    return offline_cache.write_disabled(
+    return write_no_cache(
         cache_dir, reason="data.cache is none: training decodes every image each epoch", format_version=FORMAT_VERSION
     )
 
@@ -105,9 +104,7 @@ def write_decoded(
         for name, dataset in sets.items():
             (tmp / name).mkdir()
             shards: list[dict[str, Any]] = []
-            arrays = allocate_shards(
-                tmp / name, shards, np.empty((height, width, 3), np.uint8), len(dataset), shard_size, segmentation
-            )
+            arrays = allocate_shards(tmp / name, shards, (height, width), len(dataset), shard_size, segmentation)
             for array in (a for pair in arrays for a in pair):
                 array.flush()  # headers and sizes on disk before any worker opens them
             del arrays
@@ -296,9 +293,9 @@ class DecodedDataset(ManifestDataset):
         if not -n <= index < n:
             raise IndexError(f"sample {index} out of range for {n} samples")
         index %= n
-        shard = bisect.bisect_right(self._starts, index) - 1
+        shard, row = locate(self._starts, index)
         images, targets = self._open_shards()[shard]
-        return images, targets, index - self._starts[shard]
+        return images, targets, row
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """As :meth:`ManifestDataset.load`: HxWx3 image and HxW mask (or None), writable copies."""

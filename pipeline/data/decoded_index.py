@@ -21,13 +21,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from pipeline.augment import cache as offline_cache
 from pipeline.config.errors import PipelineError
+from pipeline.data import shards as shard_files
 from pipeline.data.manifest import Manifest
 from pipeline.hashing import file_sha256
 
 FORMAT_VERSION = 2  # 2: per-shard byte sizes and sha256
-INDEX = "index.json"
+INDEX = shard_files.INDEX
 SPLITS = ("train", "val")  # what training reads every epoch
 REBUILD = "rebuild it: dvc repro decode"
 KINDS = ("images", "targets")  # a shard's two files
@@ -55,7 +55,7 @@ def record_shard(folder: Path, shard: dict[str, Any]) -> None:
 
 def read_index(cache_dir: str | Path) -> dict[str, Any]:
     """The decode stage's ``index.json``: a JSON object, else a :class:`PipelineError` naming it."""
-    index = offline_cache.read_index(cache_dir, stage="decode")
+    index = shard_files.read_index(cache_dir, stage="decode")
     if not isinstance(index, dict):
         raise PipelineError(
             f"{Path(cache_dir) / INDEX} holds a JSON {type(index).__name__}, not the decoded cache's index; {REBUILD}"

@@ -50,8 +50,8 @@ from pipeline.config.errors import PipelineError
 from pipeline.config.schema import check_value
 from pipeline.inference.predictor import Predictor
 from pipeline.models.file import META_KEY, ModelInfo
+from pipeline.models.input_contract import normalise
 from pipeline.overwrite import refuse_overwrite, writable_file
-from pipeline.training.device import normalise
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_TOLERANCE = 1e-4  # the export section's defaults (schemas/sections/export.schema.json)

@@ -1,6 +1,8 @@
 """``python -m pipeline predict``: a trained model on new images, no params.yaml needed.
 
-Inputs are image files, folders (searched recursively) and globs. Classification writes
+Inputs are image files, folders (searched recursively) and globs, found and read by
+:mod:`pipeline.inference.images`; the model is a :class:`~pipeline.inference.predictor.Predictor`. This
+module checks the output folder and writes the results. Classification writes
 ``OUT/predictions.csv`` (path, predicted class, its probability, one probability column per class);
 segmentation writes ``OUT/masks/<stem>.png``, class-index masks at each input's original size, and
 with ``overlays`` ``OUT/overlays/<stem>.png``. Every file is written atomically. An input that cannot be
@@ -10,11 +12,9 @@ read is listed at the end with its reason; the others are still predicted.
 from __future__ import annotations
 
 import csv
-import glob
 import io
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +26,7 @@ from pipeline import plots
 from pipeline.atomic import write_bytes
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import check_value
-from pipeline.data.files import IMAGE_EXTENSIONS
-from pipeline.data.images import open_image
+from pipeline.inference.images import find_inputs, read_batches
 from pipeline.inference.predictor import Predictor, mask_at_size
 from pipeline.overwrite import refuse_overwrite, writable_folder
 
@@ -39,58 +38,6 @@ class PredictReport:
     predicted: int = 0
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def find_inputs(inputs: Sequence[str], report: PredictReport | None = None) -> list[Path]:
-    """Image files named directly, found under folders (recursively) or matched by globs, in order,
-    each once. A name that matches nothing is an error naming it; a broken link inside a folder goes
-    into ``report.failed`` (said at the end, never skipped without a word)."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                if p.is_file():
-                    found.append(p)
-                elif p.is_symlink() and not p.exists() and report is not None:
-                    report.failed.append((str(p), f"a broken link (to {os.readlink(p)})"))
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(item):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
-            if not matches:
-                raise PipelineError(f"{item}: no file matches this pattern")
-            found += matches
-        else:
-            raise PipelineError(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise PipelineError(
-            f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return unique
-
-
-def _batches(
-    paths: list[Path], predictor: Predictor, size: int, report: PredictReport
-) -> Iterator[tuple[list[Path], list[tuple[int, int]], torch.Tensor]]:
-    """Decoded and prepared inputs in batches; unreadable ones go into ``report.failed``."""
-    batch: list[tuple[Path, tuple[int, int], torch.Tensor]] = []
-    for path in paths:
-        try:  # upright by EXIF, 16-bit/float by their range; a NaN image is listed as failed
-            image = open_image(path)
-            prepared = predictor.prepare(image, path)
-        except PipelineError as exc:
-            report.failed.append((str(path), str(exc).removeprefix(f"{path}: ")))
-            continue
-        batch.append((path, image.size, prepared))
-        if len(batch) == size:
-            yield [b[0] for b in batch], [b[1] for b in batch], torch.stack([b[2] for b in batch])
-            batch = []
-    if batch:
-        yield [b[0] for b in batch], [b[1] for b in batch], torch.stack([b[2] for b in batch])
 
 
 def _png(array: object) -> bytes:
@@ -121,7 +68,7 @@ def predict_files(
     check_value("sections/evaluate.schema.json#/properties/batch_size", batch_size, "--batch-size")
     writable_folder(out)
     report, rows = PredictReport(), []
-    paths = find_inputs(inputs, report)
+    paths = find_inputs(inputs, report.failed)
     refuse_overwrite(
         outputs_of(predictor.task, out, overlays=overlays),
         [Path(i) for i in inputs if Path(i).exists()] + paths + ([model] if model else []),
@@ -135,7 +82,7 @@ def predict_files(
         )
     names = predictor.info.classes if predictor.task == "classification" else None
     bar = tqdm(total=len(paths) + len(report.failed), desc="predict", unit="image", disable=None, file=sys.stderr)
-    for batch_paths, sizes, batch in _batches(paths, predictor, batch_size, report):
+    for batch_paths, sizes, batch in read_batches(paths, predictor, batch_size, report.failed):
         logits = predictor.logits(batch)
         classes = predictor.classes(logits)
         if predictor.task == "classification":

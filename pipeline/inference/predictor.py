@@ -19,7 +19,7 @@ from pipeline.config.errors import PipelineError
 from pipeline.config.schema import check_value
 from pipeline.data.dataset import chw_tensor, rgb_resized
 from pipeline.models.file import ModelInfo, load_model
-from pipeline.training.device import normalise, resolve_device
+from pipeline.models.input_contract import normalise, resolve_device
 from pipeline.training.metrics import predict as classes_from_logits
 
 EVALUATE = "sections/evaluate.schema.json#/properties"  # predict's options obey the evaluate section's rules

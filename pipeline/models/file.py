@@ -18,13 +18,13 @@ from pipeline.atomic import atomic_path
 from pipeline.config.building import one_line
 from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
-from pipeline.models.build import build_model
 from pipeline.models.finetune import apply_freeze, in_prefixes
+from pipeline.models.networks import build_model
 from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
-# file records them; batches are normalised with them on the device (pipeline.training.device).
+# file records them; batches are normalised with them on the device (pipeline.models.input_contract).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -12,9 +12,9 @@ from torch import nn
 from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.models import weights as weights_io
-from pipeline.models.build import build_model
 from pipeline.models.file import ModelInfo
 from pipeline.models.finetune import apply_freeze, find_head, freeze_problem, frozen_batchnorm_layers, in_prefixes
+from pipeline.models.networks import build_model
 
 
 def initial_model(

@@ -66,14 +66,14 @@ def check_recipe(values: dict[str, Any], where: str | Path, *, trust_code: bool 
             f"import and run that module, so it is refused; {TRUST_HINT}"
         )
     if not is_import_path(name):
-        from pipeline.models.build import unknown_model
+        from pipeline.models.networks import unknown_model
 
         if (task == "segmentation") != (source == "unet"):
             raise PipelineError(f"{where}: invalid recipe: arch.source: {source} does not build {task} models")
         unknown = unknown_model(source, name)
         if unknown:
             raise PipelineError(f"{where}: invalid recipe: arch.name: {unknown}")
-    from pipeline.models.build import num_outputs
+    from pipeline.models.networks import num_outputs
 
     expected = num_outputs(task, arch["num_classes"])
     if arch["num_outputs"] != expected:

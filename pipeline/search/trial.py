@@ -2,37 +2,22 @@
 whether the trial is pruned.
 
 ``python -m pipeline search`` runs each trial as ``dvc exp run`` with ``YAMLTRAIN_TRIAL`` in its
-environment (JSON: the storage, study, trial id and number, the pruner, the MLflow parent run). The
-train stage finds it here; without it (every ordinary run) nothing here imports Optuna or does anything.
-The pruner is rebuilt from the same settings as the search's, since Optuna keeps it in the study
+environment (JSON: the storage, study, trial id and number, the pruner, the MLflow parent run), read by
+:func:`pipeline.tracking.naming.trial_info` (which also tags the trial's run, so tracking needs nothing
+from search). The train stage finds it here; without it (every ordinary run) nothing here imports Optuna
+or does anything. The pruner is rebuilt from the same settings as the search's, since Optuna keeps it in the study
 object, not in the storage.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
-ENV = "YAMLTRAIN_TRIAL"
+from pipeline.tracking.naming import TRIAL_ENV as ENV
+from pipeline.tracking.naming import trial_info
 
-
-def trial_info() -> dict[str, Any] | None:
-    """The trial this process trains for, or None."""
-    raw = os.environ.get(ENV)
-    return json.loads(raw) if raw else None
-
-
-def trial_tags() -> dict[str, str]:
-    """MLflow tags that nest a trial's run under the study's run and name its study and number."""
-    info = trial_info()
-    if not info:
-        return {}
-    tags = {"search.study": str(info["study"]), "search.trial": str(info["number"]), "search.state": "running"}
-    if info.get("parent_run_id"):
-        tags["mlflow.parentRunId"] = str(info["parent_run_id"])
-    return tags
+__all__ = ["ENV", "TrialReporter", "trial_info"]
 
 
 @dataclass

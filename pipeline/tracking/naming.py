@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.search.trial import trial_tags
-
 # MLflow's limits (mlflow.utils.validation); repeated here so nothing imports mlflow to know them.
 MAX_PARAMS_TAGS_PER_BATCH = 100
 
@@ -44,6 +42,26 @@ MAX_INPUT_TAG_VALUE_SIZE = 500
 
 
 TRUNCATED = "...[truncated]"
+
+
+TRIAL_ENV = "YAMLTRAIN_TRIAL"  # set by python -m pipeline search for each trial (pipeline.search.runner)
+
+
+def trial_info() -> dict[str, Any] | None:
+    """The trial this process trains for, or None."""
+    raw = os.environ.get(TRIAL_ENV)
+    return json.loads(raw) if raw else None
+
+
+def trial_tags() -> dict[str, str]:
+    """MLflow tags that nest a trial's run under the study's run and name its study and number."""
+    info = trial_info()
+    if not info:
+        return {}
+    tags = {"search.study": str(info["study"]), "search.trial": str(info["number"]), "search.state": "running"}
+    if info.get("parent_run_id"):
+        tags["mlflow.parentRunId"] = str(info["parent_run_id"])
+    return tags
 
 
 def _git(repo_root: Path, *args: str) -> str | None:

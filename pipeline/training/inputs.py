@@ -11,16 +11,17 @@ from torch.utils.data import DataLoader
 
 from pipeline import outputs
 from pipeline.augment.cache import OfflineCacheDataset
-from pipeline.augment.device import DeviceAugment, resolve_where
+from pipeline.augment.device_augment import DeviceAugment
+from pipeline.augment.device_support import resolve_where
 from pipeline.augment.transform import build_transform
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.decoded import open_split
 from pipeline.data.manifest import Manifest
+from pipeline.models.input_contract import resolve_device
 from pipeline.processes import dying_with_parent
 from pipeline.seeding import worker_init_fn
-from pipeline.training.device import resolve_device
 from pipeline.training.feed import SeededSamples, epoch_keys
 from pipeline.training.threads import resolve_workers
 

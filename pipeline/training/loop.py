@@ -30,12 +30,12 @@ from pipeline.models.file import ModelInfo, save_model
 from pipeline.seeding import loader_generator, seed_everything
 from pipeline.training import checkpoint
 from pipeline.training import distributed as dist
-from pipeline.training.device import to_device
+from pipeline.training.batches import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
 from pipeline.training.feed import DeviceFeed
 from pipeline.training.history import history_csv, validation_csv
 from pipeline.training.inputs import augment_batch, datasets, make_loader
-from pipeline.training.loss import build_loss
+from pipeline.training.losses import build_loss
 from pipeline.training.metrics import ConfusionMeter, make_meter
 from pipeline.training.optimizer import build_optimizer, parameter_groups
 from pipeline.training.precision import PrecisionPlan, resolve_precision

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pipeline.training.device import to_device
+from pipeline.training.batches import to_device
 from pipeline.training.metrics import ConfusionMeter
 
 # (host images uint8 [N,C,H,W], host targets, float32 logits, device targets int64) per batch.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.augment.build import SEGMENTATION_UNSAFE, build_augmenter
+from pipeline.augment.augmenters import SEGMENTATION_UNSAFE, build_augmenter
 from pipeline.augment.checks import augment_problems
 from pipeline.components import load_params
 from pipeline.config.errors import ConfigError

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.augment import build as augment_build
+from pipeline.augment.augmenters import apply_augmenter
 from pipeline.augment.transform import build_transform
 from pipeline.components import load_params
-from tests.augment.test_build import blobs
+from tests.augment.test_augmenters import blobs
 from tests.conftest import REPO
 
 GEOMETRIC = yaml.safe_load("""
@@ -53,7 +53,7 @@ def test_mask_follows_a_reflected_border():
     out_image, out_mask = build_transform(spec, task="segmentation")(image, mask)
     assert np.array_equal(out_image[..., 0], out_mask)
     plain = iaa.Affine(rotate=35, translate_px={"x": 12}, order=0, mode="reflect")  # imgaug's default
-    _, plain_mask = augment_build.apply_augmenter(plain, image, mask)
+    _, plain_mask = apply_augmenter(plain, image, mask)
     assert not np.array_equal(out_image[..., 0], plain_mask)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment.device import DeviceAugment
+from pipeline.augment.device_augment import DeviceAugment
 from pipeline.augment.transform import build_transform
 from pipeline.config.errors import PipelineError
 from pipeline.data import decoded

@@ -19,9 +19,9 @@ from pipeline.config.schema import fill_defaults
 from pipeline.inference import export as exporting
 from pipeline.inference.export import export_model, read_metadata, second_size, sidecar_path
 from pipeline.inference.predictor import Predictor
-from pipeline.models.build import architecture
 from pipeline.models.file import META_KEY, ModelInfo, save_model
 from pipeline.models.initial import initial_model
+from pipeline.models.networks import architecture
 
 ARCHS = {  # 32 px, tiny: a fully convolutional U-Net and a timm classifier with global pooling
     "unet": (

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.cli import main as cli
 from pipeline.models.file import META_KEY, ModelInfo, load_model, save_model
-from tests.models.test_build import TINY_UNET, arch, build
+from tests.models.test_networks import TINY_UNET, arch, build
 
 
 @pytest.fixture(scope="module")

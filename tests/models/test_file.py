@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from pipeline.config.errors import PipelineError
 from pipeline.models.file import load_model, save_model
-from tests.models.test_build import TINY_UNET, arch, build
+from tests.models.test_networks import TINY_UNET, arch, build
 
 
 def test_save_and_load_initial_model_rebuilds_module_freezing_and_info(tmp_path):

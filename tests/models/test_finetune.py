@@ -15,7 +15,7 @@ from pipeline.models.finetune import find_head, frozen_batchnorm_layers
 from pipeline.models.initial import initial_model
 from pipeline.training.optimizer import parameter_groups
 from tests.conftest import REPO
-from tests.models.test_build import TINY_UNET, arch, build
+from tests.models.test_networks import TINY_UNET, arch, build
 
 
 def test_torchvision_vit_head_is_heads_head():

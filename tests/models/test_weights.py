@@ -18,7 +18,7 @@ from pipeline.hashing import file_sha256
 from pipeline.models import weights as weights_io
 from pipeline.models.initial import initial_model
 from tests.conftest import REPO
-from tests.models.test_build import TINY_UNET, arch, build
+from tests.models.test_networks import TINY_UNET, arch, build
 
 SHIPPED = REPO / "weights" / "unet_classic_shapes_boundary.safetensors"
 

@@ -62,7 +62,8 @@ def test_a_losing_trial_is_pruned_after_its_warmup_and_recorded(tmp_path, monkey
 
 
 def test_without_a_trial_nothing_is_reported(monkeypatch):
-    from pipeline.search.trial import TrialReporter, trial_tags
+    from pipeline.search.trial import TrialReporter
+    from pipeline.tracking.naming import trial_tags
 
     monkeypatch.delenv(ENV, raising=False)
     assert TrialReporter.from_env() is None and trial_tags() == {}

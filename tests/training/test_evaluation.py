@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.models.input_contract import MEAN, STD
 from pipeline.training import evaluation
-from pipeline.training.device import MEAN, STD
-from pipeline.training.loss import build_loss
+from pipeline.training.losses import build_loss
 from pipeline.training.precision import resolve_precision
 
 SIZE = 32

@@ -52,7 +52,7 @@ def test_channels_last_when_asked_on_cpu() -> None:
     plan = resolve_precision(_cfg("fp32", channels_last=True), CPU)
     model = plan.prepare_model(nn.Sequential(nn.Conv2d(3, 4, 3)))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
-    # the batches: pipeline.training.device.to_device (tests/training/test_device.py)
+    # the batches: pipeline.training.batches.to_device (tests/training/test_batches.py)
 
 
 def _scaled_plan(init_scale: float = 1024.0) -> PrecisionPlan:

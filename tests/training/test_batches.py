@@ -1,12 +1,12 @@
-"""On-device normalisation: exact to float rounding, channels_last kept, invertible for drawing."""
+"""A batch on the device: images normalised by the model-input contract, targets int64, channels_last kept."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.config.errors import PipelineError
-from pipeline.training.device import MEAN, STD, resolve_device, to_device
+from pipeline.models.input_contract import MEAN, STD
+from pipeline.training.batches import to_device
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -19,11 +19,3 @@ def test_normalisation_matches_the_formula(channels_last):
     assert torch.allclose(x, expected, atol=1e-6)
     assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert targets.shape == y.shape and torch.equal(y, targets.long())
-
-
-def test_absent_cuda_is_named_by_key():
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device exists here")
-    with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA device"):
-        resolve_device("cuda", key="train.device")
-    assert resolve_device("auto", key="train.device").type == "cpu"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from pipeline.config.errors import PipelineError
-from pipeline.training.loss import BINARY, MULTICLASS, build_loss, losses
+from pipeline.training.losses import BINARY, MULTICLASS, build_loss, losses
 from tests.conftest import REPO, problems_by_key, write_params
 
 SINGLE = [n for n in losses.names() if n != "sum"]
@@ -305,7 +305,8 @@ def test_focal_gradients_stay_finite_at_saturated_logits(gamma: float, outputs: 
 def test_weighted_losses_build_their_constants_once_per_device_and_dtype(monkeypatch):
     """Class weights, pos_weight and focal's alpha list: a tensor from a Python list every step is a
     blocking host-to-device copy on a GPU; they are built on first use and kept."""
-    from pipeline.training.losses import BCELoss, CrossEntropyLoss, FocalLoss
+    from pipeline.training.losses.cross_entropy import BCELoss, CrossEntropyLoss
+    from pipeline.training.losses.focal import FocalLoss
 
     logits3, target3 = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     logits1, target1 = torch.randn(2, 1, 4, 4), torch.randint(0, 2, (2, 4, 4))

@@ -1,5 +1,7 @@
-"""Batches leave the DataLoader as uint8 and are normalised on the device: 4x less host->device
-traffic than float32, and the normalisation runs where the compute is. Train and evaluate share this."""
+"""What every model here is fed: uint8 images normalised on the device the params choose. Batches leave
+the DataLoader as uint8 and are normalised on the device: 4x less host->device traffic than float32, and
+the normalisation runs where the compute is. Training, evaluation, predict and export share this, so a
+prediction sees exactly what the model saw in training."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import functools
 import torch
 
 from pipeline.config.errors import PipelineError
-from pipeline.models.file import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models.file import IMAGENET_MEAN, IMAGENET_STD  # what a model file records by default
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # the defaults; a model file records its own
 
@@ -52,11 +54,3 @@ def normalise(
         x = x.contiguous(memory_format=torch.channels_last)  # on uint8: 4x less memory to move
     scale, shift = _affine(device, x.shape[1], tuple(mean), tuple(std))
     return torch.addcmul(shift, x.float(), scale)
-
-
-def to_device(
-    images: torch.Tensor, targets: torch.Tensor, device: torch.device, *, channels_last: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
-    y = targets.to(device, non_blocking=device.type == "cuda").long()
-    return normalise(images, device, channels_last=channels_last), y

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.cli import main as cli_main
-from pipeline.models.build import num_outputs
 from pipeline.models.initial import initial_model
+from pipeline.models.networks import num_outputs
 from tests.conftest import REPO, problems_by_key, write_params
 
 TINY_UNET = {"base_channels": 4, "depth": 2, "upsampling": "bilinear"}

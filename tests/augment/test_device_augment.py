@@ -16,9 +16,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.augment.build import _masks_follow_borders, apply_augmenter
-from pipeline.augment.device import DeviceAugment, device_plan, fallback_reasons, fold, resolve_where, runs_on
+from pipeline.augment.augmenters import _masks_follow_borders, apply_augmenter
+from pipeline.augment.device_augment import DeviceAugment, device_plan, fold
 from pipeline.augment.device_ops import Pixel, Warp
+from pipeline.augment.device_support import fallback_reasons, resolve_where, runs_on
 from pipeline.config.errors import PipelineError
 from tests.conftest import REPO, train_history, train_workspace
 

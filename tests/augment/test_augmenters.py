@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.augment import build as augment_build
-from pipeline.augment.build import SEGMENTATION_UNSAFE, augmenters, build_augmenter
+from pipeline.augment.augmenters import SEGMENTATION_UNSAFE, apply_augmenter, augmenters, build_augmenter
 from pipeline.config.errors import PipelineError
 
 
@@ -113,7 +112,7 @@ def test_the_unsafe_list_is_what_imgaug_actually_refuses():
                 continue  # needs arguments
             try:  # RandAugment picks its operations at random: give the unsafe ones many chances
                 for _ in range(40 if name in SEGMENTATION_UNSAFE else 3):
-                    augment_build.apply_augmenter(aug, image, mask)
+                    apply_augmenter(aug, image, mask)
             except AssertionError as exc:
                 assert "only process image data" in str(exc), (name, exc)
                 raising.add(name)

@@ -1,8 +1,8 @@
-"""Losses: the ``loss`` section -> an ``nn.Module`` called as ``loss(logits, target)``.
+"""The ``loss`` section -> an ``nn.Module`` called as ``loss(logits, target)``; its semantic check.
 
 Every loss takes logits and computes in float32 with autocast switched off, using the
 ``*_with_logits`` / ``log_softmax`` forms (``sigmoid`` + ``F.binary_cross_entropy`` is refused by
-CUDA autocast and loses precision). The loss modules themselves are in :mod:`pipeline.training.losses`.
+CUDA autocast and loses precision). The loss modules themselves are in the other modules of :mod:`pipeline.training.losses`.
 ``validate`` builds the declared loss with :func:`build_loss` and calls it on a two-sample batch of
 the task's shape, so a value the loss only rejects when called (``alpha: 'high'``) is found there.
 """
@@ -19,7 +19,9 @@ from pipeline.config.building import blamed_attempt, check_binding, required_arg
 from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import is_import_path
-from pipeline.training.losses import BINARY, MULTICLASS, Float32Loss, FunctionLoss, WeightedSum, losses
+from pipeline.training.losses.base import BINARY, MULTICLASS, losses
+from pipeline.training.losses.combined import WeightedSum
+from pipeline.training.losses.wrappers import Float32Loss, FunctionLoss
 
 
 def _mode(num_outputs: int) -> str:

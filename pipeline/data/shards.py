@@ -1,0 +1,77 @@
+"""The shard format both caches use: the decode stage's (:mod:`pipeline.data.decoded`) and the augment
+stage's offline copies (:mod:`pipeline.augment.cache`). Each owns its ``index.json`` content; this module
+owns what they share, so editing one cache's code re-runs only the stages that read that cache.
+
+A cache folder holds ``index.json`` and shards, each a pair of ``.npy`` files opened memory-mapped::
+
+    shard-00000.images.npy      uint8 [n, 3, H, W]
+    shard-00000.targets.npy     uint8 [n, H, W] (segmentation) or int64 [n] (classification)
+
+The index lists the shards as ``{"images": ..., "targets": ..., "start": ..., "count": ...}``: shard
+``k`` holds samples ``start .. start + count - 1``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.config.errors import PipelineError
+
+INDEX = "index.json"
+
+
+def write_disabled(cache_dir: str | Path, *, reason: str, format_version: int) -> dict[str, Any]:
+    """An empty cache whose index says so and why (``augment.offline.enabled: false``,
+    ``data.cache: none``): DVC needs the stage's output to exist."""
+    index = {"enabled": False, "format": format_version, "reason": reason}
+    with atomic_dir(cache_dir) as tmp:
+        write_json(tmp / INDEX, index)
+    return index
+
+
+def allocate_shards(
+    folder: Path, shards: list[dict[str, Any]], hw: tuple[int, int], total: int, shard_size: int, segmentation: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Create every shard's memory-mapped .npy files for ``total`` samples of ``hw`` (height, width),
+    ``shard_size`` samples each, and append each shard's entry to ``shards``."""
+    height, width = hw
+    arrays = []
+    for number, start in enumerate(range(0, total, shard_size)):
+        count = min(shard_size, total - start)
+        names = {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}
+        images = np.lib.format.open_memmap(
+            folder / names["images"], mode="w+", dtype=np.uint8, shape=(count, 3, height, width)
+        )
+        target_shape = (count, height, width) if segmentation else (count,)
+        targets = np.lib.format.open_memmap(
+            folder / names["targets"], mode="w+", dtype=np.uint8 if segmentation else np.int64, shape=target_shape
+        )
+        arrays.append((images, targets))
+        shards.append({**names, "start": start, "count": count})
+    return arrays
+
+
+def locate(starts: list[int], sample: int) -> tuple[int, int]:
+    """(shard number, row in it) of ``sample``, given each shard's first sample ``starts``."""
+    shard = bisect.bisect_right(starts, sample) - 1
+    return shard, sample - starts[shard]
+
+
+def read_index(cache_dir: str | Path, *, stage: str) -> dict[str, Any]:
+    """A cache folder's ``index.json`` (``stage`` names the stage that writes it, for the message when
+    it is missing or unreadable)."""
+    path = Path(cache_dir) / INDEX
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run the {stage} stage first (dvc repro {stage})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(
+            f"{path} is not a readable index ({exc}); re-run the {stage} stage (dvc repro {stage})"
+        ) from None

@@ -1,0 +1,16 @@
+"""A training or evaluation batch moved to the training device: images normalised there (the model-input
+contract of :mod:`pipeline.models.input_contract`), targets as int64."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.models.input_contract import normalise
+
+
+def to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, *, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N,C,H,W] images -> normalised float32 on ``device``; targets -> int64 on ``device``."""
+    y = targets.to(device, non_blocking=device.type == "cuda").long()
+    return normalise(images, device, channels_last=channels_last), y

@@ -1,0 +1,48 @@
+"""Cross-entropy losses: binary (one logit channel, ``bce``) and multi-class (``cross_entropy``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.training.losses.base import BINARY, MULTICLASS, binary_target, constant, losses
+
+
+@losses.register("bce")
+class BCELoss(nn.Module):
+    """Binary cross-entropy on one logit channel (``binary_cross_entropy_with_logits``)."""
+
+    supports = (BINARY,)
+
+    def __init__(self, *, pos_weight: float | None = None):
+        super().__init__()
+        self.pos_weight = pos_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pos_weight = None if self.pos_weight is None else constant(self, "pos_weight", logits)
+        return F.binary_cross_entropy_with_logits(logits, binary_target(logits, target), pos_weight=pos_weight)
+
+
+@losses.register("cross_entropy")
+class CrossEntropyLoss(nn.Module):
+    """Multi-class cross-entropy (log_softmax form): weight, label_smoothing, ignore_index.
+
+    The standard choice for classification and multi-class segmentation."""
+
+    supports = (MULTICLASS,)
+
+    def __init__(
+        self, *, weight: Sequence[float] | None = None, label_smoothing: float = 0.0, ignore_index: int = -100
+    ):
+        super().__init__()
+        self.weight = None if weight is None else [float(w) for w in weight]
+        self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else constant(self, "weight", logits)
+        return F.cross_entropy(
+            logits, target.long(), weight=weight, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
+        )
