@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.augment.device import device_plan, fallback_reasons
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 
 
 def _best_ms(count: int, run: Callable[[], Any], rounds: int) -> float:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from pipeline.config.errors import PipelineError, report
 from pipeline.config.params import DEFAULT_PARAMS, ParamsView
 

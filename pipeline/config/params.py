@@ -141,8 +141,10 @@ def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
 def load_params(
     path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True, keys: Sequence[str] | None = None
 ) -> Params:
-    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The
-    schema checks the whole file; the semantic checks are those of ``keys`` (all when None)."""
+    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The schema
+    checks the whole file (every typo, at once); the semantic checks are those of ``keys`` (a stage's
+    keys: the checks whose subject it reads), or every section's when None (``python -m pipeline
+    validate``). The checks are :data:`pipeline.config.components.CHECKS`, imported as they run."""
     path = Path(path)
     data, marks, problems = load_yaml(path)
     if data is None:

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import is_import_path
 from pipeline.training.losses import BINARY, MULTICLASS, Float32Loss, FunctionLoss, WeightedSum, losses
@@ -144,7 +143,6 @@ def _expected_outputs(params: Any) -> int | None:
     return 1 if task == "segmentation" and num_classes == 2 else num_classes
 
 
-@semantic_check("loss", "data.task", "data.num_classes", "model.num_classes")
 def check_loss(params: Any) -> list[Problem]:
     """Build the declared loss with the train stage's builder and call it on a stand-in batch; when
     the class count is not known before the split, build it for a mode the loss supports."""

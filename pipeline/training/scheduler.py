@@ -25,7 +25,6 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import Registry, is_import_path
 
@@ -307,7 +306,6 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
     blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params", what=f"{cfg['name']} when stepped")
 
 
-@semantic_check("scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)})
 def check_scheduler(params: Any) -> list[Problem]:
     """Build the declared schedule (the train stage's own builder) and step it across epochs. With
     train.epochs rejected it runs for a long stand-in, which no warmup outlasts."""

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.augment.build import SEGMENTATION_UNSAFE, build_augmenter
 from pipeline.augment.checks import augment_problems
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from pipeline.config.errors import ConfigError
 from tests.augment.test_transform import GEOMETRIC
 from tests.conftest import REPO, write_params

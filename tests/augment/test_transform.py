@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.augment import build as augment_build
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from tests.augment.test_build import blobs
 from tests.conftest import REPO
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from pipeline.config.errors import ConfigError
 from pipeline.config.params import flatten
 from tests.conftest import REPO, write_params

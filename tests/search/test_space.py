@@ -40,7 +40,7 @@ def test_every_value_a_trial_may_get_is_checked_where_it_is_declared(tmp_path):
 
 
 def test_the_problems_carry_the_line_of_their_dimension(tmp_path):
-    from pipeline.components import load_params
+    from pipeline.config.params import load_params
     from pipeline.config.errors import ConfigError
 
     path = _space(tmp_path, {"loss.name": {"type": "categorical", "choices": ["dice_bce", "dice", "focall"]}})
