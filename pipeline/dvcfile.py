@@ -69,7 +69,11 @@ def declared_keys(module: str, root: Path, name: str = "PARAMS") -> tuple[str, .
                 keys = ast.literal_eval(node.value)
             except ValueError:
                 raise PipelineError(f"{path}: {name} must be a literal tuple of key names") from None
-            return tuple(keys)
+            keys = tuple(keys)
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise PipelineError(f"{path}: {name} lists {', '.join(twice)} twice")
+            return keys
     return ()
 
 

@@ -99,7 +99,7 @@ class ParamsView:
         if not self.allows(key):
             raise KeyError(
                 f"{self.stage} reads {key!r} but does not declare it; add it to the stage's PARAMS "
-                f"and to its params: list in dvc.yaml (declared: {', '.join(self.keys)})"
+                f"and run `python -m pipeline dvc` (declared: {', '.join(self.keys)})"
             )
         return self.params.get(key)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.config.params import load_params
 from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.params import load_params
 from pipeline.tracking import store as tracking_store
 from tests.conftest import REPO, write_params
 from tests.tracking.conftest import git, git_repo
