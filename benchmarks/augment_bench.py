@@ -39,7 +39,7 @@ from pipeline.augment.cache import (
     write_cache,
 )
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from pipeline.data.dataset import (
     ManifestDataset,
     image_hw,

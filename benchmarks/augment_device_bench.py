@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.augment.device_augment import device_plan
 from pipeline.augment.device_support import fallback_reasons
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 
 
 def _best_ms(count: int, run: Callable[[], Any], rounds: int) -> float:

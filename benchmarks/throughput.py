@@ -48,8 +48,8 @@ from benchmarks import host_cost  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params  # noqa: E402
 from pipeline.config.errors import PipelineError  # noqa: E402
+from pipeline.config.params import load_params  # noqa: E402
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
 from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model

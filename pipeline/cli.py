@@ -12,9 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.components import load_params
 from pipeline.config.errors import PipelineError, report
-from pipeline.config.params import DEFAULT_PARAMS, lookup
+from pipeline.config.params import DEFAULT_PARAMS, load_params, lookup
 from pipeline.config.registry import REGISTRIES
 from pipeline.config.schema import did_you_mean, fill_defaults
 
@@ -156,6 +155,39 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dvc(args: argparse.Namespace) -> int:
+    """Generate (or with --check, only compare) each dvc.yaml stage's deps and params from its code."""
+    from pipeline import dvcfile
+
+    if args.check:
+        drift = dvcfile.check()
+        for line in drift:
+            print(f"dvc: {line}; run `{dvcfile.COMMAND}`", file=sys.stderr)
+        return 1 if drift else 0
+    fixed = dvcfile.write()
+    for line in fixed:
+        print(f"dvc: {line}")
+    print(f"dvc: {dvcfile.DVC_YAML}: {'written' if fixed else 'up to date'}")
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    """Generate (or with --check, only compare) configs/*.yaml: params.yaml with each overlay over it."""
+    from pipeline.atomic import write_text
+    from pipeline.config import examples
+
+    changed = examples.stale()
+    if args.check:
+        for path in changed:
+            print(f"configs: {os.path.relpath(path)} is out of date; run `{examples.COMMAND}`", file=sys.stderr)
+        return 1 if changed else 0
+    for path, text in changed.items():
+        write_text(path, text)
+    for path in examples.generated():
+        print(f"configs: {os.path.relpath(path)}: {'written' if path in changed else 'up to date'}")
+    return 0
+
+
 def _init(args: argparse.Namespace) -> int:
     """Copy an example params file, its schema modeline rewritten to resolve from where it lands."""
     from pipeline.atomic import write_text
@@ -244,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="regenerate the editor-completion schema fragments from the registries")
     p.add_argument("--check", action="store_true", help="only report out-of-date fragments (exit 1)")
     p.set_defaults(func=_schema)
+    p = sub.add_parser("dvc", help="generate each dvc.yaml stage's deps and params from its code")
+    p.add_argument("--check", action="store_true", help="only report stages out of step (exit 1)")
+    p.set_defaults(func=_dvc)
+    p = sub.add_parser("configs", help="generate configs/*.yaml from params.yaml and configs/overlays/*.yaml")
+    p.add_argument("--check", action="store_true", help="only report out-of-date examples (exit 1)")
+    p.set_defaults(func=_configs)
     p = sub.add_parser("init", help="start params.yaml from an example, e.g. configs/classification.yaml")
     p.add_argument("config", help="the example params file to start from")
     p.add_argument("--out", default=DEFAULT_PARAMS, help="the file to write (default: %(default)s)")

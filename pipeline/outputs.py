@@ -17,7 +17,7 @@ MANIFEST = Path("outputs/split/manifest.json")
 
 DECODE = Path("outputs/decode")  # the decoded cache: index.json and per-split shards
 
-AUGMENT_PREVIEW = Path("outputs/augment/preview.png")
+AUGMENT_PREVIEW = Path("outputs/preview/augment.png")  # the preview stage's, so no training input
 AUGMENT_CACHE = Path("outputs/augment/cache")
 
 MODEL_INIT = Path("outputs/model/init.safetensors")
@@ -48,7 +48,7 @@ BY_STAGE: dict[str, tuple[Path, ...]] = {
     "validate": (VALIDATED,),
     "split": (MANIFEST,),
     "decode": (DECODE,),
-    "augment": (AUGMENT_PREVIEW, AUGMENT_CACHE),
+    "augment": (AUGMENT_CACHE,),
     "model": (MODEL_INIT, MODEL_SUMMARY),
     "train": (
         TRAIN_BEST,
@@ -63,6 +63,7 @@ BY_STAGE: dict[str, tuple[Path, ...]] = {
     ),
     "evaluate": (EVALUATE_METRICS, EVALUATE_SUMMARY, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
     "export": (EXPORT_ONNX,),
+    "preview": (AUGMENT_PREVIEW,),
 }
 
 

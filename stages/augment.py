@@ -1,8 +1,8 @@
-"""The augment stage: the preview grid of the declared training augmentation, and the offline cache.
+"""The augment stage: the offline cache of the declared training augmentation.
 
-``python -m stages.augment`` writes ``outputs/augment/preview.png`` (each row: a training image, then
-augmented versions, masks overlaid) and ``outputs/augment/cache/`` (the offline copies, or an index
-saying the cache is disabled). The augmentation itself is :mod:`pipeline.augment.augmenters`.
+``python -m stages.augment`` writes ``outputs/augment/cache/`` (the offline copies, or an index saying
+the cache is disabled). The augmentation itself is :mod:`pipeline.augment.augmenters`; the picture of it is
+the preview stage's (:mod:`stages.preview`), so that a preview edit re-runs neither this nor train.
 """
 
 from __future__ import annotations
@@ -12,42 +12,28 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import outputs, plots
+from pipeline import outputs
 from pipeline.augment import cache as augment_cache
-from pipeline.augment.preview import preview_rows
 from pipeline.augment.transform import build_transform
 from pipeline.config.params import ParamsView
-from pipeline.data.dataset import ManifestDataset, image_hw
+from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import read_manifest
 from pipeline.stage import run_stage
 
-PARAMS = ("data.task", "data.image_size", "augment")
+PARAMS = ("data.task", "data.image_size", "augment.train", "augment.random_order", "augment.offline")
 
 
 def augment(view: ParamsView) -> list[Path]:
-    """Write the augmentation preview grid and the offline cache (or its 'disabled' index); return
-    the paths written."""
-    task, size, cfg = view["data.task"], view["data.image_size"], view["augment"]
+    """Write the offline cache (or its 'disabled' index); return the paths written."""
+    task, size, offline = view["data.task"], view["data.image_size"], view["augment.offline"]
     root = view.root
-    manifest = read_manifest(root, task)
-    base = ManifestDataset(manifest, "train", root=view.resolve_path(manifest.root), image_size=size)
-    transform = build_transform(cfg["train"], task=task, random_order=cfg["random_order"])
-    shown = cfg["preview"]
-    rows = preview_rows(
-        base,
-        transform,
-        images=shown["images"],
-        versions=shown["versions"],
-        seed=shown["seed"],
-        segmentation=task == "segmentation",
-    )
-    plots.save_png(root / outputs.AUGMENT_PREVIEW, plots.render_grid(rows, image_hw(size)))
-    print(f"augment: wrote {outputs.AUGMENT_PREVIEW} ({len(rows)} images x {shown['versions']} versions)")
-    written = [root / outputs.AUGMENT_PREVIEW, root / outputs.AUGMENT_CACHE]
-    offline = cfg["offline"]
+    manifest = read_manifest(root, task)  # even for a disabled cache: its dep, so "run split first" is said here
+    written = [root / outputs.AUGMENT_CACHE]
     if not offline["enabled"]:
         augment_cache.write_disabled(root / outputs.AUGMENT_CACHE)
         return written
+    base = ManifestDataset(manifest, "train", root=view.resolve_path(manifest.root), image_size=size)
+    transform = build_transform(view["augment.train"], task=task, random_order=view["augment.random_order"])
     started = time.perf_counter()
     index = augment_cache.write_cache(
         root / outputs.AUGMENT_CACHE,

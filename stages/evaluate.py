@@ -33,11 +33,12 @@ from pipeline.models.file import load_model
 from pipeline.models.input_contract import resolve_device
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
-from pipeline.training.evaluation import class_names, mlflow_metrics, read_run_info, run_test_set, write_outputs
+from pipeline.training.evaluation import class_names, mlflow_metrics, run_test_set, write_outputs
 from pipeline.training.losses import build_loss
 from pipeline.training.precision import resolve_precision
 
-PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss", "tracking")
+PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss")
+RECORD_PARAMS = ("tracking",)  # where the test metrics are recorded, not what they are: no DVC param
 
 
 def evaluate(view: ParamsView) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     cfg, task, root = view["evaluate"], view["data.task"], view.root
     manifest = read_manifest(root, task)
     weights = outputs.require(root, outputs.TRAIN_BEST)
-    run_id = read_run_info(outputs.require(root, outputs.TRAIN_RUN)).get("run_id")
+    run_id = tracking.read_run_info(outputs.require(root, outputs.TRAIN_RUN)).get("run_id")
     device = resolve_device(cfg["device"], key="evaluate.device")
     plan = resolve_precision(view["precision"], device)
     dataset = ManifestDataset(
@@ -106,7 +107,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("evaluate", PARAMS, evaluate, argv)
+    return run_stage("evaluate", PARAMS, evaluate, argv, records=RECORD_PARAMS)
 
 
 if __name__ == "__main__":

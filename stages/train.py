@@ -42,8 +42,10 @@ PARAMS = (
     "scheduler",
     "precision",
     "train",
-    "tracking",
 )
+# Read only to say where the run is recorded (tracking), not what is trained: no DVC params, so editing
+# them re-runs nothing (pipeline.stage.run_stage explains the split).
+RECORD_PARAMS = ("tracking",)
 
 
 def train(view: ParamsView) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def train(view: ParamsView) -> dict[str, Any]:
     if view["augment.offline"]["enabled"]:
         inputs.append(outputs.require(root, outputs.AUGMENT_CACHE))
     fp = checkpoint.fingerprint(
-        {"checkpoint_format": loop.CHECKPOINT_FORMAT, **{key: view[key] for key in PARAMS if key != "tracking"}}, inputs
+        {"checkpoint_format": loop.CHECKPOINT_FORMAT, **{key: view[key] for key in PARAMS}}, inputs
     )
     ckpt_path = root / outputs.TRAIN_CHECKPOINT / "last.pt"
     state = checkpoint.load_resumable(ckpt_path, fp) if cfg["resume"] else None  # every rank: same file
@@ -92,8 +94,6 @@ def train(view: ParamsView) -> dict[str, Any]:
                     **{f"split.{s}": len(e) for s, e in manifest.splits.items()},
                 },
             )
-            if (root / outputs.AUGMENT_PREVIEW).exists():
-                run.log_artifact(root / outputs.AUGMENT_PREVIEW, name="augment_preview.png")
         # A search trial (python -m pipeline search) reports each epoch and may be pruned; single process only.
         trial = TrialReporter.from_env() if not ctx.enabled else None
         history = loop.fit(trainer, run, root=root, fingerprint=fp, state=state, trial=trial)
@@ -133,7 +133,7 @@ def train(view: ParamsView) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("train", PARAMS, train, argv)
+    return run_stage("train", PARAMS, train, argv, records=RECORD_PARAMS)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ def problems_by_key(path: Path, prefix: str = "") -> dict[str, str]:
     """Validate ``path`` as ``python -m pipeline validate`` does and return {dotted key: message} for
     each problem whose key starts with ``prefix``; {} when the file is valid. Every such problem must
     be located (carry a line)."""
-    from pipeline.components import load_params  # imported when used: collection stays light
     from pipeline.config.errors import ConfigError
+    from pipeline.config.params import load_params  # imported when used: collection stays light
 
     try:
         load_params(path)

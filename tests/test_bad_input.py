@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config.checks import key_parts
+from pipeline.config.check_spec import key_parts
 from tests.conftest import REPO, make_workspace, write_params
 
 
@@ -48,7 +48,7 @@ class Case:
 
 def _first_reader(key: str) -> str:
     """The first stage of dvc.yaml after ``validate`` (which reads every key and refuses every case:
-    :func:`test_the_validate_stage_refuses_every_config_fault`) whose PARAMS hold ``key`` (or a section
+    :func:`test_the_validate_stage_refuses_every_config_fault`) that reads ``key`` (or a section
     around it): the stage that refuses it when run alone (``dvc repro -s``)."""
     parts = key_parts(key)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
@@ -57,8 +57,13 @@ def _first_reader(key: str) -> str:
     return next(
         stage
         for stage in order
-        if any(parts[: len(key_parts(k))] == key_parts(k) for k in importlib.import_module(f"stages.{stage}").PARAMS)
+        if any(parts[: len(key_parts(k))] == key_parts(k) for k in _reads(importlib.import_module(f"stages.{stage}")))
     )
+
+
+def _reads(module: object) -> tuple[str, ...]:
+    """Every key a stage reads: its PARAMS and those it reads only to record (RECORD_PARAMS)."""
+    return (*module.PARAMS, *getattr(module, "RECORD_PARAMS", ()))
 
 
 def _aug(spec: list) -> dict:

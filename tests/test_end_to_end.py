@@ -106,9 +106,17 @@ def _commit(ws: Path) -> None:
 def test_repro_then_cache_behaviour(workspace):
     ws = workspace
     first = sh(ws, "dvc", "repro")
-    assert ran(first.stdout) == ["validate", "split", "decode", "augment", "model", "train", "evaluate", "export"], (
-        first.stdout
-    )
+    assert ran(first.stdout) == [
+        "validate",
+        "split",
+        "decode",
+        "augment",
+        "model",
+        "train",
+        "preview",
+        "evaluate",
+        "export",
+    ], first.stdout
     metrics = yaml.safe_load((ws / "outputs/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
     _commit(ws)
@@ -119,7 +127,8 @@ def test_repro_then_cache_behaviour(workspace):
     assert ran(sh(ws, "dvc", "repro").stdout) == []
 
     _edit(ws, "  name: dice_bce ", "  name: dice     ")  # every check first, then only what reads the loss
-    assert ran(sh(ws, "dvc", "repro").stdout) == ["validate", "train", "evaluate", "export"]
+    # preview re-runs after every training: it attaches the picture to the new MLflow run (run.json)
+    assert ran(sh(ws, "dvc", "repro").stdout) == ["validate", "train", "preview", "evaluate", "export"]
     _commit(ws)
 
     loss_code = ws / "pipeline/training/losses/focal.py"  # a loss module's code: the same two stages
@@ -128,7 +137,7 @@ def test_repro_then_cache_behaviour(workspace):
     stages = ran(sh(ws, "dvc", "repro").stdout)
     # export reads the trained weights alone: retrained bit-identically (as on CPU), DVC stops at evaluate
     changed = ["export"] if (ws / "outputs/train/best.safetensors").read_bytes() != trained else []
-    assert stages == ["train", "evaluate", *changed]
+    assert stages == ["train", "preview", "evaluate", *changed]
     _commit(ws)
 
     _edit(ws, "- Fliplr: {p: 0.5}", "- Fliplr: {p: 0.1}")
@@ -137,7 +146,7 @@ def test_repro_then_cache_behaviour(workspace):
     # Each sample's flip is drawn from its own seed: only the draws between 0.1 and 0.5 change, and when
     # the best epoch's weights come out the same, DVC rightly stops before export (as for the loss above).
     changed = ["export"] if (ws / "outputs/train/best.safetensors").read_bytes() != trained else []
-    assert stages == ["validate", "augment", "train", "evaluate", *changed]
+    assert stages == ["validate", "augment", "train", "preview", "evaluate", *changed]
     _commit(ws)
 
     _edit(ws, "  seed: 42 ", "  seed: 43 ")
@@ -148,6 +157,7 @@ def test_repro_then_cache_behaviour(workspace):
         "augment",
         "model",
         "train",
+        "preview",
         "evaluate",
         "export",
     }
@@ -158,7 +168,7 @@ def test_repro_then_cache_behaviour(workspace):
     _edit(ws, "  cache: decoded ", "  cache: none    ")
     stages = ran(sh(ws, "dvc", "repro").stdout)
     changed = ["export"] if (ws / "outputs/train/best.safetensors").read_bytes() != trained else []
-    assert stages == ["validate", "decode", "train", "evaluate", *changed]
+    assert stages == ["validate", "decode", "train", "preview", "evaluate", *changed]
     _edit(ws, "  cache: none    ", "  cache: decoded ")
     _commit(ws)
 

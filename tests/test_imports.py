@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import components
-from pipeline.components import load_params
-from pipeline.config import checks
+from pipeline.config.components import CHECKS
+from pipeline.config.components import REGISTRIES as DECLARED_REGISTRIES
+from pipeline.config.dotted import import_object
 from pipeline.config.errors import ConfigError
-from pipeline.config.registry import REGISTRIES
+from pipeline.config.params import load_params
+from pipeline.config.registry import REGISTRIES, Registry
 from stages import split as split_stage
 from stages import train as train_stage
 from tests.conftest import REPO, write_params
@@ -115,44 +116,69 @@ def test_a_stage_runs_the_checks_of_the_keys_it_reads_and_the_schema_everywhere(
     assert [p.key for p in caught.value.problems] == ["loss.parms"]
 
 
-def _section(key: str) -> str:
-    return checks.key_parts(key)[0]
+def test_every_check_entry_resolves_to_a_function():
+    """The table names each check as "module:function"; each resolves (its module imported now) to a
+    callable, and no two entries name the same function."""
+    targets = [spec.target for spec in CHECKS]
+    assert len(targets) == len(set(targets)), "a check listed twice"
+    for spec in CHECKS:
+        assert isinstance(spec.target, str) and ":" in spec.target, spec.target
+        assert callable(spec.fn), spec.target
+        assert spec.fn.__module__ == spec.target.split(":")[0], spec.target
 
 
-def test_every_check_is_declared_under_the_section_it_validates():
-    """run_checks imports CHECK_MODULES[section] to check a section: a check elsewhere would be skipped."""
-    ours = [r for r in checks.registered_checks() if r.fn.__module__.startswith("pipeline.")]  # imports them all
-    found = {r.fn.__module__ for r in ours}
-    for registered in ours:
-        module, subject = registered.fn.__module__, ".".join(registered.inputs[0])
-        assert module in components.CHECK_MODULES.get(_section(subject), ()), (module, subject)
-    for section, modules in components.CHECK_MODULES.items():
-        for module in modules:
-            assert module in found, f"{module} is declared for {section} but registers no check"
-
-
-def _decorated_or_called(path: Path) -> tuple[bool, bool]:
-    """Whether a source file registers a semantic check / creates a Registry."""
+def _params_checks(path: Path) -> list[str]:
+    """Top-level functions ``check_*(params)`` of a source file: the shape of a semantic check."""
     tree = ast.parse(path.read_text())
-    names = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    return "semantic_check" in names, "Registry" in names
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and node.name.startswith("check_")
+        and [a.arg for a in node.args.args] == ["params"]
+    ]
 
 
-def test_every_module_with_checks_or_a_registry_is_declared():
-    """A new module with a @semantic_check or a Registry must be named in pipeline/components.py."""
-    declared_checks = {m for modules in components.CHECK_MODULES.values() for m in modules}
+def test_every_check_function_is_in_the_table():
+    """A check written but not listed would never run: each ``check_*(params)`` is a CHECKS entry."""
+    listed = {spec.target for spec in CHECKS}
+    found = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        if not module.startswith("pipeline.config."):
+            found += [f"{module}:{name}" for name in _params_checks(path)]
+    assert len(found) == len(CHECKS)
+    assert set(found) == listed
+
+
+def test_the_search_check_reads_every_section_a_trial_may_set():
+    from pipeline.search import space
+
+    [search] = [spec for spec in CHECKS if spec.inputs[0] == ("search",)]
+    assert [".".join(key) for key in search.inputs[1:]] == list(space.SECTIONS)
+
+
+def test_every_registry_entry_resolves_to_its_registry():
+    assert sorted(REGISTRIES) == sorted(DECLARED_REGISTRIES)
+    for kind, target in DECLARED_REGISTRIES.items():
+        assert isinstance(import_object(target), Registry), target
+        assert REGISTRIES[kind].kind == kind
+        assert REGISTRIES[kind] is import_object(target)
+
+
+def _creates_registry(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Registry"
+        for node in ast.walk(tree)
+    )
+
+
+def test_every_module_with_a_registry_is_declared():
+    """A new module that creates a Registry must be named in pipeline/config/components.py."""
+    declared = {target.split(":")[0] for target in DECLARED_REGISTRIES.values()}
     for path in sorted((REPO / "pipeline").rglob("*.py")):
         module = ".".join(path.relative_to(REPO).with_suffix("").parts)
         if module.startswith("pipeline.config."):
             continue  # the mechanism itself
-        has_check, has_registry = _decorated_or_called(path)
-        assert not has_check or module in declared_checks, f"{module}: add it to CHECK_MODULES"
-        assert not has_registry or module in components.REGISTRY_MODULES.values(), (
-            f"{module}: add it to REGISTRY_MODULES"
-        )
-
-
-def test_a_registry_is_imported_on_first_use():
-    assert sorted(REGISTRIES) == sorted(components.REGISTRY_MODULES)
-    for kind in components.REGISTRY_MODULES:
-        assert REGISTRIES[kind].kind == kind
+        assert not _creates_registry(path) or module in declared, f"{module}: add it to REGISTRIES"

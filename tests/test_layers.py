@@ -12,16 +12,16 @@ modules at pipeline/'s top, or ``stages``.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
+from pipeline.imports import direct_imports
 from tests.conftest import REPO
 
 LAYERS = [
     "config",
-    "atomic components hashing outputs overwrite plots processes seeding stage torchfile",
+    "atomic hashing imports outputs overwrite plots processes seeding stage torchfile",
     "data",
     "models",
     "augment",
@@ -29,7 +29,7 @@ LAYERS = [
     "tracking",
     "search",
     "inference",
-    "cli __main__",
+    "cli dvcfile __main__",
     "stages",
 ]
 RANK = {name: rank for rank, entry in enumerate(LAYERS) for name in entry.split()}
@@ -48,34 +48,7 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(name: str, path: Path) -> set[str]:
-    """The project modules ``name`` imports anywhere in its code: ``from a.b import c`` is ``a.b.c`` when
-    that is a module, else ``a.b``."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for statement in node.body
-        for inner in ast.walk(statement)
-    }
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
-    return {m for m in found if m in MODULES and m != name}
-
-
-GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+GRAPH = {name: direct_imports(name, REPO) & MODULES.keys() for name in MODULES}
 
 
 def layer_of(module: str) -> str:

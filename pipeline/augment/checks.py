@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.augment.augmenters import Builder
 from pipeline.augment.device_support import fallback_problems
-from pipeline.config.checks import key_parts, semantic_check
+from pipeline.config.check_spec import key_parts
 from pipeline.config.errors import ComponentError, Problem
 from pipeline.config.params import Params
 from pipeline.data.dataset import image_hw
@@ -41,7 +41,6 @@ def augment_problems(spec: Any, *, task: str, key: str, image_size: int | list[i
     return builder.problems
 
 
-@semantic_check("augment", "data.task", "data.image_size", stand_ins={"data.image_size": (None,)})
 def check_augment(params: Params) -> list[Problem]:
     """Augmenter names exist, their arguments bind and their values are accepted, and for
     segmentation every augmenter can carry the mask along. With data.image_size rejected, nothing is
@@ -67,7 +66,6 @@ def _device_fallbacks(params: Params) -> list[Problem]:
         return []
 
 
-@semantic_check("augment", "data.task")
 def check_augment_device(params: Params) -> list[Problem]:
     """``augment.device: device`` needs a chain with a device version, and online augmentation."""
     if params.get("augment.device") != "device":

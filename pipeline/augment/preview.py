@@ -1,4 +1,4 @@
-"""The augmentation preview: a grid people look at before training (and train logs to MLflow).
+"""The augmentation preview: a grid people look at (the preview stage draws it, attached to the training run).
 
 Each row is one training image: the original, then ``versions`` augmented versions of it;
 :func:`pipeline.plots.render_grid` draws the rows, masks overlaid, so a mask that does not follow its

@@ -1,10 +1,10 @@
 """Semantic checks: what the schema cannot say (a loss name exists, its arguments bind, a path exists).
 
-Components register checks with :func:`semantic_check` when imported. Which module holds the checks
-of which section is declared once (:func:`declare_check_modules`, done by :mod:`pipeline.components`),
-so :func:`run_checks` imports only the modules of the sections it checks: a stage runs the checks of
-the keys it reads (``keys=``), ``validate`` all of them. A check never downloads, decodes a dataset or
-opens a network connection (it may look at files: data.root, weights, a labels CSV).
+Every check is an entry of one table, :data:`pipeline.config.components.CHECKS`: a dotted
+``"module:function"`` and the keys it reads (:func:`check`). :func:`run_checks` imports a check's module
+only when it runs it: a stage runs the checks of the keys it reads (``keys=``), ``validate`` all of
+them. A check never downloads, decodes a dataset or opens a network connection (it may look at files:
+data.root, weights, a labels CSV).
 
 Every independent problem is reported at once, so a check is not silenced by a bad key it merely
 reads. A check has a subject (what it validates) and context (other keys it reads). When the schema
@@ -23,69 +23,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import schema
+from pipeline.config.check_spec import CheckSpec, KeyParts, key_parts
 from pipeline.config.errors import Problem
 
 if TYPE_CHECKING:
     from pipeline.config.params import Params
-
-Check = Callable[["Params"], Iterable[Problem]]
-KeyParts = tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RegisteredCheck:
-    inputs: tuple[KeyParts, ...]  # inputs[0] is the subject, the rest its context
-    fn: Check
-    stand_ins: Mapping[KeyParts, tuple[Any, ...]] = field(default_factory=dict)  # context key -> values
-
-
-_CHECKS: list[RegisteredCheck] = []
-_MODULES: dict[str, tuple[str, ...]] = {}  # section -> the modules whose checks validate it
-
-
-def key_parts(key: str) -> tuple[str, ...]:
-    """``"augment.train[0].Affine"`` -> ``("augment", "train", "0", "Affine")``."""
-    return tuple(part for part in key.replace("[", ".").replace("]", "").split(".") if part)
-
-
-def semantic_check(*inputs: str, stand_ins: Mapping[str, Sequence[Any]] | None = None) -> Callable[[Check], Check]:
-    """Register ``fn(params) -> problems`` reading the dotted keys ``inputs`` (a section, or single
-    keys). The first input is what the check validates (its subject): a stage runs it when it reads a
-    key inside or around the subject; the others are context it reads. It is skipped when the schema
-    rejected something in its subject, so it may trust that shape; when the schema rejected a context
-    key, it runs on stand-ins for it (its enum's values, else ``stand_ins[key]``; see the module
-    docstring) and reports what holds for all of them. A problem elsewhere in the file never hides it."""
-    if not inputs:
-        raise TypeError("semantic_check needs the keys the check reads, its subject first")
-    context = [key_parts(k) for k in inputs[1:]]
-    declared = {key_parts(k): tuple(values) for k, values in (stand_ins or {}).items()}
-    for key, values in declared.items():
-        if key not in context or not values:
-            raise TypeError(
-                f"stand_ins[{'.'.join(key)!r}]: stand-ins are values for a context key "
-                f"({', '.join(inputs[1:]) or 'none'}), at least one"
-            )
-
-    def register(fn: Check) -> Check:
-        if not any(r.fn is fn for r in _CHECKS):
-            _CHECKS.append(RegisteredCheck(tuple(key_parts(k) for k in inputs), fn, declared))
-        return fn
-
-    return register
-
-
-def declare_check_modules(modules: dict[str, Sequence[str]]) -> None:
-    """Say which modules register the checks of each section (``{"loss": ["pipeline.training.losses.section"]}``);
-    :func:`run_checks` imports them when it checks that section. Every check's subject must lie in the
-    section its module is declared for."""
-    _MODULES.update({section: tuple(names) for section, names in modules.items()})
 
 
 def _overlaps(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -93,44 +40,45 @@ def _overlaps(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return a[: len(b)] == b or b[: len(a)] == a
 
 
-def registered_checks(keys: Iterable[str] | None = None) -> list[RegisteredCheck]:
-    """The checks of ``keys`` (every check when None), their modules imported first: those whose
-    subject is one of the keys, lies inside one or holds one."""
-    wanted = None if keys is None else [key_parts(k) for k in keys]
-    for section, names in _MODULES.items():
-        if wanted is None or any(w[:1] == (section,) for w in wanted):
-            for name in names:
-                importlib.import_module(name)
-    if wanted is None:
-        return list(_CHECKS)
-    return [r for r in _CHECKS if any(_overlaps(r.inputs[0], w) for w in wanted)]
+def checks_of(keys: Iterable[str] | None = None, table: Sequence[CheckSpec] | None = None) -> list[CheckSpec]:
+    """The checks of ``keys`` (every check when None) in ``table`` (the shipped one when None): those
+    whose subject is one of the keys, lies inside one or holds one."""
+    if table is None:
+        from pipeline.config.components import CHECKS as table
+    if keys is None:
+        return list(table)
+    wanted = [key_parts(k) for k in keys]
+    return [spec for spec in table if any(_overlaps(spec.inputs[0], w) for w in wanted)]
 
 
-def run_checks(params: Params, rejected_keys: Iterable[str], keys: Iterable[str] | None = None) -> list[Problem]:
+def run_checks(
+    params: Params,
+    rejected_keys: Iterable[str],
+    keys: Iterable[str] | None = None,
+    table: Sequence[CheckSpec] | None = None,
+) -> list[Problem]:
     """The problems the checks of ``keys`` (all when None) find, given the keys the schema rejected:
     a check whose subject was rejected is skipped, one whose context was rejected runs on stand-ins."""
-    if not _CHECKS and not _MODULES:
-        raise RuntimeError("no semantic checks are registered; load params through pipeline.components.load_params")
     rejected = [key_parts(k) for k in rejected_keys]
     problems: list[Problem] = []
-    for registered in registered_checks(keys):
-        problems.extend(_run(registered, params, rejected))
+    for spec in checks_of(keys, table):
+        problems.extend(_run(spec, params, rejected))
     return problems
 
 
-def _run(registered: RegisteredCheck, params: Params, rejected: list[KeyParts]) -> list[Problem]:
+def _run(registered: CheckSpec, params: Params, rejected: list[KeyParts]) -> list[Problem]:
     subject, *context = registered.inputs
     if any(_overlaps(r, subject) for r in rejected):
         return []
     bad = [key for key in context if any(_overlaps(r, key) for r in rejected)]
+    fn = registered.fn
     if not bad:
-        return _unique(registered.fn(params))
+        return _unique(fn(params))
     values = [registered.stand_ins.get(key) or _schema_choices(key) for key in bad]
     if not all(values):
         return []  # nothing can stand in for a rejected key it reads
     runs = [
-        _unique(registered.fn(_standing_in(params, dict(zip(bad, combination)))))
-        for combination in itertools.product(*values)
+        _unique(fn(_standing_in(params, dict(zip(bad, combination))))) for combination in itertools.product(*values)
     ]
     everywhere = set.intersection(*({(p.key, p.message) for p in run} for run in runs))
     return [p for p in runs[0] if (p.key, p.message) in everywhere and not _about(p, bad)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import checks, schema
+from pipeline.config import check_spec, checks, schema
 from pipeline.config.errors import ConfigError, PipelineError, Problem
 from pipeline.config.yaml_source import KeyPath, Marks, load_yaml
 
@@ -80,7 +80,7 @@ class Params:
 
 def _keypath(key: str) -> KeyPath:
     """``"augment.train[0].Affine"`` (or ``augment.train.0.Affine``) -> the path its marks are under."""
-    return tuple(int(p) if p.isdigit() else p for p in checks.key_parts(key))
+    return tuple(int(p) if p.isdigit() else p for p in check_spec.key_parts(key))
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class ParamsView:
         if not self.allows(key):
             raise KeyError(
                 f"{self.stage} reads {key!r} but does not declare it; add it to the stage's PARAMS "
-                f"and to its params: list in dvc.yaml (declared: {', '.join(self.keys)})"
+                f"and run `python -m pipeline dvc` (declared: {', '.join(self.keys)})"
             )
         return self.params.get(key)
 
@@ -141,8 +141,10 @@ def _locate_all(problems: Iterable[Problem], marks: Marks) -> list[Problem]:
 def load_params(
     path: str | Path = DEFAULT_PARAMS, *, semantic: bool = True, keys: Sequence[str] | None = None
 ) -> Params:
-    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The
-    schema checks the whole file; the semantic checks are those of ``keys`` (all when None)."""
+    """Parse, validate and default ``path``; raise :class:`ConfigError` listing every problem. The schema
+    checks the whole file (every typo, at once); the semantic checks are those of ``keys`` (a stage's
+    keys: the checks whose subject it reads), or every section's when None (``python -m pipeline
+    validate``). The checks are :data:`pipeline.config.components.CHECKS`, imported as they run."""
     path = Path(path)
     data, marks, problems = load_yaml(path)
     if data is None:

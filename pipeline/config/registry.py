@@ -4,39 +4,48 @@ One mechanism for losses, schedulers, models, augmenters...: explicit entries re
 :meth:`Registry.register`, optionally names supplied by a provider (every ``torch.optim`` class,
 every timm model) so nothing is listed twice by hand. ``python -m pipeline list KIND`` prints them.
 
-:data:`REGISTRIES` holds every kind. The module that creates a kind's registry is declared once
-(:meth:`Registries.declare`, by :mod:`pipeline.components`) and imported on the kind's first use:
-``list losses`` imports the losses, not timm or imgaug, and nothing imports every registry up front.
+:data:`REGISTRIES` holds every kind. Where each kind's registry is created is data, one
+``"module:attr"`` per kind in :data:`pipeline.config.components.REGISTRIES`, imported on the kind's
+first use: ``list losses`` imports the losses, not timm or imgaug, and nothing imports every registry
+up front (nor anything above the config layer at import).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from pipeline.config.dotted import import_object, is_import_path
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import did_you_mean
 
 
 class Registries(Mapping[str, "Registry"]):
-    """Kind -> :class:`Registry`: those created so far, and the declared ones, imported when read."""
+    """Kind -> :class:`Registry`: those created so far, and the declared ones (``{kind: "module:attr"}``),
+    imported when read."""
 
-    def __init__(self) -> None:
+    def __init__(self, declared: Mapping[str, str] | None = None) -> None:
         self._created: dict[str, Registry] = {}
-        self._modules: dict[str, str] = {}
+        self._declared = None if declared is None else dict(declared)  # None: the shipped table, read on use
 
-    def declare(self, kind: str, module: str) -> None:
-        """``module`` creates the registry ``kind`` when imported."""
-        self._modules[kind] = module
+    @property
+    def _modules(self) -> dict[str, str]:
+        if self._declared is None:
+            from pipeline.config.components import REGISTRIES as declared  # data: "module:attr" strings
+
+            self._declared = dict(declared)
+        return self._declared
 
     def __setitem__(self, kind: str, registry: Registry) -> None:
         self._created[kind] = registry
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in self._created and kind in self._modules:
-            importlib.import_module(self._modules[kind])
+            registry = import_object(self._modules[kind])
+            if not isinstance(registry, Registry) or registry.kind != kind:
+                raise TypeError(f"{self._modules[kind]}: expected the Registry {kind!r}, found {registry!r}")
+            self._created[kind] = registry
         return self._created[kind]
 
     def __contains__(self, kind: object) -> bool:
@@ -50,27 +59,6 @@ class Registries(Mapping[str, "Registry"]):
 
 
 REGISTRIES = Registries()
-
-
-def is_import_path(name: str) -> bool:
-    """``"my_pkg.losses:MyLoss"`` names user code; plain names are registry entries."""
-    return ":" in name
-
-
-def import_object(spec: str) -> Any:
-    """Import ``"module.path:attr"`` (attr may be dotted); a clear error names what is missing."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise PipelineError(f"{spec!r}: expected 'module.path:attribute'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise PipelineError(f"{spec!r}: cannot import module {module_name!r} ({exc})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise PipelineError(f"{spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
 
 
 class Registry:

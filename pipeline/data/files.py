@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -172,8 +171,7 @@ def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> l
     return problems
 
 
-@semantic_check("data")
-def _check_data(params: Any) -> list[Problem]:
+def check_data(params: Any) -> list[Problem]:
     """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks."""
 
     def get(key: str) -> Any:

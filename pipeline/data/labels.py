@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.data.files import IMAGE_EXTENSIONS, data_path_key
 
@@ -149,8 +148,7 @@ def read_labels(csv_path: Path, root: Path, *, check_files: bool = True) -> list
     return rows
 
 
-@semantic_check("data.task", "data.root", "data.labels")
-def _check_labels(params: Any) -> list[Problem]:
+def check_labels(params: Any) -> list[Problem]:
     """data.labels is for classification, and the file reads (with the split stage's own reader)."""
     name = params.get("data.labels")
     if name is None:

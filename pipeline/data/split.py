@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.data.assign import assign, assign_folds, assign_groups, fraction_problem, group_by_problem, group_keys
 from pipeline.data.files import check_mask_classes, segmentation_class_names, several
@@ -146,8 +145,7 @@ def describe(manifest: dict[str, Any]) -> str:
     return line
 
 
-@semantic_check("split")
-def _check_split(params: Any) -> list[Problem]:
+def check_split(params: Any) -> list[Problem]:
     """Fractions sum to 1; group_by is 'folder' or a pattern with one capture group that cannot
     backtrack catastrophically (the split stage's own check, :func:`group_by_problem`); fold fits folds."""
     cfg, problems = params.get("split"), []

@@ -9,10 +9,10 @@ from typing import Any
 from torch import nn
 
 from pipeline.config.building import located, one_line
-from pipeline.config.checks import semantic_check
+from pipeline.config.dotted import import_object, is_import_path
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.params import Params
-from pipeline.config.registry import Registry, import_object, is_import_path
+from pipeline.config.registry import Registry
 from pipeline.config.schema import did_you_mean
 from pipeline.models import weights as weights_io
 from pipeline.models.finetune import freeze_problem, replace_first_conv
@@ -105,7 +105,6 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-@semantic_check("model", "data.task", "data.num_classes", "data.image_size")
 def check_model(params: Params) -> list[Problem]:
     """The model exists for its source and task; a pretrained path exists and is a weight file."""
     model, task = params.get("model"), params.get("data.task")

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import PipelineError
-from pipeline.config.registry import is_import_path
 from pipeline.config.schema import value_problems
 
 FORMAT_VERSION = 2  # 2 adds class_names, preprocess and threshold; version 1 files load with defaults

@@ -356,7 +356,7 @@ def run_search(
 ) -> int:
     """Validate, open the study, run this worker's trials (unless ``report_only``), report. Returns the
     exit status: 0; 1 when trials kept failing one after another; 130 after Ctrl-C."""
-    from pipeline.components import load_params
+    from pipeline.config.params import load_params
     from pipeline.search import report
 
     params = load_params(params_path)

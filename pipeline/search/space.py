@@ -13,7 +13,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.config.checks import key_parts, run_checks, semantic_check
+from pipeline.config.checks import key_parts, run_checks
 from pipeline.config.errors import Problem
 from pipeline.config.params import Params, lookup
 from pipeline.config.schema import did_you_mean, validate
@@ -139,7 +139,6 @@ def _value_problems(params: Params, key: str, value: Any) -> list[Problem]:
     return [p for p in run_checks(trial_params, [], keys=[key]) if p.key]
 
 
-@semantic_check("search", *SECTIONS)
 def check_search(params: Params) -> list[Problem]:
     """Every dimension names a params.yaml key, and every value a trial may get passes the key's checks;
     the grid sampler needs every dimension countable."""

@@ -276,6 +276,17 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
+def read_run_info(path: Path) -> dict[str, Any]:
+    """train's ``run.json``: ``{"run_id": str | null, "tracking_uri": str | null}``."""
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the train stage") from None
+    if not isinstance(info, dict) or not isinstance(info.get("run_id"), (str, type(None))):
+        raise PipelineError(f'{path}: expected {{"run_id": string or null, ...}}; re-run the train stage')
+    return info
+
+
 def start_run(
     cfg: Mapping[str, Any],
     *,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.schema import did_you_mean
 
@@ -191,8 +190,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise PipelineError(f"tracking store {uri}: cannot create {folder} ({exc})") from None
 
 
-@semantic_check("tracking")
-def _check_tracking(params: Params) -> list[Problem]:
+def check_tracking(params: Params) -> list[Problem]:
     if not params.get("tracking.enabled"):
         return []
     problems = []

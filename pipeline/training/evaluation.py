@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -19,22 +18,10 @@ from torch.utils.data import DataLoader
 
 from pipeline import outputs, plots
 from pipeline.atomic import write_json, write_text
-from pipeline.config.errors import PipelineError
 from pipeline.processes import dying_with_parent
 from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
 from pipeline.training.scoring import score
 from pipeline.training.threads import resolve_workers
-
-
-def read_run_info(path: Path) -> dict[str, Any]:
-    """train's ``run.json``: ``{"run_id": str | null, "tracking_uri": str | null}``."""
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}); re-run the train stage") from None
-    if not isinstance(info, dict) or not isinstance(info.get("run_id"), (str, type(None))):
-        raise PipelineError(f'{path}: expected {{"run_id": string or null, ...}}; re-run the train stage')
-    return info
 
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:

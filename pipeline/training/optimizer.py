@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.registry import Registry
 
@@ -146,7 +145,6 @@ def _step_once(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
-@semantic_check("optimizer.name", "optimizer.params", "optimizer.no_decay_norm_bias")
 def check_optimizer(params: Any) -> list[Problem]:
     """Build the declared optimizer (the train stage's own builder) on a stand-in and step it once."""
     cfg = {**params.get("optimizer"), "lr": 1e-3}  # optimizer.lr's range is the schema's to check

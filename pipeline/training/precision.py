@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config.checks import semantic_check
 from pipeline.config.errors import PipelineError, Problem
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -146,7 +145,6 @@ def resolve_precision(cfg: dict[str, Any], device: torch.device) -> PrecisionPla
     return PrecisionPlan(dtype, device, channels_last, bool(cfg.get("compile", False)), scaler, ctx)
 
 
-@semantic_check("precision.dtype", "train.device")
 def check_precision(params: Any) -> list[Problem]:
     """fp16 on a device that is certainly a CPU is refused before anything runs."""
     if params.get("precision.dtype") == "fp16" and params.get("train.device") in ("cpu", "mps"):

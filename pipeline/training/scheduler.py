@@ -25,9 +25,9 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
-from pipeline.config.checks import semantic_check
+from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
-from pipeline.config.registry import Registry, is_import_path
+from pipeline.config.registry import Registry
 
 # The schedule advances on every optimizer step, fp16 steps the GradScaler skipped included (knowing
 # which were skipped would cost a host sync per step); a skipped first step would make torch warn
@@ -307,7 +307,6 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
     blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params", what=f"{cfg['name']} when stepped")
 
 
-@semantic_check("scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)})
 def check_scheduler(params: Any) -> list[Problem]:
     """Build the declared schedule (the train stage's own builder) and step it across epochs. With
     train.epochs rejected it runs for a long stand-in, which no warmup outlasts."""

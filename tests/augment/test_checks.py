@@ -13,8 +13,8 @@ import yaml
 
 from pipeline.augment.augmenters import SEGMENTATION_UNSAFE, build_augmenter
 from pipeline.augment.checks import augment_problems
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError
+from pipeline.config.params import load_params
 from tests.augment.test_transform import GEOMETRIC
 from tests.conftest import REPO, write_params
 

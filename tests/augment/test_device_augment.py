@@ -349,7 +349,7 @@ def test_device_augment_is_seeded_per_epoch_and_batch_and_pickles():
 
 @pytest.mark.parametrize("setting, where", [("device", "device"), ("auto", "cpu")])  # auto: CPU training
 def test_tiny_training_runs_with_augmentation_on_either_side(tmp_path, shapes_dataset, monkeypatch, setting, where):
-    from pipeline.components import load_params
+    from pipeline.config.params import load_params
     from pipeline.data.manifest import load_manifest
     from pipeline.training import inputs, loop
     from stages import train as train_stage

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.augment.augmenters import apply_augmenter
 from pipeline.augment.transform import build_transform
-from pipeline.components import load_params
+from pipeline.config.params import load_params
 from tests.augment.test_augmenters import blobs
 from tests.conftest import REPO
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.components import load_params
-from pipeline.config import checks
+from pipeline.config import check_spec, checks
 from pipeline.config.errors import ConfigError, Problem
-from pipeline.config.params import Params
+from pipeline.config.params import Params, load_params
 from tests.conftest import write_params
 
 # (text in the shipped params.yaml, its replacement, the key reported, the value it is reported at,
@@ -78,15 +77,12 @@ def test_a_rejected_task_or_epoch_count_causes_no_problem_of_its_own(tmp_path):
     assert {p.key for p in _problems(path)} == {"data.task", "train.epochs"}
 
 
-def test_stand_in_rules(monkeypatch):
-    """The mechanism alone, on a registry of its own: a problem is kept when every stand-in gives it,
+def test_stand_in_rules():
+    """The mechanism alone, on a table of its own: a problem is kept when every stand-in gives it,
     once; one that a stand-in value causes, or that lies at or names the rejected key, is not; a
     rejected subject, or a rejected context key with no stand-in, still skips the check."""
-    monkeypatch.setattr(checks, "_CHECKS", [])
-    monkeypatch.setattr(checks, "_MODULES", {})  # the components' modules register nothing here
     seen: list[Any] = []
 
-    @checks.semantic_check("loss", "data.task")
     def by_task(params: Params) -> list[Problem]:
         seen.append(params.get("data.task"))
         out = [Problem("loss.name", "always"), Problem("loss.name", "always")]
@@ -94,27 +90,33 @@ def test_stand_in_rules(monkeypatch):
             out.append(Problem("loss.name", "only for classification"))
         return out + [Problem("data.task", "at the rejected key"), Problem("loss.params", "data.task is odd")]
 
-    @checks.semantic_check("scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)})
     def by_epochs(params: Params) -> list[Problem]:
         assert params.get("train.epochs") == 1000
         return [Problem("scheduler.params", "independent")]
 
-    @checks.semantic_check("optimizer", "train.epochs")
     def without_stand_in(params: Params) -> list[Problem]:
         raise AssertionError("a rejected context key with no stand-in skips the check")
 
-    @checks.semantic_check("data.task")
     def on_the_rejected_subject(params: Params) -> list[Problem]:
         raise AssertionError("a rejected subject skips the check")
 
+    table = [  # a table of its own: the shipped checks are not run here
+        check_spec.check(by_task, "loss", "data.task"),
+        check_spec.check(by_epochs, "scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)}),
+        check_spec.check(without_stand_in, "optimizer", "train.epochs"),
+        check_spec.check(on_the_rejected_subject, "data.task"),
+    ]
+
     params = Params({"data": {"task": "segmentaton"}, "train": {"epochs": -1}, "loss": {}}, Path("params.yaml"))
-    found = checks.run_checks(params, ["data.task", "train.epochs"])
+    found = checks.run_checks(params, ["data.task", "train.epochs"], table=table)
     assert [(p.key, p.message) for p in found] == [("loss.name", "always"), ("scheduler.params", "independent")]
     assert sorted(seen) == ["classification", "segmentation"]
     assert params.get("data.task") == "segmentaton"  # the stand-ins went to copies
-    assert checks.run_checks(params, ["data.task", "train.epochs"], keys=["scheduler"]) == [found[1]]
+    assert checks.run_checks(params, ["data.task", "train.epochs"], keys=["scheduler"], table=table) == [found[1]]
 
 
 def test_stand_ins_name_context_keys():
     with pytest.raises(TypeError, match="context key"):
-        checks.semantic_check("loss", "data.task", stand_ins={"loss.name": ("dice",)})
+        check_spec.check(
+            "pipeline.training.losses.section:check_loss", "loss", "data.task", stand_ins={"loss.name": ("dice",)}
+        )

@@ -13,7 +13,6 @@ import pytest
 import referencing
 from referencing.jsonschema import DRAFT202012
 
-import pipeline.components  # noqa: F401 - declares the registries (and where their checks live)
 from pipeline.config import fragments
 from pipeline.config.arguments import argument_docs, has_json_form, json_value, keyword_arguments, type_text
 from pipeline.config.registry import REGISTRIES

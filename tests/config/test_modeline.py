@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.components import load_params
 from pipeline.config.modeline import installed_text, resolve_reference, schema_reference
+from pipeline.config.params import load_params
 from pipeline.config.schema import ROOT_SCHEMA, SCHEMA_DIR
 from tests.conftest import REPO
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError
-from pipeline.config.params import flatten
+from pipeline.config.params import flatten, load_params
 from tests.conftest import REPO, write_params
 
 SHIPPED = sorted([REPO / "params.yaml", *(REPO / "configs").glob("*.yaml")])

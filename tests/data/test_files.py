@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.params import load_params
 from pipeline.data.files import mask_array, mask_to_classes, mask_values
 from tests.conftest import REPO, write_params
 

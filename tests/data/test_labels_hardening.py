@@ -38,8 +38,8 @@ def problems_by_key(path: Path) -> dict[str, str]:
     """{dotted key: message} of what the split stage's validation (the checks of the keys it reads,
     as ``validate`` runs them) reports for ``path``; each problem located at a line. (The checks of
     every section would build a model: seconds, and no other answer here.)"""
-    from pipeline.components import load_params
     from pipeline.config.errors import ConfigError
+    from pipeline.config.params import load_params
 
     try:
         load_params(path, keys=SPLIT_STAGE_KEYS)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.components import load_params
 from pipeline.config.errors import PipelineError
+from pipeline.config.params import load_params
 from pipeline.hashing import file_sha256
 from pipeline.models import weights as weights_io
 from pipeline.models.initial import initial_model

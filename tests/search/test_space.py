@@ -40,8 +40,8 @@ def test_every_value_a_trial_may_get_is_checked_where_it_is_declared(tmp_path):
 
 
 def test_the_problems_carry_the_line_of_their_dimension(tmp_path):
-    from pipeline.components import load_params
     from pipeline.config.errors import ConfigError
+    from pipeline.config.params import load_params
 
     path = _space(tmp_path, {"loss.name": {"type": "categorical", "choices": ["dice_bce", "dice", "focall"]}})
     lines = path.read_text().splitlines()

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError
+from pipeline.config.params import load_params
 from pipeline.data.manifest import SPLITS, load_manifest
 from stages.split import main
 from tests.conftest import write_params

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.params import load_params
 from pipeline.tracking import store as tracking_store
 from tests.conftest import REPO, write_params
 from tests.tracking.conftest import git, git_repo
@@ -155,7 +155,7 @@ def test_validate_reports_a_bad_tracking_uri_at_its_line(tmp_path, monkeypatch):
 
 def test_the_check_reports_a_bad_environment_uri(tmp_path, monkeypatch):
     params = load_params(write_params(tmp_path / "params.yaml"), semantic=False)
-    assert tracking_store._check_tracking(params) == []
+    assert tracking_store.check_tracking(params) == []
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
-    [problem] = tracking_store._check_tracking(params)
+    [problem] = tracking_store.check_tracking(params)
     assert problem.key == "tracking.uri" and "overridden by MLFLOW_TRACKING_URI='mlruns'" in problem.message

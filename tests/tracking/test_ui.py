@@ -90,6 +90,7 @@ def test_the_printed_link_opens_the_model_training_view(store, capsys):
 def two_runs(tmp_path_factory, shapes_dataset, mlflow_server) -> list[tuple[str, Path]]:
     """(run id, workspace) of two whole pipeline runs that differ in the learning rate."""
     from stages import evaluate as evaluate_stage
+    from stages import preview as preview_stage
     from stages import train as train_stage
 
     runs = []
@@ -112,6 +113,7 @@ def two_runs(tmp_path_factory, shapes_dataset, mlflow_server) -> list[tuple[str,
                 },
             )
             assert train_stage.main(["--params", str(params)]) == 0
+            assert preview_stage.main(["--params", str(params)]) == 0  # attaches augment_preview.png
             assert evaluate_stage.main(["--params", str(params)]) == 0
             runs.append((json.loads((root / "outputs/train/run.json").read_text())["run_id"], root))
     return runs

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.params import load_params
 from pipeline.training import distributed
 from tests.conftest import REPO, write_params
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.components import load_params
 from pipeline.config.errors import ConfigError, PipelineError
+from pipeline.config.params import load_params
 from pipeline.training.precision import PrecisionPlan, resolve_precision
 from tests.conftest import write_params
 

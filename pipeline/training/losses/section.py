@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
-from pipeline.config.checks import semantic_check
+from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
-from pipeline.config.registry import is_import_path
 from pipeline.training.losses.base import BINARY, MULTICLASS, losses
 from pipeline.training.losses.combined import WeightedSum
 from pipeline.training.losses.wrappers import Float32Loss, FunctionLoss
@@ -146,7 +145,6 @@ def _expected_outputs(params: Any) -> int | None:
     return 1 if task == "segmentation" and num_classes == 2 else num_classes
 
 
-@semantic_check("loss", "data.task", "data.num_classes", "model.num_classes")
 def check_loss(params: Any) -> list[Problem]:
     """Build the declared loss with the train stage's builder and call it on a stand-in batch; when
     the class count is not known before the split, build it for a mode the loss supports."""
