@@ -1,6 +1,7 @@
 """The training loop, nanoGPT style: :func:`build` turns the params into data, model, loss, optimizer
 and schedule once; :func:`fit` is then a flat loop over epochs (train, validate, record, checkpoint,
-maybe stop). The train stage opens the tracking run around the two and writes the final outputs.
+maybe stop); each batch is one call of :class:`TrainStep`, whose ``__call__`` is the whole step. The
+train stage opens the tracking run around the two and writes the final outputs.
 
 Every epoch's randomness derives from (train.seed, epoch) alone, so a run resumed from its checkpoint
 replays exactly what the uninterrupted run would have done (bit for bit with train.deterministic on CPU).
@@ -148,6 +149,7 @@ def build(
 
     # -- model, loss, optimizer, schedule
     model = plan.prepare_model(model)  # in place: the same module, on the device
+    trained = dist.wrap_model(model, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # in DDP's wrapper, or model
     loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"])
     optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
     lr_factor = ctx.world_size if cfg["scale_lr"] else 1
@@ -162,13 +164,7 @@ def build(
         monitor=monitor,
     )
     step = TrainStep(
-        dist.wrap_model(model, ctx, device, sync_batchnorm=cfg["sync_batchnorm"]),  # ``model`` when single
-        loss_fn,
-        optimizer,
-        plan,
-        schedule,
-        grad_clip=cfg["grad_clip"],
-        accumulate=cfg["accumulate"],
+        trained, loss_fn, optimizer, plan, schedule, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
     )
     return Trainer(
         cfg=cfg,
