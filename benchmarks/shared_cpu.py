@@ -4,7 +4,7 @@ auto`` and with torch's default thread count (the behaviour before train.threads
 Each run is a child process: a tiny U-Net (params.yaml's loss and optimizer, fp32) trained on
 synthetic 64 px batches from a DataLoader with ``--workers`` workers (params.yaml's train.workers by
 default; the workers only hand over in-memory batches, so the step loop is what is timed), stepped
-by the train stage's own step (``pipeline.training.loop.make_train_step``). A mode is timed alone, then
+by the train stage's own step (``pipeline.training.loop.TrainStep``). A mode is timed alone, then
 as two processes started together (both time the same window: each warms up, says so, and
 starts when told that all have). Printed per mode:
 each run's images/s, and each co-scheduled run's share of the lone run's speed (target with auto:
@@ -68,9 +68,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from pipeline.models.unet import ClassicUNet
     from pipeline.seeding import worker_init_fn
-    from pipeline.training.loop import make_train_step
+    from pipeline.training.batches import to_device
+    from pipeline.training.loop import TrainStep
     from pipeline.training.losses import build_loss
     from pipeline.training.precision import resolve_precision
+    from pipeline.training.scheduler import build_scheduler
     from pipeline.training.threads import apply_threads
 
     if args.child == "auto":
@@ -81,7 +83,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     plan = resolve_precision({"dtype": "fp32", "channels_last": False}, torch.device("cpu"))
     loss_fn = build_loss(params["loss"], task="segmentation", num_outputs=1)
     optimizer = torch.optim.AdamW(net.parameters(), lr=params["optimizer"]["lr"])
-    step = make_train_step(net.train(), loss_fn, optimizer, plan, grad_clip=1.0, accumulate=1)
+    no_schedule = build_scheduler({"name": "none"}, optimizer, epochs=1, steps_per_epoch=1)
+    step = TrainStep(net.train(), loss_fn, optimizer, plan, no_schedule, grad_clip=1.0)
     size, count = args.image_size, 16 * args.batch
     data = TensorDataset(
         torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
@@ -103,13 +106,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     stream = batches()
     for _ in range(3):  # warm-up: starts the workers, first-call allocations
-        step(*next(stream), apply=True)
+        step(*to_device(*next(stream), plan.device), apply=True)
     print("ready", flush=True)
     sys.stdin.readline()
     seen, started = 0, time.perf_counter()
     while time.perf_counter() - started < args.seconds:
         images, targets = next(stream)
-        step(images, targets, apply=True)
+        step(*to_device(images, targets, plan.device), apply=True)
         seen += images.shape[0]
     return {"images_per_s": seen / (time.perf_counter() - started), "threads": torch.get_num_threads()}
 

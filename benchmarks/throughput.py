@@ -4,7 +4,7 @@ Measures in one process, on one device, with one model, batch size and precision
 
   (a) raw_loop    a plain loop on float tensors already normalised on the device (the ceiling):
                   autocast forward, float32 loss, backward, clip, step; same channels_last/compile;
-  (b) train_step  the train stage's own step (``pipeline.training.loop.make_train_step``) on the same
+  (b) train_step  the train stage's own step (``pipeline.training.loop.TrainStep``) on the same
                   synthetic data, as uint8 on the host the way the loader gives it (pinned memory on CUDA);
   (c) data        ManifestDataset + the params.yaml training augmentation + a DataLoader with
                   ``--workers`` persistent workers (prefetch, pin_memory on CUDA), no model, over
@@ -55,13 +55,15 @@ from pipeline.data.manifest import load_manifest
 from pipeline.models.file import load_model
 from pipeline.models.input_contract import resolve_device  # noqa: E402
 from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
-from pipeline.training.loop import make_train_step  # noqa: E402
+from pipeline.training.batches import to_device  # noqa: E402
+from pipeline.training.loop import TrainStep  # noqa: E402
 from pipeline.training.losses import build_loss  # noqa: E402
 from pipeline.training.optimizer import (
     build_optimizer,
     parameter_groups,
 )
 from pipeline.training.precision import resolve_precision  # noqa: E402
+from pipeline.training.scheduler import build_scheduler  # noqa: E402
 from stages import augment as augment_stage  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
 from stages import model as model_stage
@@ -344,19 +346,20 @@ def raw_loop(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Call
 
 
 def stage_step(view: Any, init: Path, plan: Any, args: argparse.Namespace) -> Callable[[], None]:
-    """(b): ``make_train_step`` with the stage's loss and optimizer, uint8 batches from the host."""
+    """(b): ``TrainStep`` with the stage's loss and optimizer, uint8 batches from the host."""
     model, info = load_model(init, trust_code=True)  # the model stage's output of this workspace
     net = plan.prepare_model(model)
     net.train()
     loss_fn = build_loss(view["loss"], task=view["data.task"], num_outputs=info.num_outputs)
     optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
-    step_fn = make_train_step(net, loss_fn, optimizer, plan, grad_clip=view["train"]["grad_clip"], accumulate=1)
+    no_schedule = build_scheduler({"name": "none"}, optimizer, epochs=1, steps_per_epoch=1)  # timing the step alone
+    step_fn = TrainStep(net, loss_fn, optimizer, plan, no_schedule, grad_clip=view["train"]["grad_clip"])
     images, targets = synthetic_batch(view["data.task"], args.batch, args.image_size, info.num_outputs)
     if plan.device.type == "cuda":
         images, targets = images.pin_memory(), targets.pin_memory()
 
     def step() -> None:
-        step_fn(images, targets, apply=True)
+        step_fn(*to_device(images, targets, plan.device, channels_last=plan.channels_last), apply=True)
 
     return step
 

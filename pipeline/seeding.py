@@ -39,6 +39,11 @@ def seed_everything(seed: int) -> None:
     _seed_imgaug(seed % _UINT32)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
 def derived_seeds(seed: int, count: int) -> list[int]:
     """``count`` independent 32-bit seeds from one (so numpy's and imgaug's streams do not coincide)."""
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]

@@ -80,7 +80,11 @@ def train(view: ParamsView) -> dict[str, Any]:
         trainer = loop.build(view, manifest, model, info, ctx, device)
         if state is None:
             run.set_tags(
-                {"dataset_fingerprint": manifest.fingerprint, "device": str(device), "precision": trainer.plan.name}
+                {
+                    "dataset_fingerprint": manifest.fingerprint,
+                    "device": str(device),
+                    "precision": trainer.step.precision.name,
+                }
             )
             # The fingerprint is the data's (its files), not the split's: the split goes in the input's tags.
             run.log_dataset(

@@ -1,7 +1,7 @@
 """Training checkpoints: written atomically, resumed only when they belong to the same inputs.
 
 A checkpoint is taken at every epoch boundary. All randomness is re-derived from (train.seed, epoch)
-when an epoch starts (the training loop's ``epoch_seed``), so resuming from epoch k replays exactly what an
+when an epoch starts (:meth:`~pipeline.training.feed.TrainData.start_epoch`), so resuming from epoch k replays exactly what an
 uninterrupted run would have done (bit for bit with ``train.deterministic: true`` on CPU).
 """
 

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sized
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from pipeline.seeding import seed_sample
+from pipeline.seeding import epoch_seed, seed_everything, seed_sample
+from pipeline.training import distributed as dist
+
+if TYPE_CHECKING:
+    from pipeline.augment.cache import OfflineCacheDataset
+    from pipeline.data.dataset import ManifestDataset
 
 
 class EpochKeys(Sampler[tuple[int, int, int]]):
@@ -130,3 +136,32 @@ class DeviceFeed:
                 ahead = self._copy(self._next(batches))  # ...so this copy overlaps its compute
             except StopIteration:
                 return
+
+
+@dataclass
+class TrainData:
+    """The training set as the loop reads it: the dataset, its loader (over :class:`EpochKeys`), the feed
+    that brings the batches to the device, and :meth:`start_epoch`, the one call that seeds an epoch."""
+
+    dataset: ManifestDataset | OfflineCacheDataset
+    loader: DataLoader
+    feed: DeviceFeed  # ``loader``'s batches on the device, copied ahead
+    generator: torch.Generator  # ``loader``'s
+    shard: DistributedSampler | None  # this rank's share of ``dataset`` under DDP; None when single
+    seed: int  # train.seed
+    ctx: dist.Context
+
+    def start_epoch(self, epoch: int) -> None:
+        """Seed everything epoch ``epoch`` draws from (train.seed, epoch, rank) alone, so a run resumed at
+        ``epoch`` draws what the uninterrupted run drew. Ranks add their rank to the seed, so their
+        augmentations (and dropout) differ; rank 0 alone is exactly a single-process run."""
+        seed = epoch_seed(self.seed, epoch) + self.ctx.rank
+        seed_everything(seed)  # dropout, and the augmentation run in this process (device, no workers)
+        self.generator.manual_seed(seed)
+        if self.shard is not None:
+            self.shard.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
+            dist.write_debug_samples(self.shard, self.ctx, epoch)
+        self.dataset.set_epoch(epoch)  # device augmentation reseeds from torch's seed; the cache picks a copy
+        keys = self.loader.sampler
+        assert isinstance(keys, EpochKeys), "a training loader from pipeline.training.inputs.make_loader"
+        keys.set_epoch(epoch, seed)  # the workers seed each sample from (seed, index)

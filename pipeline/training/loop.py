@@ -1,6 +1,7 @@
 """The training loop, nanoGPT style: :func:`build` turns the params into data, model, loss, optimizer
 and schedule once; :func:`fit` is then a flat loop over epochs (train, validate, record, checkpoint,
-maybe stop). The train stage opens the tracking run around the two and writes the final outputs.
+maybe stop); each batch is one call of :class:`TrainStep`, whose ``__call__`` is the whole step. The
+train stage opens the tracking run around the two and writes the final outputs.
 
 Every epoch's randomness derives from (train.seed, epoch) alone, so a run resumed from its checkpoint
 replays exactly what the uninterrupted run would have done (bit for bit with train.deterministic on CPU).
@@ -11,20 +12,19 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
 from tqdm import tqdm
 
 from pipeline import outputs
 from pipeline.atomic import write_text
-from pipeline.augment.cache import OfflineCacheDataset
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
-from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import Manifest
 from pipeline.models.file import ModelInfo, save_model
 from pipeline.seeding import loader_generator, seed_everything
@@ -32,7 +32,7 @@ from pipeline.training import checkpoint
 from pipeline.training import distributed as dist
 from pipeline.training.batches import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
-from pipeline.training.feed import DeviceFeed
+from pipeline.training.feed import DeviceFeed, TrainData
 from pipeline.training.history import history_csv, validation_csv
 from pipeline.training.inputs import augment_batch, datasets, make_loader
 from pipeline.training.losses import build_loss
@@ -43,39 +43,62 @@ from pipeline.training.scheduler import LRSchedule, build_scheduler
 from pipeline.training.scoring import LossSum, score
 from pipeline.training.threads import apply_threads
 
+if TYPE_CHECKING:
+    from pipeline.search.trial import TrialReporter
+    from pipeline.tracking.run import Run
+
+T = TypeVar("T")
+
 # Part of the resume fingerprint: a checkpoint laid out otherwise (say, by an older loop) is not resumed.
 CHECKPOINT_FORMAT = 2
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Each epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly."""
-    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_train_step(
-    net: torch.nn.Module,
-    loss_fn: Any,
-    optimizer: torch.optim.Optimizer,
-    plan: Any,
-    *,
-    grad_clip: float | None,
-    accumulate: int,
-) -> Any:
-    """The one training step the loop (and the throughput benchmark) runs: uint8 batch -> device,
-    forward under autocast, float32 loss, backward, and when ``apply`` the optimizer step (unscale,
-    clip, step). Returns ``(detached loss, stepped)``; nothing here syncs with the host. A DDP ``net``
-    all-reduces gradients only on stepping micro-batches (``no_sync`` on the others)."""
+@dataclass
+class TrainStep:
+    """What one training step touches; calling it runs the step, all of it in :meth:`__call__`.
 
-    def step(images: torch.Tensor, targets: torch.Tensor, *, apply: bool) -> tuple[torch.Tensor, bool]:
-        x, y = to_device(images, targets, plan.device, channels_last=plan.channels_last)
-        with dist.maybe_no_sync(net, apply):
-            with plan.autocast():
-                logits = net(x)
-            loss = loss_fn(logits, y)
-            stepped = plan.backward_and_step(loss / accumulate, optimizer, model=net, grad_clip=grad_clip, step=apply)
-        return loss.detach(), stepped
+    The loop (and the throughput benchmark) call it once per batch with ``apply`` true on every
+    ``accumulate``-th batch and the epoch's last. Nothing in it reads a value back to the host."""
 
-    return step
+    model: nn.Module  # what is trained, in DDP's wrapper when distributed (:func:`dist.wrap_model`)
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    precision: PrecisionPlan  # the autocast context, the GradScaler (enabled for fp16 only), the device
+    schedule: LRSchedule  # advanced once per optimizer step
+    grad_clip: float | None = None
+    accumulate: int = 1
+    skipped: torch.Tensor = field(init=False)  # fp16 steps the scaler skipped (inf/NaN gradients), on the device
+
+    def __post_init__(self) -> None:
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.precision.device)
+        self._one = torch.ones((), device=self.precision.device)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, apply: bool) -> torch.Tensor:
+        """Forward under autocast, float32 loss, backward on the model inputs ``x`` and targets ``y``
+        (on the device: :func:`to_device`); when ``apply``: unscale, clip, optimizer step, scaler update,
+        schedule step, zero_grad. Returns the detached loss."""
+        scaler = self.precision.scaler  # disabled (every call below a pass-through) unless fp16
+        with dist.maybe_no_sync(self.model, apply):  # DDP all-reduces the gradients on stepping batches only
+            with self.precision.autocast():
+                logits = self.model(x)
+            loss = self.loss_fn(logits, y)  # outside autocast: the loss in float32
+            scaler.scale(loss / self.accumulate).backward()
+        if not apply:
+            return loss.detach()
+        if self.grad_clip is not None:
+            scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        scale = scaler.scale(self._one)  # the scale, left on the device (get_scale() would sync the host)
+        scaler.step(self.optimizer)  # skipped when the gradients hold inf/NaN
+        scaler.update()  # which, and only which, lowers the scale
+        self.skipped += (scaler.scale(self._one) < scale).long()
+        self.schedule.step_batch()  # per optimizer step, skipped or not (knowing would cost a host sync)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
 
 @dataclass
@@ -84,26 +107,15 @@ class Trainer:
 
     cfg: dict[str, Any]  # the train section
     ctx: dist.Context
-    plan: PrecisionPlan
-    model: torch.nn.Module  # the plain module: state dicts and saved weights
+    model: nn.Module  # what is trained, on its device (compiled in place when asked): state dicts, weights
     info: ModelInfo
-    net: torch.nn.Module  # prepared (device, channels_last, compile): validation
-    ddp_net: torch.nn.Module  # ``net`` wrapped for DDP (``net`` itself when single)
-    train_step: Any  # make_train_step over ``ddp_net``
-    train_set: ManifestDataset | OfflineCacheDataset
-    sampler: Any  # DDP's DistributedSampler, None when single
-    generator: torch.Generator
-    train_loader: DataLoader
-    val_loader: DataLoader
-    train_feed: DeviceFeed  # the loaders' batches on the device, copied ahead
-    val_feed: DeviceFeed
-    writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
+    step: TrainStep  # over ``model`` (in DDP's wrapper when distributed), its loss, optimizer, schedule, scaler
+    data: TrainData  # the training set, its loader and feed; ``data.start_epoch(epoch)`` seeds an epoch
+    val_feed: DeviceFeed  # the validation batches on the device
     meter: ConfusionMeter
     monitor: str
     stopper: EarlyStopping
+    writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
 
 
 def build(
@@ -130,13 +142,14 @@ def build(
     # -- data: each rank its shard of the training set, validation split likewise
     train_set, val_set = datasets(view, manifest)
     generator = loader_generator(cfg["seed"])
-    sampler = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
-    train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=sampler)
+    shard = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
+    train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=shard)
     val_loader = make_loader(val_set, cfg, device, shuffle=False, sampler=dist.eval_sampler(val_set, ctx))
+    data = TrainData(train_set, train_loader, DeviceFeed(train_loader, device), generator, shard, cfg["seed"], ctx)
 
     # -- model, loss, optimizer, schedule
-    net = plan.prepare_model(model)  # ``model`` stays the plain module for state dicts
-    ddp_net = dist.wrap_model(net, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # ``net`` when single
+    model = plan.prepare_model(model)  # in place: the same module, on the device
+    trained = dist.wrap_model(model, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # in DDP's wrapper, or model
     loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"])
     optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
     lr_factor = ctx.world_size if cfg["scale_lr"] else 1
@@ -150,37 +163,32 @@ def build(
         steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
         monitor=monitor,
     )
-    train_step = make_train_step(
-        ddp_net, loss_fn, optimizer, plan, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
+    step = TrainStep(
+        trained, loss_fn, optimizer, plan, schedule, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
     )
     return Trainer(
         cfg=cfg,
         ctx=ctx,
-        plan=plan,
         model=model,
         info=info,
-        net=net,
-        ddp_net=ddp_net,
-        train_step=train_step,
-        train_set=train_set,
-        sampler=sampler,
-        generator=generator,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_feed=DeviceFeed(train_loader, device),
+        step=step,
+        data=data,
         val_feed=DeviceFeed(val_loader, device),
-        writer=checkpoint.BackgroundWriter(),
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        schedule=schedule,
         meter=make_meter(task, manifest.num_classes, class_names=manifest.class_names),
         monitor=monitor,
         stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]),
+        writer=checkpoint.BackgroundWriter(),
     )
 
 
 def fit(
-    t: Trainer, run: Any, *, root: Path, fingerprint: str, state: dict[str, Any] | None = None, trial: Any = None
+    t: Trainer,
+    run: Run,
+    *,
+    root: Path,
+    fingerprint: str,
+    state: dict[str, Any] | None = None,
+    trial: TrialReporter | None = None,
 ) -> list[dict[str, float]]:
     """The epoch loop, from the start or from the checkpoint ``state``; returns the whole history.
 
@@ -192,9 +200,9 @@ def fit(
     # -- resume: everything that carries over between epochs, as the checkpoint left it
     if state is not None:
         t.model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.schedule.load_state_dict(state["scheduler"])
-        t.plan.scaler.load_state_dict(state["scaler"])
+        t.step.optimizer.load_state_dict(state["optimizer"])
+        t.step.schedule.load_state_dict(state["scheduler"])
+        t.step.precision.scaler.load_state_dict(state["scaler"])
         t.stopper.load_state_dict(state["early_stopping"])
         history, start = state["history"], state["epoch"] + 1
         if t.ctx.is_main:
@@ -211,26 +219,26 @@ def fit(
 
 def _epochs(
     t: Trainer,
-    epochs: Any,
-    run: Any,
+    epochs: tqdm[int],
+    run: Run,
     *,
     root: Path,
     fingerprint: str,
     history: list[dict[str, float]],
-    trial: Any = None,
+    trial: TrialReporter | None = None,
 ) -> None:
     """The epochs of :func:`fit`, appending to ``history``."""
     for epoch in epochs:
         trained = train_epoch(t, epoch)
         row = {"epoch": epoch + 1, "train_loss": trained.pop("train_loss"), **validate(t)}
-        row["lr"] = t.schedule.last_lr()[0]
+        row["lr"] = t.step.schedule.last_lr()[0]
         row |= trained  # images_per_s, data_wait (and skipped_steps with fp16)
         if t.monitor not in row:
             raise PipelineError(
                 f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
                 f"available: {', '.join(k for k in row if k.startswith('val_'))}"
             )
-        t.schedule.step_epoch(row)
+        t.step.schedule.step_epoch(row)
         history.append(row)
         if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
             save_model(root / outputs.TRAIN_BEST, t.model, t.info)
@@ -246,9 +254,9 @@ def _epochs(
                     "fingerprint": fingerprint,
                     "epoch": epoch,
                     "model": t.model.state_dict(),
-                    "optimizer": t.optimizer.state_dict(),
-                    "scheduler": t.schedule.state_dict(),
-                    "scaler": t.plan.scaler.state_dict(),
+                    "optimizer": t.step.optimizer.state_dict(),
+                    "scheduler": t.step.schedule.state_dict(),
+                    "scaler": t.step.precision.scaler.state_dict(),
                     "early_stopping": t.stopper.state_dict(),
                     "history": history,
                     "run_id": run.run_id,
@@ -257,7 +265,7 @@ def _epochs(
             )
         epochs.set_postfix({t.monitor: f"{row[t.monitor]:.4f}"})
         if t.stopper.should_stop:
-            if t.ctx.is_main and t.stopper.pruned:
+            if t.ctx.is_main and t.stopper.pruned and trial is not None:
                 print(
                     f"train: pruned after epoch {epoch + 1} by the search (trial {trial.number}): "
                     f"{t.monitor} {row[t.monitor]:.4f}"
@@ -270,7 +278,7 @@ def _epochs(
             break
 
 
-def progress(iterable: Any, ctx: dist.Context, **kwargs: Any) -> tqdm:
+def progress(iterable: Iterable[T] | None, ctx: dist.Context, **kwargs: Any) -> tqdm[T]:
     """A progress bar on stdout: rank 0 only, and quiet when stdout is not a terminal (logs, DVC)."""
     return tqdm(iterable, disable=None if ctx.is_main else True, file=sys.stdout, dynamic_ncols=True, **kwargs)
 
@@ -291,56 +299,45 @@ def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
     """One pass over the training data: the mean step loss over every rank (``train_loss``), images per
     second, the share of the epoch spent waiting for data (``data_wait``) and, with fp16, the optimizer
     steps skipped for overflowing gradients so far."""
-    # Ranks add their rank to the epoch's seed, so their augmentations (and dropout) differ; rank 0
-    # alone is exactly a single-process run.
-    seed = epoch_seed(t.cfg["seed"], epoch) + t.ctx.rank
-    seed_everything(seed)
-    t.generator.manual_seed(seed)
-    if t.sampler is not None:
-        t.sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
-        dist.write_debug_samples(t.sampler, t.ctx, epoch)
-    t.train_set.set_epoch(epoch)
-    t.train_loader.sampler.set_epoch(epoch, seed)  # the workers seed each sample from (seed, index)
-    t.ddp_net.train()
-    device, accumulate = t.plan.device, t.cfg["accumulate"]
-    checks = readback_steps(len(t.train_loader), t.cfg["log_every_steps"])
+    t.data.start_epoch(epoch)
+    t.step.model.train()
+    device, accumulate, batches = t.step.precision.device, t.step.accumulate, len(t.data.loader)
+    checks = readback_steps(batches, t.cfg["log_every_steps"])
     running = torch.zeros((), device=device)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     seen, started = 0, time.perf_counter()
     # The bar is advanced by hand: a bar wrapping the loader redraws its postfix with a stale count.
-    with progress(None, t.ctx, total=len(t.train_loader), desc=f"epoch {epoch + 1}", leave=False) as bar:
-        for step, (images, targets) in enumerate(t.train_feed):
-            last = step + 1 == len(t.train_loader)
-            images, targets = augment_batch(t.train_set, images, targets, device)  # augment.device
-            loss, stepped = t.train_step(images, targets, apply=(step + 1) % accumulate == 0 or last)
-            if stepped:
-                t.schedule.step_batch()
+    with progress(None, t.ctx, total=batches, desc=f"epoch {epoch + 1}", leave=False) as bar:
+        for i, (images, targets) in enumerate(t.data.feed):
+            images, targets = augment_batch(t.data.dataset, images, targets, device)  # augment.device
+            x, y = to_device(images, targets, device, channels_last=t.step.precision.channels_last)
+            loss = t.step(x, y, apply=(i + 1) % accumulate == 0 or i + 1 == batches)
             # The first non-finite step is recorded on the device and read back at the checks only.
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
             running += loss
             seen += images.shape[0]
             bar.update()
-            if step + 1 in checks:
-                _raise_if_nonfinite(bad_step, epoch, t.plan.name, t.ctx)
-                bar.set_postfix(loss=f"{running.item() / (step + 1):.4f}")
+            if i + 1 in checks:
+                _raise_if_nonfinite(bad_step, epoch, t.step.precision.name, t.ctx)
+                bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}")
     elapsed = time.perf_counter() - started
     totals = dist.all_reduce_sum(torch.stack([running.double(), torch.tensor(seen, device=device).double()]), t.ctx)
     result = {
-        "train_loss": totals[0].item() / (len(t.train_loader) * t.ctx.world_size),
+        "train_loss": totals[0].item() / (batches * t.ctx.world_size),
         "images_per_s": totals[1].item() / elapsed if elapsed > 0 else 0.0,
-        "data_wait": t.train_feed.wait_s / elapsed if elapsed > 0 else 0.0,
+        "data_wait": t.data.feed.wait_s / elapsed if elapsed > 0 else 0.0,
     }
-    if t.plan.scaler.is_enabled():
-        result["skipped_steps"] = float(t.plan.skipped_steps.item())
+    if t.step.precision.scaler.is_enabled():
+        result["skipped_steps"] = float(t.step.skipped.item())
     return result
 
 
 def validate(t: Trainer) -> dict[str, float]:
     """Validation loss and metrics; under DDP each rank scores its shard and the confusion matrix, loss
     sum and count are all-reduced, so every rank gets the numbers of the whole split."""
-    t.net.eval()
+    t.model.eval()
     batches = progress(t.val_feed, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
-    shard = score(t.net, batches, t.loss_fn, t.meter, t.plan)
+    shard = score(t.model, batches, t.step.loss_fn, t.meter, t.step.precision)
     whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.count, t.ctx))
     metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
     metrics["val_loss"] = whole.mean()

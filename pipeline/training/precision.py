@@ -3,8 +3,7 @@
 fp32, fp16 (autocast + GradScaler, CUDA only) or bf16 (autocast, no scaler; works on CPU too);
 ``auto`` is bf16 on GPUs that support it natively and fp32 everywhere else (older GPUs: ask for fp16).
 The autocast context is built once (nanoGPT style); the scaler exists always but is enabled only for
-fp16, so the loop has one code path. :meth:`PrecisionPlan.backward_and_step` does backward, unscale,
-clip, step and zero_grad in the right order, so accumulation and clipping are right by construction.
+fp16, so the training step (:class:`pipeline.training.loop.TrainStep`) has one code path.
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ class PrecisionPlan:
     channels_last: bool
     compile: bool
     scaler: torch.amp.GradScaler
-    _autocast: Any = field(repr=False, default=None)
-    _skipped: torch.Tensor | None = field(repr=False, default=None)
+    _autocast: contextlib.AbstractContextManager[Any] = field(repr=False, default_factory=contextlib.nullcontext)
 
     @property
     def name(self) -> str:
@@ -63,60 +61,15 @@ class PrecisionPlan:
         return self._autocast
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move to the device, channels_last when on, torch.compile when asked. Keep a reference to
-        the model you passed in for state dicts (a compiled module prefixes keys with ``_orig_mod.``)."""
-        model = model.to(self.device)
+        """Move to the device, channels_last when on, torch.compile when asked: all in place
+        (``Module.compile``), so ``model`` is what is trained, validated and saved, its state dict's
+        keys unchanged. Returns ``model``."""
+        model.to(self.device)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)
         if self.compile:
-            model = torch.compile(model)
+            model.compile()
         return model
-
-    def backward_and_step(
-        self,
-        loss: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        *,
-        model: nn.Module,
-        grad_clip: float | None,
-        step: bool,
-    ) -> bool:
-        """Backward (scaled for fp16); when ``step``: unscale, clip to ``grad_clip``, step, update
-        the scaler, zero the gradients. Returns ``step``: whether this batch ended an optimizer step
-        (the schedule advances on it). With accumulation pass ``loss / accumulate`` and ``step`` true
-        on every ``accumulate``-th batch.
-
-        fp16 steps whose gradients overflowed are skipped by the scaler; they are counted on the device
-        (:attr:`skipped_steps`) rather than asked about on the host, which would cost a host sync per
-        step (with a fused optimizer the scaler's own overflow check stays on the device too)."""
-        self.scaler.scale(loss).backward()
-        if not step:
-            return False
-        if grad_clip is not None:
-            self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        if self.scaler.is_enabled():
-            scale_before = self.scaler._get_scale_async().clone()  # a device tensor: no sync
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
-            self.skipped_steps += (self.scaler._get_scale_async() < scale_before).long()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return True
-
-    @property
-    def skipped_steps(self) -> torch.Tensor:
-        """fp16 optimizer steps skipped for overflowing gradients so far (a device tensor; 0 otherwise)."""
-        if self._skipped is None:
-            self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
-        return self._skipped
-
-    @skipped_steps.setter
-    def skipped_steps(self, value: torch.Tensor) -> None:
-        self._skipped = value
 
 
 def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:

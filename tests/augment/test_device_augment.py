@@ -351,7 +351,8 @@ def test_device_augment_is_seeded_per_epoch_and_batch_and_pickles():
 def test_tiny_training_runs_with_augmentation_on_either_side(tmp_path, shapes_dataset, monkeypatch, setting, where):
     from pipeline.config.params import load_params
     from pipeline.data.manifest import load_manifest
-    from pipeline.training import inputs, loop
+    from pipeline.seeding import epoch_seed
+    from pipeline.training import inputs
     from stages import train as train_stage
 
     params = train_workspace(tmp_path, shapes_dataset, **{"train.epochs": 2, "augment.device": setting})
@@ -370,7 +371,7 @@ def test_tiny_training_runs_with_augmentation_on_either_side(tmp_path, shapes_da
     if where == "device":  # every training batch, validation untouched; each epoch seeded from (train.seed,
         # epoch) alone, as the loop seeds everything else: a run resumed at an epoch draws what it drew
         assert len(calls) == 2 * (len(manifest.splits["train"]) // view["train"]["batch_size"])
-        assert list(dict.fromkeys(calls)) == [loop.epoch_seed(view["train"]["seed"], e) for e in (0, 1)]
+        assert list(dict.fromkeys(calls)) == [epoch_seed(view["train"]["seed"], e) for e in (0, 1)]
     else:
         assert calls == []
 
