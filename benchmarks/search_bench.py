@@ -61,8 +61,8 @@ from pipeline.search import study as studies  # noqa: E402
 from pipeline.search.space import suggest  # noqa: E402
 from pipeline.search.trial import ENV  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
-from stages import model as model_stage
-from stages import split as split_stage
+from stages import model as model_stage  # noqa: E402
+from stages import split as split_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
 
 CONFIG = REPO / "configs" / "classification.yaml"

@@ -47,27 +47,24 @@ sys.path.insert(0, str(REPO))
 from benchmarks import host_cost  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
 from pipeline.augment.cache import OfflineCacheDataset  # noqa: E402
-from pipeline.augment.transform import build_transform
+from pipeline.augment.transform import build_transform  # noqa: E402
 from pipeline.config.errors import PipelineError  # noqa: E402
 from pipeline.config.params import load_params  # noqa: E402
 from pipeline.data.dataset import ManifestDataset  # noqa: E402
-from pipeline.data.manifest import load_manifest
-from pipeline.models.file import load_model
+from pipeline.data.manifest import load_manifest  # noqa: E402
+from pipeline.models.file import load_model  # noqa: E402
 from pipeline.models.input_contract import resolve_device  # noqa: E402
 from pipeline.seeding import loader_generator, worker_init_fn  # noqa: E402
 from pipeline.training.batches import to_device  # noqa: E402
 from pipeline.training.loop import TrainStep  # noqa: E402
 from pipeline.training.losses import build_loss  # noqa: E402
-from pipeline.training.optimizer import (
-    build_optimizer,
-    parameter_groups,
-)
+from pipeline.training.optimizer import build_optimizer, parameter_groups  # noqa: E402
 from pipeline.training.precision import resolve_precision  # noqa: E402
 from pipeline.training.scheduler import build_scheduler  # noqa: E402
 from stages import augment as augment_stage  # noqa: E402
 from stages import decode as decode_stage  # noqa: E402
-from stages import model as model_stage
-from stages import split as split_stage
+from stages import model as model_stage  # noqa: E402
+from stages import split as split_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
 
 SMOKE = {

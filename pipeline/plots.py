@@ -49,7 +49,7 @@ def _font(size: int = 12) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _text_width(text: str) -> int:
     left, _, right, _ = _font().getbbox(text)
-    return int(math.ceil(right - left))
+    return math.ceil(right - left)
 
 
 def _fit(text: str, width: int) -> str:
@@ -120,7 +120,7 @@ def draw_confusion(
     for i in range(k):
         for j in range(k):
             x, y = left + j * cell, top + i * cell
-            shade = int(round(255 - 200 * share[i, j]))
+            shade = round(255 - 200 * share[i, j])
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=WHITE)
             if cell >= 28:
                 text = _short(int(counts[i, j]))
@@ -264,10 +264,10 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
         x1, y0, y1 = (p + 1) * panel_w - PAD, top, height - CAPTION - 2 * PAD
         span = max(len(rows) - 1, 1)
 
-        def at(i: int, value: float) -> tuple[float, float]:
+        def at(i: int, value: float) -> tuple[float, float]:  # called only within this panel's iteration
             return (
-                x0 + INSET + (x1 - x0 - 2 * INSET) * i / span,
-                y1 - INSET - (y1 - y0 - 2 * INSET) * (value - low) / (high - low),
+                x0 + INSET + (x1 - x0 - 2 * INSET) * i / span,  # noqa: B023
+                y1 - INSET - (y1 - y0 - 2 * INSET) * (value - low) / (high - low),  # noqa: B023
             )
 
         for tick, label in zip(ticks, labels):

@@ -219,7 +219,7 @@ def running_mlflow_server(root: Path, backend: str) -> Iterator[MlflowServer]:
     artifacts, log = root / "mlartifacts", root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers (CPU, slow stop)
-    for attempt in range(3):  # another process may take the free port before the server binds it
+    for _attempt in range(3):  # another process may take the free port before the server binds it
         port = _free_port()
         uri = f"http://127.0.0.1:{port}"
         with open(log, "ab") as log_file:
@@ -344,7 +344,7 @@ def postgres() -> Iterator[Postgres]:
         )
         if init.returncode != 0:
             pytest.skip(f"initdb ({bin_dir}) failed: {(init.stderr or init.stdout).strip()[-500:]}")
-        for attempt in range(3):  # another process may take the free port before the server binds it
+        for _attempt in range(3):  # another process may take the free port before the server binds it
             port = _free_port()
             options = f"-h 127.0.0.1 -p {port} -k {root} -F -c full_page_writes=off"
             started = subprocess.run(

@@ -31,9 +31,9 @@ def test_validate_reports_every_problem_and_exits_2(tmp_path):
     result = run_cli("validate", str(bad))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith(str(bad) + ":")]
-    assert any(": data.tsk: unknown key (did you mean 'task'?)" in l for l in lines), result.stderr
-    assert any(": train.epochs: -3 is less than the minimum of 1" in l for l in lines), result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(str(bad) + ":")]
+    assert any(": data.tsk: unknown key (did you mean 'task'?)" in line for line in lines), result.stderr
+    assert any(": train.epochs: -3 is less than the minimum of 1" in line for line in lines), result.stderr
 
 
 def test_validate_bad_inputs_have_no_traceback(tmp_path):

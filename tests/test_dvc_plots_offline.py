@@ -140,7 +140,9 @@ class Charts(HTMLParser):
     """Every vega chart in a rendered DOM (an ``svg.marks`` under a ``div`` with an id), what it drew,
     the attributes that load or link something, and the "vega did not load" notes."""
 
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+    VOID = frozenset(
+        {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+    )
 
     def __init__(self, dom: str):
         super().__init__()

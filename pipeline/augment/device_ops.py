@@ -151,7 +151,7 @@ def apply_ops(
     """``images`` [N,C,H,W] (uint8 or float, 0-255) and ``masks`` [N,H,W] (class indices) through
     ``ops``, in order: float32 images (0-255) and masks of their own dtype, on their device."""
     x = images.float()
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     for op, params in zip(ops, _plan(ops, (h, w), c, masks is not None, x.device)):
         if isinstance(op, Warp):
             image_sampling, mask_sampling, cval = params

@@ -58,7 +58,7 @@ class Predictor:
         )
         if info.eval_augment:
             try:
-                predictor._transform
+                _ = predictor._transform  # built now, so a bad recipe fails at load
             except PipelineError as exc:
                 raise PipelineError(f"{path}: invalid recipe: eval_augment: {exc}") from None
         return predictor

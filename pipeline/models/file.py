@@ -151,7 +151,7 @@ def _check_tensors(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as fh:
-        stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+        stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}  # noqa: SIM118 (not iterable)
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     wrong = [
         f"{name} is {list(stored[name])}, the architecture's {list(shape)}"

@@ -62,7 +62,7 @@ def grid(space: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
         step = dim.get("step") or (1 if dim["type"] == "int" else None)
         if step is None:
             raise ValueError(key)
-        count = int(round((dim["high"] - dim["low"]) / step)) + 1
+        count = round((dim["high"] - dim["low"]) / step) + 1
         cast = int if dim["type"] == "int" else float
         values[key] = [cast(dim["low"] + i * step) for i in range(count)]
     return values

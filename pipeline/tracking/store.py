@@ -92,12 +92,11 @@ def uri_problem(uri: str) -> str | None:
             f"unsupported tracking URI scheme {scheme!r}{did_you_mean(scheme, SCHEMES)} "
             f"(supported: {', '.join(SCHEMES)}, e.g. sqlite:///mlflow.db or http://host:5000)"
         )
-    if scheme == "sqlite":
-        if parts.netloc or sqlite_path(uri) is None:
-            return (
-                f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
-                "or sqlite:////absolute/path/mlflow.db"
-            )
+    if scheme == "sqlite" and (parts.netloc or sqlite_path(uri) is None):
+        return (
+            f"{uri!r} names no database file; write sqlite:///mlflow.db (relative to params.yaml) "
+            "or sqlite:////absolute/path/mlflow.db"
+        )
     if scheme in ("http", "https") and not parts.netloc:
         return f"{uri!r} names no host (e.g. http://127.0.0.1:5000)"
     module = _DRIVER_MODULES.get(driver, driver) if driver else SCHEMES[scheme]

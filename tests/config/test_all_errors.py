@@ -53,7 +53,7 @@ def test_thirteen_independent_errors_are_all_reported_at_their_keys(tmp_path):
     found = _problems(path)
     assert len(found) == len(ERRORS) == len({p.key for p in found}), [p.format("") for p in found]
     by_key = {p.key: p for p in found}
-    for old, new, key, value, words in ERRORS:
+    for _old, new, key, value, words in ERRORS:
         problem = by_key[key]
         line = next(n for n, t in enumerate(text.splitlines(), 1) if new in t)
         column = text.splitlines()[line - 1].index(value, text.splitlines()[line - 1].index(": ")) + 1

@@ -65,7 +65,7 @@ def test_each_kind_of_error_located(tmp_path):
     }
     assert len(lines) == len(expected), lines
     for key, (line, col, hint) in expected.items():
-        matching = [l for l in lines if l.startswith(f"{name}:{line}:{col}: {key}: ")]
+        matching = [entry for entry in lines if entry.startswith(f"{name}:{line}:{col}: {key}: ")]
         assert matching and hint in matching[0], (key, lines)
 
 
@@ -77,18 +77,18 @@ def test_duplicate_keys_and_schema_errors_together(tmp_path):
             replace={"  epochs: ": "  epochs: 3\n  epochs: ", "  workers: auto": "  workers: -1"},
         )
     )
-    assert any("train.epochs: duplicate key" in l for l in lines)
-    assert any("train.workers" in l and "minimum" in l for l in lines)
+    assert any("train.epochs: duplicate key" in line for line in lines)
+    assert any("train.workers" in line and "minimum" in line for line in lines)
 
 
 def test_missing_section_named(tmp_path):
     lines = _problems(write_params(tmp_path / "params.yaml", link=True, drop=["tracking"]))
-    assert any(re.search(r":1:1: tracking: missing", l) for l in lines), lines
+    assert any(re.search(r":1:1: tracking: missing", line) for line in lines), lines
 
 
 def test_unknown_top_level_section(tmp_path):
     lines = _problems(write_params(tmp_path / "params.yaml", link=True, evalute={}))
-    assert any("evalute: unknown key (did you mean 'evaluate'?)" in l for l in lines)
+    assert any("evalute: unknown key (did you mean 'evaluate'?)" in line for line in lines)
 
 
 def test_view_refuses_undeclared_keys(tmp_path):
@@ -96,7 +96,7 @@ def test_view_refuses_undeclared_keys(tmp_path):
     view = params.view(["data.task", "loss"], stage="demo")
     assert view["data.task"] == "segmentation"
     assert view["loss.name"] == params.get("loss.name")
-    with pytest.raises(KeyError, match="demo reads 'data.root' but does not declare it"):
+    with pytest.raises(KeyError, match=r"demo reads 'data\.root' but does not declare it"):
         view["data.root"]
     with pytest.raises(KeyError):
         view["data"]  # the whole section would be more than declared

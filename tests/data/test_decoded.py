@@ -164,7 +164,7 @@ def test_open_split_uses_the_cache_only_when_there_is_one(tmp_path, capsys):
     assert type(missing) is ManifestDataset and "dvc repro decode" in capsys.readouterr().err
     decoded.write_disabled(cache)
     assert type(open_split(cache, manifest, "train", root=data, image_size=SIZE)) is ManifestDataset
-    with pytest.raises(PipelineError, match="data.cache was none"):
+    with pytest.raises(PipelineError, match=r"data\.cache was none"):
         DecodedDataset(cache, manifest, "train", root=data, image_size=SIZE)
     write_decoded(cache, manifest, root=data, image_size=SIZE)
     assert type(open_split(cache, manifest, "train", root=data, image_size=SIZE)) is DecodedDataset
@@ -188,6 +188,6 @@ def test_a_disk_too_small_is_refused_before_writing(tmp_path, monkeypatch):
     data = tmp_path / "data"
     manifest = manifest_of(data)
     monkeypatch.setattr(decoded.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))  # a full disk
-    with pytest.raises(PipelineError, match="needs 15.4 KB but only 1.0 KB are free.*data.cache: none"):
+    with pytest.raises(PipelineError, match=r"needs 15\.4 KB but only 1\.0 KB are free.*data\.cache: none"):
         write_decoded(tmp_path / "decode", manifest, root=data, image_size=SIZE)
     assert not (tmp_path / "decode").exists()

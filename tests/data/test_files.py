@@ -37,7 +37,7 @@ def test_colour_masks_and_out_of_range_values_are_refused():
     colour[0, 0] = (255, 0, 0)
     with pytest.raises(PipelineError, match=r"m\.png: a colour mask"):
         mask_array(Image.fromarray(colour), "m.png")
-    with pytest.raises(PipelineError, match="class indices 0..255"):
+    with pytest.raises(PipelineError, match=r"class indices 0\.\.255"):
         mask_array(Image.fromarray(np.array([[0, 300]], np.int32)), "m.png")
 
 
@@ -57,7 +57,7 @@ def test_validate_reports_a_missing_data_root_by_key(tmp_path):
         load_params(path)
     problems = {p.key: p.message for p in info.value.problems}
     assert "does not exist" in problems["data.root"] and "no/such/folder" in problems["data.root"]
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "no/such/folder" in l)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "no/such/folder" in t)
     assert next(p.line for p in info.value.problems if p.key == "data.root") == line
 
 

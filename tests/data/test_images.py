@@ -101,7 +101,7 @@ def test_a_float_image_no_range_holds_is_refused_naming_the_file(tmp_path, value
     array = np.full((6, 8), 0.5, np.float32)
     array[2, 3] = values
     Image.fromarray(array).save(tmp_path / "odd.tif")
-    with pytest.raises(PipelineError, match="odd.tif: ") as error:
+    with pytest.raises(PipelineError, match=r"odd\.tif: ") as error:
         _read(tmp_path / "odd.tif")
     assert why in str(error.value)
 

@@ -180,7 +180,7 @@ def test_tensors_of_the_wrong_shape_are_refused_before_they_are_loaded(model_fil
 
 
 def test_the_recipe_round_trips_through_the_check(model_file):
-    model, info = load_model(model_file)
+    _model, info = load_model(model_file)
     assert isinstance(info, ModelInfo) and info.num_outputs == 1 and info.image_hw == (32, 32)
 
 

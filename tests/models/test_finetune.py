@@ -137,5 +137,5 @@ def test_freeze_backbone_freezes_only_what_the_weights_gave(tmp_path):
 
 
 def test_freeze_backbone_without_starting_weights_is_refused():
-    with pytest.raises(PipelineError, match="model.freeze: backbone freezes what the starting weights give"):
+    with pytest.raises(PipelineError, match=r"model\.freeze: backbone freezes what the starting weights give"):
         initial_model(arch("timm", "resnet10t"), pretrained=False, freeze="backbone", seed=0, root=REPO)

@@ -23,6 +23,6 @@ def test_normalisation_matches_the_formula(channels_last):
 def test_absent_cuda_is_named_by_key():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
-    with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA device"):
+    with pytest.raises(PipelineError, match=r"train\.device is 'cuda' but no CUDA device"):
         resolve_device("cuda", key="train.device")
     assert resolve_device("auto", key="train.device").type == "cpu"

@@ -42,7 +42,7 @@ def test_local_weights_round_trip_pt_and_safetensors(tmp_path):
 def test_a_head_of_another_shape_is_dropped_and_reported(tmp_path):
     source = build(arch("timm", "resnet10t", outputs=10))[0]
     torch.save(source.state_dict(), tmp_path / "ten.pt")
-    model, info, report = build(arch("timm", "resnet10t", outputs=3), pretrained=str(tmp_path / "ten.pt"))
+    model, _info, report = build(arch("timm", "resnet10t", outputs=3), pretrained=str(tmp_path / "ten.pt"))
     assert report.dropped == [
         "fc.weight: [10, 512] in the file, [3, 512] in the model",
         "fc.bias: [10] in the file, [3] in the model",
@@ -62,7 +62,7 @@ def test_a_unet_encoder_starts_from_a_classification_backbone(tmp_path):
         in_chans=1,
         unet={"base_channels": 4, "depth": 3, "upsampling": "bilinear"},
     )
-    model, info, report = build(config, pretrained="resnet10t.pth", freeze=["encoder.*"], root=tmp_path)
+    model, _info, report = build(config, pretrained="resnet10t.pth", freeze=["encoder.*"], root=tmp_path)
     # depth 3 uses the backbone down to layer2: the deeper stages and the classifier are dropped
     assert {k.split(".")[0] for k in report.dropped} == {"layer3", "layer4", "fc"}
     assert report.adapted == ["conv1.0: 3 -> 1 input channels"]
@@ -96,7 +96,7 @@ def test_weight_file_errors_are_clear(tmp_path):
     with pytest.raises(PipelineError, match=r"refused: it holds pickled Python objects \(pathlib.PosixPath\)"):
         build(config, pretrained="evil.pt", root=tmp_path)
     torch.save(build(arch("timm", "mobilenetv3_small_050"))[0].state_dict(), tmp_path / "other.pt")
-    with pytest.raises(PipelineError, match="no tensor of .* matches|does not fit"):
+    with pytest.raises(PipelineError, match=r"no tensor of .* matches|does not fit"):
         build(config, pretrained="other.pt", root=tmp_path)
     torch.save(build(arch("timm", "resnet14t"))[0].state_dict(), tmp_path / "resnet14t.pt")
     with pytest.raises(PipelineError, match="does not fit this model; shapes differ"):
@@ -154,7 +154,7 @@ def test_torchvision_weights_come_from_a_warm_cache_without_network(no_network):
     cached = no_network / "torch" / "hub" / "checkpoints" / Path(url).name
     cached.parent.mkdir(parents=True)
     torch.save(library.state_dict(), cached)
-    model, info, report = build(arch("torchvision", "squeezenet1_0", outputs=4), pretrained=True)
+    model, _info, report = build(arch("torchvision", "squeezenet1_0", outputs=4), pretrained=True)
     assert report.source == "torchvision" and report.path == str(cached)
     assert [d.split(":")[0] for d in report.dropped] == ["classifier.1.weight", "classifier.1.bias"]
     assert torch.equal(model.features[0].weight, library.features[0].weight)
@@ -167,7 +167,7 @@ def test_timm_weights_come_from_a_warm_hub_cache_without_network(no_network):
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0123abc")
     save_file({k: v.contiguous() for k, v in library.state_dict().items()}, str(snapshot / "model.safetensors"))
-    model, info, report = build(arch("timm", "resnet10t", outputs=2, in_chans=1), pretrained=True)
+    model, _info, report = build(arch("timm", "resnet10t", outputs=2, in_chans=1), pretrained=True)
     assert report.source == "timm" and sorted(report.dropped) == ["fc.bias", "fc.weight"]
     assert report.adapted == ["conv1.0: 3 -> 1 input channels"] and sorted(report.missing) == ["fc.bias", "fc.weight"]
     assert torch.equal(model.layer3[0].conv1.weight, library.layer3[0].conv1.weight)

@@ -18,7 +18,7 @@ def test_decode_stage_writes_the_cache_of_train_and_val(tmp_path, capsys):
     params = make_workspace(tmp_path, stages=("split",), **{"data.image_size": [16, 24]})
     assert decode.main(["--params", str(params)]) == 0
     out = capsys.readouterr().out
-    assert "decode: train 14 + val 3 images at 16x24 -> outputs/decode, 26.1 KB on disk"  # 17 x 16*24*(3+1) in out
+    assert "decode: train 14 + val 3 images at 16x24 -> outputs/decode, 26.1 KB on disk" in out  # 17 x 16*24*(3+1)
     cache = tmp_path / "outputs/decode"
     index = json.loads((cache / "index.json").read_text())
     manifest = load_manifest(tmp_path / "outputs/split/manifest.json")

@@ -52,6 +52,6 @@ def test_validate_reports_fractions_by_key(tmp_path):
         load_params(params)
     [problem] = [p for p in info.value.problems if p.key == "split.fractions"]
     assert "must sum to 1" in problem.message and "= 1.1" in problem.message
-    assert problem.line == next(i for i, l in enumerate(params.read_text().splitlines(), 1) if "fractions" in l)
+    assert problem.line == next(i for i, t in enumerate(params.read_text().splitlines(), 1) if "fractions" in t)
     assert main(["--params", str(params)]) == 2
     assert not (tmp_path / "outputs").exists()

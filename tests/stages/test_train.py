@@ -68,7 +68,7 @@ def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     assert metrics == {"best_val_dice": max(r["val_dice"] for r in rows)}  # the score; the record apart
     assert summary["epochs_run"] == 4 and summary["last_epoch"] == rows[-1]
     assert rows[summary["best_epoch"] - 1]["val_dice"] == metrics["best_val_dice"]
-    model, info = load_model(out / "best.safetensors")
+    _model, info = load_model(out / "best.safetensors")
     assert info.num_outputs == 1
     assert yaml.safe_load((out / "run.json").read_text()) == {"run_id": None, "tracking_uri": None}
 

@@ -75,7 +75,7 @@ def _env(uri: str) -> dict[str, str]:
 def test_the_run_has_a_registered_mlflow_model(trained):
     from mlflow import MlflowClient
 
-    root, uri, run_id = trained
+    _root, uri, run_id = trained
     client = MlflowClient(tracking_uri=uri)
     versions = client.search_model_versions(f"name='{REGISTERED}'")
     assert [v.run_id for v in versions] == [run_id]
@@ -116,7 +116,7 @@ def _free_port() -> int:
 def test_the_model_server_answers(trained, tmp_path):
     root, uri, run_id = trained
     port = _free_port()
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed in the finally below, after the server)
     server = subprocess.Popen(
         [
             sys.executable,

@@ -79,7 +79,7 @@ def test_metric_history_has_every_step_and_artifacts_are_stored(store, tmp_path)
         run.log_artifact(tmp_path / "params.json")
         run.log_artifact(tmp_path / "preview.png", name="augment_preview.png")  # at the root, renamed
         run.log_artifact(tmp_path / "plots", "plots")
-        with pytest.raises(PipelineError, match="missing.png does not exist"):
+        with pytest.raises(PipelineError, match=r"missing\.png does not exist"):
             run.log_artifact(tmp_path / "missing.png")
     client = MlflowClient(run.uri)
     history = client.get_metric_history(run.run_id, "train_loss")

@@ -38,7 +38,7 @@ def test_relative_sqlite_resolves_against_the_repo_root_others_unchanged(tmp_pat
 
 @pytest.mark.parametrize("uri", ["./mlruns", "mlruns", "file:///tmp/mlruns"])
 def test_file_store_is_refused_unless_opted_in(uri, tmp_path, monkeypatch):
-    with pytest.raises(PipelineError, match="file store .* use sqlite:///mlflow.db"):
+    with pytest.raises(PipelineError, match=r"file store .* use sqlite:///mlflow\.db"):
         tracking_store.resolve_tracking_uri(uri, tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert tracking_store.resolve_tracking_uri(uri, tmp_path).startswith("file:///")

@@ -25,21 +25,21 @@ def test_check_devices_against_the_launch():
 def test_samplers_split_without_overlap():
     ctxs = [distributed.Context(rank=r, local_rank=r, world_size=3) for r in range(3)]
     shards = [list(distributed.eval_sampler(range(10), c)) for c in ctxs]
-    assert sorted(sum(shards, [])) == list(range(10))  # every validation sample exactly once
+    assert sorted(i for shard in shards for i in shard) == list(range(10))  # every validation sample exactly once
     samplers = [distributed.train_sampler(range(10), c, seed=1) for c in ctxs]
     for epoch in (0, 1):
         parts = []
         for s in samplers:
             s.set_epoch(epoch)
             parts.append(list(s))
-        flat = sum(parts, [])
+        flat = [i for part in parts for i in part]
         assert len(flat) == 9 and len(set(flat)) == 9
     assert distributed.train_sampler(range(10), distributed.SINGLE, seed=1) is None
 
 
 def test_sync_batchnorm_on_cpu_is_refused():
     ctx = distributed.Context(rank=0, local_rank=0, world_size=2)
-    with pytest.raises(PipelineError, match="train.sync_batchnorm needs CUDA"):
+    with pytest.raises(PipelineError, match=r"train\.sync_batchnorm needs CUDA"):
         distributed.wrap_model(torch.nn.BatchNorm2d(2), ctx, torch.device("cpu"), sync_batchnorm=True)
 
 
@@ -47,5 +47,5 @@ def test_new_train_keys_are_validated(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["train"]["devices"] == "auto"
     path = write_params(tmp_path / "params.yaml", **{"train.devices": 0})
-    with pytest.raises(ConfigError, match="train.devices"):
+    with pytest.raises(ConfigError, match=r"train\.devices"):
         load_params(path, semantic=False)

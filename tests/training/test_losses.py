@@ -318,7 +318,7 @@ def test_weighted_losses_build_their_constants_once_per_device_and_dtype(monkeyp
     for loss, logits, target in cases:
         first = loss(logits, target)
         built = []
-        monkeypatch.setattr(torch.Tensor, "new_tensor", lambda self, *a, **k: built.append(a) or torch.tensor(*a, **k))
+        monkeypatch.setattr(torch.Tensor, "new_tensor", lambda self, *a, **k: built.append(a) or torch.tensor(*a, **k))  # noqa: B023 (undone below)
         assert torch.equal(loss(logits, target), first) and built == []  # same value, nothing rebuilt
         monkeypatch.undo()
         assert list(loss.__dict__["_constants"]) == [

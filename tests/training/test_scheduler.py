@@ -187,7 +187,7 @@ def test_plateau_missing_metric_names_the_key() -> None:
     opt = _optimizer()
     schedule = build_scheduler(_cfg("ReduceLROnPlateau"), opt, epochs=3, steps_per_epoch=1, monitor="val_iou")
     opt.step()
-    with pytest.raises(PipelineError, match="scheduler.monitor.*val_iou.*val_loss"):
+    with pytest.raises(PipelineError, match=r"scheduler\.monitor.*val_iou.*val_loss"):
         schedule.step_epoch({"val_loss": 1.0})
 
 
