@@ -41,7 +41,7 @@ def remove_stale_temps(final: Path) -> list[Path]:
     """Remove the temporaries of ``final`` (files or folders beside it) left by writers that are no
     longer running; return them. Those of running writers, this process's included, are kept."""
     stale = re.compile(re.escape(f".{final.name}.") + r"(?:pid(\d+)\.[A-Za-z0-9_]+\.tmp|old-(\d+))")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(final.parent))
     except OSError:

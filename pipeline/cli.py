@@ -7,7 +7,7 @@ import argparse
 import fnmatch
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -82,9 +82,11 @@ def _list(args: argparse.Namespace) -> int:
         if fnmatch.fnmatch(n, args.pattern)
         or ("/" not in args.pattern and fnmatch.fnmatch(n.split("/")[-1], args.pattern))
     ]
-    runs_on = None
+    runs_on: Callable[[str], str] | None = None
     if args.kind == "augmenters":  # where each can run: device (a batched torch version) or cpu
-        from pipeline.augment.device_support import runs_on
+        from pipeline.augment import device_support
+
+        runs_on = device_support.runs_on
     for name in names:
         desc = registry.describe(name) if args.long else ""
         desc = f"{runs_on(name):6s} {desc}" if runs_on else desc

@@ -64,7 +64,11 @@ def declared_keys(module: str, root: Path, name: str = "PARAMS") -> tuple[str, .
         targets = (
             node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         )
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
+        if (
+            isinstance(node, (ast.Assign, ast.AnnAssign))
+            and any(isinstance(t, ast.Name) and t.id == name for t in targets)
+            and node.value is not None
+        ):
             try:
                 keys = ast.literal_eval(node.value)
             except ValueError:

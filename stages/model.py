@@ -75,7 +75,7 @@ def model(view: ParamsView) -> dict[str, Any]:
     )
     if report is not None:
         print(
-            f"model: weights {report.path} (sha256 {report.sha256[:12]}): {report.loaded} tensors loaded"
+            f"model: weights {report.path} (sha256 {(report.sha256 or '?')[:12]}): {report.loaded} tensors loaded"
             + (
                 f"; dropped {len(report.dropped)} tensor(s) that do not fit (the source's head; a new one is trained): "
                 f"{', '.join(d.split(':')[0] for d in report.dropped[:6])}"

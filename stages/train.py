@@ -126,6 +126,7 @@ def train(view: ParamsView) -> dict[str, Any]:
             run.set_tags({key: summary[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
             if trial is not None:
                 run.set_tags({"search.state": "pruned" if stopper.pruned else "complete"})
+            assert stopper.best is not None  # at least one epoch was scored (or restored with the checkpoint)
             run.log_metrics({f"best_{monitor}": stopper.best}, step=stopper.best_epoch)
             run.log_model(root / outputs.TRAIN_BEST, register_as=view["tracking"]["register_model"])
             print(

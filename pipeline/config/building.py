@@ -96,4 +96,4 @@ def blamed_attempt(
         blamed = [arg for arg in kwargs if arg not in base and not _succeeds(attempt, {**base, arg: kwargs[arg]})]
     else:  # each argument left out in turn
         blamed = [arg for arg in kwargs if _succeeds(attempt, {k: v for k, v in kwargs.items() if k != arg})]
-    raise ComponentError([Problem(f"{key}.{arg}" if arg else key, message) for arg in blamed or [None]])
+    raise ComponentError([Problem(f"{key}.{arg}", message) for arg in blamed] or [Problem(key, message)])

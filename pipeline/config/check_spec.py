@@ -34,7 +34,7 @@ class CheckSpec:
         fn = import_object(self.target)
         if not callable(fn):
             raise TypeError(f"{self.target}: a semantic check must be a function, not {type(fn).__name__}")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
 
 def key_parts(key: str) -> tuple[str, ...]:

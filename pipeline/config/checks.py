@@ -44,7 +44,9 @@ def checks_of(keys: Iterable[str] | None = None, table: Sequence[CheckSpec] | No
     """The checks of ``keys`` (every check when None) in ``table`` (the shipped one when None): those
     whose subject is one of the keys, lies inside one or holds one."""
     if table is None:
-        from pipeline.config.components import CHECKS as table
+        from pipeline.config.components import CHECKS
+
+        table = CHECKS
     if keys is None:
         return list(table)
     wanted = [key_parts(k) for k in keys]

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import referencing
 from jsonschema.exceptions import ValidationError, best_match
+from referencing._core import Resolver  # the package does not re-export the type Registry.resolver returns
 from referencing.jsonschema import DRAFT202012
 
 from pipeline.config.errors import PipelineError, Problem
@@ -72,7 +73,7 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(root, registry=registry)
 
 
-def _resolve(schema: dict[str, Any], resolver: referencing.Resolver) -> tuple[dict[str, Any], referencing.Resolver]:
+def _resolve(schema: dict[str, Any], resolver: Resolver) -> tuple[dict[str, Any], Resolver]:
     while isinstance(schema, dict) and "$ref" in schema:
         resolved = resolver.lookup(schema["$ref"])
         schema, resolver = resolved.contents, resolved.resolver
@@ -87,7 +88,7 @@ def fill_defaults(instance: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fill(value: Any, schema: Any, resolver: referencing.Resolver) -> None:
+def _fill(value: Any, schema: Any, resolver: Resolver) -> None:
     schema, resolver = _resolve(schema, resolver)
     if not isinstance(schema, dict):
         return

@@ -13,15 +13,16 @@ import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-try:  # the parser re.compile uses: Python 3.11 renamed sre_parse to re._parser
-    from re import _constants as sre_constants
-    from re import _parser as sre_parse
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants  # type: ignore[no-redef]
-    import sre_parse  # type: ignore[no-redef]
+if sys.version_info >= (3, 11):  # the parser re.compile uses: Python 3.11 renamed sre_parse to re._parser
+    from re import _constants as sre_constants  # type: ignore[attr-defined]  # typeshed has no stub of it
+    from re import _parser as sre_parse  # type: ignore[attr-defined]
+else:  # pragma: no cover - Python 3.10
+    import sre_constants
+    import sre_parse
 
 from pipeline.config.errors import PipelineError
 from pipeline.data.manifest import SPLITS
@@ -88,7 +89,7 @@ def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, strati
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT)  # not POSSESSIVE_REPEAT: it never gives back
 
 
-def _children(op: object, av: object) -> list:
+def _children(op: object, av: Any) -> list:
     """The sub-patterns of one node of a parsed regular expression."""
     if op in _REPEATS or op is getattr(sre_constants, "POSSESSIVE_REPEAT", None):
         return [av[2]]
@@ -105,7 +106,7 @@ def _children(op: object, av: object) -> list:
     return []
 
 
-def _ambiguous_branch(pattern: object) -> bool:
+def _ambiguous_branch(pattern: Any) -> bool:  # a parsed pattern (re's private SubPattern)
     """Whether ``pattern`` holds an alternation whose branches might match the same text: each branch
     must begin with its own literal character (case ignored) for the alternation to count as safe."""
     for op, av in pattern:
@@ -121,7 +122,7 @@ def _ambiguous_branch(pattern: object) -> bool:
     return False
 
 
-def _nested_repeat(pattern: object) -> bool:
+def _nested_repeat(pattern: Any) -> bool:
     """Whether a repeated part (``+``, ``*``, ``{m,n}`` with n > 1) can match its text in more than one
     way: its body matches strings of several lengths (a quantifier inside a quantifier, ``(a+)+``,
     ``(a|ab)*``) or holds an alternation whose branches may overlap (``(a|a)+``). Such a pattern

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.params import Params
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -171,7 +172,7 @@ def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> l
     return problems
 
 
-def check_data(params: Any) -> list[Problem]:
+def check_data(params: Params) -> list[Problem]:
     """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks."""
 
     def get(key: str) -> Any:

@@ -15,9 +15,9 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.params import Params
 from pipeline.data.files import IMAGE_EXTENSIONS, data_path_key
 
 COLUMNS = ["path", "label"]
@@ -148,7 +148,7 @@ def read_labels(csv_path: Path, root: Path, *, check_files: bool = True) -> list
     return rows
 
 
-def check_labels(params: Any) -> list[Problem]:
+def check_labels(params: Params) -> list[Problem]:
     """data.labels is for classification, and the file reads (with the split stage's own reader)."""
     name = params.get("data.labels")
     if name is None:

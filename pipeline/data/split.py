@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.params import Params
 from pipeline.data.assign import assign, assign_folds, assign_groups, fraction_problem, group_by_problem, group_keys
 from pipeline.data.files import check_mask_classes, segmentation_class_names, several
 from pipeline.data.leakage import cross_split_duplicates, pair_names
@@ -145,7 +146,7 @@ def describe(manifest: dict[str, Any]) -> str:
     return line
 
 
-def check_split(params: Any) -> list[Problem]:
+def check_split(params: Params) -> list[Problem]:
     """Fractions sum to 1; group_by is 'folder' or a pattern with one capture group that cannot
     backtrack catastrophically (the split stage's own check, :func:`group_by_problem`); fold fits folds."""
     cfg, problems = params.get("split"), []

@@ -284,6 +284,7 @@ def _write_onnx(
             opset_version=opset,
             verbose=False,
         )
+    assert program is not None  # dynamo=True returns the program
     program.model.metadata_props.update(
         {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True) for key, value in metadata.items()}
     )

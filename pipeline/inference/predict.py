@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -40,7 +41,7 @@ class PredictReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _png(array: object) -> bytes:
+def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -87,6 +88,7 @@ def predict_files(
         classes = predictor.classes(logits)
         if predictor.task == "classification":
             probs = predictor.probabilities(logits).cpu()
+            assert names is not None  # a classifier's recipe names its classes
             for path, label, p in zip(batch_paths, classes.cpu().tolist(), probs):
                 rows.append([str(path), names[label], f"{p[label].item():.6f}", *(f"{v:.6f}" for v in p.tolist())])
         else:

@@ -96,7 +96,8 @@ def dimension_problems(params: Params, key: str, dim: dict[str, Any]) -> list[Pr
     try:
         lookup(params.data, key)
     except KeyError:
-        found, node = [], params.data
+        found: list[str] = []
+        node = params.data
         for index, part in enumerate(parts):
             if index == len(parts) - 1 and found[-1:] == ["params"] and isinstance(node, dict):
                 break  # a component's keyword arguments (optimizer.params.momentum) may be new keys

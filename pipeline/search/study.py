@@ -123,7 +123,12 @@ def open_study(name: str, spec: str, *, direction: str, search: dict[str, Any], 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, study_pruner = open_storage(spec), pruner(search["pruner"], epochs)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, pruner=study_pruner)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=optuna.study.StudyDirection[direction.upper()],
+            pruner=study_pruner,
+        )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=storage, pruner=study_pruner), False

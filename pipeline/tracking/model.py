@@ -66,7 +66,7 @@ def log_pyfunc(uri: str, run_id: str, weights: Path, *, register_as: str | None 
                 registered_model_name=register_as,
             )
     finally:
-        mlflow.set_tracking_uri(previous)  # None unsets the global and the variable
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets the global and the variable
     return info.model_uri
 
 

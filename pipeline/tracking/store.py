@@ -182,7 +182,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         except OSError as exc:
             raise PipelineError(f"tracking database {parts.hostname}:{port} is not reachable ({exc}); {hint}") from None
     elif scheme == "sqlite":
-        folder = sqlite_path(uri).parent
+        path = sqlite_path(uri)
+        assert path is not None  # uri_problem refused a sqlite URI without a file
+        folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

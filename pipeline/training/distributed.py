@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +50,16 @@ class Context:
 SINGLE = Context()
 
 
-def launched_world_size(env: dict[str, str] | None = None) -> int:
+def launched_world_size(env: Mapping[str, str] | None = None) -> int:
     """The ``WORLD_SIZE`` torchrun set (1 when not launched by torchrun)."""
     env = os.environ if env is None else env
     return int(env.get("WORLD_SIZE", "1"))
 
 
-def check_devices(devices: int | str, env: dict[str, str] | None = None) -> None:
+def check_devices(devices: int | str, env: Mapping[str, str] | None = None) -> None:
     """``train.devices`` against how the stage was launched: N > 1 needs torchrun with N processes."""
     env = os.environ if env is None else env
-    if devices == "auto":
+    if isinstance(devices, str):  # "auto", the one word the schema allows
         return
     world = launched_world_size(env)
     per_node = int(env.get("LOCAL_WORLD_SIZE", world))
@@ -146,7 +146,12 @@ def train_sampler(dataset: Sized, ctx: Context, *, seed: int) -> DistributedSamp
     if not ctx.enabled:
         return None
     return DistributedSampler(
-        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        dataset,  # type: ignore[arg-type]  # torch annotates Dataset; the sampler reads only len()
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
     )
 
 

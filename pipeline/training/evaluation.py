@@ -105,7 +105,7 @@ def run_test_set(
     return {
         "meter": meter,
         "loss": loss.mean(),
-        "count": loss.count,
+        "count": loss.samples,
         "actual": torch.cat(samples.actual).cpu().tolist(),
         "predicted": torch.cat(samples.predicted).cpu().tolist(),
         **samples.drawn,
@@ -128,7 +128,9 @@ def write_outputs(
     summary = {"images": results["count"], "class_names": names, "confusion_matrix": matrix}
     pairs = zip(results["actual"], results["predicted"])
     if task == "classification":
-        rows = [(entry["image"], names[a], names[p]) for entry, (a, p) in zip(test_entries, pairs)]
+        rows: list[tuple[str, ...]] = [
+            (entry["image"], names[a], names[p]) for entry, (a, p) in zip(test_entries, pairs)
+        ]
         header: tuple[str, ...] = ("image", "actual", "predicted")
     else:
         rows = [(names[a], names[p]) for a, p in pairs if 0 <= a < k]

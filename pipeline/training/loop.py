@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 import torch
 from torch import nn
@@ -278,7 +278,11 @@ def _epochs(
             break
 
 
-def progress(iterable: Iterable[T] | None, ctx: dist.Context, **kwargs: Any) -> tqdm[T]:
+@overload
+def progress(iterable: Iterable[T], ctx: dist.Context, **kwargs: Any) -> tqdm[T]: ...
+@overload
+def progress(iterable: None, ctx: dist.Context, **kwargs: Any) -> tqdm[NoReturn]: ...  # advanced by hand
+def progress(iterable: Iterable[T] | None, ctx: dist.Context, **kwargs: Any) -> tqdm[T] | tqdm[NoReturn]:
     """A progress bar on stdout: rank 0 only, and quiet when stdout is not a terminal (logs, DVC)."""
     return tqdm(iterable, disable=None if ctx.is_main else True, file=sys.stdout, dynamic_ncols=True, **kwargs)
 
@@ -338,7 +342,7 @@ def validate(t: Trainer) -> dict[str, float]:
     t.model.eval()
     batches = progress(t.val_feed, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
     shard = score(t.model, batches, t.step.loss_fn, t.meter, t.step.precision)
-    whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.count, t.ctx))
+    whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.samples, t.ctx))
     metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
     metrics["val_loss"] = whole.mean()
     return metrics

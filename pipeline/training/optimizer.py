@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
 from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.params import Params
 from pipeline.config.registry import Registry
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def _step_once(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
-def check_optimizer(params: Any) -> list[Problem]:
+def check_optimizer(params: Params) -> list[Problem]:
     """Build the declared optimizer (the train stage's own builder) on a stand-in and step it once."""
     cfg = {**params.get("optimizer"), "lr": 1e-3}  # optimizer.lr's range is the schema's to check
 
@@ -165,7 +166,7 @@ def check_optimizer(params: Any) -> list[Problem]:
 def parameter_groups(model: nn.Module, info: ModelInfo, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
     """Optimizer groups ``backbone`` and ``head`` with their learning-rate multipliers; frozen
     parameters are left out, and so is a group with nothing left to train."""
-    groups = {
+    groups: dict[str, dict[str, Any]] = {
         part: {"params": [], "names": [], "lr_mult": float(lr_mult.get(part, 1.0)), "name": part}
         for part in ("backbone", "head")
     }

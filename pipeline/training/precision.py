@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config.errors import PipelineError, Problem
+from pipeline.config.params import Params
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,7 +36,7 @@ def _set_tf32(enabled: bool) -> None:
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy allow_tf32 flags are deprecated
         matmul.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"  # type: ignore[attr-defined]  # set at import
     else:
         matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
@@ -98,7 +99,7 @@ def resolve_precision(cfg: dict[str, Any], device: torch.device) -> PrecisionPla
     return PrecisionPlan(dtype, device, channels_last, bool(cfg.get("compile", False)), scaler, ctx)
 
 
-def check_precision(params: Any) -> list[Problem]:
+def check_precision(params: Params) -> list[Problem]:
     """fp16 on a device that is certainly a CPU is refused before anything runs."""
     if params.get("precision.dtype") == "fp16" and params.get("train.device") in ("cpu", "mps"):
         return [

@@ -27,6 +27,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
 from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.params import Params
 from pipeline.config.registry import Registry
 
 # The schedule advances on every optimizer step, fp16 steps the GradScaler skipped included (knowing
@@ -70,10 +71,10 @@ class StepDecay(torch_schedulers.LRScheduler):
         self.factor, self.every = factor, every
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         return self._get_closed_form_lr()
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
         return [base * self.factor ** (self.last_epoch // self.every) for base in self.base_lrs]
 
 
@@ -307,7 +308,7 @@ def exercise_scheduler(cfg: dict[str, Any], *, epochs: int, monitor: str = "val_
     blamed_attempt(attempt, dict(cfg.get("params") or {}), key="scheduler.params", what=f"{cfg['name']} when stepped")
 
 
-def check_scheduler(params: Any) -> list[Problem]:
+def check_scheduler(params: Params) -> list[Problem]:
     """Build the declared schedule (the train stage's own builder) and step it across epochs. With
     train.epochs rejected it runs for a long stand-in, which no warmup outlasts."""
     try:

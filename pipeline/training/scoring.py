@@ -21,11 +21,11 @@ class LossSum(NamedTuple):
     sums, so that ranks can add theirs before the mean is taken."""
 
     total: torch.Tensor
-    count: int
+    samples: int
 
     def mean(self) -> float:
         """The size-weighted mean loss (one host sync)."""
-        return float(self.total.item() / max(self.count, 1))
+        return float(self.total.item() / max(self.samples, 1))
 
 
 def score(

@@ -47,7 +47,7 @@ def test_loss_is_weighted_by_batch_size():
     meter = make_meter("classification", 2)
     result = score(Scripted().eval(), loader(), torch.nn.functional.cross_entropy, meter, FP32)
     per_sample = [ce((2, 0), 0), ce((0, 2), 0), ce((1.5, 0.5), 1), ce((0, 3), 1)]
-    assert result.count == 4
+    assert result.samples == 4
     assert result.mean() == pytest.approx(sum(per_sample) / 4, rel=1e-6)  # 0.90393
     assert result.mean() == pytest.approx(0.90393, abs=1e-5)
     batch_means = (sum(per_sample[:3]) / 3 + per_sample[3]) / 2  # 0.61881: what an unweighted mean gives
@@ -94,7 +94,7 @@ def test_shard_sums_add_up_to_the_whole_split():
     second_model = Scripted()
     second_model.calls = 1
     second = score(second_model, loader()[1:], torch.nn.functional.cross_entropy, make_meter("classification", 2), FP32)
-    added = LossSum(first.total + second.total, first.count + second.count)
-    assert added.count == whole.count == 4
+    added = LossSum(first.total + second.total, first.samples + second.samples)
+    assert added.samples == whole.samples == 4
     assert added.mean() == whole.mean()
     assert LossSum(torch.zeros(()), 0).mean() == 0.0  # a rank with no samples: no division by zero

@@ -10,6 +10,7 @@ the task's shape, so a value the loss only rejects when called (``alpha: 'high'`
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from pipeline.config.building import blamed_attempt, check_binding, required_arguments, resolve
 from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
+from pipeline.config.params import Params
 from pipeline.training.losses.base import BINARY, MULTICLASS, losses
 from pipeline.training.losses.combined import WeightedSum
 from pipeline.training.losses.wrappers import Float32Loss, FunctionLoss
@@ -31,7 +33,7 @@ def _per_class_problem(name: str, params: dict[str, Any], num_outputs: int) -> t
     """Per-class weight lists (cross_entropy ``weight``, focal ``alpha``) must match the classes."""
     arg = {"cross_entropy": "weight", "focal": "alpha"}.get(name)
     value = params.get(arg) if arg else None
-    if value is None:
+    if arg is None or value is None:
         return None
     if num_outputs == 1 and isinstance(value, list):
         return arg, "binary focal alpha is one number (the weight of the positive class)"
@@ -76,9 +78,10 @@ def _build_one(name: str, params: dict[str, Any], num_outputs: int, key: str, ta
         if bad:
             raise ComponentError.at(f"{key}.params.{bad[0]}", bad[1])
     check_binding(impl, params, key=f"{key}.params", skip=skip)
+    construct: Callable[..., nn.Module] = impl  # an nn.Module class (checked above) or a loss function
 
     def attempt(args: dict[str, Any]) -> nn.Module:
-        module = impl(**args) if inspect.isclass(impl) else FunctionLoss(impl, args)
+        module = construct(**args) if inspect.isclass(impl) else FunctionLoss(impl, args)
         probe(Float32Loss(module, name), num_outputs, task)
         return module
 
@@ -145,7 +148,7 @@ def _expected_outputs(params: Any) -> int | None:
     return 1 if task == "segmentation" and num_classes == 2 else num_classes
 
 
-def check_loss(params: Any) -> list[Problem]:
+def check_loss(params: Params) -> list[Problem]:
     """Build the declared loss with the train stage's builder and call it on a stand-in batch; when
     the class count is not known before the split, build it for a mode the loss supports."""
     cfg = params.get("loss")
