@@ -253,7 +253,7 @@ def _check(command: Command) -> None:
         _check_torchrun(args, what)
     elif program == "pip":
         _check_pip(args, what)
-    elif program in ("mlflow", "pytest"):
+    elif program in ("mlflow", "pytest", "ruff", "mypy"):
         assert program in _declared()[0], f"{what}: {program} is not declared in pyproject.toml"
     elif program in (".", "source"):
         assert args == [".venv/bin/activate"], f"{what}: only the venv the set-up command makes is sourced"
