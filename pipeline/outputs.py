@@ -37,6 +37,7 @@ TRAIN_SUMMARY = TRAIN / "summary.json"
 EVALUATE = Path("outputs/evaluate")
 EVALUATE_METRICS = EVALUATE / "metrics.json"
 EVALUATE_SUMMARY = EVALUATE / "summary.json"
+EVALUATE_PER_CLASS = EVALUATE / "per_class.csv"  # the per-class scores in long form, for `dvc plots`
 EVALUATE_CONFUSION_CSV = EVALUATE / "confusion.csv"
 EVALUATE_CONFUSION_PNG = EVALUATE / "confusion.png"
 EVALUATE_OVERLAYS = EVALUATE / "overlays.png"
@@ -61,7 +62,14 @@ BY_STAGE: dict[str, tuple[Path, ...]] = {
         TRAIN_METRICS,
         TRAIN_SUMMARY,
     ),
-    "evaluate": (EVALUATE_METRICS, EVALUATE_SUMMARY, EVALUATE_CONFUSION_CSV, EVALUATE_CONFUSION_PNG, EVALUATE_OVERLAYS),
+    "evaluate": (
+        EVALUATE_METRICS,
+        EVALUATE_SUMMARY,
+        EVALUATE_PER_CLASS,
+        EVALUATE_CONFUSION_CSV,
+        EVALUATE_CONFUSION_PNG,
+        EVALUATE_OVERLAYS,
+    ),
     "export": (EXPORT_ONNX,),
     "preview": (AUGMENT_PREVIEW,),
 }

@@ -3,15 +3,18 @@
 ``python -m stages.evaluate`` reads the split manifest, the best weights and the MLflow run id train
 wrote, and writes ``outputs/evaluate/`` (as a whole, atomically):
 
-- ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size), the task's
-  metrics from :mod:`pipeline.training.metrics` (segmentation: pooled ``dice``, ``iou``,
-  ``pixel_accuracy`` and per class; classification: ``accuracy``, per-class precision/recall/F1,
-  ``macro_f1``), the ``confusion_matrix`` (rows = actual) and ``class_names``;
+- ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size) and the task's
+  headline scores from :mod:`pipeline.training.metrics` (segmentation: pooled ``dice``, ``iou``,
+  ``pixel_accuracy``; classification: ``accuracy``, ``macro_f1``);
+- ``summary.json``: the test image count, ``class_names``, the ``confusion_matrix`` (rows = actual)
+  and ``per_class`` scores (segmentation dice/iou, classification precision/recall/f1);
+- ``per_class.csv`` (DVC plots, per_class template): those per-class scores as ``class,metric,value``;
 - ``confusion.csv`` (DVC plots, confusion template): ``actual,predicted`` rows; classification one
   per test image (with its path), segmentation a deterministic every-k-th-pixel sample;
 - ``confusion.png`` and ``overlays.png``: the matrix drawn, and a few test images with predictions.
 
-Test metrics and these files go into train's MLflow run (``outputs/train/run.json``), as ``test_*``.
+Test metrics, per-class ones included, and these files go into train's MLflow run
+(``outputs/train/run.json``), as ``test_*``.
 The scoring pass is validation's own (:mod:`pipeline.training.scoring`); the rest of the work is in
 :mod:`pipeline.training.evaluation`.
 """
@@ -92,7 +95,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         )
         with atomic_dir(root / outputs.EVALUATE) as staging:  # all four files, or none of them
             metrics, summary = write_outputs(staging, task, names, manifest.splits["test"], results)
-        run.log_metrics(mlflow_metrics(metrics), step=0)
+        run.log_metrics(mlflow_metrics(metrics, summary["per_class"]), step=0)
         run.set_tags({"test_images": summary["images"]})  # a count, not a measurement
         for path in outputs.BY_STAGE["evaluate"]:  # at the run's root (the compare view's), named apart
             run.log_artifact(

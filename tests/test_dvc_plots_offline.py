@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 from pipeline import outputs
+from pipeline.training.evaluation import per_class_csv
 from pipeline.training.history import history_csv, validation_csv
-from pipeline.training.metrics import SUMMARIES
+from pipeline.training.metrics import SUMMARIES, split_per_class
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,6 +42,7 @@ CLASSES = {"segmentation": ["background", "shape"], "classification": ["circle",
 # with the series each line chart draws; "validation" draws one per val_* score of the task.
 LINES = {"loss": {"train_loss", "val_loss"}, "learning_rate": {"lr"}}
 CONFUSION = "outputs_evaluate_confusion_csv"
+PER_CLASS = "outputs_evaluate_per_class_csv"
 URL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
@@ -56,11 +58,15 @@ def _run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def task_scores(task: str) -> dict[str, float]:
+    """``task``'s metrics, as the meter computes them, of a confusion matrix with some of each class wrong."""
+    k = len(CLASSES[task])
+    return SUMMARIES[task](torch.eye(k, dtype=torch.int64) * 5 + 1, CLASSES[task])
+
+
 def val_scores(task: str) -> list[str]:
     """The validation columns of ``task``'s history, named as the train loop's ``validate`` names them."""
-    k = len(CLASSES[task])
-    summary = SUMMARIES[task](torch.eye(k, dtype=torch.int64) * 5 + 1, CLASSES[task])
-    return [f"val_{key}" for key in summary if "/" not in key]
+    return [f"val_{key}" for key in task_scores(task) if "/" not in key]
 
 
 def write_run_outputs(repo: Path, task: str, epochs: int = 4) -> None:
@@ -81,6 +87,7 @@ def write_run_outputs(repo: Path, task: str, epochs: int = 4) -> None:
     else:
         lines = ["actual,predicted"] + [f"{a},{p}" for a, p in pairs]
     (repo / outputs.EVALUATE_CONFUSION_CSV).write_text("\n".join(lines) + "\n")
+    (repo / outputs.EVALUATE_PER_CLASS).write_text(per_class_csv(split_per_class(task_scores(task))[1]))
     for png in (outputs.EVALUATE_CONFUSION_PNG, outputs.EVALUATE_OVERLAYS):
         Image.new("RGB", (8, 8), (200, 30, 30)).save(repo / png)
 
@@ -127,6 +134,7 @@ def render(page: Path, profile: Path) -> str:
 class Chart:
     lines: list[str] = field(default_factory=list)  # each line mark's aria-label (its first point)
     rects: int = 0  # drawn rect marks (the confusion cells)
+    bars: list[str] = field(default_factory=list)  # each bar mark's aria-label (its fields and values)
     texts: list[str] = field(default_factory=list)  # axis, legend and title text
 
     def drew(self, series: str) -> bool:
@@ -170,6 +178,8 @@ class Charts(HTMLParser):
                 chart.lines.append(a.get("aria-label", ""))
             elif kind == "rect mark":
                 chart.rects += 1
+            elif kind == "bar":
+                chart.bars.append(a.get("aria-label", ""))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -253,7 +263,7 @@ def test_the_confusion_matrix_is_shown_once(shown):
 def test_every_chart_draws_offline(shown, rendered):
     charts = rendered.charts
     embedded = re.findall(r"vegaEmbed\('#([^']+)'", shown.html)
-    assert sorted(embedded) == sorted([*LINES, "validation", CONFUSION]), embedded
+    assert sorted(embedded) == sorted([*LINES, "validation", CONFUSION, PER_CLASS]), embedded
     assert sorted(charts) == sorted(embedded), f"drawn {sorted(charts)}, on the page {sorted(embedded)}"
     assert rendered.missing == 0
     for name, series in LINES.items():
@@ -266,6 +276,12 @@ def test_every_chart_draws_offline(shown, rendered):
     confusion = charts[CONFUSION]
     assert confusion.rects >= len(CLASSES[shown.task]) ** 2, confusion
     assert set(CLASSES[shown.task]) <= set(confusion.texts), confusion.texts
+    per_class = charts[PER_CLASS]  # one bar per class and score, the classes on the axis, the scores in the legend
+    table = split_per_class(task_scores(shown.task))[1]
+    drawn = {(m["class"], m["metric"]) for m in (dict(re.findall(r"(\w+): ([^;]+)", bar)) for bar in per_class.bars)}
+    assert len(per_class.bars) == len(drawn) == sum(map(len, table.values())), per_class.bars
+    assert drawn == {(name, metric) for name, row in table.items() for metric in row}
+    assert set(table) | {metric for row in table.values() for metric in row} <= set(per_class.texts), per_class.texts
 
 
 @needs_chromium
@@ -281,7 +297,7 @@ def test_a_page_without_the_vendored_vega_says_so(repos, tmp_path):
     repo = repos["segmentation"]
     _run(repo, sys.executable, "-m", "dvc", "plots", "show", "-o", "deeper/dvc_plots")
     charts = Charts(render(repo / "deeper" / "dvc_plots" / "index.html", tmp_path / "profile"))
-    assert charts.missing == len(LINES) + 2 and not charts.charts
+    assert charts.missing == len(LINES) + 3 and not charts.charts
 
 
 @needs_chromium

@@ -60,7 +60,9 @@ class TrainedModel(PythonModel):
             context.artifacts["weights"], device="auto", trust_code=trusts_code(getattr(context, "model_config", None))
         )
 
-    def predict(self, context, model_input, params=None):
+    # The input's type hint is MLflow's own switch: np.ndarray is a hint it accepts without inferring a
+    # schema from it (the logged signature says uint8 [N, H, W, 3]), and with none it warns at every load.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
         from PIL import Image
 

@@ -242,9 +242,12 @@ Run = TrackingRun | NullRun
 
 
 def _quiet_mlflow() -> None:
-    """No INFO chatter (database migrations, 'creating tables') on the stage's console."""
+    """No INFO chatter (database migrations, 'creating tables') and no "Downloading artifacts" bars
+    (logging the model loads it back to check the input example) on the stage's console. Environment
+    defaults, so a user's own setting wins."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each transfer
     if "mlflow" in sys.modules and os.environ["MLFLOW_LOGGING_LEVEL"].upper() == "WARNING":
         for name in ("mlflow", "alembic"):  # imported earlier by someone else
             logging.getLogger(name).setLevel(logging.WARNING)

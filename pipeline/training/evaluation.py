@@ -19,18 +19,24 @@ from torch.utils.data import DataLoader
 from pipeline import outputs, plots
 from pipeline.atomic import write_json, write_text
 from pipeline.processes import dying_with_parent
-from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
+from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics, split_per_class
 from pipeline.training.scoring import score
 from pipeline.training.threads import resolve_workers
 
 
-def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The measurements of ``metrics.json`` (losses and scores, all floats) as MLflow metrics, prefixed
-    ``test_`` (train logs ``val_*``). Whole numbers there are counts (``images``), which MLflow would
-    chart as if measured: evaluate logs them as tags."""
+def mlflow_metrics(metrics: dict[str, Any], per_class: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """The measurements of ``metrics.json`` (losses and scores, all floats) and the per-class scores of
+    summary.json (as ``<score>/<class>``) as MLflow metrics, prefixed ``test_`` (train logs ``val_*``).
+    MLflow keeps the per-class scores that `dvc exp show` leaves out: a run's page lists them one per
+    row and its charts compare them across runs, with no table to widen. Whole numbers are counts
+    (``images``), which MLflow would chart as if measured: evaluate logs them as tags."""
+    scores = {
+        **metrics,
+        **{f"{score}/{name}": v for name, row in (per_class or {}).items() for score, v in row.items()},
+    }
     return {
         key if key.startswith("test_") else f"test_{key}": float(value)
-        for key, value in metrics.items()
+        for key, value in scores.items()
         if isinstance(value, float)
     }
 
@@ -115,17 +121,21 @@ def run_test_set(
 def write_outputs(
     out: Path, task: str, names: list[str], test_entries: Sequence[Any], results: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write metrics.json, summary.json, confusion.csv, confusion.png and overlays.png into ``out``;
-    return (metrics, summary). metrics.json holds scores only (what `dvc metrics show` and `dvc exp
-    show` list); the count, class names and confusion matrix go to summary.json."""
+    """Write metrics.json, summary.json, per_class.csv, confusion.csv, confusion.png and overlays.png
+    into ``out``; return (metrics, summary). metrics.json holds the headline scores only (what `dvc
+    metrics show` and `dvc exp show` list, one column each); the count, class names, confusion matrix
+    and per-class scores go to summary.json, the per-class scores also to per_class.csv (a DVC plot:
+    one bar per class and score, so a 10-class run adds no 30 table columns)."""
     meter = results["meter"]
     k = len(names)
     matrix = meter.confusion_matrix()
     loss = results["loss"]
     if not math.isfinite(loss):  # JSON has no NaN; DVC shows a missing value instead
         print(f"evaluate: warning: the test loss is {loss}; written as null", file=sys.stderr)
-    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, **meter.compute()}
-    summary = {"images": results["count"], "class_names": names, "confusion_matrix": matrix}
+    headline, per_class = split_per_class(meter.compute())
+    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, **headline}
+    summary = {"images": results["count"], "class_names": names, "confusion_matrix": matrix, "per_class": per_class}
+    write_text(out / outputs.EVALUATE_PER_CLASS.name, per_class_csv(per_class))
     pairs = zip(results["actual"], results["predicted"])
     if task == "classification":
         rows: list[tuple[str, ...]] = [
@@ -161,6 +171,13 @@ def image_dice(target: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """One image's Dice (the caption of its overlay row)."""
     counts = confusion_counts(torch.from_numpy(target), torch.from_numpy(pred), num_classes)
     return segmentation_metrics(counts)["dice"]
+
+
+def per_class_csv(per_class: dict[str, dict[str, float]]) -> str:
+    """The per-class scores in long form, ``class,metric,value``: one DVC plot (the per_class template)
+    draws them whatever the task's scores are called."""
+    rows = [(name, score, repr(value)) for name, row in per_class.items() for score, value in row.items()]
+    return _csv_text(("class", "metric", "value"), rows)
 
 
 def _csv_text(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -14,7 +14,7 @@ an "ignore" value of 255) are left out of every statistic.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -110,6 +110,21 @@ SUMMARIES: dict[str, Callable[[torch.Tensor, Sequence[str] | None], dict[str, fl
     "segmentation": segmentation_metrics,
     "classification": classification_metrics,
 }
+
+
+def split_per_class(scores: Mapping[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The headline scores (``dice``, ``accuracy``, ``macro_f1`` ...) apart from the per-class ones,
+    whose keys are ``<score>/<class>``, given as ``{class: {score: value}}`` in class order. Headline
+    scores are what `dvc exp show` lists (one column each); per-class ones go to a plot and a record."""
+    headline: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    for key, value in scores.items():
+        if "/" in key:
+            score, name = key.split("/", 1)
+            per_class.setdefault(name, {})[score] = value
+        else:
+            headline[key] = value
+    return headline, per_class
 
 
 class ConfusionMeter:

@@ -66,6 +66,19 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def read_per_class(out: Path) -> dict[str, dict[str, float]]:
+    """per_class.csv (class,metric,value rows) as {class: {metric: value}}."""
+    table: dict[str, dict[str, float]] = {}
+    for row in read_csv(out / "per_class.csv"):
+        table.setdefault(row["class"], {})[row["metric"]] = float(row["value"])
+    return table
+
+
+def per_class_scores(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    """summary.json's per-class scores under the meter's own keys, ``<score>/<class>``."""
+    return {f"{score}/{name}": value for name, row in per_class.items() for score, value in row.items()}
+
+
 def test_segmentation_end_to_end(segmentation_workspace: Path):
     out, metrics, manifest = run_evaluate(segmentation_workspace)
     summary = json.loads((out / "summary.json").read_text())
@@ -73,12 +86,16 @@ def test_segmentation_end_to_end(segmentation_workspace: Path):
     assert summary["images"] == n_test > 0
     assert summary["class_names"] == ["background", "foreground"]
     matrix = torch.tensor(summary["confusion_matrix"])
-    # metrics.json holds scores only: what `dvc metrics show` and `dvc exp show` list as columns
+    # metrics.json holds headline scores only: what `dvc metrics show` and `dvc exp show` list as columns
     assert all(isinstance(v, float) for v in metrics.values()) and "images" not in metrics
+    assert sorted(metrics) == ["dice", "iou", "pixel_accuracy", "test_loss"]  # per class: summary.json
     assert matrix.sum().item() == n_test * SIZE * SIZE  # every test pixel counted once
     expected = segmentation_metrics(matrix, ["background", "foreground"])
+    found = {**metrics, **per_class_scores(summary["per_class"])}
     for key in ("dice", "iou", "pixel_accuracy", "dice/background", "dice/foreground", "iou/foreground"):
-        assert metrics[key] == pytest.approx(expected[key]) and 0.0 <= metrics[key] <= 1.0
+        assert found[key] == pytest.approx(expected[key]) and 0.0 <= found[key] <= 1.0
+    assert list(summary["per_class"]) == ["background", "foreground"]
+    assert read_per_class(out) == summary["per_class"]  # the plot draws the record's numbers
     assert 0 < metrics["test_loss"] < 10
     rows = read_csv(out / "confusion.csv")
     assert len(rows) == n_test * SIZE * SIZE  # 20 images * 1024 px < 10,000: every pixel
@@ -98,16 +115,19 @@ def test_classification_end_to_end(classification_workspace: Path):
     rows = read_csv(out / "confusion.csv")
     assert [r["image"] for r in rows] == [e["image"] for e in test]  # one row per test image
     assert [r["actual"] for r in rows] == [names[e["label"]] for e in test]
-    matrix = json.loads((out / "summary.json").read_text())["confusion_matrix"]
+    summary = json.loads((out / "summary.json").read_text())
+    matrix = summary["confusion_matrix"]
     assert all(isinstance(v, float) for v in metrics.values())
+    assert sorted(metrics) == ["accuracy", "macro_f1", "test_loss"]  # per class: summary.json and the plot
     for i, actual in enumerate(names):
         for j, predicted in enumerate(names):
             assert matrix[i][j] == sum(1 for r in rows if (r["actual"], r["predicted"]) == (actual, predicted))
     correct = sum(r["actual"] == r["predicted"] for r in rows)
     assert metrics["accuracy"] == pytest.approx(correct / len(rows))
+    assert list(summary["per_class"]) == names and read_per_class(out) == summary["per_class"]
     for name in names:
         for kind in ("precision", "recall", "f1"):
-            assert 0.0 <= metrics[f"{kind}/{name}"] <= 1.0
+            assert 0.0 <= summary["per_class"][name][kind] <= 1.0
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["test_loss"] > 0
     with Image.open(out / "overlays.png") as overlays:  # 3 tiles in one row
         assert overlays.size == (3 * (160 + 12) + 6, 160 + 2 * 16 + 12 + 6)
@@ -169,15 +189,22 @@ def test_test_metrics_and_plots_go_into_trains_mlflow_run(
     metrics = json.loads((workspace / "outputs/evaluate/metrics.json").read_text())
     assert run.data.metrics["test_dice"] == pytest.approx(metrics["dice"])
     assert run.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
-    assert run.data.metrics["test_dice/foreground"] == pytest.approx(metrics["dice/foreground"])
+    summary = json.loads((workspace / "outputs/evaluate/summary.json").read_text())
+    assert run.data.metrics["test_dice/foreground"] == pytest.approx(summary["per_class"]["foreground"]["dice"])
     assert run.data.metrics["val_dice"] == 0.5
     assert run.data.params["evaluate.overlays"] == "3"
     assert run.info.status == "FINISHED"
     assert "test_images" not in run.data.metrics  # a count: a tag
-    summary = json.loads((workspace / "outputs/evaluate/summary.json").read_text())
     assert run.data.tags["test_images"] == str(summary["images"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}  # at the root: the compare view's level
-    assert logged == {"test_metrics.json", "test_summary.json", "confusion.csv", "confusion.png", "overlays.png"}
+    assert logged == {
+        "test_metrics.json",
+        "test_summary.json",
+        "per_class.csv",
+        "confusion.csv",
+        "confusion.png",
+        "overlays.png",
+    }
 
 
 def test_a_failure_midway_leaves_the_previous_outputs_whole(

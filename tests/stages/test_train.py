@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from pipeline.models.file import load_model
 from pipeline.training import loop
 from stages import train as train_stage
-from tests.conftest import REPO, train_history, train_workspace, write_params
+from tests.conftest import REPO, make_workspace, train_history, train_workspace, write_params
 
 
 def nan_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -206,6 +206,37 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, m
     names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "weights")}
     assert {"history.csv", "weights/best.safetensors"} <= names
     assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
+
+
+OUR_LINES = re.compile(r"(train|tracking|note): ")  # what the stage and the library modules print
+
+
+@pytest.mark.slow  # a subprocess of its own: about a minute on 2 cores
+def test_the_train_log_holds_only_our_lines(tmp_path):
+    """The train stage as `dvc repro` runs it (its own process, output to a pipe), tracking into a
+    SQLite store and logging the MLflow Model: every line it prints is the pipeline's. No MLflow
+    warning (the pyfunc's "Add type hints"), no "Downloading artifacts" bars (logging the model loads
+    it back), no INFO chatter from MLflow, alembic or timm, whatever MLFLOW_* the caller has set."""
+    params = make_workspace(
+        tmp_path,
+        task="classification",  # timm's model, MLflow's pyfunc with class probabilities
+        **{"tracking.enabled": True, "tracking.uri": "sqlite:///mlflow.db", "tracking.system_metrics": 0.5},
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PYTHONWARNINGS"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train", "--params", str(params)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in re.split(r"[\r\n]", result.stdout + result.stderr) if line.strip()]
+    assert any(line.startswith("train: best val_accuracy") for line in lines), lines
+    assert [line for line in lines if not OUR_LINES.match(line)] == []
+    assert json.loads((tmp_path / "outputs/train/run.json").read_text())["run_id"]
+    assert list((tmp_path / "mlartifacts").rglob("MLmodel"))  # the MLflow Model was logged (and loaded back)
 
 
 def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_dataset, mlflow_server, monkeypatch):

@@ -96,6 +96,7 @@ def test_a_non_finite_loss_is_written_as_null_not_invalid_json(tmp_path: Path, c
         "confusion.png",
         "metrics.json",
         "overlays.png",
+        "per_class.csv",
         "summary.json",
     ]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary and summary["images"] == 3
@@ -115,3 +116,43 @@ def test_mlflow_metrics_are_prefixed_scores_only():
         }
     )
     assert got == {"test_loss": 0.5, "test_dice": 0.8, "test_dice/foreground": 0.8}
+
+
+def test_mlflow_metrics_keep_the_per_class_scores_dvc_exp_show_leaves_out():
+    got = evaluation.mlflow_metrics(
+        {"test_loss": 0.5, "accuracy": 0.75},
+        {"circle": {"precision": 0.5, "recall": 1.0}, "square": {"precision": 1.0, "recall": 0.25}},
+    )
+    assert got == {
+        "test_loss": 0.5,
+        "test_accuracy": 0.75,
+        "test_precision/circle": 0.5,
+        "test_recall/circle": 1.0,
+        "test_precision/square": 1.0,
+        "test_recall/square": 0.25,
+    }
+
+
+def test_per_class_scores_leave_metrics_json_for_summary_json_and_the_plot(tmp_path: Path):
+    """metrics.json, which `dvc exp show` lists, holds the headline scores; each class's scores go to
+    summary.json and per_class.csv (long form for the per_class plot), the same numbers in both."""
+    data = red_dataset(3)
+    results = run_loop(lambda x: torch.full_like(x[:, :1], -5.0), data)  # all background
+    entries = [{"image": f"images/{i}.png", "mask": f"masks/{i}.png"} for i in range(3)]
+    names = ["background", "foreground"]
+    metrics, summary = evaluation.write_outputs(tmp_path, "segmentation", names, entries, results)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert sorted(metrics) == ["dice", "iou", "pixel_accuracy", "test_loss"]
+    foreground = sum(int(mask.sum()) for _, mask in data)
+    background = 3 * SIZE * SIZE - foreground  # all predicted right; the foreground pixels are its false positives
+    dice = 2 * background / (2 * background + foreground)
+    iou = background / (background + foreground)
+    assert summary["per_class"] == {
+        "background": {"dice": pytest.approx(dice), "iou": pytest.approx(iou)},
+        "foreground": {"dice": 0.0, "iou": 0.0},
+    }
+    assert json.loads((tmp_path / "summary.json").read_text())["per_class"] == summary["per_class"]
+    assert (tmp_path / "per_class.csv").read_text() == (
+        f"class,metric,value\nbackground,dice,{dice!r}\nbackground,iou,{iou!r}\n"
+        "foreground,dice,0.0\nforeground,iou,0.0\n"
+    )

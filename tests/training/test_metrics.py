@@ -14,6 +14,7 @@ from pipeline.training.metrics import (
     make_meter,
     predict,
     segmentation_metrics,
+    split_per_class,
 )
 
 
@@ -123,6 +124,17 @@ def test_classification_by_hand():
     assert (m["precision/triangle"], m["recall/triangle"]) == pytest.approx((1.0, 1 / 2))
     assert m["f1/triangle"] == pytest.approx(2 / 3)
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_per_class_scores_split_from_the_headline_by_class_in_class_order():
+    """What `dvc exp show` lists (headline) apart from what goes to the per-class plot; a class name
+    may itself hold a slash (only the first one separates)."""
+    scores = classification_metrics(torch.tensor([[2, 0], [1, 1]]), ["b/x", "a"])
+    headline, per_class = split_per_class(scores)
+    assert headline == {"accuracy": pytest.approx(3 / 4), "macro_f1": scores["macro_f1"]}
+    assert list(per_class) == ["b/x", "a"]  # the meter's class order, not sorted
+    assert per_class["b/x"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8)}
+    assert per_class["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3)}
 
 
 def test_classification_undefined_scores_are_zero_and_absent_classes_leave_macro():
