@@ -6,7 +6,8 @@ wrote, and writes ``outputs/evaluate/`` (as a whole, atomically):
 - ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size), the task's
   metrics from :mod:`pipeline.training.metrics` (segmentation: pooled ``dice``, ``iou``,
   ``pixel_accuracy`` and per class; classification: ``accuracy``, per-class precision/recall/F1,
-  ``macro_f1``), the ``confusion_matrix`` (rows = actual) and ``class_names``;
+  ``macro_f1``; multilabel: ``map``, ``macro_f1``, ``micro_f1``, ``exact_match``, per-class AP, F1,
+  precision and recall at ``evaluate.threshold``), the ``confusion_matrix`` (rows = actual) and ``class_names``;
 - ``confusion.csv`` (DVC plots, confusion template): ``actual,predicted`` rows; classification one
   per test image (with its path), segmentation a deterministic every-k-th-pixel sample;
 - ``confusion.png`` and ``overlays.png``: the matrix drawn, and a few test images with predictions.
@@ -35,6 +36,7 @@ from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
 from pipeline.training.evaluation import class_names, mlflow_metrics, run_test_set, write_outputs
 from pipeline.training.losses import build_loss
+from pipeline.training.multilabel_metrics import class_thresholds
 from pipeline.training.precision import resolve_precision
 
 PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss")
@@ -61,7 +63,9 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     model, info = load_model(weights, trust_code=True)  # train wrote it from params.yaml's own model
     k = manifest.num_classes
     num_outputs = int(info.config["num_outputs"])
-    if num_outputs not in (k, 1 if k == 2 else k):
+    names = class_names(manifest.class_names, k)
+    cfg = {**cfg, "threshold": class_thresholds(cfg["threshold"], task, names)}
+    if num_outputs not in (k, 1 if k == 2 and task != "multilabel" else k):
         raise PipelineError(
             f"{outputs.TRAIN_BEST} has {num_outputs} outputs but the data has {k} classes "
             f"(expected {k}{' or 1' if k == 2 else ''}); check model.num_classes"
@@ -78,7 +82,6 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         run.log_params(flatten(view.all_params()))
         model = plan.prepare_model(model.to(device)).eval()
         loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs)
-        names = class_names(manifest.class_names, k)
         results = run_test_set(
             model,
             dataset,
@@ -101,7 +104,11 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
                     path
                 ),
             )
-    shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
+    shown = [
+        key
+        for key in ("test_loss", "dice", "iou", "accuracy", "map", "macro_f1", "micro_f1")
+        if metrics.get(key) is not None
+    ]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics
 

@@ -20,6 +20,7 @@ from pipeline import outputs, plots
 from pipeline.atomic import write_json, write_text
 from pipeline.processes import dying_with_parent
 from pipeline.training.metrics import confusion_counts, make_meter, predict, segmentation_metrics
+from pipeline.training.multilabel_metrics import thresholds_for
 from pipeline.training.scoring import score
 from pipeline.training.threads import resolve_workers
 
@@ -47,16 +48,23 @@ class TestSamples:
 
     __test__ = False  # not a pytest test class, whatever its name
 
-    def __init__(self, task: str, *, threshold: float, stride: int, overlays: int):
+    def __init__(self, task: str, *, threshold: Any, stride: int, overlays: int, class_names: Sequence[str] = ()):
         self.task, self.threshold, self.stride, self.overlays = task, threshold, stride, overlays
+        if task == "multilabel":  # per-class thresholds, compared with the sigmoid probabilities
+            self.limits = torch.tensor(thresholds_for(threshold, list(class_names)))
         self.offset = 0  # pixels seen so far: the stride runs across batch boundaries
         self.actual: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
         self.drawn: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        pred = predict(logits, self.threshold)
-        if self.task == "classification":
+        if self.task == "multilabel":
+            pred = (torch.sigmoid(logits) > self.limits.to(logits.device)).to(torch.uint8)
+        else:
+            pred = predict(logits, self.threshold)
+        if self.task == "multilabel":
+            pass  # the meter keeps every probability and target
+        elif self.task == "classification":
             self.actual.append(y)
             self.predicted.append(pred)
         else:
@@ -100,8 +108,20 @@ def run_test_set(
         threshold=cfg["threshold"],
         overlays=cfg["overlays"],
         stride=max(1, math.ceil(pixels / cfg["confusion_sample"])),
+        class_names=class_names,
     )
     loss = score(model, loader, loss_fn, meter, plan, on_batch=samples)
+    if task == "multilabel":
+        probs, targets = meter.stacked()  # type: ignore[union-attr]
+        limits = torch.tensor(meter.thresholds, dtype=torch.float64)  # type: ignore[union-attr]
+        return {
+            "meter": meter,
+            "loss": loss.mean(),
+            "count": loss.count,
+            "actual": targets.tolist(),
+            "predicted": (probs.double() > limits).to(torch.uint8).tolist(),
+            **samples.drawn,
+        }
     return {
         "meter": meter,
         "loss": loss.mean(),
@@ -118,6 +138,8 @@ def write_outputs(
     """Write metrics.json, summary.json, confusion.csv, confusion.png and overlays.png into ``out``;
     return (metrics, summary). metrics.json holds scores only (what `dvc metrics show` and `dvc exp
     show` list); the count, class names and confusion matrix go to summary.json."""
+    if task == "multilabel":
+        return _write_multilabel(out, names, test_entries, results)
     meter = results["meter"]
     k = len(names)
     matrix = meter.confusion_matrix()
@@ -149,6 +171,74 @@ def write_outputs(
             for entry, t, p in zip(test_entries, results["targets"], results["preds"])
         ]
         drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
+    plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)
+    write_json(out / outputs.EVALUATE_SUMMARY.name, summary)
+    write_json(out / outputs.EVALUATE_METRICS.name, metrics)
+    return metrics, summary
+
+
+NONE, MISSED = "(none)", "(missed)"  # the multilabel matrix's extra row (false positives) and column
+
+
+def label_pairs(actual: Sequence[int], predicted: Sequence[int], names: Sequence[str]) -> list[tuple[str, str]]:
+    """One image's multilabel outcome as (actual, predicted) pairs for a confusion matrix: a class both
+    true and predicted is (c, c), a missed one (c, "(missed)"), a false alarm ("(none)", c)."""
+    pairs = []
+    for c, name in enumerate(names):
+        if actual[c] and predicted[c]:
+            pairs.append((name, name))
+        elif actual[c]:
+            pairs.append((name, MISSED))
+        elif predicted[c]:
+            pairs.append((NONE, name))
+    return pairs
+
+
+def _write_multilabel(
+    out: Path, names: list[str], test_entries: Sequence[Any], results: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Multilabel's evaluate files: metrics.json (mAP, F1s, per class), summary.json (thresholds and
+    per-class counts), confusion.csv (one row per image and label: true positives on the diagonal,
+    misses in the "(missed)" column, false alarms in the "(none)" row), confusion.png (that matrix
+    above the per-class AP/F1 bars) and overlays.png (true and predicted sets)."""
+    meter, loss = results["meter"], results["loss"]
+    if not math.isfinite(loss):
+        print(f"evaluate: warning: the test loss is {loss}; written as null", file=sys.stderr)
+    metrics: dict[str, Any] = {"test_loss": loss if math.isfinite(loss) else None, **meter.compute()}
+    rows = [
+        (entry["image"], a, p)
+        for entry, actual, predicted in zip(test_entries, results["actual"], results["predicted"])
+        for a, p in label_pairs(actual, predicted, names)
+    ]
+    axis = [*names, NONE]
+    columns = [*names, MISSED]
+    matrix = [[0] * len(columns) for _ in axis]
+    for _, a, p in rows:
+        matrix[axis.index(a)][columns.index(p)] += 1
+    summary = {
+        "images": results["count"],
+        "class_names": names,
+        "thresholds": dict(zip(names, meter.thresholds)),
+        "positives": {n: sum(int(a[c]) for a in results["actual"]) for c, n in enumerate(names)},
+        "predicted": {n: sum(int(p[c]) for p in results["predicted"]) for c, n in enumerate(names)},
+        "label_matrix": {"rows": axis, "columns": columns, "counts": matrix},
+    }
+    write_text(out / outputs.EVALUATE_CONFUSION_CSV.name, _csv_text(("image", "actual", "predicted"), rows))
+    # K+1 square: row K is "(none)" (false alarms), column K "(missed)"; their shared cell stays 0
+    drawn_matrix = plots.draw_confusion(matrix, [*names, f"{NONE}/{MISSED}"], title="labels: actual vs predicted")
+    bars = plots.draw_per_class(
+        names,
+        {"AP": [metrics.get(f"ap/{n}") for n in names], "F1": [metrics[f"f1/{n}"] for n in names]},
+        title=f"per class, test images (mAP {metrics['map']:.3f}, macro F1 {metrics['macro_f1']:.3f})",
+    )
+    plots.save_png(out / outputs.EVALUATE_CONFUSION_PNG.name, plots.stack([drawn_matrix, bars]))
+
+    def label_set(hot: Any) -> str:
+        return ";".join(n for n, v in zip(names, hot) if int(v)) or NONE
+
+    drawn = plots.draw_classification_overlays(
+        results["images"], [label_set(t) for t in results["targets"]], [label_set(p) for p in results["preds"]]
+    )
     plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)
     write_json(out / outputs.EVALUATE_SUMMARY.name, summary)
     write_json(out / outputs.EVALUATE_METRICS.name, metrics)
