@@ -52,12 +52,15 @@ def allocate_shards(
     hw: tuple[int, int],
     total: int,
     shard_size: int,
-    target: tuple[list[int], str],
+    target: tuple[list[int], str] | bool,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Create every shard's memory-mapped .npy files for ``total`` samples of ``hw`` (height, width),
-    ``shard_size`` samples each, targets of ``target`` (:func:`target_layout`), and append each
-    shard's entry to ``shards``."""
+    ``shard_size`` samples each, targets of ``target`` (:func:`target_layout`; a bool says
+    segmentation masks or class indices, as before multilabel), and append each shard's entry to
+    ``shards``."""
     height, width = hw
+    if isinstance(target, bool):
+        target = target_layout("segmentation" if target else "classification", hw, 1)
     target_shape, target_dtype = target
     arrays = []
     for number, start in enumerate(range(0, total, shard_size)):

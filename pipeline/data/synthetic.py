@@ -31,7 +31,7 @@ from pipeline.atomic import atomic_dir
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 SEGMENTATION_DEFAULTS = {"n": 400, "size": 64, "seed": 1234}
 CLASSIFICATION_DEFAULTS = {"n_per_class": 100, "size": 64, "seed": 4321}
-MULTILABEL_DEFAULTS = {"n": 300, "size": 64, "seed": 2468}
+MULTILABEL_DEFAULTS = {"n": 120, "size": 48, "seed": 2468}  # 48 px: the PNG budget of data/
 PRESENT = 0.45  # the chance of each class in a multi-label scene (none at all: 0.55 ** 3, about 1 in 6)
 CLASS_NAMES = ("circle", "square", "triangle")
 SQRT3_2 = float(np.sqrt(3.0)) / 2.0
