@@ -142,5 +142,5 @@ def test_asymmetric_is_finite_on_confident_logits():
 
 @pytest.mark.parametrize("name", ["dice", "cross_entropy", "dice_bce"])
 def test_softmax_and_overlap_losses_are_refused_for_multilabel(name):
-    with pytest.raises(ComponentError, match="does not take multilabel targets.*bce, focal or asymmetric"):
+    with pytest.raises(ComponentError, match=r"does not take multilabel targets.*bce, focal or asymmetric"):
         build_loss({"name": name, "params": {}}, task="multilabel", num_outputs=3)
