@@ -106,7 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
     done = predict_files(
         predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays, model=model
     )
-    what = "predictions.csv" if predictor.task == "classification" else "masks/"
+    what = "predictions.csv" if predictor.task in ("classification", "multilabel") else "masks/"
     print(f"predict: {done.predicted} image(s) -> {Path(args.out) / what}")
     for path, reason in done.failed:
         print(f"predict: could not read {path}: {reason}", file=sys.stderr)

@@ -186,6 +186,43 @@ def draw_classification_overlays(
     return img
 
 
+def draw_per_class(
+    class_names: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str = "per class", bar: int = 160
+) -> Image.Image:
+    """One row per class, one bar per series (e.g. AP and F1, values 0..1) with its value written;
+    a missing value (None: say, no positive in the test set) is written as "n/a"."""
+    keys = list(series)
+    label_w = min(160, max([_text_width(str(n)) for n in class_names] + [40]) + 2 * PAD)
+    row_h = len(keys) * (CAPTION - 2) + PAD
+    width = label_w + bar + 60 + 2 * PAD
+    img = Image.new("RGB", (width, CAPTION + PAD + len(class_names) * row_h + CAPTION + PAD), WHITE)
+    draw = ImageDraw.Draw(img)
+    draw.text((PAD, PAD // 2), title, fill=BLACK, font=_font())
+    for i, name in enumerate(class_names):
+        y = CAPTION + PAD + i * row_h
+        draw.text((PAD, y), _fit(str(name), label_w - PAD), fill=BLACK, font=_font())
+        for j, key in enumerate(keys):
+            value = series[key][i]
+            top = y + j * (CAPTION - 2)
+            colour = CURVES[j % len(CURVES)]
+            if value is not None:
+                draw.rectangle([label_w, top + 2, label_w + max(1, round(bar * value)), top + CAPTION - 6], fill=colour)
+            text = "n/a" if value is None else f"{value:.3f}"
+            draw.text((label_w + bar + PAD, top), f"{key} {text}", fill=BLACK, font=_font())
+    return img
+
+
+def stack(images: Sequence[Image.Image]) -> Image.Image:
+    """Pictures one above the other, left-aligned on white."""
+    width, height = max(i.width for i in images), sum(i.height for i in images)
+    out = Image.new("RGB", (width, height), WHITE)
+    y = 0
+    for image in images:
+        out.paste(image, (0, y))
+        y += image.height
+    return out
+
+
 def _empty(message: str) -> Image.Image:
     img = Image.new("RGB", (_text_width(message) + 2 * PAD, CAPTION + 2 * PAD), WHITE)
     ImageDraw.Draw(img).text((PAD, PAD), message, fill=GREY, font=_font())

@@ -5,9 +5,11 @@ wrote, and writes ``outputs/evaluate/`` (as a whole, atomically):
 
 - ``metrics.json`` (DVC metrics): ``test_loss`` (batch losses weighted by batch size) and the task's
   headline scores from :mod:`pipeline.training.metrics` (segmentation: pooled ``dice``, ``iou``,
-  ``pixel_accuracy``; classification: ``accuracy``, ``macro_f1``);
+  ``pixel_accuracy``; classification: ``accuracy``, ``macro_f1``; multilabel: ``map``, ``macro_f1``,
+  ``micro_f1``, ``exact_match`` at ``evaluate.threshold``);
 - ``summary.json``: the test image count, ``class_names``, the ``confusion_matrix`` (rows = actual)
-  and ``per_class`` scores (segmentation dice/iou, classification precision/recall/f1);
+  and ``per_class`` scores (segmentation dice/iou, classification precision/recall/f1, multilabel
+  ap/f1/precision/recall);
 - ``per_class.csv`` (DVC plots, per_class template): those per-class scores as ``class,metric,value``;
 - ``confusion.csv`` (DVC plots, confusion template): ``actual,predicted`` rows; classification one
   per test image (with its path), segmentation a deterministic every-k-th-pixel sample;
@@ -38,6 +40,7 @@ from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
 from pipeline.training.evaluation import class_names, mlflow_metrics, run_test_set, write_outputs
 from pipeline.training.losses import build_loss
+from pipeline.training.multilabel_metrics import class_thresholds
 from pipeline.training.precision import resolve_precision
 
 PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss")
@@ -64,7 +67,9 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     model, info = load_model(weights, trust_code=True)  # train wrote it from params.yaml's own model
     k = manifest.num_classes
     num_outputs = int(info.config["num_outputs"])
-    if num_outputs not in (k, 1 if k == 2 else k):
+    names = class_names(manifest.class_names, k)
+    cfg = {**cfg, "threshold": class_thresholds(cfg["threshold"], task, names)}
+    if num_outputs not in (k, 1 if k == 2 and task != "multilabel" else k):
         raise PipelineError(
             f"{outputs.TRAIN_BEST} has {num_outputs} outputs but the data has {k} classes "
             f"(expected {k}{' or 1' if k == 2 else ''}); check model.num_classes"
@@ -81,7 +86,6 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         run.log_params(flatten(view.all_params()))
         model = plan.prepare_model(model.to(device)).eval()
         loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs)
-        names = class_names(manifest.class_names, k)
         results = run_test_set(
             model,
             dataset,
@@ -104,7 +108,11 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
                     path
                 ),
             )
-    shown = [key for key in ("test_loss", "dice", "iou", "accuracy", "macro_f1") if metrics.get(key) is not None]
+    shown = [
+        key
+        for key in ("test_loss", "dice", "iou", "accuracy", "map", "macro_f1", "micro_f1")
+        if metrics.get(key) is not None
+    ]
     print(f"evaluate: {len(dataset)} test images: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in shown))
     return metrics
 

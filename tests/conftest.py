@@ -139,6 +139,12 @@ TINY_BY_TASK = {
         "model.name": "test_resnet",
         "loss": {"name": "cross_entropy", "params": {}, "terms": []},
     },
+    "multilabel": {
+        "model.source": "timm",
+        "model.name": "test_resnet",
+        "data.labels": "labels.csv",
+        "loss": {"name": "asymmetric", "params": {}, "terms": []},
+    },
 }
 
 
@@ -154,15 +160,17 @@ def make_workspace(
     """A tiny repo-like folder in ``root``; returns its params.yaml.
 
     The data in root/data is a copy of ``dataset`` or generated (32 px, seed 1): ``images`` images for
-    segmentation (20) or per class for classification (7). params.yaml is the shipped file with
+    segmentation (20), per class for classification (7), or multilabel scenes (30, labels.csv). params.yaml is the shipped file with
     ``TINY`` and ``TINY_BY_TASK[task]`` set, then ``overrides`` (dotted keys, as in ``write_params``).
     Then each of ``stages`` is run through its ``main``, in order, and must succeed."""
-    from pipeline.data.synthetic import generate_classification, generate_segmentation
+    from pipeline.data.synthetic import generate_classification, generate_multilabel, generate_segmentation
 
     if dataset is not None:
         shutil.copytree(dataset, root / "data")
     elif task == "segmentation":
         generate_segmentation(root / "data", n=images or 20, size=32, seed=1)
+    elif task == "multilabel":
+        generate_multilabel(root / "data", n=images or 30, size=32, seed=1)
     else:
         generate_classification(root / "data", n_per_class=images or 7, size=32, seed=1)
     path = write_params(root / "params.yaml", **{"data.task": task, **TINY, **TINY_BY_TASK[task], **overrides})

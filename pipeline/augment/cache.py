@@ -23,7 +23,8 @@ import torch
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config.errors import PipelineError
 from pipeline.data import shards as shard_files
-from pipeline.data.shards import INDEX, allocate_shards, locate
+from pipeline.data.dataset import target_tensor
+from pipeline.data.shards import INDEX, allocate_shards, locate, target_layout
 from pipeline.seeding import seed_everything
 
 FORMAT_VERSION = 1
@@ -61,18 +62,20 @@ def write_cache(
         transform.reset()  # augmenters holding their own RNG (Rain, Snowflakes) follow the seed too
     segmentation = task == "segmentation"
     total = n * copies
+    classes = int(base[0][1].shape[0]) if task == "multilabel" else 1  # a multi-hot target's length
     with atomic_dir(cache_dir) as tmp:
         shards: list[dict[str, Any]] = []
         arrays: list[tuple[np.ndarray, np.ndarray]] = []
         for i in range(n):
-            image, target = base[i]
+            image, target_value = base[i]
             image_hwc = image.permute(1, 2, 0).numpy()
-            mask = target.numpy() if segmentation else None
+            mask = target_value.numpy() if segmentation else None
             for copy in range(copies):
                 out_image, out_mask = transform(image_hwc, mask)
                 if not arrays:
                     first_shape = out_image.shape
-                    arrays = allocate_shards(tmp, shards, out_image.shape[:2], total, shard_size, segmentation)
+                    hw = out_image.shape[:2]
+                    arrays = allocate_shards(tmp, shards, hw, total, shard_size, target_layout(task, hw, classes))
                 if out_image.shape != first_shape:
                     raise PipelineError(
                         f"augment.train produced images of shapes {first_shape} and {out_image.shape}: "
@@ -82,7 +85,9 @@ def write_cache(
                 shard = sample // shard_size
                 images, targets = arrays[shard]
                 images[sample - shard * shard_size] = np.transpose(out_image, (2, 0, 1))
-                targets[sample - shard * shard_size] = out_mask if segmentation else int(target)
+                targets[sample - shard * shard_size] = (
+                    out_mask if segmentation else target_value.numpy() if task == "multilabel" else int(target_value)
+                )
         for images, targets in arrays:
             images.flush()
             targets.flush()
@@ -128,7 +133,7 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
             )
         self.copies = int(self.index["copies"])
         self.samples = int(self.index["samples"])
-        self.segmentation = self.index["task"] == "segmentation"
+        self.task = str(self.index["task"])
         self._starts = [s["start"] for s in self.index["shards"]]
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.copy = 0
@@ -169,12 +174,7 @@ class OfflineCacheDataset(torch.utils.data.Dataset):
         shard, row = locate(self._starts, sample)
         images, targets = self._open()[shard]
         image = torch.from_numpy(np.array(images[row]))
-        target = (
-            torch.from_numpy(np.array(targets[row]))
-            if self.segmentation
-            else torch.tensor(int(targets[row]), dtype=torch.int64)
-        )
-        return image, target
+        return image, target_tensor(self.task, targets[row])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}

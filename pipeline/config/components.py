@@ -42,6 +42,13 @@ CHECKS: tuple[CheckSpec, ...] = (
         "pipeline.training.scheduler:check_scheduler", "scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)}
     ),
     check("pipeline.training.precision:check_precision", "precision.dtype", "train.device"),
+    check(
+        "pipeline.training.multilabel_metrics:check_threshold",
+        "evaluate.threshold",
+        "data.task",
+        "data.root",
+        "data.labels",
+    ),
     check("pipeline.tracking.store:check_tracking", "tracking"),
     # A trial may set any key of these sections (pipeline.search.space.SECTIONS; a test holds the two equal).
     check(

@@ -25,7 +25,10 @@ else:  # pragma: no cover - Python 3.10
     import sre_parse
 
 from pipeline.config.errors import PipelineError
+from pipeline.data.iterative import stratify_label_sets
 from pipeline.data.manifest import SPLITS
+
+Label = int | tuple[int, ...]  # a class index, or (multilabel) the classes present in an image
 
 
 def fraction_problem(fractions: dict[str, float]) -> str | None:
@@ -65,12 +68,23 @@ def _require_every_split(result: Sequence[int], shares: Sequence[float], n: int,
         )
 
 
-def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, stratify: bool) -> list[int]:
+def _label_sets(labels: Sequence[Label], stratify: bool) -> bool:
+    """Whether ``labels`` are multilabel class sets to stratify by (iterative stratification)."""
+    return stratify and bool(labels) and isinstance(labels[0], tuple)
+
+
+def assign(labels: Sequence[Label], fractions: dict[str, float], seed: int, stratify: bool) -> list[int]:
     """Split index (into :data:`SPLITS`) of each item, deterministic given ``seed``; refuses
-    fractions that leave a split empty (training needs val, evaluation needs test)."""
+    fractions that leave a split empty (training needs val, evaluation needs test). Multilabel class
+    sets (tuples) are stratified iteratively (:mod:`pipeline.data.iterative`)."""
     problem = fraction_problem(fractions)
     if problem:
         raise PipelineError(f"split.fractions: {problem}")
+    shares = [float(fractions[s]) for s in SPLITS]
+    if _label_sets(labels, stratify):
+        result = stratify_label_sets([str(i) for i in range(len(labels))], labels, shares, seed)  # type: ignore[arg-type]
+        _require_every_split(result, shares, len(labels))
+        return result
     rng = np.random.default_rng(seed)
     if stratify:
         by_label = np.argsort(np.asarray(labels), kind="stable")
@@ -78,7 +92,6 @@ def assign(labels: Sequence[int], fractions: dict[str, float], seed: int, strati
         order = np.concatenate([g[rng.permutation(len(g))] for g in groups])
     else:
         order = rng.permutation(len(labels))
-    shares = [float(fractions[s]) for s in SPLITS]
     result = [0] * len(labels)
     for position, split_index in zip(order, deal(len(labels), shares)):
         result[int(position)] = split_index
@@ -204,11 +217,14 @@ def group_keys(rels: Sequence[str], group_by: str) -> list[str]:
 
 
 def _place_groups(
-    groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int, stratify: bool
+    groups: Sequence[str], labels: Sequence[Label], shares: Sequence[float], seed: int, stratify: bool
 ) -> list[int]:
     """Part index of each item such that all items of a group share one part. Groups are placed
     largest first (ties in a seeded random order), each where it reduces the squared distance of the
-    per-class counts from ``share x class total`` the most. A part may end up empty."""
+    per-class counts from ``share x class total`` the most; multilabel class sets are placed by
+    iterative stratification over the groups instead. A part may end up empty."""
+    if _label_sets(labels, stratify):
+        return stratify_label_sets(groups, labels, shares, seed)  # type: ignore[arg-type]
     members: dict[str, list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
         members[group].append(index)
@@ -237,7 +253,7 @@ def _place_groups(
 
 
 def assign_groups(
-    groups: Sequence[str], labels: Sequence[int], shares: Sequence[float], seed: int, stratify: bool
+    groups: Sequence[str], labels: Sequence[Label], shares: Sequence[float], seed: int, stratify: bool
 ) -> list[int]:
     """Split index (into :data:`SPLITS`, ``shares`` in that order) of each item such that all items of
     a group share one split (see :func:`_place_groups`); refuses a split left empty."""
@@ -248,7 +264,7 @@ def assign_groups(
 
 def assign_folds(
     groups: Sequence[str],
-    labels: Sequence[int],
+    labels: Sequence[Label],
     *,
     test_fraction: float,
     folds: int,

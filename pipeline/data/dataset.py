@@ -40,6 +40,26 @@ def chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.uint8, order="C"))
 
 
+def stored_target(task: str, entry: dict, num_classes: int) -> int | np.ndarray:
+    """An image-level target as the caches store it: a class index, or (multilabel) the multi-hot
+    uint8 vector [C] of the classes listed in ``entry["labels"]``."""
+    if task == "multilabel":
+        hot = np.zeros(num_classes, dtype=np.uint8)
+        hot[list(entry["labels"])] = 1
+        return hot
+    return int(entry["label"])
+
+
+def target_tensor(task: str, stored: object) -> torch.Tensor:
+    """A stored target as a sample's tensor: a mask uint8 [H,W], a class index int64 [], or a
+    multilabel float32 [C] (0/1, what the BCE-type losses take; batches stack to [N,C])."""
+    if task == "segmentation":
+        return torch.from_numpy(np.array(stored, dtype=np.uint8, order="C"))
+    if task == "multilabel":
+        return torch.from_numpy(np.array(stored, dtype=np.float32))
+    return torch.tensor(int(stored), dtype=torch.int64)  # type: ignore[call-overload]
+
+
 def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     """``data.image_size`` (one number or [height, width]) as (height, width)."""
     if isinstance(image_size, int):
@@ -51,7 +71,8 @@ def image_hw(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
 class ManifestDataset(torch.utils.data.Dataset):
     """One split of a manifest as ``(image uint8 [3,H,W], target)``, decoded lazily from disk.
 
-    target: segmentation a uint8 [H,W] tensor of class indices, classification an int64 scalar.
+    target: segmentation a uint8 [H,W] tensor of class indices, classification an int64 scalar,
+    multilabel a float32 [C] multi-hot vector.
     Images are resized bilinearly, masks with NEAREST (class indices must not blend), then
     ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers).
     ``batch_transform``, when given, is the training loop's to apply to each batch on the device
@@ -123,5 +144,5 @@ class ManifestDataset(torch.utils.data.Dataset):
             image, mask = self.transform(image, mask)
         image_tensor = chw_tensor(image)
         if self.task == "segmentation":
-            return image_tensor, torch.from_numpy(np.array(mask, dtype=np.uint8, order="C"))
-        return image_tensor, torch.tensor(int(self.entries[index]["label"]), dtype=torch.int64)
+            return image_tensor, target_tensor(self.task, mask)
+        return image_tensor, target_tensor(self.task, stored_target(self.task, self.entries[index], self.num_classes))

@@ -6,7 +6,7 @@ The test split is not decoded: evaluation reads each test image once, a cache wo
 
 Each split's folder holds shards in the format :mod:`pipeline.data.shards` defines (the offline
 augmentation cache's too): ``shard-NNNNN.images.npy`` uint8 [n,3,H,W], ``shard-NNNNN.targets.npy``
-uint8 masks [n,H,W] or int64 labels [n]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
+uint8 masks [n,H,W], int64 labels [n] or uint8 multi-hot labels [n,C]. ``index.json``: ``{"enabled": false}`` (``data.cache: none``), or the format, task,
 image_size, num_classes, manifest_fingerprint (the data files), manifest_digest (what a re-split
 changes), bytes, and per split its count, folder, shapes, dtypes and shards, each with its files'
 byte sizes and sha256. What the reader checks before it trusts them: :mod:`pipeline.data.decoded_index`.
@@ -29,7 +29,7 @@ import torch
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config.errors import PipelineError
-from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw
+from pipeline.data.dataset import BatchTransform, ManifestDataset, Transform, image_hw, stored_target, target_tensor
 from pipeline.data.decoded_index import (
     FORMAT_VERSION,
     INDEX,
@@ -43,7 +43,7 @@ from pipeline.data.decoded_index import (
     verify_shards,
 )
 from pipeline.data.manifest import Manifest
-from pipeline.data.shards import allocate_shards, locate
+from pipeline.data.shards import allocate_shards, locate, target_layout
 from pipeline.data.shards import write_disabled as write_no_cache
 from pipeline.processes import dying_with_parent
 
@@ -61,16 +61,20 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
 
 
-def sample_bytes(task: str, hw: tuple[int, int]) -> int:
-    """Bytes one cached sample takes: the image, and its mask (uint8) or label (int64)."""
+def sample_bytes(task: str, hw: tuple[int, int], num_classes: int = 1) -> int:
+    """Bytes one cached sample takes: the image, and its mask (uint8), label (int64) or multi-hot
+    labels (uint8 per class)."""
     height, width = hw
-    return 3 * height * width + (height * width if task == "segmentation" else 8)
+    shape, dtype = target_layout(task, hw, num_classes)
+    return 3 * height * width + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def cache_bytes(manifest: Manifest, image_size: int | list[int] | tuple[int, int]) -> int:
     """Bytes the cache of ``manifest`` at ``image_size`` takes on disk (headers aside): N*H*W*3 for the
     images, plus N*H*W for segmentation masks."""
-    return sample_bytes(manifest.task, image_hw(image_size)) * sum(len(manifest.splits.get(s, [])) for s in SPLITS)
+    return sample_bytes(manifest.task, image_hw(image_size), manifest.num_classes) * sum(
+        len(manifest.splits.get(s, [])) for s in SPLITS
+    )
 
 
 def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
@@ -94,17 +98,17 @@ def write_decoded(
     each row depends on its sample alone, so the result does not depend on them."""
     cache_dir = Path(cache_dir)
     height, width = image_hw(image_size)
-    segmentation = manifest.task == "segmentation"
+    target = target_layout(manifest.task, (height, width), manifest.num_classes)
     sets = {s: ManifestDataset(manifest, s, root=root, image_size=(height, width)) for s in SPLITS}
     needed = cache_bytes(manifest, (height, width))
     _check_space(cache_dir, needed)
-    shard_size = max(1, SHARD_BYTES // sample_bytes(manifest.task, (height, width)))
+    shard_size = max(1, SHARD_BYTES // sample_bytes(manifest.task, (height, width), manifest.num_classes))
     with atomic_dir(cache_dir) as tmp:
         splits: dict[str, Any] = {}
         for name, dataset in sets.items():
             (tmp / name).mkdir()
             shards: list[dict[str, Any]] = []
-            arrays = allocate_shards(tmp / name, shards, (height, width), len(dataset), shard_size, segmentation)
+            arrays = allocate_shards(tmp / name, shards, (height, width), len(dataset), shard_size, target)
             for array in (a for pair in arrays for a in pair):
                 array.flush()  # headers and sizes on disk before any worker opens them
             del arrays
@@ -114,10 +118,10 @@ def write_decoded(
                 "shards": shards,
                 "image_shape": [3, height, width],
                 "image_dtype": "uint8",
-                "target_shape": [height, width] if segmentation else [],
-                "target_dtype": "uint8" if segmentation else "int64",
+                "target_shape": target[0],
+                "target_dtype": target[1],
             }
-        writer = _Writer(sets, tmp, {n: s["shards"] for n, s in splits.items()}, shard_size, segmentation)
+        writer = _Writer(sets, tmp, {n: s["shards"] for n, s in splits.items()}, shard_size)
         jobs = [
             (name, start, min(start + CHUNK, len(d))) for name, d in sets.items() for start in range(0, len(d), CHUNK)
         ]
@@ -167,7 +171,6 @@ class _Writer:
     folder: Path
     shards: dict[str, list[dict[str, Any]]]
     shard_size: int
-    segmentation: bool
 
     def __call__(self, job: tuple[str, int, int]) -> int:
         name, start, stop = job
@@ -183,7 +186,10 @@ class _Writer:
             images, targets = opened[number]
             image, mask = dataset.load(i)
             images[row] = image.transpose(2, 0, 1)
-            targets[row] = mask if self.segmentation else int(dataset.entries[i]["label"])
+            task = dataset.task
+            targets[row] = (
+                mask if task == "segmentation" else stored_target(task, dataset.entries[i], dataset.num_classes)
+            )
         for array in (a for pair in opened.values() for a in pair):
             array.flush()
         return stop - start
@@ -243,7 +249,13 @@ class DecodedDataset(ManifestDataset):
         index = read_index(self.cache_dir)
         check_index(index, self.cache_dir, manifest, (self.height, self.width))
         self.folder, self.shards = split_layout(
-            index, self.cache_dir, split, task=self.task, hw=(self.height, self.width), count=len(self.entries)
+            index,
+            self.cache_dir,
+            split,
+            task=self.task,
+            hw=(self.height, self.width),
+            count=len(self.entries),
+            num_classes=self.num_classes,
         )
         self._starts = [s["start"] for s in self.shards]
         started = time.perf_counter()
@@ -261,13 +273,10 @@ class DecodedDataset(ManifestDataset):
         arrays = []
         for shard in self.shards:
             pair = []
+            target_shape, target_dtype = target_layout(self.task, (self.height, self.width), self.num_classes)
             for kind, dtype, shape in (
                 ("images", np.uint8, (3, self.height, self.width)),
-                (
-                    "targets",
-                    np.uint8 if self.task == "segmentation" else np.int64,
-                    (self.height, self.width) if self.task == "segmentation" else (),
-                ),
+                ("targets", np.dtype(target_dtype), tuple(target_shape)),
             ):
                 path = self.folder / shard[kind]
                 try:
@@ -313,9 +322,7 @@ class DecodedDataset(ManifestDataset):
             return super().__getitem__(index)
         images, targets, row = self._row(index)  # stored as [3,H,W]: one copy, no transpose
         image = torch.from_numpy(np.array(images[row]))
-        if self.task == "segmentation":
-            return image, torch.from_numpy(np.array(targets[row]))
-        return image, torch.tensor(int(targets[row]), dtype=torch.int64)
+        return image, target_tensor(self.task, targets[row])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}

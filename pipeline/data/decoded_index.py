@@ -24,6 +24,7 @@ from typing import Any
 from pipeline.config.errors import PipelineError
 from pipeline.data import shards as shard_files
 from pipeline.data.manifest import Manifest
+from pipeline.data.shards import target_layout
 from pipeline.hashing import file_sha256
 
 FORMAT_VERSION = 2  # 2: per-shard byte sizes and sha256
@@ -85,7 +86,14 @@ def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: 
 
 
 def split_layout(
-    index: dict[str, Any], cache_dir: Path, split: str, *, task: str, hw: tuple[int, int], count: int
+    index: dict[str, Any],
+    cache_dir: Path,
+    split: str,
+    *,
+    task: str,
+    hw: tuple[int, int],
+    count: int,
+    num_classes: int = 1,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """``split``'s folder and shard entries from a checked index (:func:`check_index`), once they hold
     ``count`` samples of ``hw`` for ``task`` in shards whose paths stay inside ``cache_dir``."""
@@ -101,13 +109,13 @@ def split_layout(
     cached = index["splits"][split]
     if not isinstance(cached, dict):
         raise refuse("", "is not an object")
-    segmentation = task == "segmentation"
+    target_shape, target_dtype = target_layout(task, hw, num_classes)
     wanted = {
         "count": count,
         "image_shape": [3, *hw],
         "image_dtype": "uint8",
-        "target_shape": list(hw) if segmentation else [],
-        "target_dtype": "uint8" if segmentation else "int64",
+        "target_shape": target_shape,
+        "target_dtype": target_dtype,
     }
     for key, value in wanted.items():
         if key not in cached:

@@ -1,5 +1,7 @@
 """Classification labels from a file: ``data.labels: labels.csv`` with columns ``path,label`` (paths
-relative to data.root), the common competition layout, instead of one folder per class.
+relative to data.root), the common competition layout, instead of one folder per class. Multi-label
+data (``data.task: multilabel``) has the columns ``path,labels``: the class names present in the image
+separated by ``;`` (``circle;square``), an empty field meaning none of them.
 
 ``validate`` and the split stage read the file with the same function; every problem names the file
 and its line. A listed image is known by its path with symlinks followed, relative to data.root
@@ -15,12 +17,15 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.config.errors import PipelineError, Problem
 from pipeline.config.params import Params
 from pipeline.data.files import IMAGE_EXTENSIONS, data_path_key
 
 COLUMNS = ["path", "label"]
+MULTILABEL_COLUMNS = ["path", "labels"]
+SEPARATOR = ";"  # between the class names of one multilabel row
 
 MAX_PROBLEMS = 20  # shown at once; the rest are counted
 
@@ -94,36 +99,76 @@ def _identity(real_root: Path, rel: str) -> tuple[str | None, str]:
         return f"{_shown(rel)}: cannot be resolved ({getattr(exc, 'strerror', None) or exc})", ""
 
 
+def _label_set(field: str) -> tuple[str | None, tuple[str, ...]]:
+    """``(problem, names)`` of a multilabel field: ``;``-separated class names, sorted, each once; an
+    empty field is the empty set, an empty name between separators is a problem."""
+    if not field:
+        return None, ()
+    names = [name.strip() for name in field.split(SEPARATOR)]
+    if not all(names):
+        return f"an empty class name in {_shown(field)!r} (names are separated by {SEPARATOR!r})", ()
+    return None, tuple(sorted(set(names)))
+
+
 def read_labels(csv_path: Path, root: Path, *, check_files: bool = True) -> list[tuple[str, str]]:
     """``[(image path, label)]`` in file order, each path as :func:`data_path_key` spells it.
     Problems (a file that is not UTF-8 CSV, other columns, an empty field, an image listed twice
     under any spelling, a path outside the root, and with ``check_files`` a file that is not there
     or not an image type) are collected and raised together, each as ``labels.csv:LINE: what``."""
+    return [(rel, label) for rel, label in _read(csv_path, root, check_files=check_files, multilabel=False)]
+
+
+def read_multilabels(csv_path: Path, root: Path, *, check_files: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """``[(image path, class names)]`` of a ``path,labels`` file (:data:`MULTILABEL_COLUMNS`), with the
+    checks of :func:`read_labels`; an empty labels field is an image with none of the classes."""
+    return [(rel, names) for rel, names in _read(csv_path, root, check_files=check_files, multilabel=True)]
+
+
+def _read(csv_path: Path, root: Path, *, check_files: bool, multilabel: bool) -> list[tuple[str, Any]]:
+    """The rows of either layout: ``label`` a string, or (multilabel) a tuple of class names."""
+    columns = MULTILABEL_COLUMNS if multilabel else COLUMNS
+    spelled = ",".join(columns)
     if not csv_path.is_file():
         raise PipelineError(f"data.labels: {csv_path} does not exist")
     text = _decoded(csv_path)
     problems: list[str] = []
-    rows: list[tuple[str, str]] = []
-    seen: dict[str, tuple[int, str]] = {}
+    rows: list[tuple[str, Any]] = []
+    seen: dict[str, tuple[int, Any]] = {}
     real_root = root.resolve()
     records = _records(csv_path, text, problems)
     first = next(records, None)
     if first is None:
-        raise PipelineError(problems[0] if problems else f"{csv_path}:1: empty file; expected the header path,label")
+        raise PipelineError(problems[0] if problems else f"{csv_path}:1: empty file; expected the header {spelled}")
     header = first[1]
-    if [h.strip() for h in header] != COLUMNS:
-        raise PipelineError(f"{csv_path}:1: columns must be path,label (found {_shown(','.join(header))})")
+    if [h.strip() for h in header] != columns:
+        other = MULTILABEL_COLUMNS if not multilabel else COLUMNS
+        hint = ""
+        if [h.strip() for h in header] == other:
+            hint = (
+                "; path,labels is the multilabel layout (data.task: multilabel)"
+                if not multilabel
+                else "; path,label is the single-label layout (data.task: classification)"
+            )
+        raise PipelineError(f"{csv_path}:1: columns must be {spelled} (found {_shown(','.join(header))}){hint}")
     for line, row in records:
         where = f"{csv_path}:{line}"
         if not any(field.strip() for field in row):
             continue  # a blank line
+        if len(row) == 1 and multilabel:
+            row = [*row, ""]  # "a.png" alone: no trailing comma, no labels
         if len(row) != 2:
-            problems.append(f"{where}: expected 2 fields (path,label), found {len(row)}")
+            problems.append(f"{where}: expected 2 fields ({spelled}), found {len(row)}")
             continue
-        rel, label = row[0].strip(), row[1].strip()
-        if not rel or not label:
+        rel, field = row[0].strip(), row[1].strip()
+        if not rel or (not field and not multilabel):
             problems.append(f"{where}: empty {'path' if not rel else 'label'}")
             continue
+        label: Any = field
+        if multilabel:
+            problem, label = _label_set(field)
+            if problem is not None:
+                problems.append(f"{where}: {problem}")
+                continue
         problem = _file_problem(root, real_root, rel) if check_files else None
         if problem is None:
             problem, key = _identity(real_root, rel)
@@ -132,34 +177,39 @@ def read_labels(csv_path: Path, root: Path, *, check_files: bool = True) -> list
             continue
         if key in seen:
             first_line, first_label = seen[key]
-            name = f"{key} is" if rel == key else f"{_shown(rel)} is {key},"
-            other = f": labelled {first_label!r} there, {label!r} here" if label != first_label else ""
-            problems.append(f"{where}: {name} listed again (first on line {first_line}){other}")
+            who = f"{key} is" if rel == key else f"{_shown(rel)} is {key},"
+            shown: Any = (lambda v: SEPARATOR.join(v)) if multilabel else str
+            relabelled = (
+                f": labelled {shown(first_label)!r} there, {shown(label)!r} here" if label != first_label else ""
+            )
+            problems.append(f"{where}: {who} listed again (first on line {first_line}){relabelled}")
             continue
         seen[key] = (line, label)
         rows.append((key, label))
     if problems:
-        shown = problems[:MAX_PROBLEMS]
+        shown_problems = problems[:MAX_PROBLEMS]
         if len(problems) > MAX_PROBLEMS:
-            shown.append(f"... and {len(problems) - MAX_PROBLEMS} more")
-        raise PipelineError("\n".join(shown))
+            shown_problems.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+        raise PipelineError("\n".join(shown_problems))
     if not rows:
         raise PipelineError(f"{csv_path}: no labelled images")
     return rows
 
 
 def check_labels(params: Params) -> list[Problem]:
-    """data.labels is for classification, and the file reads (with the split stage's own reader)."""
-    name = params.get("data.labels")
+    """data.labels is for classification (multilabel needs it), and the file reads (with the split stage's own reader)."""
+    name, task = params.get("data.labels"), params.get("data.task")
     if name is None:
+        if task == "multilabel":
+            return [Problem("data.labels", "multilabel data needs a labels file: a CSV path,labels under data.root")]
         return []
-    if params.get("data.task") != "classification":
+    if task == "segmentation":
         return [Problem("data.labels", "a labels file is for classification; segmentation reads masks")]
     root = params.resolve_path(params.get("data.root"))
     if not root.is_dir():
         return []  # data.root's own check says so
     try:
-        read_labels(root / name, root)
+        _read(root / name, root, check_files=True, multilabel=task == "multilabel")
     except PipelineError as exc:
         return [Problem("data.labels", str(exc).removeprefix("data.labels: "))]
     return []

@@ -18,10 +18,11 @@ SPLITS = ("train", "val", "test")
 class Manifest:
     """The split stage's output (``outputs/split/manifest.json``): which files are in which split.
 
-    Entries are paths relative to ``root`` (as written in params.yaml): segmentation
-    ``{"image", "mask"}``, classification ``{"image", "label"}``, each with its ``group`` when
-    ``split.group_by`` is set. ``summary``: the achieved fractions, groups per split, cross-split
-    duplicates and the fold (see :func:`pipeline.data.split.describe`)."""
+        Entries are paths relative to ``root`` (as written in params.yaml): segmentation
+        ``{"image", "mask"}``, classification ``{"image", "label"}``, multilabel ``{"image", "labels"}``
+    (the class indices present, possibly none), each with its ``group`` when
+        ``split.group_by`` is set. ``summary``: the achieved fractions, groups per split, cross-split
+        duplicates and the fold (see :func:`pipeline.data.split.describe`)."""
 
     task: str
     root: str
@@ -50,7 +51,11 @@ def load_manifest(path: str | Path) -> Manifest:
         missing = sorted(required - set(raw)) if isinstance(raw, dict) else sorted(required)
         raise PipelineError(f"{path}: not a split manifest (missing {', '.join(missing)}); re-run the split stage")
     manifest = Manifest(**{f.name: raw[f.name] for f in fields(Manifest) if f.name in raw})
-    needed = {"segmentation": ("image", "mask"), "classification": ("image", "label")}.get(manifest.task)
+    needed = {
+        "segmentation": ("image", "mask"),
+        "classification": ("image", "label"),
+        "multilabel": ("image", "labels"),
+    }.get(manifest.task)
     if (
         needed is None
         or not isinstance(manifest.splits, dict)

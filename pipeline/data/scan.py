@@ -29,7 +29,7 @@ from pipeline.data.files import (
     several,
 )
 from pipeline.data.images import orient
-from pipeline.data.labels import read_labels
+from pipeline.data.labels import read_labels, read_multilabels
 from pipeline.processes import dying_with_parent
 
 CHUNK = 256  # files per pool task at least: per-file futures would cost more than tiny reads
@@ -229,3 +229,21 @@ def scan_labelled(
         )
     index = {name: i for i, name in enumerate(classes)}
     return classes, scan_files(root, [(rel, False) for rel, _ in rows]), [index[label] for _, label in rows]
+
+
+def scan_multilabel(
+    root: Path, labels_csv: Path, num_classes: int | None
+) -> tuple[list[str], list[ScannedFile], list[tuple[int, ...]]]:
+    """Multilabel data from ``data.labels`` (``path,labels`` rows) -> (sorted class names, files, the
+    class indices present in each file, possibly none)."""
+    rows = read_multilabels(labels_csv, root)
+    classes = sorted({name for _, names in rows for name in names})
+    if not classes:
+        raise PipelineError(f"{labels_csv}: no image has a label; multilabel data needs at least one class")
+    if num_classes is not None and num_classes != len(classes):
+        raise PipelineError(
+            f"data.num_classes is {num_classes} but {labels_csv} names {len(classes)} classes ({several(classes, 10)})"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    present = [tuple(index[name] for name in names) for _, names in rows]
+    return classes, scan_files(root, [(rel, False) for rel, _ in rows]), present

@@ -5,7 +5,8 @@ owns what they share, so editing one cache's code re-runs only the stages that r
 A cache folder holds ``index.json`` and shards, each a pair of ``.npy`` files opened memory-mapped::
 
     shard-00000.images.npy      uint8 [n, 3, H, W]
-    shard-00000.targets.npy     uint8 [n, H, W] (segmentation) or int64 [n] (classification)
+    shard-00000.targets.npy     uint8 [n, H, W] (segmentation), int64 [n] (classification) or
+                                uint8 [n, C] (multilabel: 1 where the class is present)
 
 The index lists the shards as ``{"images": ..., "targets": ..., "start": ..., "count": ...}``: shard
 ``k`` holds samples ``start .. start + count - 1``.
@@ -35,12 +36,32 @@ def write_disabled(cache_dir: str | Path, *, reason: str, format_version: int) -
     return index
 
 
+def target_layout(task: str, hw: tuple[int, int], num_classes: int) -> tuple[list[int], str]:
+    """The shape of one stored target and its dtype name: a mask ``[H, W]`` uint8, a class index
+    ``[]`` int64, or a multilabel multi-hot vector ``[C]`` uint8."""
+    if task == "segmentation":
+        return [hw[0], hw[1]], "uint8"
+    if task == "multilabel":
+        return [num_classes], "uint8"
+    return [], "int64"
+
+
 def allocate_shards(
-    folder: Path, shards: list[dict[str, Any]], hw: tuple[int, int], total: int, shard_size: int, segmentation: bool
+    folder: Path,
+    shards: list[dict[str, Any]],
+    hw: tuple[int, int],
+    total: int,
+    shard_size: int,
+    target: tuple[list[int], str] | bool,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Create every shard's memory-mapped .npy files for ``total`` samples of ``hw`` (height, width),
-    ``shard_size`` samples each, and append each shard's entry to ``shards``."""
+    ``shard_size`` samples each, targets of ``target`` (:func:`target_layout`; a bool says
+    segmentation masks or class indices, as before multilabel), and append each shard's entry to
+    ``shards``."""
     height, width = hw
+    if isinstance(target, bool):
+        target = target_layout("segmentation" if target else "classification", hw, 1)
+    target_shape, target_dtype = target
     arrays = []
     for number, start in enumerate(range(0, total, shard_size)):
         count = min(shard_size, total - start)
@@ -48,9 +69,8 @@ def allocate_shards(
         images = np.lib.format.open_memmap(
             folder / names["images"], mode="w+", dtype=np.uint8, shape=(count, 3, height, width)
         )
-        target_shape = (count, height, width) if segmentation else (count,)
         targets = np.lib.format.open_memmap(
-            folder / names["targets"], mode="w+", dtype=np.uint8 if segmentation else np.int64, shape=target_shape
+            folder / names["targets"], mode="w+", dtype=np.dtype(target_dtype), shape=(count, *target_shape)
         )
         arrays.append((images, targets))
         shards.append({**names, "start": start, "count": count})

@@ -3,7 +3,7 @@
 as a manifest (see :class:`pipeline.data.manifest.Manifest`).
 
 The same seed and the same files give a byte-identical manifest. Classification is stratified (each
-class dealt into the splits in proportion); every file lands in exactly one split, and with
+class dealt into the splits in proportion), multilabel iteratively (:mod:`pipeline.data.iterative`); every file lands in exactly one split, and with
 ``split.group_by`` every group in exactly one split.
 """
 
@@ -18,7 +18,7 @@ from pipeline.data.assign import assign, assign_folds, assign_groups, fraction_p
 from pipeline.data.files import check_mask_classes, segmentation_class_names, several
 from pipeline.data.leakage import cross_split_duplicates, pair_names
 from pipeline.data.manifest import SPLITS
-from pipeline.data.scan import fingerprint, scan_classification, scan_labelled, scan_segmentation
+from pipeline.data.scan import fingerprint, scan_classification, scan_labelled, scan_multilabel, scan_segmentation
 
 
 def build_manifest(
@@ -40,7 +40,16 @@ def build_manifest(
     duplicates: str = "warn",
 ) -> dict[str, Any]:
     """The manifest (as a JSON-ready dict) of the dataset at ``root``: the stage's pure core."""
-    if task == "classification":
+    labels: list[Any]
+    if task == "multilabel":
+        if labels_csv is None:
+            raise PipelineError("data.labels: multilabel data needs a labels file (a CSV path,labels under data.root)")
+        class_names, files, present = scan_multilabel(root, labels_csv, num_classes)
+        entries = [{"image": f.rel, "labels": list(classes)} for f, classes in zip(files, present)]
+        labels = list(present)
+        images = files
+        num_classes = len(class_names)
+    elif task == "classification":
         if labels_csv is not None:
             class_names, files, labels = scan_labelled(root, labels_csv, num_classes)
         else:
@@ -61,7 +70,7 @@ def build_manifest(
         images = [i for i, _ in pairs]
         files = [f for pair in pairs for f in pair]
         labels = [0] * len(entries)
-    stratified = stratify and task == "classification"
+    stratified = stratify and task != "segmentation"
     problem = fraction_problem(fractions)
     if problem:
         raise PipelineError(f"split.fractions: {problem}")

@@ -8,9 +8,12 @@ in exactly the layout a user's data would have (the same reading code serves bot
   own colours, so no single channel threshold separates objects; objects differ from the background
   in colour and texture, which a small U-Net learns in a few CPU minutes.
 - ``data/shapes-cls/<circle|square|triangle>/*.png``: one shape per image, same kind of backgrounds.
+- ``data/shapes-multi/images/*.png`` + ``data/shapes-multi/labels.csv`` (``path,labels``): the
+  multi-label set, each of circle, square and triangle present or not in each image (each in its
+  own quarter of the image, so none hides another), some images with none.
 
 Only IEEE-exact arithmetic (+, -, *, /, sqrt, floor) and uniform draws are used, so regeneration
-gives the same pixels on any platform; ``python -m pipeline.data.synthetic`` rewrites both datasets.
+gives the same pixels on any platform; ``python -m pipeline.data.synthetic`` rewrites the datasets.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pipeline.atomic import atomic_dir
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 SEGMENTATION_DEFAULTS = {"n": 400, "size": 64, "seed": 1234}
 CLASSIFICATION_DEFAULTS = {"n_per_class": 100, "size": 64, "seed": 4321}
+MULTILABEL_DEFAULTS = {"n": 120, "size": 48, "seed": 2468}  # 48 px: the PNG budget of data/
+PRESENT = 0.45  # the chance of each class in a multi-label scene (none at all: 0.55 ** 3, about 1 in 6)
 CLASS_NAMES = ("circle", "square", "triangle")
 SQRT3_2 = float(np.sqrt(3.0)) / 2.0
 
@@ -200,6 +205,24 @@ def classification_scene(seed: int, class_index: int, index: int, size: int) -> 
     return _finish(canvas, rng)
 
 
+def multilabel_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One (image HxWx3 uint8, the class names drawn in it): each class of :data:`CLASS_NAMES` present
+    with probability :data:`PRESENT`, each in its own quarter; depends only on (seed, index)."""
+    rng = np.random.default_rng([seed, index])
+    grid = _grid(size)
+    canvas, background = _background(rng, grid)
+    present = tuple(name for name in CLASS_NAMES if rng.random() < PRESENT)
+    quarters = rng.permutation(4)
+    half = size / 2
+    for name, quarter in zip(present, quarters):
+        r = half * (0.3 + 0.12 * rng.random())
+        cy = (quarter // 2) * half + r + rng.random() * (half - 2 * r)
+        cx = (quarter % 2) * half + r + rng.random() * (half - 2 * r)
+        region = CLASSIFICATION_SHAPES[name](rng, grid, float(cy), float(cx), float(r))
+        _paint(canvas, region, _distinct_colour(rng, background, 110.0), _texture(rng, grid), 10.0)
+    return _finish(canvas, rng), present
+
+
 def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=True)
 
@@ -226,14 +249,29 @@ def generate_classification(root: str | Path, *, n_per_class: int, size: int, se
                 _save_png(tmp / name / f"{name}_{i:04d}.png", classification_scene(seed, class_index, i, size))
 
 
+def generate_multilabel(root: str | Path, *, n: int, size: int, seed: int) -> None:
+    """Write ``root/images/scene_NNNN.png`` and ``root/labels.csv`` (``path,labels``, the names joined
+    by ``;``), replacing ``root`` as a whole (atomically)."""
+    with atomic_dir(root) as tmp:
+        (tmp / "images").mkdir()
+        lines = ["path,labels"]
+        for i in range(n):
+            image, present = multilabel_scene(seed, i, size)
+            _save_png(tmp / "images" / f"scene_{i:04d}.png", image)
+            lines.append(f"images/scene_{i:04d}.png,{';'.join(present)}")
+        (tmp / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Regenerate the committed default datasets (``data/shapes-seg`` and ``data/shapes-cls``)."""
+    """Regenerate the committed default datasets (``data/shapes-seg``, ``data/shapes-cls`` and
+    ``data/shapes-multi``)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.data.synthetic", description=main.__doc__)
     parser.add_argument("--out", type=Path, default=REPO_DATA, help="parent folder (default: the repo's data/)")
     args = parser.parse_args(argv)
     generate_segmentation(args.out / "shapes-seg", **SEGMENTATION_DEFAULTS)
     generate_classification(args.out / "shapes-cls", **CLASSIFICATION_DEFAULTS)
-    print(f"wrote {args.out / 'shapes-seg'} and {args.out / 'shapes-cls'}")
+    generate_multilabel(args.out / "shapes-multi", **MULTILABEL_DEFAULTS)
+    print(f"wrote {args.out / 'shapes-seg'}, {args.out / 'shapes-cls'} and {args.out / 'shapes-multi'}")
     return 0
 
 

@@ -121,7 +121,7 @@ def describe(info: ModelInfo, *, dynamic_size: bool, fmt: str) -> dict[str, Any]
     """The metadata an exported file carries: the recipe (:meth:`ModelInfo.recipe`) under the model
     file's own key, and readable keys that say how to call the graph."""
     height, width = ("height", "width") if dynamic_size else info.image_hw
-    spatial = "" if info.task == "classification" else f", {height}, {width}"
+    spatial = "" if info.task in ("classification", "multilabel") else f", {height}, {width}"
     channels = int(info.config.get("in_chans", 3))
     pixels = "RGB" if channels == 3 else f"{channels}-channel"
     return {
@@ -133,7 +133,13 @@ def describe(info: ModelInfo, *, dynamic_size: bool, fmt: str) -> dict[str, Any]
         "input": f"{INPUT}: uint8 {pixels} [batch, {channels}, {height}, {width}], 0-255, each image resized to "
         f"{info.image_hw[0]}x{info.image_hw[1]} (height x width); normalised inside the graph",
         "output": f"{OUTPUT}: float32 [batch, {info.num_outputs}{spatial}]; "
-        + ("softmax over classes" if info.num_outputs > 1 else f"sigmoid > {info.threshold} is foreground"),
+        + (
+            f"one sigmoid per class, a class present where sigmoid > its threshold ({info.threshold})"
+            if info.task == "multilabel"
+            else "softmax over classes"
+            if info.num_outputs > 1
+            else f"sigmoid > {info.threshold} is foreground"
+        ),
         "input_shape": ["batch", channels, height, width],
         "threshold": info.threshold,
     }

@@ -4,6 +4,8 @@ Inputs are image files, folders (searched recursively) and globs, found and read
 :mod:`pipeline.inference.images`; the model is a :class:`~pipeline.inference.predictor.Predictor`. This
 module checks the output folder and writes the results. Classification writes
 ``OUT/predictions.csv`` (path, predicted class, its probability, one probability column per class);
+multilabel writes it as path, one ``p_<class>`` column per class, and ``labels`` (the predicted set,
+names joined by ``;``, empty for none);
 segmentation writes ``OUT/masks/<stem>.png``, class-index masks at each input's original size, and
 with ``overlays`` ``OUT/overlays/<stem>.png``. Every file is written atomically. An input that cannot be
 read is listed at the end with its reason; the others are still predicted.
@@ -49,7 +51,7 @@ def _png(array: np.ndarray) -> bytes:
 
 def outputs_of(task: str, out: Path, *, overlays: bool) -> list[Path]:
     """What predict writes under ``out`` for ``task``: the folders and file it may replace."""
-    if task == "classification":
+    if task in ("classification", "multilabel"):
         return [out / "predictions.csv"]
     return [out / "masks"] + ([out / "overlays"] if overlays else [])
 
@@ -81,12 +83,17 @@ def predict_files(
             f"inputs share a file stem ({', '.join(twice[:5])}); masks are named by stem, so "
             "predict them into separate output folders"
         )
-    names = predictor.info.classes if predictor.task == "classification" else None
+    names = predictor.info.classes if predictor.task in ("classification", "multilabel") else None
     bar = tqdm(total=len(paths) + len(report.failed), desc="predict", unit="image", disable=None, file=sys.stderr)
     for batch_paths, sizes, batch in read_batches(paths, predictor, batch_size, report.failed):
         logits = predictor.logits(batch)
         classes = predictor.classes(logits)
-        if predictor.task == "classification":
+        if predictor.task == "multilabel":
+            probs = predictor.probabilities(logits).cpu()
+            for path, hot, p in zip(batch_paths, classes.cpu().tolist(), probs):
+                chosen = ";".join(n for n, v in zip(names or [], hot) if v)
+                rows.append([str(path), *(f"{v:.6f}" for v in p.tolist()), chosen])
+        elif predictor.task == "classification":
             probs = predictor.probabilities(logits).cpu()
             assert names is not None  # a classifier's recipe names its classes
             for path, label, p in zip(batch_paths, classes.cpu().tolist(), probs):
@@ -105,7 +112,10 @@ def predict_files(
     if names is not None and rows:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "predicted", "probability", *(f"p_{name}" for name in names)])
+        if predictor.task == "multilabel":
+            writer.writerow(["path", *(f"p_{name}" for name in names), "labels"])
+        else:
+            writer.writerow(["path", "predicted", "probability", *(f"p_{name}" for name in names)])
         writer.writerows(rows)
         _write(out / "predictions.csv", buffer.getvalue().encode("utf-8"), report)
     return report

@@ -21,6 +21,7 @@ from pipeline.data.dataset import chw_tensor, rgb_resized
 from pipeline.models.file import ModelInfo, load_model
 from pipeline.models.input_contract import normalise, resolve_device
 from pipeline.training.metrics import predict as classes_from_logits
+from pipeline.training.multilabel_metrics import thresholds_for
 
 EVALUATE = "sections/evaluate.schema.json#/properties"  # predict's options obey the evaluate section's rules
 
@@ -32,7 +33,7 @@ class Predictor:
     model: torch.nn.Module
     info: ModelInfo
     device: torch.device
-    threshold: float
+    threshold: float | dict[str, float]
     flip_tta: bool = False
 
     @classmethod
@@ -92,12 +93,18 @@ class Predictor:
         return out
 
     def classes(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class indices, as evaluate computes them (binary: sigmoid(logit) > threshold)."""
-        return classes_from_logits(logits, self.threshold)
+        """Class indices, as evaluate computes them (binary: sigmoid(logit) > threshold); multilabel:
+        the 0/1 matrix [N, C] of classes whose probability is above their threshold."""
+        if self.task == "multilabel":
+            limits = torch.tensor(thresholds_for(self.threshold, self.info.classes), device=logits.device)
+            return (torch.sigmoid(logits) > limits).to(torch.uint8)
+        return classes_from_logits(logits, self.threshold)  # type: ignore[arg-type]
 
-    @staticmethod
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities: softmax over C, or [1 - p, p] for one sigmoid channel."""
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities: softmax over C, or [1 - p, p] for one sigmoid channel; multilabel
+        one sigmoid per class (independent, not summing to 1)."""
+        if self.task == "multilabel":
+            return torch.sigmoid(logits)
         if logits.shape[1] == 1:
             p = torch.sigmoid(logits)
             return torch.cat([1 - p, p], dim=1)

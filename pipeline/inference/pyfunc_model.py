@@ -4,7 +4,8 @@ importable (the logged model carries it in its code paths).
 
 Input: a uint8 array of RGB images ``[N, H, W, 3]`` (any size: each is prepared as evaluate prepares
 images). Output: classification, class probabilities ``[N, C]`` (float32, columns in class order);
-segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size.
+multilabel, one independent sigmoid probability per class ``[N, C]`` (float32; the recipe's thresholds
+give the set); segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class TrainedModel(PythonModel):
             raise ValueError(f"expected RGB images [N, H, W, 3], got an array of shape {images.shape}")
         batch = torch.stack([self.predictor.prepare(Image.fromarray(image)) for image in images])
         logits = self.predictor.logits(batch)
-        if self.predictor.task == "classification":
+        if self.predictor.task in ("classification", "multilabel"):
             return self.predictor.probabilities(logits).cpu().numpy().astype(np.float32)
         classes = self.predictor.classes(logits)
         size = (images.shape[2], images.shape[1])

@@ -41,7 +41,7 @@ class ModelInfo:
     frozen: list[str] = field(default_factory=list)
     class_names: list[str] | None = None
     eval_augment: list[Any] = field(default_factory=list)  # augment.eval, applied after the resize
-    threshold: float = 0.5  # binary: foreground where sigmoid(logit) > threshold
+    threshold: float | dict[str, float] = 0.5  # binary: foreground where sigmoid > it; multilabel: per class
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -98,10 +98,15 @@ class ModelInfo:
             frozen,
             class_names=values.get("class_names"),
             eval_augment=list(values.get("eval_augment") or []),
-            threshold=float(values.get("threshold", 0.5)),
+            threshold=_threshold(values.get("threshold", 0.5)),
             mean=tuple(values.get("mean") or IMAGENET_MEAN),
             std=tuple(values.get("std") or IMAGENET_STD),
         )
+
+
+def _threshold(value: Any) -> float | dict[str, float]:
+    """A recipe's threshold: one number, or (multilabel) a ``{class: value}`` mapping."""
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
 
 
 def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> str:

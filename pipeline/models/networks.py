@@ -21,7 +21,7 @@ from pipeline.models.unet import ClassicUNet, TimmUNet
 
 def num_outputs(task: str, num_classes: int) -> int:
     """Output units of the head: one logit channel for binary segmentation (sigmoid), else one per
-    class (softmax)."""
+    class (softmax; multilabel: one sigmoid per class)."""
     return 1 if task == "segmentation" and num_classes == 2 else num_classes
 
 
@@ -117,8 +117,8 @@ def check_model(params: Params) -> list[Problem]:
                 "source: unet (name: classic, or a timm backbone as the encoder)",
             )
         )
-    if task == "classification" and source == "unet":
-        problems.append(Problem("model.source", "a U-Net segments; classification needs torchvision or timm"))
+    if task in ("classification", "multilabel") and source == "unet":
+        problems.append(Problem("model.source", f"a U-Net segments; {task} needs torchvision or timm"))
     if not is_import_path(name) and (unknown := unknown_model(source, name)):
         problems.append(Problem("model.name", unknown))
     pretrained = model["pretrained"]

@@ -82,7 +82,7 @@ def check_recipe(values: dict[str, Any], where: str | Path, *, trust_code: bool 
             f"{arch['num_classes']} classes has {expected}"
         )
     names = values.get("class_names") or []
-    if task == "classification" and len(names) > arch["num_classes"]:  # fewer are padded (ModelInfo.classes)
+    if task != "segmentation" and len(names) > arch["num_classes"]:  # fewer are padded (ModelInfo.classes)
         raise PipelineError(
             f"{where}: invalid recipe: class_names lists {len(names)} names for {arch['num_classes']} classes"
         )

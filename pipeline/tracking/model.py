@@ -34,7 +34,7 @@ def signature_and_example(weights: Path) -> tuple[Any, Any]:
     height, width = info.image_hw
     # Unnamed tensors: the model takes and returns plain arrays ({"inputs": [...]} over HTTP).
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
-    if info.task == "classification":
+    if info.task in ("classification", "multilabel"):
         outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classes)))])
     else:
         outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])

@@ -191,14 +191,21 @@ def earliest_step(bad_step: torch.Tensor, ctx: Context) -> torch.Tensor:
 
 
 def reduce_meter(meter: Any, total: torch.Tensor, count: int, ctx: Context) -> tuple[torch.Tensor, int]:
-    """Sum a validation meter's confusion matrix, loss sum and sample count over ranks (in place for
-    the meter): every rank then computes the metrics of the whole split."""
+    """Sum a validation meter's confusion matrix (multilabel: gather its probabilities and targets),
+    loss sum and sample count over ranks (in place for the meter): every rank then computes the
+    metrics of the whole split."""
     if not ctx.enabled:
         return total, count
     k = meter.num_classes
-    if meter.confusion is None:  # a rank with no validation samples
-        meter.confusion = torch.zeros(k, k, dtype=torch.int64, device=total.device)
-    dist.all_reduce(meter.confusion, op=dist.ReduceOp.SUM)
+    if getattr(meter, "task", None) == "multilabel":  # the ranks' probabilities and targets, gathered
+        shards: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(shards, meter.stacked())
+        meter.probs = [p for p, _ in shards]
+        meter.targets = [t for _, t in shards]
+    else:
+        if meter.confusion is None:  # a rank with no validation samples
+            meter.confusion = torch.zeros(k, k, dtype=torch.int64, device=total.device)
+        dist.all_reduce(meter.confusion, op=dist.ReduceOp.SUM)
     sums = torch.stack([total.double(), torch.tensor(float(count), dtype=torch.float64, device=total.device)])
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     return sums[0], int(sums[1].item())

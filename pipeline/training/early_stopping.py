@@ -8,9 +8,10 @@ from typing import Any
 
 
 def resolve_monitor(task: str, monitor: str, mode: str) -> tuple[str, str]:
-    """``auto`` -> val_dice (segmentation) / val_accuracy (classification); mode from the name."""
+    """``auto`` -> val_dice (segmentation) / val_accuracy (classification) / val_map (multilabel: the
+    mean average precision, which no threshold choice sways); mode from the name."""
     if monitor == "auto":
-        monitor = "val_dice" if task == "segmentation" else "val_accuracy"
+        monitor = {"segmentation": "val_dice", "multilabel": "val_map"}.get(task, "val_accuracy")
     if mode == "auto":
         mode = "min" if monitor.endswith("loss") else "max"
     return monitor, mode

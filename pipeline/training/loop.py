@@ -36,7 +36,7 @@ from pipeline.training.feed import DeviceFeed, TrainData
 from pipeline.training.history import history_csv, validation_csv
 from pipeline.training.inputs import augment_batch, datasets, make_loader
 from pipeline.training.losses import build_loss
-from pipeline.training.metrics import ConfusionMeter, make_meter
+from pipeline.training.metrics import Meter, make_meter
 from pipeline.training.optimizer import build_optimizer, parameter_groups
 from pipeline.training.precision import PrecisionPlan, resolve_precision
 from pipeline.training.scheduler import LRSchedule, build_scheduler
@@ -112,7 +112,7 @@ class Trainer:
     step: TrainStep  # over ``model`` (in DDP's wrapper when distributed), its loss, optimizer, schedule, scaler
     data: TrainData  # the training set, its loader and feed; ``data.start_epoch(epoch)`` seeds an epoch
     val_feed: DeviceFeed  # the validation batches on the device
-    meter: ConfusionMeter
+    meter: Meter
     monitor: str
     stopper: EarlyStopping
     writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-TASKS = ("segmentation", "classification")
+from pipeline.training.multilabel_metrics import MultilabelMeter
+
+TASKS = ("segmentation", "classification", "multilabel")
 
 
 def predict(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -171,9 +174,13 @@ class ConfusionMeter:
         return SUMMARIES[self.task](cm, self.class_names)
 
 
-def make_meter(
-    task: str, num_classes: int, *, threshold: float = 0.5, class_names: Sequence[str] | None = None
-) -> ConfusionMeter:
-    """A meter for ``task`` ("segmentation" | "classification") over ``num_classes`` classes
-    (background included; 2 = binary). ``threshold`` applies to single-channel (sigmoid) logits."""
+Meter = ConfusionMeter | MultilabelMeter  # what scoring fills and the loop reads
+
+
+def make_meter(task: str, num_classes: int, *, threshold: Any = 0.5, class_names: Sequence[str] | None = None) -> Meter:
+    """A meter for ``task`` ("segmentation" | "classification" | "multilabel") over ``num_classes``
+    classes (background included; 2 = binary). ``threshold`` applies to single-channel (sigmoid) logits
+    and, multilabel, to each class (a number, or a ``{class: value}`` mapping)."""
+    if task == "multilabel":
+        return MultilabelMeter(num_classes, threshold=threshold, class_names=class_names)
     return ConfusionMeter(task, num_classes, threshold=threshold, class_names=class_names)

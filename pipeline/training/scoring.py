@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pipeline.training.batches import to_device
-from pipeline.training.metrics import ConfusionMeter
+from pipeline.training.metrics import Meter
 
 # (host images uint8 [N,C,H,W], host targets, float32 logits, device targets int64) per batch.
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -32,7 +32,7 @@ def score(
     model: Callable[[torch.Tensor], torch.Tensor],
     loader: Iterable[Any],
     loss_fn: Any,
-    meter: ConfusionMeter,
+    meter: Meter,
     plan: Any,
     *,
     on_batch: BatchHook | None = None,

@@ -110,7 +110,7 @@ def test_stand_in_rules():
     params = Params({"data": {"task": "segmentaton"}, "train": {"epochs": -1}, "loss": {}}, Path("params.yaml"))
     found = checks.run_checks(params, ["data.task", "train.epochs"], table=table)
     assert [(p.key, p.message) for p in found] == [("loss.name", "always"), ("scheduler.params", "independent")]
-    assert sorted(seen) == ["classification", "segmentation"]
+    assert sorted(seen) == ["classification", "multilabel", "segmentation"]  # every value data.task takes
     assert params.get("data.task") == "segmentaton"  # the stand-ins went to copies
     assert checks.run_checks(params, ["data.task", "train.epochs"], keys=["scheduler"], table=table) == [found[1]]
 

@@ -43,7 +43,7 @@ def test_init_installs_an_example_that_validates_and_finds_its_schema(config: Pa
     text, original = out.read_text(), config.read_text()
     assert resolve_reference(schema_reference(text), out) == (SCHEMA_DIR / ROOT_SCHEMA).resolve()
     assert text.splitlines()[1:] == original.splitlines()[1:]  # only the schema line differs
-    assert load_params(out).get("data.task") in ("segmentation", "classification")
+    assert load_params(out).get("data.task") in ("segmentation", "classification", "multilabel")
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path, capsys):

@@ -117,3 +117,19 @@ def test_each_class_image_holds_one_shape_in_a_distinct_colour(index):
     corners = image[[0, 0, -1, -1], [0, -1, 0, -1]]
     centre_distance = np.sqrt(((image - corners.mean(0)) ** 2).sum(-1))
     assert (centre_distance > 60).mean() > 0.05  # some pixels clearly off the background colour
+
+
+def test_committed_multilabel_matches_the_generator_and_lists_what_is_drawn():
+    from pipeline.data.synthetic import MULTILABEL_DEFAULTS, multilabel_scene
+
+    cfg, root = MULTILABEL_DEFAULTS, REPO_DATA / "shapes-multi"
+    lines = (root / "labels.csv").read_text().splitlines()
+    assert lines[0] == "path,labels" and len(lines) == cfg["n"] + 1
+    sets = []
+    for i, line in enumerate(lines[1:]):
+        image, present = multilabel_scene(cfg["seed"], i, cfg["size"])
+        assert line == f"images/scene_{i:04d}.png,{';'.join(present)}"
+        np.testing.assert_array_equal(_pixels(root / "images" / f"scene_{i:04d}.png"), image)
+        sets.append(present)
+    assert () in sets and any(len(s) == 3 for s in sets)  # images with none and with all three
+    assert {name for s in sets for name in s} == set(CLASS_NAMES)

@@ -6,6 +6,7 @@ Every loss takes logits and computes in float32 with autocast switched off (:mod
 - :mod:`.overlap`: ``dice``, ``iou``, ``tversky``
 - :mod:`.cross_entropy`: ``bce``, ``cross_entropy``
 - :mod:`.focal`: ``focal``
+- :mod:`.asymmetric`: ``asymmetric`` (multi-label ASL)
 - :mod:`.combined`: ``dice_bce``, ``sum`` (weighted terms)
 - :mod:`.wrappers`: a user function as a module, the float32 wrapper
 - :mod:`.section`: :func:`build_loss` (the section -> the module) and :func:`check_loss` (``validate``)
@@ -15,8 +16,8 @@ Importing the package registers every built-in loss and the check.
 
 from __future__ import annotations
 
-from pipeline.training.losses import combined, cross_entropy, focal, overlap  # noqa: F401 - they register
-from pipeline.training.losses.base import BINARY, MULTICLASS, losses
+from pipeline.training.losses import asymmetric, combined, cross_entropy, focal, overlap  # noqa: F401 - they register
+from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, losses
 from pipeline.training.losses.section import build_loss, check_loss
 
-__all__ = ["BINARY", "MULTICLASS", "build_loss", "check_loss", "losses"]
+__all__ = ["BINARY", "MULTICLASS", "MULTILABEL", "build_loss", "check_loss", "losses"]

@@ -1,9 +1,10 @@
-"""What every built-in loss shares: the :data:`losses` registry, the two modes, and the target and
+"""What every built-in loss shares: the :data:`losses` registry, the three modes, and the target and
 constant helpers.
 
 Every loss takes logits. Binary means one logit channel (``C == 1``, sigmoid); multi-class means ``C >= 2``
-(softmax). Logits are ``[N, C, H, W]`` (segmentation) or ``[N, C]`` (classification); targets are class
-indices ``[N, H, W]`` / ``[N]`` (int64). A loss class says which modes it takes in ``supports``.
+(softmax); multilabel means ``C`` independent sigmoids. Logits are ``[N, C, H, W]`` (segmentation) or
+``[N, C]`` (classification); targets are class indices ``[N, H, W]`` / ``[N]`` (int64), or for multilabel
+multi-hot float32 ``[N, C]``. A loss class says which modes it takes in ``supports``.
 Importing this module imports its package first, which registers every built-in loss.
 """
 
@@ -16,11 +17,11 @@ from pipeline.config.errors import PipelineError
 from pipeline.config.registry import Registry
 
 losses = Registry("losses", noun="loss")
-BINARY, MULTICLASS = "binary", "multiclass"
+BINARY, MULTICLASS, MULTILABEL = "binary", "multiclass", "multilabel"
 
 
 def binary_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """{0,1} class indices -> float targets shaped like the one-channel logits."""
+    """{0,1} class indices (or multilabel multi-hot vectors) -> float targets shaped like the logits."""
     if target.numel() != logits.numel():
         raise PipelineError(
             f"binary loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.training.losses.base import BINARY, MULTICLASS, losses
+from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, losses
 from pipeline.training.losses.cross_entropy import BCELoss
 from pipeline.training.losses.overlap import DiceLoss
 
@@ -38,7 +38,7 @@ class DiceBCELoss(nn.Module):
 class WeightedSum(nn.Module):
     """``name: sum``: the weighted sum of the losses listed in ``terms``."""
 
-    supports = (BINARY, MULTICLASS)
+    supports = (BINARY, MULTICLASS, MULTILABEL)
 
     def __init__(self, terms: list[tuple[float, nn.Module]]):
         super().__init__()

@@ -8,18 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.training.losses.base import BINARY, MULTICLASS, binary_target, constant, losses
+from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, binary_target, constant, losses
 
 
 @losses.register("bce")
 class BCELoss(nn.Module):
-    """Binary cross-entropy on one logit channel (``binary_cross_entropy_with_logits``)."""
+    """Binary cross-entropy (``binary_cross_entropy_with_logits``) on one logit channel, or per class on
+    multilabel logits [N,C] against multi-hot targets; ``pos_weight`` one number, or per class."""
 
-    supports = (BINARY,)
+    supports = (BINARY, MULTILABEL)
 
-    def __init__(self, *, pos_weight: float | None = None):
+    def __init__(self, *, pos_weight: float | Sequence[float] | None = None):
         super().__init__()
-        self.pos_weight = pos_weight
+        self.pos_weight = (
+            pos_weight if pos_weight is None or isinstance(pos_weight, (int, float)) else [float(w) for w in pos_weight]
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pos_weight = None if self.pos_weight is None else constant(self, "pos_weight", logits)

@@ -9,18 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config.errors import PipelineError
-from pipeline.training.losses.base import BINARY, MULTICLASS, binary_target, constant, losses
+from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, binary_target, constant, losses
 
 
 @losses.register("focal")
 class FocalLoss(nn.Module):
     """Focal loss per element, ce * (1 - p_t) ** gamma (times alpha_t when alpha is set), averaged.
 
-    Binary equals ``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``; binary
-    ``alpha`` weighs positives (RetinaNet used 0.25). Multi-class uses the softmax form with ``alpha``
-    a per-class weight list (or one number scaling every class)."""
+    Binary (and multilabel, one sigmoid per class against multi-hot targets) equals
+    ``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``; there ``alpha`` weighs positives
+    (RetinaNet used 0.25). Multi-class uses the softmax form with ``alpha`` a per-class weight list (or
+    one number scaling every class)."""
 
-    supports = (BINARY, MULTICLASS)
+    supports = (BINARY, MULTICLASS, MULTILABEL)
 
     def __init__(self, *, gamma: float = 2.0, alpha: float | Sequence[float] | None = None):
         super().__init__()
@@ -28,7 +29,7 @@ class FocalLoss(nn.Module):
         self.alpha = alpha if alpha is None or isinstance(alpha, (int, float)) else [float(a) for a in alpha]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] == 1:
+        if logits.shape[1] == 1 or target.shape == logits.shape:  # sigmoid: binary, or multilabel multi-hot
             t = binary_target(logits, target)
             ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
             # (1 - p_t) ** gamma as exp(gamma * log(1 - p_t)), log(1 - p_t) = logsigmoid(-z_t): the power's
@@ -37,7 +38,9 @@ class FocalLoss(nn.Module):
             loss = ce * torch.exp(self.gamma * F.logsigmoid(-z_t))
             if self.alpha is not None:
                 if not isinstance(self.alpha, (int, float)):
-                    raise PipelineError("loss focal: binary alpha must be one number (the weight of positives)")
+                    raise PipelineError(
+                        "loss focal: binary and multilabel alpha must be one number (the weight of positives)"
+                    )
                 loss = loss * (self.alpha * t + (1 - self.alpha) * (1 - t))
             return loss.mean()
         idx = target.long().unsqueeze(1)

@@ -20,29 +20,39 @@ from pipeline.config.building import blamed_attempt, check_binding, required_arg
 from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.params import Params
-from pipeline.training.losses.base import BINARY, MULTICLASS, losses
+from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, losses
 from pipeline.training.losses.combined import WeightedSum
 from pipeline.training.losses.wrappers import Float32Loss, FunctionLoss
 
 
-def _mode(num_outputs: int) -> str:
+def _mode(num_outputs: int, task: str = "") -> str:
+    if task == "multilabel":
+        return MULTILABEL
     return BINARY if num_outputs == 1 else MULTICLASS
 
 
-def _per_class_problem(name: str, params: dict[str, Any], num_outputs: int) -> tuple[str, str] | None:
-    """Per-class weight lists (cross_entropy ``weight``, focal ``alpha``) must match the classes."""
-    arg = {"cross_entropy": "weight", "focal": "alpha"}.get(name)
+def _per_class_problem(name: str, params: dict[str, Any], num_outputs: int, task: str) -> tuple[str, str] | None:
+    """Per-class weight lists (cross_entropy ``weight``, focal ``alpha``, bce ``pos_weight``) must match
+    the classes."""
+    arg = {"cross_entropy": "weight", "focal": "alpha", "bce": "pos_weight"}.get(name)
     value = params.get(arg) if arg else None
     if arg is None or value is None:
         return None
+    if name == "focal" and task == "multilabel" and isinstance(value, list):
+        return arg, "multilabel focal alpha is one number (the weight of positives in every class)"
     if num_outputs == 1 and isinstance(value, list):
-        return arg, "binary focal alpha is one number (the weight of the positive class)"
+        return arg, f"binary {name} {arg} is one number (the weight of the positive class)"
     if num_outputs > 1 and isinstance(value, list) and len(value) != num_outputs:
         return arg, f"{len(value)} per-class weights for {num_outputs} classes"
     return None
 
 
 def _mode_message(name: str, mode: str, num_outputs: int) -> str:
+    if mode == MULTILABEL:
+        return (
+            f"{name} does not take multilabel targets (one sigmoid per class); use bce, focal or asymmetric, "
+            "or name: sum over them"
+        )
     outs = f" ({num_outputs} output channels)" if mode == MULTICLASS else ""
     if mode == MULTICLASS and name in ("bce", "dice_bce"):
         return (
@@ -71,10 +81,10 @@ def _build_one(name: str, params: dict[str, Any], num_outputs: int, key: str, ta
             raise ComponentError.at(f"{key}.name", f"{name!r} is neither an nn.Module class nor a function")
         skip = 0 if inspect.isclass(impl) else 2  # a function takes (logits, target) first
     else:
-        mode = _mode(num_outputs)
+        mode = _mode(num_outputs, task)
         if mode not in impl.supports:
             raise ComponentError.at(f"{key}.name", _mode_message(name, mode, num_outputs))
-        bad = _per_class_problem(name, params, num_outputs)
+        bad = _per_class_problem(name, params, num_outputs, task)
         if bad:
             raise ComponentError.at(f"{key}.params.{bad[0]}", bad[1])
     check_binding(impl, params, key=f"{key}.params", skip=skip)
@@ -98,7 +108,10 @@ def probe(loss: nn.Module, num_outputs: int, task: str) -> None:
     classes = 2 if num_outputs == 1 else num_outputs
     spatial = (4, 4) if task == "segmentation" else ()
     logits = torch.randn(2, num_outputs, *spatial, generator=generator, requires_grad=True)
-    target = torch.randint(0, classes, (2, *spatial), generator=generator)
+    if task == "multilabel":  # multi-hot float targets [N, C]
+        target = torch.randint(0, 2, (2, num_outputs), generator=generator).float()
+    else:
+        target = torch.randint(0, classes, (2, *spatial), generator=generator)
     loss(logits, target).backward()
 
 
@@ -154,7 +167,7 @@ def check_loss(params: Params) -> list[Problem]:
     cfg = params.get("loss")
     num_outputs = _expected_outputs(params)
     if num_outputs is None:  # a mode the loss supports (classification is multi-class)
-        supported = getattr(losses.find(cfg["name"]), "supports", (BINARY, MULTICLASS))
+        supported = getattr(losses.find(cfg["name"]), "supports", (BINARY, MULTICLASS, MULTILABEL))
         binary = BINARY in supported and params.get("data.task") == "segmentation"
         num_outputs = 1 if binary else 3
     try:

@@ -1,5 +1,5 @@
 """What wraps the chosen loss: a user function as a module, and the float32 wrapper every built loss runs in
-(autocast off, float32 logits, int64 targets, a scalar out)."""
+(autocast off, float32 logits, int64 targets (float32 multilabel targets), a scalar out)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class FunctionLoss(nn.Module):
 
 
 class Float32Loss(nn.Module):
-    """What :func:`build_loss` returns: autocast off, float32 logits, int64 targets, a scalar out."""
+    """What :func:`build_loss` returns: autocast off, float32 logits, int64 class-index targets (multilabel
+    multi-hot targets float32), a scalar out."""
 
     def __init__(self, inner: nn.Module, name: str):
         super().__init__()
@@ -32,7 +33,7 @@ class Float32Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            value = self.inner(logits.float(), target.long())
+            value = self.inner(logits.float(), target.float() if target.is_floating_point() else target.long())
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise PipelineError(
                 f"loss {self.name!r} must return a scalar tensor, got "
