@@ -41,6 +41,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     check(
         "pipeline.training.scheduler:check_scheduler", "scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)}
     ),
+    check("pipeline.training.sampling:check_sampler", "train.sampler", "data.task", "data.root", "data.labels"),
     check("pipeline.training.precision:check_precision", "precision.dtype", "train.device"),
     check("pipeline.tracking.store:check_tracking", "tracking"),
     # A trial may set any key of these sections (pipeline.search.space.SECTIONS; a test holds the two equal).
