@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from pipeline import outputs
@@ -146,7 +146,9 @@ def build(
     train_set, val_set = datasets(view, manifest)
     generator = loader_generator(cfg["seed"])
     # this rank's share of the epoch: train.sampler's weighted draw, else DDP's shuffled shard (None: single)
-    shard: Sampler[int] | None = sampling.train_sampler(cfg["sampler"], manifest, len(train_set), ctx, seed=cfg["seed"])
+    shard: DistributedSampler | sampling.WeightedDraw | None = sampling.train_sampler(
+        cfg["sampler"], manifest, len(train_set), ctx, seed=cfg["seed"]
+    )
     if shard is None:
         shard = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
     train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=shard)

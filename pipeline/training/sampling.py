@@ -37,6 +37,8 @@ def class_weights(spec: str | dict[str, Any], class_names: Sequence[str], counts
         return None
     if spec == "balanced":
         return [1.0 / counts[name] if counts.get(name) else 0.0 for name in class_names]
+    if not isinstance(spec, dict):
+        raise PipelineError(f"{KEY}: {spec!r} is not uniform, balanced or {{weights: {{class: weight}}}}")
     given = dict(spec["weights"])
     unknown = [name for name in given if name not in class_names]
     if unknown:
