@@ -40,6 +40,7 @@ from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
 from pipeline.training.evaluation import class_names, mlflow_metrics, run_test_set, write_outputs
 from pipeline.training.losses import build_loss
+from pipeline.training.losses.auto import train_counts
 from pipeline.training.multilabel_metrics import class_thresholds
 from pipeline.training.precision import resolve_precision
 
@@ -85,7 +86,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         # changed_param.* tag, so the run says which settings its test metrics came from.
         run.log_params(flatten(view.all_params()))
         model = plan.prepare_model(model.to(device)).eval()
-        loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs)
+        loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs, counts=train_counts(manifest))
         results = run_test_set(
             model,
             dataset,

@@ -113,6 +113,9 @@ def train(view: ParamsView) -> dict[str, Any]:
             "stopped_early": stopper.should_stop,
             "pruned": stopper.pruned,
             "last_epoch": history[-1],
+            "imbalance": manifest.summary.get("imbalance"),  # of the training split (largest/smallest class)
+            "sampler": cfg["sampler"],
+            "auto_loss": trainer.auto_loss,  # loss arguments computed from the class counts (auto)
         }
         if ctx.is_main:
             write_json(root / outputs.TRAIN_SUMMARY, summary)

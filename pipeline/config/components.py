@@ -41,6 +41,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     check(
         "pipeline.training.scheduler:check_scheduler", "scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)}
     ),
+    check("pipeline.training.sampling:check_sampler", "train.sampler", "data.task", "data.root", "data.labels"),
     check("pipeline.training.precision:check_precision", "precision.dtype", "train.device"),
     check(
         "pipeline.training.multilabel_metrics:check_threshold",

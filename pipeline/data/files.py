@@ -83,12 +83,21 @@ def mask_array(image: Image.Image, where: str) -> np.ndarray:
 
 
 def mask_values(image: Image.Image, where: str) -> tuple[int, ...]:
-    """The distinct values a mask stores, sorted (as :func:`mask_array` reads them). The split stage
-    calls this for every mask, so the common modes use PIL's C histogram, not a numpy copy."""
+    """The distinct values a mask stores, sorted (as :func:`mask_array` reads them)."""
+    return tuple(mask_histogram(image, where))
+
+
+def mask_histogram(image: Image.Image, where: str) -> dict[int, int]:
+    """The pixels of each value a mask stores, by value, sorted (as :func:`mask_array` reads them). The
+    split stage calls this for every mask, so the common modes use PIL's C histogram, not a numpy copy."""
     if image.mode in ("L", "P", "1"):
-        present = sorted(value for _, value in image.getcolors(256))
-        return tuple(1 if v else 0 for v in present) if image.mode == "1" else tuple(present)
-    return tuple(int(v) for v in np.flatnonzero(np.bincount(mask_array(image, where).ravel(), minlength=256)))
+        counts: dict[int, int] = {}
+        for count, value in image.getcolors(256):
+            value = (1 if value else 0) if image.mode == "1" else int(value)
+            counts[value] = counts.get(value, 0) + int(count)
+        return dict(sorted(counts.items()))
+    bins = np.bincount(mask_array(image, where).ravel(), minlength=256)
+    return {int(v): int(bins[v]) for v in np.flatnonzero(bins)}
 
 
 def several(names: Sequence[str], limit: int = 5) -> str:

@@ -25,7 +25,7 @@ from pipeline.data.files import (
     decode_error_reason,
     folder_problems,
     inside,
-    mask_values,
+    mask_histogram,
     several,
 )
 from pipeline.data.images import orient
@@ -40,12 +40,14 @@ PROCESS_THRESHOLD = 2000  # files from which forking workers pays (measured on 2
 
 @dataclass(frozen=True)
 class ScannedFile:
-    """What one read of a file tells: its content hash, its (width, height), and mask values."""
+    """What one read of a file tells: its content hash, its (width, height), and mask values with the
+    pixels of each (the class balance the split reports and ``loss.params.weight: auto`` reads)."""
 
     rel: str
     digest: str
     size: tuple[int, int]
     values: tuple[int, ...] = ()
+    pixels: tuple[int, ...] = ()  # of each of ``values``
 
 
 def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
@@ -63,8 +65,8 @@ def _scan_file(root: str, rel: str, is_mask: bool) -> ScannedFile:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             orient(image)  # the upright size, as the dataset reads it (a mask matches the upright image)
-            values = mask_values(image, path) if is_mask else ()
-            return ScannedFile(rel, digest, image.size, values)
+            histogram = mask_histogram(image, path) if is_mask else {}
+            return ScannedFile(rel, digest, image.size, tuple(histogram), tuple(histogram.values()))
     except DECODE_ERRORS as exc:
         raise PipelineError(
             f"{path}: not a readable {'mask' if is_mask else 'image'} ({decode_error_reason(exc, len(data))})"

@@ -41,6 +41,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest (as a JSON-ready dict) of the dataset at ``root``: the stage's pure core."""
     labels: list[Any]
+    pixels: list[dict[int, int]] | None = None  # segmentation: per image, the pixels of each class
     if task == "multilabel":
         if labels_csv is None:
             raise PipelineError("data.labels: multilabel data needs a labels file (a CSV path,labels under data.root)")
@@ -67,6 +68,12 @@ def build_manifest(
         class_names = segmentation_class_names(num_classes)
         entries = [{"image": i.rel, "mask": m.rel} for i, m in pairs]
         present = [tuple(1 if v and num_classes == 2 else v for v in m.values) for _, m in pairs]
+        pixels = []
+        for (_, mask), classes in zip(pairs, present):
+            per_class: dict[int, int] = {}
+            for c, n in zip(classes, mask.pixels):
+                per_class[c] = per_class.get(c, 0) + n
+            pixels.append(per_class)
         images = [i for i, _ in pairs]
         files = [f for pair in pairs for f in pair]
         labels = [0] * len(entries)
@@ -99,12 +106,15 @@ def build_manifest(
     dropped = {copy for _, copy in copies} if duplicates == "drop" else set()
     splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     counts = {s: dict.fromkeys(class_names, 0) for s in SPLITS}
+    pixel_counts = {s: dict.fromkeys(class_names, 0) for s in SPLITS}
     for index, (entry, split_index, classes) in enumerate(zip(entries, where, present)):
         if index in dropped:
             continue
         splits[SPLITS[split_index]].append({**entry, "group": groups[index]} if groups else entry)
         for c in set(classes):
             counts[SPLITS[split_index]][class_names[c]] += 1
+        for c, n in (pixels[index] if pixels is not None else {}).items():
+            pixel_counts[SPLITS[split_index]][class_names[c]] += n
     kept = [s for i, s in enumerate(where) if i not in dropped]
     summary = {
         "fractions": {s: round(kept.count(i) / max(len(kept), 1), 4) for i, s in enumerate(SPLITS)},
@@ -114,6 +124,9 @@ def build_manifest(
             "pairs": pair_names(copies, images, where)[:100],
         },
     }
+    if pixels is not None:
+        summary["pixels"] = pixel_counts  # per class (segmentation): the imbalance and auto loss weights
+    summary["imbalance"] = imbalance(pixel_counts["train"] if pixels is not None else counts["train"])
     if groups:
         summary["groups"] = {
             s: len({groups[j] for j, w in enumerate(where) if w == i and j not in dropped})
@@ -133,6 +146,14 @@ def build_manifest(
     }
 
 
+def imbalance(counts: dict[str, int]) -> dict[str, Any]:
+    """How uneven the training split's classes are: the largest class's count over the smallest's
+    (images for classification, pixels for segmentation); ``ratio`` null when a class is absent."""
+    largest, smallest = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
+    ratio = round(counts[largest] / counts[smallest], 2) if counts[smallest] else None
+    return {"ratio": ratio, "largest": largest, "smallest": smallest}
+
+
 def describe(manifest: dict[str, Any]) -> str:
     """One line for the log: the task, the data, the classes, each split's size and achieved fraction
     (and groups), and the cross-split duplicates."""
@@ -147,6 +168,15 @@ def describe(manifest: dict[str, Any]) -> str:
     line = f"{manifest['task']} data {manifest['root']}, {manifest['num_classes']} classes: {sizes}"
     if fold:
         line += f"; fold {fold['fold']} of {fold['folds']}"
+    balance = summary.get("imbalance")
+    if balance:
+        unit = "pixels" if "pixels" in summary else "images"
+        line += (
+            f"; imbalance {balance['ratio']:.1f} (largest/smallest class in train"
+            + (", by pixels)" if unit == "pixels" else ")")
+            if balance["ratio"] is not None
+            else f"; class {balance['smallest']!r} has no training {unit}"
+        )
     copies = summary.get("duplicates", {})
     if copies.get("across_splits"):
         line += f"; {copies['across_splits']} image(s) identical to one in another split" + (

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from pipeline import outputs, plots
 from pipeline.atomic import write_json, write_text
@@ -49,40 +49,90 @@ def class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
 
 class TestSamples:
     """What evaluate keeps of each batch beside the meter: the confusion-plot rows (classification
-    every image, segmentation every ``stride``-th pixel of the whole test set; kept on the device
-    until the end, so no per-batch host sync) and the first ``overlays`` images with predictions."""
+    every image, segmentation every ``stride``-th pixel of the whole test set) and, for segmentation,
+    each image's pixel confusion (its Dice, to draw the worst first); all kept on the device until the
+    end, so no per-batch host sync."""
 
     __test__ = False  # not a pytest test class, whatever its name
 
-    def __init__(self, task: str, *, threshold: Any, stride: int, overlays: int, class_names: Sequence[str] = ()):
-        self.task, self.threshold, self.stride, self.overlays = task, threshold, stride, overlays
-        if task == "multilabel":  # per-class thresholds, compared with the sigmoid probabilities
-            self.limits = torch.tensor(thresholds_for(threshold, list(class_names)))
+    def __init__(self, task: str, *, threshold: Any, stride: int, num_classes: int, class_names: Sequence[str] = ()):
+        self.task, self.threshold, self.stride, self.num_classes = task, threshold, stride, num_classes
+        self.limits = multilabel_limits(threshold, class_names) if task == "multilabel" else None
         self.offset = 0  # pixels seen so far: the stride runs across batch boundaries
         self.actual: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
-        self.drawn: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
+        self.per_image: list[torch.Tensor] = []  # segmentation: [N, K*K] pixel confusion of each image
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        if self.task == "multilabel":
-            pred = (torch.sigmoid(logits) > self.limits.to(logits.device)).to(torch.uint8)
-        else:
-            pred = predict(logits, self.threshold)
+        pred = predicted_of(logits, self.threshold, self.limits)
         if self.task == "multilabel":
             pass  # the meter keeps every probability and target
         elif self.task == "classification":
             self.actual.append(y)
             self.predicted.append(pred)
-        else:
-            start = (-self.offset) % self.stride
-            self.actual.append(y.reshape(-1)[start :: self.stride])
-            self.predicted.append(pred.reshape(-1)[start :: self.stride])
-            self.offset += y.numel()
-        need = self.overlays - len(self.drawn["images"])
-        if need > 0:
-            self.drawn["images"] += [im.permute(1, 2, 0).numpy() for im in images[:need]]
-            self.drawn["targets"] += [t.numpy() for t in targets[:need]]
-            self.drawn["preds"] += [p.numpy() for p in pred[:need].cpu()]
+            return
+        start = (-self.offset) % self.stride
+        self.actual.append(y.reshape(-1)[start :: self.stride])
+        self.predicted.append(pred.reshape(-1)[start :: self.stride])
+        self.offset += y.numel()
+        self.per_image.append(image_confusions(y, pred, self.num_classes))
+
+
+def multilabel_limits(threshold: Any, class_names: Sequence[str]) -> torch.Tensor:
+    """Multilabel's per-class thresholds (``evaluate.threshold``: a number or a per-class mapping)."""
+    return torch.tensor(thresholds_for(threshold, list(class_names)))
+
+
+def predicted_of(logits: torch.Tensor, threshold: Any, limits: torch.Tensor | None = None) -> torch.Tensor:
+    """The predictions of a batch: multilabel (``limits`` given) a 0/1 vector per image, the class
+    present where its sigmoid probability passes its own threshold; else :func:`predict`'s classes."""
+    if limits is not None:
+        return (torch.sigmoid(logits) > limits.to(logits.device)).to(torch.uint8)
+    return predict(logits, threshold)
+
+
+def image_confusions(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[N, K*K]`` pixel confusion counts of each image of a batch (as :func:`confusion_counts`, on the
+    device: out-of-range targets counted in a discarded bin)."""
+    k, n = num_classes, target.shape[0]
+    target, pred = target.reshape(n, -1).long(), pred.reshape(n, -1).long()
+    valid = (target >= 0) & (target < k)
+    index = torch.where(valid, target * k + pred, torch.full_like(target, k * k))
+    counts = torch.zeros(n, k * k + 1, dtype=torch.int64, device=target.device)
+    counts.scatter_add_(1, index, torch.ones_like(index))
+    return counts[:, : k * k]
+
+
+def round_robin(groups: Sequence[Sequence[int]]) -> list[int]:
+    """The first of each group, then the second of each, ...: ``[[0, 3], [1], [2, 4]]`` -> 0 1 2 3 4."""
+    longest = max((len(g) for g in groups), default=0)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
+
+
+def classification_overlay_order(actual: Sequence[int], predicted: Sequence[int], count: int) -> list[int]:
+    """The test images to draw: the misclassified first, then the right ones, each part taking the
+    classes in turn (by true class), so the grid shows the mistakes and a mix of classes, not the
+    manifest's first files (all of one class)."""
+    classes = sorted(set(actual))
+    pairs = list(enumerate(zip(actual, predicted)))
+    wrong = round_robin([[i for i, (a, p) in pairs if a == c and p != c] for c in classes])
+    right = round_robin([[i for i, (a, p) in pairs if a == c and p == c] for c in classes])
+    return (wrong + right)[:count]
+
+
+def multilabel_overlay_order(
+    actual: Sequence[Sequence[int]], predicted: Sequence[Sequence[int]], count: int
+) -> list[int]:
+    """The test images to draw: those whose predicted set differs from the true one first, then the
+    rest, each part in test order."""
+    wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if list(a) != list(p)]
+    right = [i for i, (a, p) in enumerate(zip(actual, predicted)) if list(a) == list(p)]
+    return (wrong + right)[:count]
+
+
+def segmentation_overlay_order(dice: Sequence[float], count: int) -> list[int]:
+    """The test images to draw: the worst Dice first (ties in test order)."""
+    return sorted(range(len(dice)), key=lambda i: (dice[i], i))[:count]
 
 
 def run_test_set(
@@ -98,7 +148,8 @@ def run_test_set(
     image_hw: tuple[int, int],
 ) -> dict[str, Any]:
     """One pass over the test set (``model`` in eval mode): the loss, the confusion meter, the
-    confusion-plot rows and the first ``cfg["overlays"]`` images with their predictions."""
+    confusion-plot rows, and ``cfg["overlays"]`` images with their predictions (``drawn``: their test
+    indices): classification the mistakes first then the classes in turn, segmentation the worst Dice first."""
     loader = DataLoader(
         dataset,
         batch_size=cfg["batch_size"],
@@ -112,30 +163,63 @@ def run_test_set(
     samples = TestSamples(
         task,
         threshold=cfg["threshold"],
-        overlays=cfg["overlays"],
         stride=max(1, math.ceil(pixels / cfg["confusion_sample"])),
+        num_classes=len(class_names),
         class_names=class_names,
     )
     loss = score(model, loader, loss_fn, meter, plan, on_batch=samples)
     if task == "multilabel":
         probs, targets = meter.stacked()  # type: ignore[union-attr]
         limits = torch.tensor(meter.thresholds, dtype=torch.float64)  # type: ignore[union-attr]
-        return {
-            "meter": meter,
-            "loss": loss.mean(),
-            "count": loss.count,
-            "actual": targets.tolist(),
-            "predicted": (probs.double() > limits).to(torch.uint8).tolist(),
-            **samples.drawn,
-        }
+        actual, predicted = targets.tolist(), (probs.double() > limits).to(torch.uint8).tolist()
+        chosen = multilabel_overlay_order(actual, predicted, cfg["overlays"])
+    else:
+        actual = torch.cat(samples.actual).cpu().tolist()
+        predicted = torch.cat(samples.predicted).cpu().tolist()
+    if task == "classification":
+        chosen = classification_overlay_order(actual, predicted, cfg["overlays"])
+    elif task == "segmentation":
+        k = len(class_names)
+        per_image = torch.cat(samples.per_image).cpu() if samples.per_image else torch.zeros(0, k * k)
+        dice = [segmentation_metrics(c.view(k, k))["dice"] for c in per_image]
+        chosen = segmentation_overlay_order(dice, cfg["overlays"])
     return {
         "meter": meter,
         "loss": loss.mean(),
         "count": loss.samples,
-        "actual": torch.cat(samples.actual).cpu().tolist(),
-        "predicted": torch.cat(samples.predicted).cpu().tolist(),
-        **samples.drawn,
+        "actual": actual,
+        "predicted": predicted,
+        "drawn": chosen,
+        **drawn_samples(model, dataset, chosen, loss_fn, plan, cfg, task=task, class_names=class_names),
     }
+
+
+def drawn_samples(
+    model: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    loss_fn: Any,
+    plan: Any,
+    cfg: dict[str, Any],
+    *,
+    task: str,
+    class_names: Sequence[str],
+) -> dict[str, list[np.ndarray]]:
+    """The images ``indices`` of ``dataset`` with their targets and predictions, for the overlays: a
+    second pass over those few through the same :func:`score` (the first kept no images)."""
+    drawn: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
+    limits = multilabel_limits(cfg["threshold"], class_names) if task == "multilabel" else None
+
+    def keep(images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        drawn["images"] += [im.permute(1, 2, 0).numpy() for im in images]
+        drawn["targets"] += [t.numpy() for t in targets]
+        drawn["preds"] += [p.numpy() for p in predicted_of(logits, cfg["threshold"], limits).cpu()]
+
+    if indices:
+        loader = DataLoader(Subset(dataset, list(indices)), batch_size=cfg["batch_size"], shuffle=False)
+        meter = make_meter(task, len(class_names), threshold=cfg["threshold"], class_names=class_names)
+        score(model, loader, loss_fn, meter, plan, on_batch=keep)
+    return drawn
 
 
 def write_outputs(
@@ -180,7 +264,7 @@ def write_outputs(
     else:
         captions = [
             f"{Path(entry['image']).name}: dice {image_dice(t, p, k):.3f}"
-            for entry, t, p in zip(test_entries, results["targets"], results["preds"])
+            for entry, t, p in zip([test_entries[i] for i in results["drawn"]], results["targets"], results["preds"])
         ]
         drawn = plots.draw_segmentation_overlays(results["images"], results["targets"], results["preds"], captions)
     plots.save_png(out / outputs.EVALUATE_OVERLAYS.name, drawn)

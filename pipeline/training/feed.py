@@ -28,6 +28,7 @@ from pipeline.training import distributed as dist
 if TYPE_CHECKING:
     from pipeline.augment.cache import OfflineCacheDataset
     from pipeline.data.dataset import ManifestDataset
+    from pipeline.training.sampling import WeightedDraw
 
 
 class EpochKeys(Sampler[tuple[int, int, int]]):
@@ -147,7 +148,7 @@ class TrainData:
     loader: DataLoader
     feed: DeviceFeed  # ``loader``'s batches on the device, copied ahead
     generator: torch.Generator  # ``loader``'s
-    shard: DistributedSampler | None  # this rank's share of ``dataset`` under DDP; None when single
+    shard: DistributedSampler | WeightedDraw | None  # this rank's share of the epoch (DDP, or train.sampler)
     seed: int  # train.seed
     ctx: dist.Context
 
@@ -159,7 +160,7 @@ class TrainData:
         seed_everything(seed)  # dropout, and the augmentation run in this process (device, no workers)
         self.generator.manual_seed(seed)
         if self.shard is not None:
-            self.shard.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
+            self.shard.set_epoch(epoch)  # a new shuffle (or weighted draw) every epoch, the same on every rank
             dist.write_debug_samples(self.shard, self.ctx, epoch)
         self.dataset.set_epoch(epoch)  # device augmentation reseeds from torch's seed; the cache picks a copy
         keys = self.loader.sampler

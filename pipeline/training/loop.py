@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from pipeline import outputs
@@ -28,7 +29,7 @@ from pipeline.config.params import ParamsView
 from pipeline.data.manifest import Manifest
 from pipeline.models.file import ModelInfo, save_model
 from pipeline.seeding import loader_generator, seed_everything
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, sampling
 from pipeline.training import distributed as dist
 from pipeline.training.batches import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
@@ -36,6 +37,7 @@ from pipeline.training.feed import DeviceFeed, TrainData
 from pipeline.training.history import history_csv, validation_csv
 from pipeline.training.inputs import augment_batch, datasets, make_loader
 from pipeline.training.losses import build_loss
+from pipeline.training.losses.auto import resolve_auto, train_counts
 from pipeline.training.metrics import Meter, make_meter
 from pipeline.training.optimizer import build_optimizer, parameter_groups
 from pipeline.training.precision import PrecisionPlan, resolve_precision
@@ -116,6 +118,7 @@ class Trainer:
     monitor: str
     stopper: EarlyStopping
     writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
+    auto_loss: dict[str, Any] = field(default_factory=dict)  # loss arguments computed from the counts (auto)
 
 
 def build(
@@ -142,7 +145,12 @@ def build(
     # -- data: each rank its shard of the training set, validation split likewise
     train_set, val_set = datasets(view, manifest)
     generator = loader_generator(cfg["seed"])
-    shard = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
+    # this rank's share of the epoch: train.sampler's weighted draw, else DDP's shuffled shard (None: single)
+    shard: DistributedSampler | sampling.WeightedDraw | None = sampling.train_sampler(
+        cfg["sampler"], manifest, len(train_set), ctx, seed=cfg["seed"]
+    )
+    if shard is None:
+        shard = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
     train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=shard)
     val_loader = make_loader(val_set, cfg, device, shuffle=False, sampler=dist.eval_sampler(val_set, ctx))
     data = TrainData(train_set, train_loader, DeviceFeed(train_loader, device), generator, shard, cfg["seed"], ctx)
@@ -150,7 +158,11 @@ def build(
     # -- model, loss, optimizer, schedule
     model = plan.prepare_model(model)  # in place: the same module, on the device
     trained = dist.wrap_model(model, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # in DDP's wrapper, or model
-    loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"])
+    counts = train_counts(manifest)  # what weight: auto / pos_weight: auto are computed from
+    _, auto_loss = resolve_auto(view["loss"], counts, info.config["num_outputs"])
+    if auto_loss and ctx.is_main:
+        print("train: " + "; ".join(f"{key}: auto = {value}" for key, value in auto_loss.items()))
+    loss_fn = build_loss(view["loss"], task=task, num_outputs=info.config["num_outputs"], counts=counts)
     optimizer = build_optimizer(view["optimizer"], parameter_groups(model, info, view["model.lr_mult"]))
     lr_factor = ctx.world_size if cfg["scale_lr"] else 1
     for group in optimizer.param_groups:  # before the scheduler records its initial learning rates
@@ -178,6 +190,7 @@ def build(
         monitor=monitor,
         stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]),
         writer=checkpoint.BackgroundWriter(),
+        auto_loss=auto_loss,
     )
 
 

@@ -78,3 +78,18 @@ def test_an_overlay_key_params_yaml_lacks_is_refused(tmp_path):
     params, configs = _fake(tmp_path, "a:\n  b: 1\n", "a:\n  bb: 2\n")
     with pytest.raises(PipelineError, match=r"x\.yaml: a\.bb is not in params\.yaml"):
         examples.stale(params, configs)
+
+
+def test_init_goes_back_to_the_shipped_segmentation_default(tmp_path, capsys):
+    """After starting from the classification example, `init configs/segmentation.yaml --force` gives
+    back params.yaml: its keys, values and comments (less the example's own leading comment; the schema
+    line points from where the file lands)."""
+    out = tmp_path / "params.yaml"
+    assert main(["init", str(REPO / "configs/classification.yaml"), "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["data"]["task"] == "classification"
+    assert main(["init", str(REPO / "configs/segmentation.yaml"), "--force", "--out", str(out)]) == 0
+    shipped = (REPO / "params.yaml").read_text()
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load(shipped)
+    overlay = (REPO / "configs/overlays/segmentation.yaml").read_text().splitlines()
+    own = {line for line in overlay if line.startswith("#")}
+    assert [line for line in out.read_text().splitlines() if line not in own][1:] == shipped.splitlines()[1:]

@@ -183,3 +183,27 @@ def test_devices_above_one_without_torchrun_says_how_to_launch(tmp_path, shapes_
     assert train_stage.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "torchrun --nproc_per_node=2 -m stages.train" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_weighted_draw_is_shared_by_the_ranks_each_taking_its_share(tmp_path):
+    """train.sampler: balanced under torchrun: both ranks make the draw a single process makes from
+    (train.seed, epoch) and take alternate positions of it, so together they train on exactly that draw."""
+    from pipeline.data.manifest import load_manifest
+    from pipeline.training.sampling import train_sampler
+    from tests.conftest import make_workspace
+
+    params = make_workspace(
+        tmp_path, task="classification", **{"train.sampler": "balanced", "train.epochs": 2, "train.seed": 4}
+    )
+    done = torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = load_manifest(tmp_path / "outputs/split/manifest.json")
+    single = train_sampler("balanced", manifest, len(manifest.splits["train"]), distributed.SINGLE, seed=4)
+    assert single is not None
+    lines = {rank: (tmp_path / f"samples/rank{rank}.txt").read_text().splitlines() for rank in (0, 1)}
+    for epoch, (line0, line1) in enumerate(zip(lines[0], lines[1], strict=True)):
+        (e0, *a), (e1, *b) = (line.split() for line in (line0, line1))
+        assert int(e0) == int(e1) == epoch and len(a) == len(b) == len(single) // 2
+        single.set_epoch(epoch)
+        assert [int(i) for pair in zip(a, b) for i in pair] == list(single)[: 2 * len(a)]

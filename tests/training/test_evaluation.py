@@ -156,3 +156,25 @@ def test_per_class_scores_leave_metrics_json_for_summary_json_and_the_plot(tmp_p
         f"class,metric,value\nbackground,dice,{dice!r}\nbackground,iou,{iou!r}\n"
         "foreground,dice,0.0\nforeground,iou,0.0\n"
     )
+
+
+def test_classification_overlays_show_the_mistakes_first_then_the_classes_in_turn():
+    # the manifest's order: all of class 0 first; two mistakes (test images 2 and 9)
+    actual = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+    predicted = [0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 1, 2, 2]
+    order = evaluation.classification_overlay_order(actual, predicted, 8)
+    assert order == [2, 9, 0, 8, 11, 1, 10, 12]
+    assert {actual[i] for i in order} == {0, 1, 2}  # not the first eight files, all of class 0
+    assert evaluation.classification_overlay_order(actual, predicted, 0) == []
+
+
+def test_segmentation_overlays_show_the_worst_dice_first():
+    data = red_dataset()
+    for worst, wrong_pixels in ((3, slice(0, 32)), (1, slice(0, 4))):
+        mask = data[worst][1].clone()
+        mask[wrong_pixels] = 1 - mask[wrong_pixels]  # the target no longer matches the red channel
+        data[worst] = (data[worst][0], mask)
+    results = run_loop(RedThreshold(), data, overlays=3)
+    assert results["drawn"] == [3, 1, 0]  # image 3 wholly wrong, image 1 partly, then the perfect in order
+    assert all((t == data[i][1].numpy()).all() for t, i in zip(results["targets"], results["drawn"]))
+    assert (results["preds"][0] == (data[3][0][0] > 128).numpy()).all()

@@ -9,6 +9,7 @@ Every loss takes logits and computes in float32 with autocast switched off (:mod
 - :mod:`.asymmetric`: ``asymmetric`` (multi-label ASL)
 - :mod:`.combined`: ``dice_bce``, ``sum`` (weighted terms)
 - :mod:`.wrappers`: a user function as a module, the float32 wrapper
+- :mod:`.auto`: ``weight: auto`` / ``pos_weight: auto`` from the training split's class counts
 - :mod:`.section`: :func:`build_loss` (the section -> the module) and :func:`check_loss` (``validate``)
 
 Importing the package registers every built-in loss and the check.

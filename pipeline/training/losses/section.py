@@ -10,7 +10,7 @@ the task's shape, so a value the loss only rejects when called (``alpha: 'high'`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from pipeline.config.building import blamed_attempt, check_binding, required_arg
 from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import ComponentError, PipelineError, Problem
 from pipeline.config.params import Params
+from pipeline.training.losses.auto import resolve_auto
 from pipeline.training.losses.base import BINARY, MULTICLASS, MULTILABEL, losses
 from pipeline.training.losses.combined import WeightedSum
 from pipeline.training.losses.wrappers import Float32Loss, FunctionLoss
@@ -115,9 +116,12 @@ def probe(loss: nn.Module, num_outputs: int, task: str) -> None:
     loss(logits, target).backward()
 
 
-def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int) -> nn.Module:
+def build_loss(cfg: dict[str, Any], *, task: str, num_outputs: int, counts: Sequence[int] | None = None) -> nn.Module:
     """The loss module for the resolved ``loss`` section; ``num_outputs`` is the model's logit count
-    (1 = binary, which is the mode), ``task`` the shape of a batch (masks or labels)."""
+    (1 = binary, which is the mode), ``task`` the shape of a batch (masks or labels), ``counts`` the
+    training split's per-class counts that ``weight: auto`` / ``pos_weight: auto`` are computed from
+    (:func:`~pipeline.training.losses.auto.train_counts`)."""
+    cfg, _ = resolve_auto(cfg, counts, num_outputs)
     name = cfg["name"]
     params = dict(cfg.get("params") or {})
     terms = cfg.get("terms") or []
@@ -170,8 +174,9 @@ def check_loss(params: Params) -> list[Problem]:
         supported = getattr(losses.find(cfg["name"]), "supports", (BINARY, MULTICLASS, MULTILABEL))
         binary = BINARY in supported and params.get("data.task") == "segmentation"
         num_outputs = 1 if binary else 3
+    stand_in = [1] * (2 if num_outputs == 1 else num_outputs)  # auto weights of balanced classes
     try:
-        build_loss(cfg, task=params.get("data.task"), num_outputs=num_outputs)
+        build_loss(cfg, task=params.get("data.task"), num_outputs=num_outputs, counts=stand_in)
     except ComponentError as exc:
         return exc.problems
     except PipelineError as exc:
