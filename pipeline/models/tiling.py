@@ -11,7 +11,7 @@ the tile's centre counts more than its border, where a CNN sees less context). B
 (w(y, x) = wy(y) * wx(x)) and the tiles form a grid, so the per-pixel weight total is the outer product of
 two 1-D totals: the logit sum is the only full-size array (C*H*W*4 bytes), besides the caller's image.
 
-An image smaller than a tile in a dimension is padded at its far edge by reflection (numpy's ``reflect``,
+An image smaller than a tile in a dimension is padded at its far edge by reflection (mirrored about the edge pixel,
 repeated when the pad exceeds the image) up to the tile; the padded part's logits are dropped.
 """
 
@@ -61,18 +61,30 @@ def _totals(length: int, starts: list[int], w: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def as_hwc(image: Any) -> np.ndarray:
-    """A uint8 image HxWx3 (numpy) from HxWx3 numpy or a [3,H,W] tensor (a view when it can be)."""
+def _chw(image: Any) -> torch.Tensor:
+    """The image as a [C,H,W] tensor: a uint8 HxWx3 numpy array is viewed as such (no copy); a tensor
+    (uint8 or already normalised float, on any device) is taken as [C,H,W]."""
     if isinstance(image, torch.Tensor):
-        return image.permute(1, 2, 0).cpu().numpy()
-    return np.asarray(image)
-
-
-def _pad(image: np.ndarray, th: int, tw: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if height >= th and width >= tw:
         return image
-    return np.pad(image, ((0, max(0, th - height)), (0, max(0, tw - width)), (0, 0)), mode="reflect")
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+
+
+def _pad(image: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """``image`` [C,H,W] reflected at its bottom and right edges up to at least (th, tw) (repeatedly when
+    the pad exceeds the image)."""
+    while image.shape[1] < th or image.shape[2] < tw:
+        height, width = image.shape[1:]
+        pad_h = min(th - height, height - 1) if height < th else 0
+        pad_w = min(tw - width, width - 1) if width < tw else 0
+        if pad_h <= 0 and pad_w <= 0:  # a 1-pixel side cannot reflect: repeat it
+            return torch.nn.functional.pad(
+                image[None].float(), (0, max(0, tw - width), 0, max(0, th - height)), mode="replicate"
+            )[0].to(image.dtype)
+        flipped = image.flip(1)[:, 1 : 1 + pad_h] if pad_h > 0 else image[:, :0]
+        image = torch.cat([image, flipped], dim=1)
+        flipped = image.flip(2)[:, :, 1 : 1 + pad_w] if pad_w > 0 else image[:, :, :0]
+        image = torch.cat([image, flipped], dim=2)
+    return image
 
 
 def tile_grid(hw: tuple[int, int], tile: tuple[int, int], overlap: float) -> list[tuple[int, int]]:
@@ -82,12 +94,13 @@ def tile_grid(hw: tuple[int, int], tile: tuple[int, int], overlap: float) -> lis
     return [(y, x) for y in ys for x in xs]
 
 
-def _batches(image: np.ndarray, grid: list[tuple[int, int]], tile: tuple[int, int], batch: int) -> Iterator[Any]:
+def _batches(
+    image: torch.Tensor, grid: list[tuple[int, int]], tile: tuple[int, int], batch: int
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
     th, tw = tile
     for i in range(0, len(grid), batch):
         where = grid[i : i + batch]
-        tiles = np.stack([image[y : y + th, x : x + tw] for y, x in where])  # [n,h,w,3]: one batch only
-        yield where, torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)))
+        yield where, torch.stack([image[:, y : y + th, x : x + tw] for y, x in where])  # one batch only
 
 
 @torch.no_grad()
@@ -101,17 +114,18 @@ def tiled_logits(
     batch: int = 8,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Float32 logits [C,H,W] of the whole ``image`` (uint8 HxWx3 numpy, or a uint8 [3,H,W] tensor), by
-    overlapping tiles of ``tile`` (height, width) blended as the module says. ``model`` takes uint8 tiles
-    [N,3,h,w] on the CPU and returns their logits [N,C,h,w]; the sum is kept on ``device`` (the CPU by
-    default: a large image then costs no accelerator memory beyond one batch of tiles)."""
+    """Float32 logits [C,H,W] of the whole ``image``, by overlapping tiles of ``tile`` (height, width)
+    blended as the module says. ``image``: uint8 HxWx3 numpy (predict, the served model: ``model`` then
+    takes uint8 tiles [N,3,h,w] on the CPU) or a [3,H,W] tensor (evaluation: a normalised one on the
+    device, tiles cut where it lies). ``model`` returns the tiles' logits [N,C,h,w]; their sum is kept
+    on ``device`` (for predict the CPU: a large image then costs no accelerator memory beyond a batch)."""
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must lie in [0, 1), not {overlap}")
     th, tw = int(tile[0]), int(tile[1])
-    pixels = as_hwc(image)
-    height, width = pixels.shape[:2]
+    pixels = _chw(image)
+    height, width = pixels.shape[1:]
     padded = _pad(pixels, th, tw)
-    ph, pw = padded.shape[:2]
+    ph, pw = padded.shape[1:]
     wy, wx = weights_1d(th, blend), weights_1d(tw, blend)
     grid = tile_grid((ph, pw), (th, tw), overlap)
     ys, xs = sorted({y for y, _ in grid}), sorted({x for _, x in grid})
@@ -162,3 +176,66 @@ def describe(hw: tuple[int, int], tile: tuple[int, int], overlap: float) -> str:
     """'N tiles of hxw' for an image of ``hw``: what a log line says."""
     n = tile_count(hw, tile, overlap)
     return f"{n} tile{'s' * (n != 1)} of {tile[0]}x{tile[1]}"
+
+
+class TiledModel(torch.nn.Module):
+    """``model`` run on each image of a batch by :func:`tiled_logits`: normalised float images [N,3,H,W]
+    in, logits [N,C,H,W] out, as the model itself would be called. Evaluation and validation at native
+    resolution score with it (batches of one image, each of its own size)."""
+
+    def __init__(self, model: TileModel, *, tile: tuple[int, int], overlap: float, blend: str, batch: int):
+        super().__init__()
+        self.model, self.tile, self.overlap, self.blend, self.batch = model, tile, overlap, blend, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [
+                tiled_logits(
+                    self.model,
+                    image,
+                    tile=self.tile,
+                    overlap=self.overlap,
+                    blend=self.blend,
+                    batch=self.batch,
+                    device=x.device,
+                )
+                for image in x
+            ]
+        )
+
+
+def tile_settings(cfg: dict[str, Any], fallback: tuple[int, int]) -> dict[str, Any]:
+    """``evaluate.tile`` resolved for a model file's recipe: size as [height, width] (null: ``fallback``,
+    the training crop), overlap, blend and batch as given or by default. What every caller tiles with."""
+    height, width = tile_hw(cfg.get("size"), fallback)
+    return {
+        "size": [height, width],
+        "overlap": float(cfg.get("overlap", 0.25)),
+        "blend": str(cfg.get("blend", "gaussian")),
+        "batch": int(cfg.get("batch", 8)),
+    }
+
+
+def tiled_model(model: TileModel, tile: dict[str, Any]) -> TiledModel:
+    """:class:`TiledModel` from resolved settings (:func:`tile_settings`, or a recipe's ``tile``)."""
+    return TiledModel(
+        model,
+        tile=(int(tile["size"][0]), int(tile["size"][1])),
+        overlap=float(tile["overlap"]),
+        blend=str(tile["blend"]),
+        batch=int(tile["batch"]),
+    )
+
+
+def tiled_logits_of(model: TileModel, image: Any, tile: dict[str, Any], device: Any = "cpu") -> torch.Tensor:
+    """:func:`tiled_logits` with resolved settings (a recipe's ``tile``): predict's, the served model's
+    and ONNX predict's one call."""
+    return tiled_logits(
+        model,
+        image,
+        tile=(int(tile["size"][0]), int(tile["size"][1])),
+        overlap=float(tile["overlap"]),
+        blend=str(tile["blend"]),
+        batch=int(tile["batch"]),
+        device=device,
+    )
