@@ -100,9 +100,15 @@ def _predict(args: argparse.Namespace) -> int:
     from pipeline.tracking.model import local_weights
 
     model = local_weights(args.model)
-    predictor = Predictor.from_file(
-        model, device=args.device, threshold=args.threshold, flip_tta=args.tta, trust_code=args.trust_code
-    )
+    predictor: Predictor
+    if model.suffix == ".onnx":  # the exported graph, run by onnxruntime, prepared and tiled alike
+        from pipeline.inference.onnx_predictor import OnnxPredictor
+
+        predictor = OnnxPredictor.from_onnx(model, threshold=args.threshold, flip_tta=args.tta)
+    else:
+        predictor = Predictor.from_file(
+            model, device=args.device, threshold=args.threshold, flip_tta=args.tta, trust_code=args.trust_code
+        )
     done = predict_files(
         predictor, args.inputs, Path(args.out), batch_size=args.batch_size, overlays=args.overlays, model=model
     )
@@ -235,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="outputs/train/best.safetensors",
-        help="a model file, or runs:/RUN_ID (its weights in the MLflow store)",
+        help="a model file, an exported model.onnx (run by onnxruntime), or runs:/RUN_ID (its weights in the MLflow store)",
     )
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="outputs/train/best.safetensors",
-        help="a model file, or runs:/RUN_ID (its weights in the MLflow store)",
+        help="a model file, an exported model.onnx (run by onnxruntime), or runs:/RUN_ID (its weights in the MLflow store)",
     )
     p.add_argument("--out", required=True, help="the file to write (TorchScript: and FILE.json beside it)")
     p.add_argument("--opset", type=int, default=export_defaults["opset"], help="ONNX opset (default: %(default)s)")

@@ -22,7 +22,7 @@ from pipeline.data.dataset import image_hw
 from pipeline.data.manifest import read_manifest
 from pipeline.stage import run_stage
 
-PARAMS = ("data.task", "data.image_size", "data.cache")
+PARAMS = ("data.task", "data.image_size", "data.cache", "data.resize")
 
 
 def decode(view: ParamsView) -> dict[str, Any]:
@@ -40,16 +40,26 @@ def decode(view: ParamsView) -> dict[str, Any]:
         return index
     height, width = image_hw(size)
     counts = {s: len(manifest.splits[s]) for s in decoded.SPLITS}
-    print(
-        f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at {height}x{width} -> "
-        f"{outputs.DECODE}, {decoded.human_bytes(decoded.cache_bytes(manifest, size))} on disk "
-        "(and as much again in DVC's cache unless its cache.type links files)"
-    )
+    resize = view["data.resize"]
+    if resize == "none":
+        print(
+            f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at native resolution "
+            f"(data.resize none) -> {outputs.DECODE}"
+        )
+    else:
+        print(
+            f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at {height}x{width} -> "
+            f"{outputs.DECODE}, {decoded.human_bytes(decoded.cache_bytes(manifest, size))} on disk "
+            "(and as much again in DVC's cache unless its cache.type links files)"
+        )
     started = time.perf_counter()
-    index = decoded.write_decoded(out, manifest, root=view.resolve_path(manifest.root), image_size=size)
+    index = decoded.write_decoded(out, manifest, root=view.resolve_path(manifest.root), image_size=size, resize=resize)
     seconds = time.perf_counter() - started
     rate = sum(counts.values()) / max(seconds, 1e-9)
-    print(f"decode: wrote {outputs.DECODE} in {seconds:.1f} s ({rate:.0f} images/s)")
+    print(
+        f"decode: wrote {outputs.DECODE} in {seconds:.1f} s ({rate:.0f} images/s, "
+        f"{decoded.human_bytes(index['bytes'])})"
+    )
     return index
 
 

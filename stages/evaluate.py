@@ -36,6 +36,7 @@ from pipeline.data.dataset import ManifestDataset, image_hw
 from pipeline.data.manifest import read_manifest
 from pipeline.models.file import load_model
 from pipeline.models.input_contract import resolve_device
+from pipeline.models.tiling import tile_settings, tiled_model
 from pipeline.stage import run_stage
 from pipeline.tracking import run as tracking
 from pipeline.training.evaluation import class_names, mlflow_metrics, run_test_set, write_outputs
@@ -44,7 +45,7 @@ from pipeline.training.losses.auto import train_counts
 from pipeline.training.multilabel_metrics import class_thresholds
 from pipeline.training.precision import resolve_precision
 
-PARAMS = ("data.task", "data.image_size", "augment.eval", "evaluate", "precision", "loss")
+PARAMS = ("data.task", "data.image_size", "data.resize", "augment.eval", "evaluate", "precision", "loss")
 RECORD_PARAMS = ("tracking",)  # where the test metrics are recorded, not what they are: no DVC param
 
 
@@ -56,12 +57,14 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
     run_id = tracking.read_run_info(outputs.require(root, outputs.TRAIN_RUN)).get("run_id")
     device = resolve_device(cfg["device"], key="evaluate.device")
     plan = resolve_precision(view["precision"], device)
+    native = view["data.resize"] == "none"  # whole test images, each by tiles (evaluate.tile)
     dataset = ManifestDataset(
         manifest,
         "test",
         root=view.resolve_path(manifest.root),
         image_size=view["data.image_size"],
         transform=build_transform(view["augment.eval"], task=task),
+        resize=view["data.resize"],
     )
     if len(dataset) == 0:
         raise PipelineError("the test split is empty; raise split.fractions.test")
@@ -86,17 +89,19 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         # changed_param.* tag, so the run says which settings its test metrics came from.
         run.log_params(flatten(view.all_params()))
         model = plan.prepare_model(model.to(device)).eval()
+        size = image_hw(view["data.image_size"])
+        scored = tiled_model(model, tile_settings(cfg["tile"], size)) if native else model
         loss_fn = build_loss(view["loss"], task=task, num_outputs=num_outputs, counts=train_counts(manifest))
         results = run_test_set(
-            model,
+            scored,
             dataset,
             loss_fn,
             plan,
             device,
-            cfg,
+            {**cfg, "batch_size": 1} if native else cfg,
             task=task,
             class_names=names,
-            image_hw=image_hw(view["data.image_size"]),
+            image_hw=size,
         )
         with atomic_dir(root / outputs.EVALUATE) as staging:  # all four files, or none of them
             metrics, summary = write_outputs(staging, task, names, manifest.splits["test"], results)

@@ -31,6 +31,9 @@ from pipeline.training import distributed as dist
 PARAMS = (
     "data.task",
     "data.image_size",
+    "data.resize",
+    "data.crop",
+    "evaluate.tile",
     "augment.train",
     "augment.eval",
     "augment.random_order",

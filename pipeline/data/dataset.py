@@ -1,12 +1,14 @@
 """A split of the manifest as a torch Dataset: images and masks decoded lazily from disk (upright, and
-images by their real range: ``pipeline.data.images``), resized to
-``data.image_size``, augmented by the declared transform. Images are returned as uint8 tensors:
-normalisation happens on the device, later."""
+images by their real range: ``pipeline.data.images``), resized to ``data.image_size`` (``data.resize:
+fit``) or kept at native resolution (``none``: the training split then yields random crops of
+``data.image_size``, :func:`random_crop`), augmented by the declared transform. Images are returned as
+uint8 tensors: normalisation happens on the device, later."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,35 @@ def rgb_resized(image: Image.Image, hw: tuple[int, int], where: str | Path = "im
     if image.size != (hw[1], hw[0]):
         image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
+
+
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], foreground_prob: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A crop of ``hw`` from a full-resolution image and its mask (both reflected at the far edges first
+    when smaller). With probability ``foreground_prob`` it is centred (as far as the edges allow) on a
+    random foreground pixel (class > 0), else placed uniformly. Draws from numpy's global RNG, which
+    :func:`pipeline.seeding.seed_sample` seeds per (epoch, sample): a resumed run draws the same crops."""
+    height, width = hw
+    pad = ((0, max(0, height - image.shape[0])), (0, max(0, width - image.shape[1])))
+    if any(p for _, p in pad):
+        image, mask = np.pad(image, (*pad, (0, 0)), mode="reflect"), np.pad(mask, pad, mode="reflect")
+    rows, cols = mask.shape
+    y = x = None
+    if foreground_prob > 0 and np.random.random() < foreground_prob:
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            pick = np.random.randint(len(ys))
+            y = int(np.clip(ys[pick] - height // 2, 0, rows - height))
+            x = int(np.clip(xs[pick] - width // 2, 0, cols - width))
+    if y is None or x is None:
+        y, x = np.random.randint(rows - height + 1), np.random.randint(cols - width + 1)
+    return np.array(image[y : y + height, x : x + width]), np.array(mask[y : y + height, x : x + width])
+
+
+def rgb_native(image: Image.Image, where: str | Path = "image") -> np.ndarray:
+    """The image at its own size as 8-bit RGB (``data.resize: none``), HxWx3 uint8 and writable."""
+    return np.array(to_rgb(image, where), dtype=np.uint8)
 
 
 def chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -76,7 +107,11 @@ class ManifestDataset(torch.utils.data.Dataset):
     Images are resized bilinearly, masks with NEAREST (class indices must not blend), then
     ``transform(image, mask)`` runs on HxWx3 / HxW uint8 arrays. Picklable (DataLoader workers).
     ``batch_transform``, when given, is the training loop's to apply to each batch on the device
-    (augment.device); the samples themselves then leave here unaugmented."""
+    (augment.device); the samples themselves then leave here unaugmented.
+
+    ``resize`` ``none`` (segmentation): images and masks keep their native size; with ``crop`` (the
+    training split's ``data.crop``) each sample is a random crop of ``image_size`` before the transform,
+    without it (validation, test) the whole image, each of its own size (batches of one)."""
 
     def __init__(
         self,
@@ -87,6 +122,8 @@ class ManifestDataset(torch.utils.data.Dataset):
         image_size: int | list[int] | tuple[int, int],
         transform: Transform | None = None,
         batch_transform: BatchTransform | None = None,
+        resize: str = "fit",
+        crop: dict[str, Any] | None = None,
     ):
         if split not in manifest.splits:
             raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
@@ -98,6 +135,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.height, self.width = image_hw(image_size)
         self.transform = transform
         self.batch_transform = batch_transform
+        self.native = resize == "none"
+        if self.native and self.task != "segmentation":
+            raise PipelineError("data.resize none (native resolution) is for segmentation; use fit")
+        self.crop = crop if self.native else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -132,6 +173,8 @@ class ManifestDataset(torch.utils.data.Dataset):
                     f" but its image {entry['image']} is {image.size[0]}x{image.size[1]}"
                 )
             classes = mask_to_classes(mask_array(mask_image, str(self.root / entry["mask"])), self.num_classes)
+            if self.native:
+                return rgb_native(image, self.root / entry["image"]), np.array(classes, dtype=np.uint8)
             mask_image = Image.fromarray(classes)
             if mask_image.size != (self.width, self.height):
                 mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)
@@ -140,6 +183,8 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
+        if self.crop is not None and mask is not None:
+            image, mask = random_crop(image, mask, (self.height, self.width), self.crop.get("foreground_prob", 0.0))
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         image_tensor = chw_tensor(image)

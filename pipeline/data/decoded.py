@@ -91,12 +91,15 @@ def write_decoded(
     root: str | Path,
     image_size: int | list[int] | tuple[int, int],
     workers: int | None = None,
+    resize: str = "fit",
 ) -> dict[str, Any]:
     """Decode the train and val splits of ``manifest`` (files under ``root``) into ``cache_dir``; return
     the index. All or nothing: a file that cannot be decoded leaves the old cache (or none). ``workers``:
     processes decoding at once (None: one per CPU from :data:`PARALLEL_FROM` samples, else this one);
     each row depends on its sample alone, so the result does not depend on them."""
     cache_dir = Path(cache_dir)
+    if resize == "none":
+        return _write_native(cache_dir, manifest, root=root, image_size=image_size, workers=workers)
     height, width = image_hw(image_size)
     target = target_layout(manifest.task, (height, width), manifest.num_classes)
     sets = {s: ManifestDataset(manifest, s, root=root, image_size=(height, width)) for s in SPLITS}
@@ -133,6 +136,7 @@ def write_decoded(
             "enabled": True,
             "format": FORMAT_VERSION,
             "task": manifest.task,
+            "resize": "fit",
             "image_size": [height, width],
             "num_classes": manifest.num_classes,
             "manifest_fingerprint": manifest.fingerprint,
@@ -142,6 +146,86 @@ def write_decoded(
         }
         write_json(tmp / INDEX, index)
     return index
+
+
+def _write_native(
+    cache_dir: Path,
+    manifest: Manifest,
+    *,
+    root: str | Path,
+    image_size: int | list[int] | tuple[int, int],
+    workers: int | None,
+) -> dict[str, Any]:
+    """The cache at native resolution (``data.resize: none``): each job of :data:`CHUNK` samples writes
+    one shard, its images' [3,h,w] planes and its masks' [h,w] one after another in two flat uint8
+    ``.npy`` files; the index lists every sample's (h, w), from which the offsets follow. Sizes are only
+    known once decoded, so no disk-space check is made beforehand."""
+    if manifest.task != "segmentation":
+        raise PipelineError("data.resize none (native resolution) is for segmentation; use fit")
+    sets = {s: ManifestDataset(manifest, s, root=root, image_size=image_size, resize="none") for s in SPLITS}
+    with atomic_dir(cache_dir) as tmp:
+        for name in sets:
+            (tmp / name).mkdir()
+        jobs = [
+            (name, start, min(start + CHUNK, len(d))) for name, d in sets.items() for start in range(0, len(d), CHUNK)
+        ]
+        results = _run(_NativeWriter(sets, tmp), jobs, _workers(workers, sum(len(d) for d in sets.values()), len(jobs)))
+        splits: dict[str, Any] = {
+            name: {
+                "count": len(d),
+                "folder": name,
+                "layout": "native",
+                "shards": [],
+                "image_shape": None,
+                "image_dtype": "uint8",
+                "target_shape": None,
+                "target_dtype": "uint8",
+            }
+            for name, d in sets.items()
+        }
+        total = 0
+        for (name, start, stop), shapes in zip(jobs, results):
+            shard = {**_native_names(start), "start": start, "count": stop - start, "shapes": shapes}
+            record_shard(tmp / name, shard)
+            total += sum(shard["bytes"].values())
+            splits[name]["shards"].append(shard)
+        index = {
+            "enabled": True,
+            "format": FORMAT_VERSION,
+            "task": manifest.task,
+            "resize": "none",
+            "image_size": None,
+            "num_classes": manifest.num_classes,
+            "manifest_fingerprint": manifest.fingerprint,
+            "manifest_digest": manifest_digest(manifest),
+            "bytes": total,
+            "splits": splits,
+        }
+        write_json(tmp / INDEX, index)
+    return index
+
+
+def _native_names(start: int) -> dict[str, str]:
+    number = start // CHUNK
+    return {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}
+
+
+@dataclass
+class _NativeWriter:
+    """Decodes one job's samples at native size into one flat shard; returns their [h, w]."""
+
+    sets: dict[str, ManifestDataset]
+    folder: Path
+
+    def __call__(self, job: tuple[str, int, int]) -> list[list[int]]:
+        name, start, stop = job
+        loaded = [self.sets[name].load(i) for i in range(start, stop)]
+        names = _native_names(start)
+        images = np.concatenate([image.transpose(2, 0, 1).reshape(-1) for image, _ in loaded])
+        masks = np.concatenate([np.asarray(mask).reshape(-1) for _, mask in loaded])
+        np.save(self.folder / name / names["images"], images, allow_pickle=False)
+        np.save(self.folder / name / names["targets"], masks, allow_pickle=False)
+        return [[int(image.shape[0]), int(image.shape[1])] for image, _ in loaded]
 
 
 def _check_space(cache_dir: Path, needed: int) -> None:
@@ -195,30 +279,28 @@ class _Writer:
         return stop - start
 
 
-_WORKER: list[_Writer] = []  # a pool process's writer, installed once by _install
+_WORKER: list[Any] = []  # a pool process's writer, installed once by _install
 
 
-def _install(writer: _Writer) -> None:
+def _install(writer: Any) -> None:
     _WORKER[:] = [writer]
 
 
-def _job(job: tuple[str, int, int]) -> int:
+def _job(job: tuple[str, int, int]) -> Any:
     return _WORKER[0](job)
 
 
-def _run(writer: _Writer, jobs: list[tuple[str, int, int]], workers: int) -> None:
-    """Run ``jobs`` here, or on a pool of ``workers`` processes (the writer is sent once to each)."""
+def _run(writer: Any, jobs: list[tuple[str, int, int]], workers: int) -> list[Any]:
+    """Run ``jobs`` here, or on a pool of ``workers`` processes (the writer is sent once to each);
+    return each job's result, in order."""
     if workers <= 1:
-        for job in jobs:
-            writer(job)
-        return
+        return [writer(job) for job in jobs]
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=dying_with_parent(_install), initargs=(writer,)
     )  # no worker outlives a killed stage
     try:
-        for _ in pool.map(_job, jobs):
-            pass
+        return list(pool.map(_job, jobs))
     finally:  # on a failure, drop the queued jobs instead of decoding them first
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -241,19 +323,29 @@ class DecodedDataset(ManifestDataset):
         image_size: int | list[int] | tuple[int, int],
         transform: Transform | None = None,
         batch_transform: BatchTransform | None = None,
+        resize: str = "fit",
+        crop: dict[str, Any] | None = None,
     ):
         super().__init__(
-            manifest, split, root=root, image_size=image_size, transform=transform, batch_transform=batch_transform
+            manifest,
+            split,
+            root=root,
+            image_size=image_size,
+            transform=transform,
+            batch_transform=batch_transform,
+            resize=resize,
+            crop=crop,
         )
         self.cache_dir = Path(cache_dir)
         index = read_index(self.cache_dir)
-        check_index(index, self.cache_dir, manifest, (self.height, self.width))
+        hw = None if self.native else (self.height, self.width)
+        check_index(index, self.cache_dir, manifest, hw)
         self.folder, self.shards = split_layout(
             index,
             self.cache_dir,
             split,
             task=self.task,
-            hw=(self.height, self.width),
+            hw=hw,
             count=len(self.entries),
             num_classes=self.num_classes,
         )
@@ -269,24 +361,31 @@ class DecodedDataset(ManifestDataset):
         self._map_shards()  # shapes and dtypes checked here, once; each reading process maps its own
 
     def _map_shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every shard memory-mapped, refused unless its arrays have the index's shapes and dtypes."""
+        """Every shard memory-mapped, refused unless its arrays have the index's shapes and dtypes (a
+        native shard: flat, as long as its samples' sizes add up to)."""
         arrays = []
         for shard in self.shards:
             pair = []
-            target_shape, target_dtype = target_layout(self.task, (self.height, self.width), self.num_classes)
-            for kind, dtype, shape in (
-                ("images", np.uint8, (3, self.height, self.width)),
-                ("targets", np.dtype(target_dtype), tuple(target_shape)),
-            ):
+            if self.native:
+                pixels = sum(h * w for h, w in shard["shapes"])
+                layout = [("images", np.uint8, (3 * pixels,)), ("targets", np.uint8, (pixels,))]
+            else:
+                target_shape, target_dtype = target_layout(self.task, (self.height, self.width), self.num_classes)
+                layout = [
+                    ("images", np.uint8, (3, self.height, self.width)),
+                    ("targets", np.dtype(target_dtype), tuple(target_shape)),
+                ]
+            for kind, dtype, shape in layout:
                 path = self.folder / shard[kind]
                 try:
                     array = np.load(path, mmap_mode="r", allow_pickle=False)
                 except (OSError, ValueError) as exc:
                     raise PipelineError(f"{path}: cannot read this shard ({exc}); {REBUILD}") from None
-                if array.dtype != dtype or array.shape != (shard["count"], *shape):
+                expected = shape if self.native else (shard["count"], *shape)
+                if array.dtype != dtype or array.shape != expected:
                     raise PipelineError(
                         f"{path}: holds {array.dtype} {list(array.shape)}, not {np.dtype(dtype)} "
-                        f"{[shard['count'], *shape]}; {REBUILD}"
+                        f"{list(expected)}; {REBUILD}"
                     )
                 pair.append(array)
             arrays.append((pair[0], pair[1]))
@@ -311,6 +410,13 @@ class DecodedDataset(ManifestDataset):
         import cv2  # interleaves the stored planes in ~8 us at 224 px; numpy's transposing copy takes ~250
 
         images, targets, row = self._row(index)
+        if self.native:
+            shard = self.shards[locate(self._starts, index % len(self.entries))[0]]
+            height, width = shard["shapes"][row]
+            offset = sum(h * w for h, w in shard["shapes"][:row])
+            planes = images[3 * offset : 3 * (offset + height * width)].reshape(3, height, width)
+            image = cv2.merge([np.asarray(planes[c]) for c in range(3)])
+            return image, np.array(targets[offset : offset + height * width].reshape(height, width))
         planes = images[row]
         image = cv2.merge([np.asarray(planes[c]) for c in range(3)])
         return image, np.array(targets[row], dtype=np.uint8) if self.task == "segmentation" else None
@@ -318,7 +424,7 @@ class DecodedDataset(ManifestDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # A transform works on HxWx3 arrays; an empty one (augment.eval: [], AugmentTransform with no
         # augmenters returns its input) would only cost that round trip.
-        if self.transform is not None and getattr(self.transform, "spec", None) != []:
+        if self.native or (self.transform is not None and getattr(self.transform, "spec", None) != []):
             return super().__getitem__(index)
         images, targets, row = self._row(index)  # stored as [3,H,W]: one copy, no transpose
         image = torch.from_numpy(np.array(images[row]))
@@ -340,12 +446,21 @@ def open_split(
     image_size: int | list[int] | tuple[int, int],
     transform: Transform | None = None,
     batch_transform: BatchTransform | None = None,
+    resize: str = "fit",
+    crop: dict[str, Any] | None = None,
 ) -> ManifestDataset:
     """``split`` from the decoded cache when the decode stage wrote one, else decoded from the files
     every epoch (``data.cache: none``; or no decode stage run: said once on stderr). A cache decoded
-    for another manifest or size is refused."""
+    for another manifest or size (or resize mode) is refused."""
     cache_dir = Path(cache_dir)
-    kwargs = {"root": root, "image_size": image_size, "transform": transform, "batch_transform": batch_transform}
+    kwargs: dict[str, Any] = {
+        "root": root,
+        "image_size": image_size,
+        "transform": transform,
+        "batch_transform": batch_transform,
+        "resize": resize,
+        "crop": crop,
+    }
     if (cache_dir / INDEX).exists() and read_index(cache_dir).get("enabled"):
         return DecodedDataset(cache_dir, manifest, split, **kwargs)
     if not (cache_dir / INDEX).exists() and cache_dir not in _NOTED:

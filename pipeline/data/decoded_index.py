@@ -64,8 +64,9 @@ def read_index(cache_dir: str | Path) -> dict[str, Any]:
     return index
 
 
-def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int]) -> None:
-    """Refuse a cache that was not decoded from this manifest at this size, or by another format."""
+def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int] | None) -> None:
+    """Refuse a cache that was not decoded from this manifest at this size (``hw`` None: at native
+    resolution, ``data.resize: none``), or by another format."""
     if not index.get("enabled"):
         raise PipelineError(
             f"{cache_dir} holds no decoded images (data.cache was none when the decode "
@@ -75,7 +76,8 @@ def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: 
         raise PipelineError(f"{cache_dir}: cache format {index.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
     for what, cached, wanted in (
         ("task", index.get("task"), manifest.task),
-        ("image size", index.get("image_size"), list(hw)),
+        ("data.resize", index.get("resize", "fit"), "fit" if hw is not None else "none"),
+        ("image size", index.get("image_size"), list(hw) if hw is not None else None),
         ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
         ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest)),
     ):
@@ -91,12 +93,13 @@ def split_layout(
     split: str,
     *,
     task: str,
-    hw: tuple[int, int],
+    hw: tuple[int, int] | None,
     count: int,
     num_classes: int = 1,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """``split``'s folder and shard entries from a checked index (:func:`check_index`), once they hold
-    ``count`` samples of ``hw`` for ``task`` in shards whose paths stay inside ``cache_dir``."""
+    ``count`` samples of ``hw`` (None: native sizes, each shard listing its samples' [h, w]) for
+    ``task`` in shards whose paths stay inside ``cache_dir``."""
     where = cache_dir / INDEX
 
     def refuse(key: str, why: str) -> PipelineError:
@@ -109,14 +112,17 @@ def split_layout(
     cached = index["splits"][split]
     if not isinstance(cached, dict):
         raise refuse("", "is not an object")
-    target_shape, target_dtype = target_layout(task, hw, num_classes)
-    wanted = {
+    # native sizes (segmentation only): flat shards, a uint8 mask per image, its [h, w] in the shard entry
+    target_shape, target_dtype = target_layout(task, hw, num_classes) if hw is not None else (None, "uint8")
+    wanted: dict[str, Any] = {
         "count": count,
-        "image_shape": [3, *hw],
+        "image_shape": [3, *hw] if hw is not None else None,
         "image_dtype": "uint8",
         "target_shape": target_shape,
         "target_dtype": target_dtype,
     }
+    if hw is None:
+        wanted["layout"] = "native"
     for key, value in wanted.items():
         if key not in cached:
             raise refuse(f".{key}", "is missing")
@@ -142,6 +148,17 @@ def split_layout(
                 f"starts at sample {shard['start']} with {shard['count']} samples; the shards before it end at {start}",
             )
         start += shard["count"]
+        if hw is None:
+            shapes = shard.get("shapes")
+            if not (
+                isinstance(shapes, list)
+                and len(shapes) == shard["count"]
+                and all(
+                    isinstance(hw_, list) and len(hw_) == 2 and all(type(v) is int and v > 0 for v in hw_)
+                    for hw_ in shapes
+                )
+            ):
+                raise refuse(f"{key}.shapes", f"is not a list of {shard['count']} [height, width] pairs")
         for kind in KINDS:
             _inside(cache_dir, cached["folder"], (shard.get(kind),), refuse, f"{key}.{kind}")
             size, digest = (shard.get(f) if isinstance(shard.get(f), dict) else {} for f in ("bytes", "sha256"))

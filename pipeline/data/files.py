@@ -182,7 +182,8 @@ def folder_problems(root: Path, task: str, images_dir: str, masks_dir: str) -> l
 
 
 def check_data(params: Params) -> list[Problem]:
-    """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks."""
+    """data.root exists; the segmentation folders exist inside it; num_classes fits 8-bit masks; native
+    resolution (data.resize none) is for segmentation only (a class needs the whole image)."""
 
     def get(key: str) -> Any:
         return params.get(f"data.{key}")
@@ -195,5 +196,9 @@ def check_data(params: Params) -> list[Problem]:
                 f"{get('num_classes')} classes: segmentation masks hold "
                 f"class indices in 8 bits (at most {MAX_SEGMENTATION_CLASSES})",
             )
+        )
+    if get("resize") == "none" and get("task") != "segmentation":
+        problems.append(
+            Problem("data.resize", "none (native resolution, tiled inference) is for segmentation; use fit")
         )
     return problems

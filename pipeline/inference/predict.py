@@ -6,7 +6,8 @@ module checks the output folder and writes the results. Classification writes
 ``OUT/predictions.csv`` (path, predicted class, its probability, one probability column per class);
 multilabel writes it as path, one ``p_<class>`` column per class, and ``labels`` (the predicted set,
 names joined by ``;``, empty for none);
-segmentation writes ``OUT/masks/<stem>.png``, class-index masks at each input's original size, and
+segmentation writes ``OUT/masks/<stem>.png``, class-index masks at each input's original size (a
+model trained at native resolution predicts each whole image by tiles, one image at a time), and
 with ``overlays`` ``OUT/overlays/<stem>.png``. Every file is written atomically. An input that cannot be
 read is listed at the end with its reason; the others are still predicted.
 """
@@ -85,7 +86,19 @@ def predict_files(
         )
     names = predictor.info.classes if predictor.task in ("classification", "multilabel") else None
     bar = tqdm(total=len(paths) + len(report.failed), desc="predict", unit="image", disable=None, file=sys.stderr)
-    for batch_paths, sizes, batch in read_batches(paths, predictor, batch_size, report.failed):
+    for batch_paths, sizes, batch in read_batches(
+        paths, predictor, 1 if predictor.tiled else batch_size, report.failed
+    ):
+        if predictor.tiled:  # the whole image by tiles, its mask at its own size
+            path, image = batch_paths[0], batch[0]
+            mask = predictor.whole_classes(predictor.whole_logits(image)).to(torch.uint8).numpy()
+            _write(out / "masks" / f"{path.stem}.png", _png(mask), report)
+            if overlays:
+                picture = plots.colour_mask(image.permute(1, 2, 0).numpy(), mask)
+                _write(out / "overlays" / f"{path.stem}.png", _png(picture), report)
+            report.predicted += 1
+            bar.update(1)
+            continue
         logits = predictor.logits(batch)
         classes = predictor.classes(logits)
         if predictor.task == "multilabel":

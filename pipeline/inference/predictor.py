@@ -1,6 +1,9 @@
 """A trained model file, ready to predict: the module rebuilt from its recipe, and images prepared
 exactly as the evaluate stage prepares them (the same resize, evaluation augmentation and
-normalisation functions), so a prediction here equals evaluate's for the same image.
+normalisation functions), so a prediction here equals evaluate's for the same image. A recipe with
+``tile`` (``data.resize: none``) keeps images at their size and predicts the whole image by tiles
+(:func:`pipeline.models.tiling.tiled_logits`, the function evaluate calls too); an exported ONNX file
+predicts the same way (:class:`pipeline.inference.onnx_predictor.OnnxPredictor`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from PIL import Image
 from pipeline.augment.transform import build_transform
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import check_value
-from pipeline.data.dataset import chw_tensor, rgb_resized
+from pipeline.data.dataset import chw_tensor, rgb_native, rgb_resized
 from pipeline.models.file import ModelInfo, load_model
 from pipeline.models.input_contract import normalise, resolve_device
+from pipeline.models.tiling import rows_apply, tiled_logits_of
 from pipeline.training.metrics import predict as classes_from_logits
 from pipeline.training.multilabel_metrics import thresholds_for
 
@@ -68,11 +72,26 @@ class Predictor:
     def task(self) -> str:
         return self.info.task
 
+    @property
+    def tiled(self) -> bool:
+        """Whether whole images are predicted by tiles (the recipe's ``tile``), not resized."""
+        return bool(self.info.tile) and self.task == "segmentation"
+
+    @torch.no_grad()
+    def whole_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [C,H,W] on the CPU of one prepared uint8 [3,H,W] image at its own size, by the
+        recipe's tiles (:func:`~pipeline.models.tiling.tiled_logits`); tiles of this predictor's logits."""
+        return tiled_logits_of(self.logits, image, self.info.tile or {})
+
+    def whole_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """[H,W] class indices of whole-image logits [C,H,W], in row blocks (bounded temporaries)."""
+        return rows_apply(logits, self.classes)
+
     def prepare(self, image: Image.Image, where: str | Path = "image") -> torch.Tensor:
-        """An image as the model takes it: uint8 [3,H,W] at the recipe's size, evaluation augmentation
+        """An image as the model takes it: uint8 [3,H,W] at the recipe's size (tiled: at its own), evaluation augmentation
         applied (the evaluate stage's ManifestDataset does the same). 16-bit and float images are scaled
         by their real range (:class:`PipelineError` naming ``where`` for values with none, e.g. NaN)."""
-        array = rgb_resized(image, self.info.image_hw, where)
+        array = rgb_native(image, where) if self.tiled else rgb_resized(image, self.info.image_hw, where)
         if self.info.eval_augment:
             array, _ = self._transform(array, None)
         return chw_tensor(array)

@@ -5,7 +5,8 @@ importable (the logged model carries it in its code paths).
 Input: a uint8 array of RGB images ``[N, H, W, 3]`` (any size: each is prepared as evaluate prepares
 images). Output: classification, class probabilities ``[N, C]`` (float32, columns in class order);
 multilabel, one independent sigmoid probability per class ``[N, C]`` (float32; the recipe's thresholds
-give the set); segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size.
+give the set); segmentation, class-index masks ``[N, H, W]`` (uint8) at the input size (a model trained
+at native resolution, ``data.resize: none``, infers each whole image by overlapping tiles: ``evaluate.tile``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class TrainedModel(PythonModel):
             images = images[None]
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected RGB images [N, H, W, 3], got an array of shape {images.shape}")
+        if self.predictor.tiled:  # native resolution: each image whole, by the recipe's tiles
+            return np.stack(
+                [
+                    self.predictor.whole_classes(
+                        self.predictor.whole_logits(self.predictor.prepare(Image.fromarray(im)))
+                    )
+                    .to(torch.uint8)
+                    .numpy()
+                    for im in images
+                ]
+            )
         batch = torch.stack([self.predictor.prepare(Image.fromarray(image)) for image in images])
         logits = self.predictor.logits(batch)
         if self.predictor.task in ("classification", "multilabel"):

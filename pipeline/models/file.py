@@ -20,7 +20,7 @@ from pipeline.config.errors import PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.models.finetune import apply_freeze, in_prefixes
 from pipeline.models.networks import build_model
-from pipeline.models.recipe import FORMAT_VERSION, check_recipe, parse_recipe
+from pipeline.models.recipe import FORMAT_VERSION, TILE_FREE_VERSION, check_recipe, parse_recipe
 
 META_KEY = "yamltrain.model"  # one key: safetensors stores metadata in a hash map, so several would reorder
 # ImageNet statistics: what torchvision and timm pretrained weights expect, and harmless otherwise. The
@@ -44,6 +44,8 @@ class ModelInfo:
     threshold: float | dict[str, float] = 0.5  # binary: foreground where sigmoid > it; multilabel: per class
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # data.resize none: how to infer on a whole image (pipeline.models.tiling.tile_settings); None: resize
+    tile: dict[str, Any] | None = None
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -74,8 +76,9 @@ class ModelInfo:
 
     def recipe(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready data (also what export and MLflow carry)."""
+        # a file without tiling keeps version 2, so code from before tiling still reads it
         return {
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if self.tile else TILE_FREE_VERSION,
             "arch": self.config,
             "head_prefixes": self.head_prefixes,
             "freeze": self.freeze,
@@ -86,6 +89,7 @@ class ModelInfo:
             "threshold": self.threshold,
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"tile": self.tile} if self.tile else {}),
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class ModelInfo:
             threshold=_threshold(values.get("threshold", 0.5)),
             mean=tuple(values.get("mean") or IMAGENET_MEAN),
             std=tuple(values.get("std") or IMAGENET_STD),
+            tile=values.get("tile"),
         )
 
 

@@ -18,7 +18,8 @@ from pipeline.config.dotted import is_import_path
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import value_problems
 
-FORMAT_VERSION = 2  # 2 adds class_names, preprocess and threshold; version 1 files load with defaults
+FORMAT_VERSION = 3  # 2 adds class_names, preprocess and threshold; 3 tile (native-resolution inference)
+TILE_FREE_VERSION = 2  # what a file without tile says it is: readable by code from before version 3
 SCHEMA = "model_file.schema.json"
 UNET_KEYS = ("base_channels", "depth", "upsampling")
 TRUST_HINT = (

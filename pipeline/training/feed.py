@@ -74,7 +74,8 @@ class SeededSamples(Dataset):
         self._epoch: int | None = None
         # Only a per-sample transform draws randomness here; without one (augmentation on the device,
         # the offline cache) seeding would only add its 18 us to a sample the decoded cache reads in 11.
-        self._seeded = getattr(dataset, "transform", None) is not None
+        # Random crops (data.resize none) draw too.
+        self._seeded = getattr(dataset, "transform", None) is not None or getattr(dataset, "crop", None) is not None
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -64,6 +64,7 @@ def datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | Of
     read from the decode stage's cache when there is one (:func:`pipeline.data.decoded.open_split`)."""
     task, root = view["data.task"], view.root
     image_size, data_root = view["data.image_size"], view.resolve_path(manifest.root)
+    resize = view["data.resize"]  # none: random crops of image_size to train, whole images to validate
     train_set: ManifestDataset | OfflineCacheDataset
     if view["augment.offline"]["enabled"]:
         train_set = OfflineCacheDataset(root / outputs.AUGMENT_CACHE)
@@ -83,6 +84,8 @@ def datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | Of
             image_size=image_size,
             transform=None if on_device else build_transform(spec, task=task, random_order=random_order),
             batch_transform=DeviceAugment(spec, task=task, random_order=random_order) if on_device else None,
+            resize=resize,
+            crop=view["data.crop"],
         )
     val_set = open_split(
         root / outputs.DECODE,
@@ -91,6 +94,7 @@ def datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | Of
         root=data_root,
         image_size=image_size,
         transform=build_transform(view["augment.eval"], task=task),
+        resize=resize,
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise PipelineError("the train or validation split is empty; adjust split.fractions")

@@ -26,8 +26,10 @@ from pipeline import outputs
 from pipeline.atomic import write_text
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
+from pipeline.data.dataset import image_hw
 from pipeline.data.manifest import Manifest
 from pipeline.models.file import ModelInfo, save_model
+from pipeline.models.tiling import tile_settings, tiled_model
 from pipeline.seeding import loader_generator, seed_everything
 from pipeline.training import checkpoint, sampling
 from pipeline.training import distributed as dist
@@ -119,6 +121,7 @@ class Trainer:
     stopper: EarlyStopping
     writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
     auto_loss: dict[str, Any] = field(default_factory=dict)  # loss arguments computed from the counts (auto)
+    val_model: nn.Module | None = None  # data.resize none: ``model`` by tiles over each whole image
 
 
 def build(
@@ -133,6 +136,8 @@ def build(
     cfg, task = view["train"], view["data.task"]
     apply_threads(cfg["threads"], workers=cfg["workers"])  # before any parallel work sizes the pools
     info.eval_augment = view["augment.eval"]  # the best weights' file says how evaluation prepares images
+    native = view["data.resize"] == "none"
+    info.tile = tile_settings(view["evaluate.tile"], image_hw(view["data.image_size"])) if native else None
     # -- numerics and the run's seed
     if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
         torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
@@ -152,7 +157,9 @@ def build(
     if shard is None:
         shard = dist.train_sampler(train_set, ctx, seed=cfg["seed"])
     train_loader = make_loader(train_set, cfg, device, shuffle=True, generator=generator, sampler=shard)
-    val_loader = make_loader(val_set, cfg, device, shuffle=False, sampler=dist.eval_sampler(val_set, ctx))
+    # native resolution: whole validation images, each its own size, one per batch, scored by tiles
+    val_cfg = {**cfg, "batch_size": 1} if native else cfg
+    val_loader = make_loader(val_set, val_cfg, device, shuffle=False, sampler=dist.eval_sampler(val_set, ctx))
     data = TrainData(train_set, train_loader, DeviceFeed(train_loader, device), generator, shard, cfg["seed"], ctx)
 
     # -- model, loss, optimizer, schedule
@@ -191,6 +198,7 @@ def build(
         stopper=EarlyStopping(mode=mode, min_delta=stopping["min_delta"], patience=stopping["patience"]),
         writer=checkpoint.BackgroundWriter(),
         auto_loss=auto_loss,
+        val_model=tiled_model(model, info.tile) if info.tile else None,
     )
 
 
@@ -354,7 +362,7 @@ def validate(t: Trainer) -> dict[str, float]:
     sum and count are all-reduced, so every rank gets the numbers of the whole split."""
     t.model.eval()
     batches = progress(t.val_feed, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
-    shard = score(t.model, batches, t.step.loss_fn, t.meter, t.step.precision)
+    shard = score(t.val_model or t.model, batches, t.step.loss_fn, t.meter, t.step.precision)
     whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.samples, t.ctx))
     metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
     metrics["val_loss"] = whole.mean()
