@@ -32,6 +32,13 @@ def workspace(reproduced_repo: ReproducedRepo, tmp_path_factory) -> Path:
     return copy_repo(reproduced_repo.root, tmp_path_factory.mktemp("ws") / "repo")
 
 
+@pytest.fixture
+def clone(reproduced_repo: ReproducedRepo, tmp_path: Path) -> Path:
+    """A copy of the reproduced repository of this test's own: up to date and committed, whatever the
+    tests before it left in ``workspace``."""
+    return copy_repo(reproduced_repo.root, tmp_path / "repo")
+
+
 def _edit(ws: Path, old: str, new: str) -> None:
     write_params(ws / "params.yaml", ws / "params.yaml", replace={old: new})
 
@@ -138,8 +145,9 @@ def test_every_problem_stops_dvc_repro_before_any_stage_works(workspace):
     assert sh(ws, "git", "status", "--porcelain").stdout == before
 
 
-def test_exp_run_logs_to_the_default_store(workspace):
-    ws = workspace
+def test_exp_run_logs_to_the_default_store(clone):
+    ws = clone
+    assert not (ws / "mlflow.db").exists()  # a clone has no store yet: the experiment's train stage makes it
     result = sh(ws, "dvc", "exp", "run", "-S", "loss.name=focal", "-S", "train.epochs=3")
     assert "train" in ran(result.stdout)
     shown = sh(ws, "dvc", "exp", "show", "--json").stdout
@@ -173,11 +181,11 @@ def _git_blobs_over(ws: Path, limit: int) -> list[str]:
     return big
 
 
-def test_the_experiment_workflow_keeps_git_clean(workspace):
+def test_the_experiment_workflow_keeps_git_clean(clone):
     """README's workflow: commit the run, queue a learning-rate grid, run it, compare. Git holds no
     output over 1 MB (the checkpoint and per-sample CSVs are DVC's), nothing is left untracked, and
     queued experiments leave the workspace as committed."""
-    ws = workspace
+    ws = clone
     sh(ws, "dvc", "repro")
     _commit(ws)
     assert sh(ws, "git", "status", "--porcelain").stdout == ""
