@@ -12,10 +12,17 @@
 - ``running_mlflow_server``: a real ``mlflow server`` on 127.0.0.1 (a free port) for a given backend
   store URI, artifacts in a given folder, always stopped;
 
+- ``sh``, ``ran``, ``make_repo``, ``copy_repo``: commands in, and copies of, a git + DVC repository
+  holding the project as a user's clone (tests/test_end_to_end.py, tests/search/);
+
 and the session fixtures ``shapes_dataset`` (64 generated segmentation images), ``mlflow_server`` (that
-server on a SQLite backend in a temp dir) and ``postgres``: a real PostgreSQL server on 127.0.0.1 (a free
+server on a SQLite backend in a temp dir), ``postgres``: a real PostgreSQL server on 127.0.0.1 (a free
 port, trust auth) with a database for an Optuna study and one for an MLflow backend store, skipped with
-the reason where PostgreSQL is not installed or does not start."""
+the reason where PostgreSQL is not installed or does not start, and ``reproduced_repo``: such a
+repository after one `dvc repro`, committed, for tests to copy rather than re-run.
+
+Tests marked ``slow`` (subprocesses, `dvc repro`, servers, training over a couple of seconds) are left
+out of the edit-test loop ``pytest -m "not slow"``; ``pytest`` runs everything."""
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import csv
 import importlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -402,3 +410,130 @@ def train_history(params: Path) -> list[dict[str, float]]:
     """The rows of the train stage's history.csv in the workspace of ``params``, as numbers."""
     with open(params.parent / "outputs/train/history.csv") as fh:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+# --- a git + DVC repository holding the project (tests/test_end_to_end.py, tests/search/) --------
+
+BIN = Path(sys.executable).parent
+REPRODUCED_IMAGES = 24  # enough for a 70/15/15 split with every split non-empty; each trial trains on it
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment of commands run in such a repository: this interpreter's scripts (dvc) first on
+    PATH, a git identity, no DVC analytics, no tracking URI from outside."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e",
+        DVC_NO_ANALYTICS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in ``cwd`` with ``dvc_env``; with ``check``, a failure is an AssertionError showing
+    its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(output: str) -> list[str]:
+    """The stages `dvc repro` executed, in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def tiny_params(path: Path) -> Path:
+    """The shipped params.yaml shrunk to seconds at ``path``: few epochs, tiny images and model, no
+    workers; edited as text, so that its comments and layout stay for the tests to edit."""
+    data = yaml.safe_load(SHIPPED_PARAMS.read_text())
+    return write_params(
+        path,
+        replace={
+            f"  epochs: {data['train']['epochs']}": "  epochs: 2",
+            "  workers: auto ": "  workers: 0    ",
+            f"  image_size: {_flow(data['data']['image_size'])}": "  image_size: [32, 32]",
+            f"  batch_size: {data['train']['batch_size']}\n": "  batch_size: 8\n",
+            f"base_channels: {data['model']['unet']['base_channels']}": "base_channels: 4",
+            f"pretrained: {data['model']['pretrained']}": "pretrained: false",  # the shipped weights fit the default size
+        },
+    )
+
+
+def _flow(value: object) -> str:
+    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+
+
+def make_repo(ws: Path, *, images: int = 40) -> Path:
+    """A git + DVC repository at ``ws`` holding the project (code, dvc.yaml, its DVC settings), generated
+    segmentation data and the tiny params.yaml, committed: what a user's clone looks like."""
+    from pipeline.data.synthetic import generate_segmentation
+
+    ws.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", "stages", "schemas", "weights", "plots"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, ws / name)
+    params = yaml.safe_load(SHIPPED_PARAMS.read_text())
+    generate_segmentation(ws / params["data"]["root"], n=images, size=32, seed=3)
+    tiny_params(ws / "params.yaml")
+    sh(ws, "git", "init", "-q")
+    sh(ws, "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvc/config", ws / ".dvc/config")  # the project's settings and plot templates
+    shutil.copytree(REPO / ".dvc/plots", ws / ".dvc/plots")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "init")
+    return ws
+
+
+LOCAL_STATE = {  # what copy_repo leaves out, by folder relative to the repository
+    Path(".dvc"): {"tmp"},  # DVC's per-checkout state: locks, hashes keyed by inode, the experiment queue
+    Path("."): {"mlflow.db", "mlartifacts"},  # the local MLflow store names its artifact folder by absolute path
+}
+
+
+def copy_repo(source: Path, target: Path) -> Path:
+    """A copy of the repository ``source`` at ``target`` (not existing yet): its git history, DVC cache,
+    dvc.lock and outputs, as if cloned and reproduced there, in milliseconds instead of a `dvc repro`.
+    ``LOCAL_STATE`` is left out (DVC and MLflow make it anew), and a symlink into ``source`` (a DVC cache
+    link) points to the same place in ``target``. Returns ``target``."""
+
+    def local_state(folder: str, names: list[str]) -> set[str]:
+        return LOCAL_STATE.get(Path(folder).relative_to(source), set()) & set(names)
+
+    shutil.copytree(source, target, symlinks=True, ignore=local_state)
+    for folder, dirs, files in os.walk(target):
+        for name in dirs + files:
+            link = Path(folder) / name
+            if link.is_symlink() and Path(os.readlink(link)).is_relative_to(source):
+                pointed = target / Path(os.readlink(link)).relative_to(source)
+                link.unlink()
+                link.symlink_to(pointed)
+    return target
+
+
+@dataclass(frozen=True)
+class ReproducedRepo:
+    """``make_repo`` after its first `dvc repro`, committed (dvc.lock included): ``root``, and
+    ``first_repro``, the output of that `dvc repro`."""
+
+    root: Path
+    first_repro: str
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> ReproducedRepo:
+    """One `dvc repro` of every stage for the session: tests start from ``copy_repo`` of it (a search's
+    trials then re-run only what their params change) and leave it as it is."""
+    root = make_repo(tmp_path_factory.mktemp("reproduced") / "repo", images=REPRODUCED_IMAGES)
+    first = sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "reproduced")
+    return ReproducedRepo(root, first.stdout)

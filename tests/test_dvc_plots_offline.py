@@ -236,12 +236,14 @@ def test_validation_csv_holds_every_score_but_the_loss():
     )
 
 
+@pytest.mark.slow
 def test_plots_show_warns_about_nothing(shown):
     """No "could not find provided field": every plot's fields exist in both tasks' files."""
     text = shown.output.lower()
     assert "warning" not in text and "error" not in text and "failed" not in text, shown.output
 
 
+@pytest.mark.slow
 def test_the_page_loads_nothing_from_the_network(shown):
     assert not URL.search(shown.html), URL.search(shown.html)
     assert "cdn." not in shown.html
@@ -253,12 +255,14 @@ def test_the_page_loads_nothing_from_the_network(shown):
         assert found.is_relative_to((shown.repo / "plots" / "vendor").resolve()), script
 
 
+@pytest.mark.slow
 def test_the_confusion_matrix_is_shown_once(shown):
     """confusion.csv is the plot; confusion.png is an output only, not a second drawing of it."""
     assert "confusion.png" not in shown.html
     assert len(re.findall(r"<img\b", shown.html)) == 1  # overlays.png
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_every_chart_draws_offline(shown, rendered):
     charts = rendered.charts
@@ -284,12 +288,14 @@ def test_every_chart_draws_offline(shown, rendered):
     assert set(table) | {metric for row in table.values() for metric in row} <= set(per_class.texts), per_class.texts
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_rendered_page_links_nothing_remote(rendered):
     remote = [link for link in rendered.links if re.match(r"\s*(https?:)?//", link, re.IGNORECASE)]
     assert not remote, remote
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_a_page_without_the_vendored_vega_says_so(repos, tmp_path):
     """Opened from elsewhere (here `-o` one folder deeper) the scripts are not found: each chart's place
@@ -300,6 +306,7 @@ def test_a_page_without_the_vendored_vega_says_so(repos, tmp_path):
     assert charts.missing == len(LINES) + 3 and not charts.charts
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_control_dvcs_own_cdn_page_draws_nothing(repos, tmp_path):
     """DVC's default page (vega from cdn.jsdelivr.net) must fail under the same Chromium flags; else

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DVC = [sys.executable, "-m", "dvc"]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -24,6 +26,7 @@ def sh(cmd: list[str], cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_output_pushed_to_a_local_remote_is_pulled_into_a_clone(tmp_path):
     repo, remote, clone = tmp_path / "repo", tmp_path / "remote", tmp_path / "clone"
     repo.mkdir()

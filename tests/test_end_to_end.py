@@ -3,95 +3,40 @@ repository on a tiny config, real MLflow SQLite store. Checks DVC's cache behavi
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, write_params
+from tests.conftest import (  # noqa: F401 (make_repo, tiny_params: still importable from here)
+    ReproducedRepo,
+    copy_repo,
+    dvc_env,
+    make_repo,
+    ran,
+    sh,
+    tiny_params,
+    write_params,
+)
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
 
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@e",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@e",
-        DVC_NO_ANALYTICS="1",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def ran(output: str) -> list[str]:
-    """The stages `dvc repro` executed, in order."""
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def tiny_params(path: Path) -> Path:
-    """The shipped params.yaml shrunk to seconds at ``path``: few epochs, tiny images and model, no
-    workers; edited as text, so that its comments and layout stay for the tests to edit."""
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    return write_params(
-        path,
-        replace={
-            f"  epochs: {data['train']['epochs']}": "  epochs: 2",
-            "  workers: auto ": "  workers: 0    ",
-            f"  image_size: {_flow(data['data']['image_size'])}": "  image_size: [32, 32]",
-            f"  batch_size: {data['train']['batch_size']}\n": "  batch_size: 8\n",
-            f"base_channels: {data['model']['unet']['base_channels']}": "base_channels: 4",
-            f"pretrained: {data['model']['pretrained']}": "pretrained: false",  # the shipped weights fit the default size
-        },
-    )
-
-
-def _flow(value) -> str:
-    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+_env = dvc_env  # the names tests/search/ imported from here
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return make_repo(tmp_path_factory.mktemp("ws"))
+def workspace(reproduced_repo: ReproducedRepo, tmp_path_factory) -> Path:
+    """A copy of the session's reproduced repository: every stage has run once, and is committed."""
+    return copy_repo(reproduced_repo.root, tmp_path_factory.mktemp("ws") / "repo")
 
 
-def make_repo(ws: Path, *, images: int = 40) -> Path:
-    """A git + DVC repository at ``ws`` holding the project (code, dvc.yaml, its DVC settings), generated
-    segmentation data and the tiny params.yaml, committed: what a user's clone looks like."""
-    from pipeline.data.synthetic import generate_segmentation
-
-    for name in ("pipeline", "stages", "schemas", "weights", "plots"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, ws / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    generate_segmentation(ws / params["data"]["root"], n=images, size=32, seed=3)
-    tiny_params(ws / "params.yaml")
-    sh(ws, "git", "init", "-q")
-    sh(ws, "dvc", "init", "-q")
-    shutil.copy(REPO / ".dvc/config", ws / ".dvc/config")  # the project's settings and plot templates
-    shutil.copytree(REPO / ".dvc/plots", ws / ".dvc/plots")
-    sh(ws, "git", "add", "-A")
-    sh(ws, "git", "commit", "-qm", "init")
-    return ws
+@pytest.fixture
+def clone(reproduced_repo: ReproducedRepo, tmp_path: Path) -> Path:
+    """A copy of the reproduced repository of this test's own: up to date and committed, whatever the
+    tests before it left in ``workspace``."""
+    return copy_repo(reproduced_repo.root, tmp_path / "repo")
 
 
 def _edit(ws: Path, old: str, new: str) -> None:
@@ -103,10 +48,10 @@ def _commit(ws: Path) -> None:
     sh(ws, "git", "commit", "-qm", "step", check=False)
 
 
-def test_repro_then_cache_behaviour(workspace):
+def test_repro_then_cache_behaviour(workspace, reproduced_repo):
     ws = workspace
-    first = sh(ws, "dvc", "repro")
-    assert ran(first.stdout) == [
+    first = reproduced_repo.first_repro  # the first `dvc repro` of a fresh clone, committed after it
+    assert ran(first) == [
         "validate",
         "split",
         "decode",
@@ -116,7 +61,7 @@ def test_repro_then_cache_behaviour(workspace):
         "preview",
         "evaluate",
         "export",
-    ], first.stdout
+    ], first
     metrics = yaml.safe_load((ws / "outputs/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
     _commit(ws)
@@ -212,8 +157,9 @@ def test_every_problem_stops_dvc_repro_before_any_stage_works(workspace):
     assert sh(ws, "git", "status", "--porcelain").stdout == before
 
 
-def test_exp_run_logs_to_the_default_store(workspace):
-    ws = workspace
+def test_exp_run_logs_to_the_default_store(clone):
+    ws = clone
+    assert not (ws / "mlflow.db").exists()  # a clone has no store yet: the experiment's train stage makes it
     result = sh(ws, "dvc", "exp", "run", "-S", "loss.name=focal", "-S", "train.epochs=3")
     assert "train" in ran(result.stdout)
     shown = sh(ws, "dvc", "exp", "show", "--json").stdout
@@ -233,7 +179,7 @@ def _git_blobs_over(ws: Path, limit: int) -> list[str]:
     sizes = subprocess.run(
         ["git", "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
         cwd=ws,
-        env=_env(),
+        env=dvc_env(),
         input="\n".join(paths),
         capture_output=True,
         text=True,
@@ -247,11 +193,11 @@ def _git_blobs_over(ws: Path, limit: int) -> list[str]:
     return big
 
 
-def test_the_experiment_workflow_keeps_git_clean(workspace):
+def test_the_experiment_workflow_keeps_git_clean(clone):
     """README's workflow: commit the run, queue a learning-rate grid, run it, compare. Git holds no
     output over 1 MB (the checkpoint and per-sample CSVs are DVC's), nothing is left untracked, and
     queued experiments leave the workspace as committed."""
-    ws = workspace
+    ws = clone
     sh(ws, "dvc", "repro")
     _commit(ws)
     assert sh(ws, "git", "status", "--porcelain").stdout == ""

@@ -74,24 +74,28 @@ def test_the_split_stage_imports_no_torch():
     assert _loaded(REPO / "params.yaml", "split") == set()
 
 
+@pytest.mark.slow
 def test_the_model_stage_imports_no_optimizer_augmentation_or_tracking():
     loaded = _loaded(REPO / "params.yaml", "model")
     assert "torch" in loaded
     assert not loaded & {"torch._dynamo", "imgaug", "scipy", "mlflow", "timm", "torchvision"}, loaded
 
 
+@pytest.mark.slow
 def test_validating_the_shipped_unet_file_imports_no_classifier_library():
     loaded = _loaded(REPO / "params.yaml")
     assert {"torch", "imgaug"} <= loaded  # it builds and steps the optimizer, builds the augmenters
     assert not loaded & {"timm", "torchvision", "mlflow", "matplotlib", "onnx", "onnxruntime"}, loaded
 
 
+@pytest.mark.slow
 def test_validating_a_timm_classifier_imports_timm_and_nothing_it_does_not_declare(tmp_path):
     loaded = _loaded(_classification(tmp_path))
     assert "timm" in loaded
     assert not loaded & {"mlflow", "matplotlib", "onnx", "onnxruntime"}, loaded
 
 
+@pytest.mark.slow
 def test_a_torchvision_model_without_augmenters_imports_neither_timm_nor_imgaug(tmp_path):
     loaded = _loaded(
         _classification(

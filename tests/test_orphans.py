@@ -54,6 +54,7 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_parent_killed_by_sigkill():
     child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=REPO)
     workers: list[psutil.Process] = []

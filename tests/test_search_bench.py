@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from benchmarks import search_bench
 
 
+@pytest.mark.slow
 def test_search_bench_smoke(tmp_path, capsys):
     out = tmp_path / "search.json"
     assert (

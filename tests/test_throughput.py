@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO
@@ -20,6 +21,7 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_smoke_mode_measures_four_figures_and_consistent_ratios(tmp_path):
     out = tmp_path / "throughput.json"
     proc = run_benchmark("--smoke", "--device", "cpu", "--json", str(out))
@@ -50,6 +52,7 @@ def test_smoke_mode_measures_four_figures_and_consistent_ratios(tmp_path):
     assert float(table["ratio d/min(a,c)"][0]) == round(ratios["d/min(a,c)"], 3)
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_is_refused_before_any_work(tmp_path):
     out = tmp_path / "throughput.json"
     proc = run_benchmark("--smoke", "--device", "cpu", "--precision", "fp16", "--json", str(out))
@@ -59,6 +62,7 @@ def test_fp16_on_cpu_is_refused_before_any_work(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_fast_data_path_costs_the_host_at_least_20x_less(tmp_path):
     """(c)'s host share per sample at 224 px on generated JPEGs: decoding, resizing and running imgaug per
     sample (online) against reading the decoded cache and drawing the device augmentation's parameters

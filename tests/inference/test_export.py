@@ -97,6 +97,7 @@ def _images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, height, width), generator=generator, dtype=torch.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("kind", ["unet", "timm"])
 def test_export_agrees_with_pytorch_at_other_batch_and_image_sizes(kind, fmt, model_files, exported):
@@ -114,6 +115,7 @@ def test_export_agrees_with_pytorch_at_other_batch_and_image_sizes(kind, fmt, mo
         assert np.abs(want).max() > 100 * TOLERANCE  # the logits are not all near zero: the check means something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("kind", ["unet", "timm"])
 def test_the_recipe_travels_with_the_file(kind, fmt, model_files, exported):
@@ -134,6 +136,7 @@ def test_the_recipe_travels_with_the_file(kind, fmt, model_files, exported):
     assert metadata[META_KEY] == info.recipe() and metadata["format"] == fmt and metadata["threshold"] == 0.5
 
 
+@pytest.mark.slow
 def test_onnx_graph_has_named_dynamic_dims(exported):
     path, _ = exported("unet", "onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -142,6 +145,7 @@ def test_onnx_graph_has_named_dynamic_dims(exported):
     assert (logits.name, logits.type, logits.shape) == ("logits", "tensor(float)", ["batch", 1, "height", "width"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "fmt", "why"),
     [
@@ -167,6 +171,7 @@ def test_a_model_that_needs_its_size_is_exported_with_fixed_height_and_width(kin
         assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_an_export_beyond_the_tolerance_is_refused_and_leaves_no_file(fmt, model_files, tmp_path, monkeypatch):
     logits = Predictor.logits
@@ -178,6 +183,7 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_no_file(fmt, model
     assert list(out.parent.iterdir()) == []  # neither the file, its sidecar, nor a temporary file
 
 
+@pytest.mark.slow
 def test_cli_exports_and_prints_the_difference(model_files, tmp_path, capsys):
     out = tmp_path / "model.pt"
     assert cli(["export", "--format", "torchscript", "--model", str(model_files["timm"][0]), "--out", str(out)]) == 0

@@ -22,6 +22,9 @@ from tests.conftest import make_workspace
 TRAINED = {"train.epochs": 1, "augment.eval": []}
 
 
+pytestmark = pytest.mark.slow  # every test reads a model trained and evaluated for it
+
+
 @pytest.fixture(scope="module")
 def segmentation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = make_workspace(tmp_path_factory.mktemp("seg"), images=24, **TRAINED)

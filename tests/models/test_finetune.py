@@ -60,6 +60,7 @@ def test_frozen_backbone_is_bit_identical_after_a_step_and_the_head_moves(config
     )
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_statistics_survive_train_mode_and_deepcopy():
     model, info, _ = build(arch("timm", "resnet10t"), freeze=["conv1.*", "bn1.*", "layer1.*"])
     bn_frozen, bn_free = model.layer1[0].bn1, model.layer2[0].bn1

@@ -17,14 +17,17 @@ import pytest
 from optuna.trial import TrialState
 
 from pipeline.search.study import open_storage
-from tests.test_end_to_end import _env, make_repo, sh, write_params
+from tests.conftest import ReproducedRepo, copy_repo, dvc_env, sh, write_params
+
+pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
 
 SPACE = {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]}}
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    ws = make_repo(tmp_path_factory.mktemp("search"), images=24)
+def repo(reproduced_repo: ReproducedRepo, tmp_path_factory) -> Path:
+    """A reproduced repository with a search space: a trial re-runs only what the learning rate changes."""
+    ws = copy_repo(reproduced_repo.root, tmp_path_factory.mktemp("search") / "repo")
     write_params(
         ws / "params.yaml",
         ws / "params.yaml",
@@ -59,7 +62,7 @@ def _start(ws: Path, *args: str) -> subprocess.Popen:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "search", *args],
             cwd=ws,
-            env=_env(),
+            env=dvc_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

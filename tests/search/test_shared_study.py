@@ -20,8 +20,19 @@ import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import REPO, MlflowServer, Postgres, running_mlflow_server
-from tests.test_end_to_end import _env, make_repo, sh, write_params
+from tests.conftest import (
+    REPO,
+    MlflowServer,
+    Postgres,
+    ReproducedRepo,
+    copy_repo,
+    dvc_env,
+    running_mlflow_server,
+    sh,
+    write_params,
+)
+
+pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
 
 STUDY = "shared"
 EXPERIMENT = "shared-search"
@@ -55,11 +66,9 @@ def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(postgres: 
 
 
 def test_two_workers_share_one_study_in_postgresql(
-    tmp_path: Path, postgres: Postgres, postgres_mlflow: MlflowServer
+    tmp_path: Path, postgres: Postgres, postgres_mlflow: MlflowServer, reproduced_repo: ReproducedRepo
 ) -> None:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    make_repo(ws, images=40)
+    ws = copy_repo(reproduced_repo.root, tmp_path / "ws")  # reproduced: each trial re-runs only what lr changes
     write_params(
         ws / "params.yaml",
         ws / "params.yaml",
@@ -80,7 +89,7 @@ def test_two_workers_share_one_study_in_postgresql(
     sh(ws, "git", "commit", "-qam", "a study shared by two workers")
 
     logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]  # outside the repository: git stays clean
-    env = {**_env(), "OMP_NUM_THREADS": "1"}  # a core each, as on two machines: no oversubscribed torch threads
+    env = {**dvc_env(), "OMP_NUM_THREADS": "1"}  # a core each, as on two machines: no oversubscribed torch threads
     workers = []
     try:
         for log in logs:

@@ -21,6 +21,7 @@ def _study(path):
     return study
 
 
+@pytest.mark.slow
 def test_a_losing_trial_is_pruned_after_its_warmup_and_recorded(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

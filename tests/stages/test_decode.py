@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipeline.data.decoded import DecodedDataset
 from pipeline.data.manifest import load_manifest
 from stages import decode
@@ -46,6 +48,7 @@ def test_decode_stage_refuses_a_missing_manifest(tmp_path, capsys):
     assert not (tmp_path / "outputs/decode").exists()
 
 
+@pytest.mark.slow
 def test_training_reads_the_cache_and_learns_exactly_what_it_learns_from_files(tmp_path, shapes_dataset):
     run = {"stages": ("split", "decode", "model"), "train.epochs": 2}
     by_cache = train_workspace(tmp_path / "cache", shapes_dataset, **run)

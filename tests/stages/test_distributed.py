@@ -68,6 +68,7 @@ def ddp_run(tmp_path_factory, shapes_dataset) -> tuple[Path, subprocess.Complete
     return params, torchrun(params, {distributed.DEBUG_SAMPLES_ENV: str(tmp_path / "samples")})
 
 
+@pytest.mark.slow
 def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(ddp_run):
     from mlflow import MlflowClient
 
@@ -96,6 +97,7 @@ def test_two_ranks_train_disjoint_samples_and_rank0_alone_records(ddp_run):
     assert runs[0].data.params["train.devices"] == "auto"
 
 
+@pytest.mark.slow
 def test_matches_single_process_with_the_same_effective_batch(tmp_path, shapes_dataset):
     """Full-batch steps (44 images: one batch of 44 vs 2 ranks x 22), no augmentation, so sample order
     does not matter. What still differs: BatchNorm normalises over 22 images per rank instead of 44 (no
@@ -116,6 +118,7 @@ def test_matches_single_process_with_the_same_effective_batch(tmp_path, shapes_d
         assert x["lr"] == y["lr"]
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, ddp_run):
     whole, finished = ddp_run
     assert finished.returncode == 0
@@ -159,6 +162,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss, message, ranks",
     [

@@ -160,6 +160,7 @@ def test_unreachable_tracking_server_fails_fast_before_evaluating(segmentation_w
     assert not (workspace / "outputs/evaluate").exists()
 
 
+@pytest.mark.slow
 def test_test_metrics_and_plots_go_into_trains_mlflow_run(
     segmentation_workspace: Path, tmp_path: Path, mlflow_server, monkeypatch: pytest.MonkeyPatch
 ):

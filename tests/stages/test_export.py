@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 
 from pipeline.inference.predictor import Predictor
@@ -16,6 +17,7 @@ from stages import export as export_stage
 from tests.conftest import make_workspace
 
 
+@pytest.mark.slow
 def test_export_stage_writes_an_onnx_file_that_onnxruntime_runs(tmp_path, capsys):
     params = make_workspace(tmp_path, stages=("split", "model"))
     ws = params.parent

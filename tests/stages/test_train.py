@@ -43,6 +43,7 @@ def nan_from_second_step(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return loss * float("nan") if len(TRAINING_CALLS) >= 2 else loss
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     # Fine-tunes the shipped source-task U-Net (as the default pipeline does): from scratch, a few
     # dozen steps on 32 px images are too few for a reliable gain.
@@ -77,6 +78,7 @@ def _weights(ws: Path) -> dict[str, torch.Tensor]:
     return torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, workers):
     """Also with DataLoader workers that persist across epochs: each sample is seeded from (epoch seed,
@@ -111,6 +113,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, w
     )
 
 
+@pytest.mark.slow
 def test_changed_params_start_fresh_instead_of_resuming(tmp_path, shapes_dataset, capsys):
     params = train_workspace(tmp_path, shapes_dataset, **{"train.epochs": 2})
     assert train_stage.main(["--params", str(params)]) == 0
@@ -146,6 +149,7 @@ def test_nan_stops_within_a_quarter_of_an_epoch_without_a_wider_precision_hint_i
     assert "precision.dtype" not in err and "train.grad_clip" in err  # fp32 has no wider precision to go to
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu(tmp_path, shapes_dataset):
     params = train_workspace(tmp_path, shapes_dataset, **{"precision.dtype": "bf16", "train.epochs": 1})
     assert train_stage.main(["--params", str(params)]) == 0
@@ -153,6 +157,7 @@ def test_bf16_on_cpu(tmp_path, shapes_dataset):
     assert all(v == v and abs(v) != float("inf") for v in row.values())
 
 
+@pytest.mark.slow
 def test_early_stopping(tmp_path, shapes_dataset, capsys):
     params = train_workspace(
         tmp_path,
@@ -169,6 +174,7 @@ def test_early_stopping(tmp_path, shapes_dataset, capsys):
     assert summary["stopped_early"] is True and summary["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, monkeypatch):
     from mlflow import MlflowClient
 
@@ -239,6 +245,7 @@ def test_the_train_log_holds_only_our_lines(tmp_path):
     assert list((tmp_path / "mlartifacts").rglob("MLmodel"))  # the MLflow Model was logged (and loaded back)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_share_one_run_on_a_tracking_server(tmp_path, shapes_dataset, mlflow_server, monkeypatch):
     """One pipeline run = one MLflow run on a real `mlflow server`: every param, per-epoch history,
     test metrics and the artifacts of both stages, queried back through MlflowClient."""
@@ -307,6 +314,7 @@ def test_loss_is_read_back_four_times_an_epoch_or_every_log_every_steps(batches,
     assert loop.readback_steps(batches, log_every) == steps
 
 
+@pytest.mark.slow
 def test_bars_show_the_running_loss_four_times_an_epoch_and_a_validation_bar(tmp_path, shapes_dataset, monkeypatch):
     """8 batches an epoch, log_every_steps 20: the epoch bar's running loss still changes four times
     (at the quarters: the only reads of the loss, so exactly four), and validation has a bar of its

@@ -26,6 +26,8 @@ from tests.conftest import make_workspace
 
 REGISTERED = "shapes-unet"
 
+pytestmark = pytest.mark.slow  # a trained, tracked model; a fresh process and a model server read it
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:

@@ -198,6 +198,7 @@ def test_tags_include_the_git_commit(tmp_path):
 # --- a real tracking server ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_logged_over_http_is_visible_through_the_client(mlflow_server, tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\x00\x01")
     with tracking.start_run(_cfg(mlflow_server.uri + "/"), repo_root=tmp_path, run_name="cls-resnet") as run:
@@ -216,6 +217,7 @@ def test_a_run_logged_over_http_is_visible_through_the_client(mlflow_server, tmp
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_environment_uri_overrides_params(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     assert tracking_store.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == mlflow_server.uri

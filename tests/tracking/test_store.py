@@ -56,6 +56,7 @@ def test_dvc_temp_workspace_resolves_to_the_original_repo(tmp_path, workspace):
     assert tracking_store.original_repo_root(repo) == repo
 
 
+@pytest.mark.slow
 def test_real_dvc_exp_run_temp_logs_into_the_original_repos_store(store, tmp_path):
     """`dvc exp run --temp` runs the stage in .dvc/tmp/exps/...; its run must land in <repo>/mlflow.db."""
     repo = git_repo(tmp_path / "repo")

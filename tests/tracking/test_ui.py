@@ -119,6 +119,7 @@ def two_runs(tmp_path_factory, shapes_dataset, mlflow_server) -> list[tuple[str,
     return runs
 
 
+@pytest.mark.slow
 def test_the_pipelines_experiment_is_a_model_training_one(two_runs, mlflow_server):
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("ui-pipeline")
@@ -126,6 +127,7 @@ def test_the_pipelines_experiment_is_a_model_training_one(two_runs, mlflow_serve
     assert {client.get_run(r).info.experiment_id for r, _ in two_runs} == {experiment.experiment_id}
 
 
+@pytest.mark.slow
 def test_the_split_is_the_runs_dataset(two_runs, mlflow_server):
     client = MlflowClient(mlflow_server.uri)
     (_, first_root), _ = two_runs
@@ -156,6 +158,7 @@ def _ui_artifact_list(uri: str, run_id: str) -> list[dict]:
         return json.load(response).get("files", [])
 
 
+@pytest.mark.slow
 def test_two_runs_have_common_artifacts_in_the_compare_view(two_runs, mlflow_server):
     """The compare view shows the root files (not folders) of the first run that every other run has too."""
     (first, _), (second, _) = two_runs
@@ -168,6 +171,7 @@ def test_two_runs_have_common_artifacts_in_the_compare_view(two_runs, mlflow_ser
     assert {a.path for a in client.list_artifacts(first) if a.is_dir} == {"weights"}
 
 
+@pytest.mark.slow
 def test_only_measurements_are_metrics(two_runs, mlflow_server):
     """Losses, scores, the learning rate per epoch and the throughput are charted; counts and epoch
     numbers are tags."""
