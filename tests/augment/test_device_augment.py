@@ -347,6 +347,7 @@ def test_device_augment_is_seeded_per_epoch_and_batch_and_pickles():
         DeviceAugment([{"Jigsaw": {"nb_rows": 2}}], task="segmentation")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, where", [("device", "device"), ("auto", "cpu")])  # auto: CPU training
 def test_tiny_training_runs_with_augmentation_on_either_side(tmp_path, shapes_dataset, monkeypatch, setting, where):
     from pipeline.config.params import load_params
