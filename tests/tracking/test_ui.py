@@ -29,6 +29,7 @@ ROOT_ARTIFACTS = {
     "test_summary.json",
     "confusion.csv",
     "confusion.png",
+    "per_class.csv",
     "overlays.png",
 }
 
@@ -203,6 +204,9 @@ def test_only_measurements_are_metrics(two_runs, mlflow_server):
             "data_wait",
         }
         tested = {k if k.startswith("test_") else f"test_{k}" for k, v in evaluated.items() if isinstance(v, float)}
+        per_class = json.loads((root / "outputs/evaluate/summary.json").read_text())["per_class"]
+        # the per-class scores dvc exp show leaves out (summary.json) are charted in MLflow, <score>/<class>
+        tested |= {f"test_{score}/{name}" for name, row in per_class.items() for score in row}
         measured = {k for k in run.data.metrics if not k.startswith("system/")}  # MLflow's own, sampled
         assert measured == per_epoch | tested | {"best_val_dice"}
         for key in per_epoch:
