@@ -148,7 +148,7 @@ def apply_freeze(
 def pin_eval(module: nn.Module) -> None:
     """Keep ``module`` in eval mode for good. An instance attribute wins over ``nn.Module.train``, and
     parents call ``child.train(mode)``, so ``model.train()`` anywhere (and a deepcopy) keeps it in eval."""
-    module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]  # shadowing is the point
+    module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]  # the instance attribute is the point
     module.eval()
 
 
