@@ -71,7 +71,7 @@ def _to_tile(image: np.ndarray) -> Image.Image:
     """HxWx3 uint8 -> a PIL tile (nearest when enlarging keeps small images' pixels crisp)."""
     th, tw = tile_size(*image.shape[:2])
     enlarge = th >= image.shape[0]
-    return Image.fromarray(image).resize((tw, th), Image.NEAREST if enlarge else Image.BILINEAR)
+    return Image.fromarray(image).resize((tw, th), Image.Resampling.NEAREST if enlarge else Image.Resampling.BILINEAR)
 
 
 def colour_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -272,7 +272,7 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
 
     Each panel's legend sits in a band above its plot area (never over a curve), and its left margin
     is as wide as its widest y label, so no label is cut off at the image's edge."""
-    panels = [
+    panels: list[tuple[str, list[str]]] = [
         ("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
         ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"]),
     ]
@@ -308,9 +308,9 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
             )
 
         for tick, label in zip(ticks, labels):
-            y = at(0, tick)[1]
-            draw.line([(x0 + 1, y), (x1 - 1, y)], fill=GRID)
-            draw.text((x0 - PAD // 2, y), label, anchor="rm", fill=GREY, font=_font())
+            tick_y = at(0, tick)[1]
+            draw.line([(x0 + 1, tick_y), (x1 - 1, tick_y)], fill=GRID)
+            draw.text((x0 - PAD // 2, tick_y), label, anchor="rm", fill=GREY, font=_font())
         draw.rectangle([x0, y0, x1, y1], outline=GREY)
         draw.text(((x0 + x1) / 2, y1 + PAD), "epoch", anchor="ma", fill=GREY, font=_font())
         for i in sorted({0, len(rows) - 1}) if values else ():  # the first and the last epoch
@@ -320,8 +320,8 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
             points = [at(i, r[key]) for i, r in enumerate(rows) if math.isfinite(r[key])]
             if len(points) > 1:
                 draw.line(points, fill=colour, width=2)
-            for x, y in points:
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            for px, py in points:
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
     return img
 
 
@@ -336,9 +336,9 @@ def _fit_cell(image: np.ndarray, mask: np.ndarray | None, cell: tuple[int, int])
     height, width = cell
     if image.shape[:2] == (height, width):
         return image, mask
-    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     if mask is not None:
-        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
     return image, mask
 
 

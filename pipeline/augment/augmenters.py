@@ -116,6 +116,7 @@ class Builder:
         return None if any(b is None for b in built) else built
 
     def node(self, item: Any, key: str) -> Any:
+        kwargs: dict[str, Any]
         if isinstance(item, str):
             name, kwargs, node_key = item, {}, key
         elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (dict, type(None))):
@@ -158,7 +159,8 @@ class Builder:
                     "the mask cannot follow; put geometric augmenters outside it",
                 )
                 return None
-        if augmenter is not None and self.probe_sample is not None and not self.probe(augmenter, name, node_key):
+        sample = self.probe_sample
+        if augmenter is not None and sample is not None and not self.probe(augmenter, sample, name, node_key):
             return None
         return augmenter
 
@@ -167,7 +169,7 @@ class Builder:
             return None
         return self.pipeline(value, key) if isinstance(value, list) else self.node(value, key)
 
-    def resolve(self, name: str, key: str) -> type | None:
+    def resolve(self, name: str, key: str) -> type[Any] | None:
         import imgaug.augmenters as iaa
 
         try:
@@ -193,10 +195,10 @@ class Builder:
             self.problems += exc.problems
             return None
 
-    def probe(self, augmenter: Any, name: str, key: str) -> bool:
+    def probe(self, augmenter: Any, sample: tuple[np.ndarray, np.ndarray], name: str, key: str) -> bool:
         """Run once on a small synthetic image (and mask) to catch values imgaug only checks when used
         (``mode: reflec``) and augmenters that refuse masks."""
-        image, mask = self.probe_sample
+        image, mask = sample
         try:
             with warnings.catch_warnings():  # imgaug's own deprecation noise is not the user's problem
                 warnings.simplefilter("ignore")

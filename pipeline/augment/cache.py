@@ -13,7 +13,7 @@ one contiguous ``1/K`` of the cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config.errors import PipelineError
 from pipeline.data import shards as shard_files
-from pipeline.data.dataset import target_tensor
+from pipeline.data.dataset import Samples, target_tensor
 from pipeline.data.shards import INDEX, allocate_shards, locate, target_layout
 from pipeline.seeding import seed_everything
 
@@ -40,7 +40,7 @@ def write_disabled(cache_dir: str | Path) -> dict[str, Any]:
 
 def write_cache(
     cache_dir: str | Path,
-    base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    base: Samples,
     transform: Transform,
     *,
     task: str,
@@ -65,7 +65,7 @@ def write_cache(
     classes = int(base[0][1].shape[0]) if task == "multilabel" else 1  # a multi-hot target's length
     with atomic_dir(cache_dir) as tmp:
         shards: list[dict[str, Any]] = []
-        arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        arrays: list[tuple[np.memmap, np.memmap]] = []
         for i in range(n):
             image, target_value = base[i]
             image_hwc = image.permute(1, 2, 0).numpy()

@@ -145,6 +145,7 @@ class DeviceAugment:
         if self.task != "segmentation":
             return self.plan(images, None, seed=seed)[0], targets
         out, masks = self.plan(images, targets, seed=seed)
+        assert masks is not None, "a plan given masks returns them"
         return out, masks
 
     def __repr__(self) -> str:

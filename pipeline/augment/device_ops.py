@@ -118,7 +118,7 @@ def _plan(ops: list[Warp | Pixel], hw: tuple[int, int], c: int, masks: bool, dev
             layout.append((len(arrays), None if op.rows is None else len(arrays) + 1))
             arrays += [op.values] if op.rows is None else [op.values, op.rows]
             continue
-        entry = []
+        entry: list[Any] = []  # (offset, padding, align) per sampling, then the cval offset or None
         for modes in (op.mode, op.mask_mode) if masks else (op.mode,):
             theta, padding, align = _sampling(op.matrix, modes, hw)
             entry.append((len(arrays), padding, align))
@@ -135,7 +135,7 @@ def _plan(ops: list[Warp | Pixel], hw: tuple[int, int], c: int, masks: bool, dev
     for a in arrays:
         views.append(buffer[start : start + a.size].view(a.shape))
         start += a.size
-    out = []
+    out: list[Any] = []
     for entry in layout:
         if isinstance(entry, tuple):  # a Pixel op: values, and the rows it applies to
             out.append((views[entry[0]], None if entry[1] is None else views[entry[1]].long()))

@@ -7,17 +7,17 @@ image is visible at a glance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
-import torch
 
+from pipeline.data.dataset import Samples
 from pipeline.plots import Sample
 from pipeline.seeding import seed_everything
 
 
 def preview_rows(
-    base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    base: Samples,
     transform: Callable[[np.ndarray, np.ndarray | None], Sample],
     *,
     images: int,
@@ -35,8 +35,8 @@ def preview_rows(
     picks = np.unique(np.linspace(0, len(base) - 1, min(images, len(base))).round().astype(int))
     rows = []
     for i in picks:
-        image, target = base[int(i)]
-        image = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        chw, target = base[int(i)]
+        image = np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
         mask = np.ascontiguousarray(target.numpy()) if segmentation else None
         rows.append([(image, mask)] + [transform(image, mask) for _ in range(versions)])
     return rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,14 @@ Transform = Callable[[np.ndarray, "np.ndarray | None"], "tuple[np.ndarray, np.nd
 # (images uint8 [N,3,H,W], targets) on the training device -> (float images 0-255, targets): a whole
 # batch augmented where the model runs (pipeline.augment.device_augment.DeviceAugment); has set_epoch(seed).
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class Samples(Protocol):
+    """Un-augmented ``(image uint8 [3,H,W], target)`` by index: a :class:`ManifestDataset` or a list."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def rgb_resized(image: Image.Image, hw: tuple[int, int], where: str | Path = "image") -> np.ndarray:

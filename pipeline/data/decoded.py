@@ -366,6 +366,7 @@ class DecodedDataset(ManifestDataset):
         arrays = []
         for shard in self.shards:
             pair = []
+            layout: list[tuple[str, np.dtype[Any] | type[np.generic], tuple[int, ...]]]  # kind, dtype, shape
             if self.native:
                 pixels = sum(h * w for h, w in shard["shapes"])
                 layout = [("images", np.uint8, (3 * pixels,)), ("targets", np.uint8, (pixels,))]

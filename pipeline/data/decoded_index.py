@@ -161,7 +161,7 @@ def split_layout(
                 raise refuse(f"{key}.shapes", f"is not a list of {shard['count']} [height, width] pairs")
         for kind in KINDS:
             _inside(cache_dir, cached["folder"], (shard.get(kind),), refuse, f"{key}.{kind}")
-            size, digest = (shard.get(f) if isinstance(shard.get(f), dict) else {} for f in ("bytes", "sha256"))
+            size, digest = (value if isinstance(value := shard.get(f), dict) else {} for f in ("bytes", "sha256"))
             if type(size.get(kind)) is not int or not _SHA256.fullmatch(str(digest.get(kind))):
                 raise refuse(key, f"lacks the byte size or sha256 of its {kind}")
     if start != count:

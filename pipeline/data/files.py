@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -92,8 +92,11 @@ def mask_histogram(image: Image.Image, where: str) -> dict[int, int]:
     split stage calls this for every mask, so the common modes use PIL's C histogram, not a numpy copy."""
     if image.mode in ("L", "P", "1"):
         counts: dict[int, int] = {}
-        for count, value in image.getcolors(256):
-            value = (1 if value else 0) if image.mode == "1" else int(value)
+        colors = image.getcolors(256)
+        assert colors is not None, "a single-band 8-bit image has at most 256 values"
+        for count, pixel in colors:
+            # PIL types a pixel for any mode (a tuple for multi-band); these single-band modes give an int
+            value = (1 if pixel else 0) if image.mode == "1" else int(cast(int, pixel))
             counts[value] = counts.get(value, 0) + int(count)
         return dict(sorted(counts.items()))
     bins = np.bincount(mask_array(image, where).ravel(), minlength=256)

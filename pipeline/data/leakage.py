@@ -14,8 +14,13 @@ DUPLICATE_MODES = ("warn", "error", "drop")
 
 
 class _Hashed(Protocol):
-    rel: str
-    digest: str
+    """A scanned file: read-only here, so frozen dataclasses match."""
+
+    @property
+    def rel(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
 
 
 def cross_split_duplicates(images: Sequence[_Hashed], where: Sequence[int]) -> list[tuple[int, int]]:

@@ -53,7 +53,7 @@ def allocate_shards(
     total: int,
     shard_size: int,
     target: tuple[list[int], str] | bool,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.memmap, np.memmap]]:
     """Create every shard's memory-mapped .npy files for ``total`` samples of ``hw`` (height, width),
     ``shard_size`` samples each, targets of ``target`` (:func:`target_layout`; a bool says
     segmentation masks or class indices, as before multilabel), and append each shard's entry to
@@ -62,7 +62,7 @@ def allocate_shards(
     if isinstance(target, bool):
         target = target_layout("segmentation" if target else "classification", hw, 1)
     target_shape, target_dtype = target
-    arrays = []
+    arrays: list[tuple[np.memmap, np.memmap]] = []
     for number, start in enumerate(range(0, total, shard_size)):
         count = min(shard_size, total - start)
         names = {"images": f"shard-{number:05d}.images.npy", "targets": f"shard-{number:05d}.targets.npy"}

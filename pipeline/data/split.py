@@ -41,6 +41,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest (as a JSON-ready dict) of the dataset at ``root``: the stage's pure core."""
     labels: list[Any]
+    entries: list[dict[str, Any]]  # image, then label, labels or mask
     pixels: list[dict[int, int]] | None = None  # segmentation: per image, the pixels of each class
     if task == "multilabel":
         if labels_csv is None:

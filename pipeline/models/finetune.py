@@ -41,7 +41,7 @@ def find_head(model: nn.Module, source: str) -> list[str]:
     if source == "unet":
         return ["head"]
     if source == "timm":
-        classifier = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+        classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
         names = [classifier] if isinstance(classifier, str) else list(classifier or ())
         modules = dict(model.named_modules())
         found = [n for n in names if n in modules and any(True for _ in modules[n].parameters())]
@@ -62,22 +62,29 @@ def find_head(model: nn.Module, source: str) -> list[str]:
 
 def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
     """Swap the first Conv2d for one taking ``in_chans`` channels (for libraries without ``in_chans``)."""
-    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
-    if conv is None or conv.groups != 1:
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None or found[1].groups != 1:
         raise PipelineError(f"model.in_chans: cannot adapt the input of {type(model).__name__} to {in_chans} channels")
+    name, conv = found
     new = nn.Conv2d(
         in_chans,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        _pair(conv.kernel_size),
+        _pair(conv.stride),
+        conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+        _pair(conv.dilation),
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     )
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (height, width) size: stored as ``tuple[int, ...]``, taken by the constructor as a pair."""
+    height, width = size
+    return height, width
 
 
 def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -141,7 +148,7 @@ def apply_freeze(
 def pin_eval(module: nn.Module) -> None:
     """Keep ``module`` in eval mode for good. An instance attribute wins over ``nn.Module.train``, and
     parents call ``child.train(mode)``, so ``model.train()`` anywhere (and a deepcopy) keeps it in eval."""
-    module.train = types.MethodType(_stay_in_eval, module)
+    module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]  # the instance attribute is the point
     module.eval()
 
 

@@ -4,7 +4,7 @@ or timm's own), a new head fitted, layers frozen; and a summary of what was done
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -73,9 +73,14 @@ def _build_through_timm(
         ) from None
     is_unet = config["source"] == "unet"
     for module in model.modules():  # do not keep a second copy of the checkpoint alive
-        if isinstance(getattr(module, "pretrained_cfg", None), dict):
-            module.pretrained_cfg.pop("state_dict", None)
-    cfg = model.pretrained_cfg if not is_unet else get_pretrained_cfg(config["name"]).to_dict()
+        if isinstance(module_cfg := getattr(module, "pretrained_cfg", None), dict):
+            module_cfg.pop("state_dict", None)
+    if is_unet:
+        pretrained = get_pretrained_cfg(config["name"])
+        assert pretrained is not None, "timm has just built the encoder from it"
+        cfg = pretrained.to_dict()
+    else:  # timm sets it on its models; Module.__getattr__ types attributes as Tensor | Module
+        cfg = cast(dict[str, Any], model.pretrained_cfg)
     target = model.state_dict()
     if is_unet:  # features_only keeps the backbone's tensors, some renamed (stem.0 -> stem_0)
         report.dropped = [

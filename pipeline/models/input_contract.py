@@ -34,9 +34,9 @@ def _affine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_uint8 * scale + shift == (x / 255 - mean) / std``, built once per device: creating the
     constants on the device every step would be a blocking copy (a host sync) per batch."""
-    mean = torch.tensor((tuple(mean) * channels)[:channels]).view(1, -1, 1, 1)
-    std = torch.tensor((tuple(std) * channels)[:channels]).view(1, -1, 1, 1)
-    return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
+    mean_t = torch.tensor((tuple(mean) * channels)[:channels]).view(1, -1, 1, 1)
+    std_t = torch.tensor((tuple(std) * channels)[:channels]).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(device), (-mean_t / std_t).to(device)
 
 
 def normalise(

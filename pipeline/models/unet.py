@@ -9,11 +9,14 @@ resizes to each skip connection instead of assuming sizes divisible by 2**depth.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
 
 UPSAMPLING = ("bilinear", "transposed")
 
@@ -104,7 +107,9 @@ class TimmUNet(nn.Module):
     ):
         super().__init__()
         self.encoder = create_timm_encoder(encoder_name, in_chans=in_chans, depth=depth, **encoder_kwargs)
-        channels: Sequence[int] = self.encoder.feature_info.channels()
+        # every timm features_only model sets it; Module.__getattr__ types attributes as Tensor | Module
+        feature_info = cast("FeatureInfo", self.encoder.feature_info)
+        channels: Sequence[int] = feature_info.channels()
         decoder_channels = [base_channels * 2**level for level in range(len(channels))]
         self.decoder = nn.ModuleList()
         deep = channels[-1]

@@ -216,7 +216,7 @@ def _download(library: str, name: str, url: str, cached: Path) -> Path:
     """``url`` into ``cached`` (torch.hub's cache layout), failing fast when offline."""
     if cached.is_file():
         return cached
-    reason = f"offline mode is set ({OFFLINE_VARS})" if offline() else reachable(url)
+    reason: object = f"offline mode is set ({OFFLINE_VARS})" if offline() else reachable(url)
     if reason is None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -250,8 +250,8 @@ def timm_weights_file(name: str) -> Path:
     from the cache when present; downloaded only when not offline and the host answers."""
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(name)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    pretrained = get_pretrained_cfg(name)
+    cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}
     hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
     if not hub_id:
         if not url:
