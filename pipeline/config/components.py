@@ -17,6 +17,22 @@ from __future__ import annotations
 
 from pipeline.config.check_spec import CheckSpec, check
 
+# The params.yaml sections a search trial may set (every one but ``search`` itself).
+TRIAL_SECTIONS = (
+    "data",
+    "split",
+    "augment",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "precision",
+    "train",
+    "evaluate",
+    "export",
+    "tracking",
+)
+
 # Every semantic check of params.yaml, by section.
 CHECKS: tuple[CheckSpec, ...] = (
     check("pipeline.data.files:check_data", "data"),
@@ -52,22 +68,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     ),
     check("pipeline.tracking.store:check_tracking", "tracking"),
     # A trial may set any key of these sections (pipeline.search.space.SECTIONS; a test holds the two equal).
-    check(
-        "pipeline.search.space:check_search",
-        "search",
-        "data",
-        "split",
-        "augment",
-        "model",
-        "loss",
-        "optimizer",
-        "scheduler",
-        "precision",
-        "train",
-        "evaluate",
-        "export",
-        "tracking",
-    ),
+    # A trial may set any key of these sections: the search check reads them all.
+    check("pipeline.search.space:check_search", "search", *TRIAL_SECTIONS),
 )
 
 # Registry kind (`python -m pipeline list KIND`) -> the Registry object, created when its module is imported.

@@ -14,25 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.config.checks import key_parts, run_checks
+from pipeline.config.components import TRIAL_SECTIONS
 from pipeline.config.errors import Problem
 from pipeline.config.params import Params, lookup
 from pipeline.config.schema import did_you_mean, validate
 from pipeline.config.yaml_source import Marks
 
-SECTIONS = (
-    "data",
-    "split",
-    "augment",
-    "model",
-    "loss",
-    "optimizer",
-    "scheduler",
-    "precision",
-    "train",
-    "evaluate",
-    "export",
-    "tracking",
-)
+SECTIONS = TRIAL_SECTIONS  # the keys a trial may set
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
