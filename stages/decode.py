@@ -22,7 +22,7 @@ from pipeline.data.dataset import image_hw
 from pipeline.data.manifest import read_manifest
 from pipeline.stage import run_stage
 
-PARAMS = ("data.task", "data.image_size", "data.cache", "data.resize")
+PARAMS = ("data.task", "data.image_size", "data.cache", "data.resize", "data.max_side")
 
 
 def decode(view: ParamsView) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def decode(view: ParamsView) -> dict[str, Any]:
     if resize == "none":
         print(
             f"decode: {' + '.join(f'{s} {n}' for s, n in counts.items())} images at native resolution "
-            f"(data.resize none) -> {outputs.DECODE}"
+            f"(data.resize none{_shrunk(view['data.max_side'])}) -> {outputs.DECODE}"
         )
     else:
         print(
@@ -53,7 +53,14 @@ def decode(view: ParamsView) -> dict[str, Any]:
             "(and as much again in DVC's cache unless its cache.type links files)"
         )
     started = time.perf_counter()
-    index = decoded.write_decoded(out, manifest, root=view.resolve_path(manifest.root), image_size=size, resize=resize)
+    index = decoded.write_decoded(
+        out,
+        manifest,
+        root=view.resolve_path(manifest.root),
+        image_size=size,
+        resize=resize,
+        max_side=view["data.max_side"],
+    )
     seconds = time.perf_counter() - started
     rate = sum(counts.values()) / max(seconds, 1e-9)
     print(
@@ -61,6 +68,11 @@ def decode(view: ParamsView) -> dict[str, Any]:
         f"{decoded.human_bytes(index['bytes'])})"
     )
     return index
+
+
+def _shrunk(max_side: int | None) -> str:
+    """How data.max_side changes the native images, for the decode line."""
+    return f"; longer sides over {max_side} px shrunk to it" if max_side else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

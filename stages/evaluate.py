@@ -45,7 +45,16 @@ from pipeline.training.losses.auto import train_counts
 from pipeline.training.multilabel_metrics import class_thresholds
 from pipeline.training.precision import resolve_precision
 
-PARAMS = ("data.task", "data.image_size", "data.resize", "augment.eval", "evaluate", "precision", "loss")
+PARAMS = (
+    "data.task",
+    "data.image_size",
+    "data.resize",
+    "data.max_side",
+    "augment.eval",
+    "evaluate",
+    "precision",
+    "loss",
+)
 RECORD_PARAMS = ("tracking",)  # where the test metrics are recorded, not what they are: no DVC param
 
 
@@ -65,6 +74,7 @@ def evaluate(view: ParamsView) -> dict[str, Any]:
         image_size=view["data.image_size"],
         transform=build_transform(view["augment.eval"], task=task),
         resize=view["data.resize"],
+        max_side=view["data.max_side"],
     )
     if len(dataset) == 0:
         raise PipelineError("the test split is empty; raise split.fractions.test")

@@ -33,6 +33,7 @@ PARAMS = (
     "data.image_size",
     "data.resize",
     "data.crop",
+    "data.max_side",
     "evaluate.tile",
     "augment.train",
     "augment.eval",

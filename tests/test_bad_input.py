@@ -72,6 +72,18 @@ def _aug(spec: list) -> dict:
 
 CONFIG = [
     Case(
+        "max-side-without-native-resolution",
+        "applies to data.resize none only",
+        "data.max_side",
+        overrides={"data.max_side": 256},
+    ),
+    Case(
+        "max-side-below-the-crop",
+        "smaller than the training crop",
+        "data.max_side",
+        overrides={"data.resize": "none", "data.max_side": 16, "data.image_size": [32, 32]},
+    ),
+    Case(
         "scheduler-gamma-not-a-number",
         "StepLR when stepped",
         "scheduler.params.gamma",

@@ -68,9 +68,25 @@ def random_crop(
     return np.array(image[y : y + height, x : x + width]), np.array(mask[y : y + height, x : x + width])
 
 
-def rgb_native(image: Image.Image, where: str | Path = "image") -> np.ndarray:
-    """The image at its own size as 8-bit RGB (``data.resize: none``), HxWx3 uint8 and writable."""
-    return np.array(to_rgb(image, where), dtype=np.uint8)
+def native_hw(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The (height, width) an image of ``hw`` is kept at with ``data.resize: none``: its own, or, when its
+    longer side exceeds ``data.max_side``, scaled down (aspect kept) so that side is ``max_side``."""
+    height, width = hw
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def rgb_native(image: Image.Image, where: str | Path = "image", max_side: int | None = None) -> np.ndarray:
+    """The image at its own size (``data.resize: none``; shrunk bilinearly to ``max_side`` when larger:
+    :func:`native_hw`) as 8-bit RGB, HxWx3 uint8 and writable. Training, evaluation and predict all keep
+    native images here."""
+    image = to_rgb(image, where)
+    height, width = native_hw((image.height, image.width), max_side)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)
 
 
 def chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -132,6 +148,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         batch_transform: BatchTransform | None = None,
         resize: str = "fit",
         crop: dict[str, Any] | None = None,
+        max_side: int | None = None,
     ):
         if split not in manifest.splits:
             raise PipelineError(f"no split {split!r} in the manifest (splits: {', '.join(manifest.splits)})")
@@ -147,6 +164,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.native and self.task != "segmentation":
             raise PipelineError("data.resize none (native resolution) is for segmentation; use fit")
         self.crop = crop if self.native else None
+        self.max_side = max_side if self.native else None  # data.max_side: native images shrunk to it
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -182,7 +200,11 @@ class ManifestDataset(torch.utils.data.Dataset):
                 )
             classes = mask_to_classes(mask_array(mask_image, str(self.root / entry["mask"])), self.num_classes)
             if self.native:
-                return rgb_native(image, self.root / entry["image"]), np.array(classes, dtype=np.uint8)
+                array = rgb_native(image, self.root / entry["image"], self.max_side)
+                if array.shape[:2] != classes.shape:  # shrunk to data.max_side: the mask with it (nearest)
+                    shrunk = Image.fromarray(classes).resize((array.shape[1], array.shape[0]), Image.Resampling.NEAREST)
+                    classes = np.asarray(shrunk)
+                return array, np.array(classes, dtype=np.uint8)
             mask_image = Image.fromarray(classes)
             if mask_image.size != (self.width, self.height):
                 mask_image = mask_image.resize((self.width, self.height), Image.Resampling.NEAREST)

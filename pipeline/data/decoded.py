@@ -92,6 +92,7 @@ def write_decoded(
     image_size: int | list[int] | tuple[int, int],
     workers: int | None = None,
     resize: str = "fit",
+    max_side: int | None = None,
 ) -> dict[str, Any]:
     """Decode the train and val splits of ``manifest`` (files under ``root``) into ``cache_dir``; return
     the index. All or nothing: a file that cannot be decoded leaves the old cache (or none). ``workers``:
@@ -99,7 +100,7 @@ def write_decoded(
     each row depends on its sample alone, so the result does not depend on them."""
     cache_dir = Path(cache_dir)
     if resize == "none":
-        return _write_native(cache_dir, manifest, root=root, image_size=image_size, workers=workers)
+        return _write_native(cache_dir, manifest, root=root, image_size=image_size, workers=workers, max_side=max_side)
     height, width = image_hw(image_size)
     target = target_layout(manifest.task, (height, width), manifest.num_classes)
     sets = {s: ManifestDataset(manifest, s, root=root, image_size=(height, width)) for s in SPLITS}
@@ -155,14 +156,18 @@ def _write_native(
     root: str | Path,
     image_size: int | list[int] | tuple[int, int],
     workers: int | None,
+    max_side: int | None = None,
 ) -> dict[str, Any]:
-    """The cache at native resolution (``data.resize: none``): each job of :data:`CHUNK` samples writes
+    """The cache at native resolution (shrunk to ``max_side`` where larger, as training reads it) (``data.resize: none``): each job of :data:`CHUNK` samples writes
     one shard, its images' [3,h,w] planes and its masks' [h,w] one after another in two flat uint8
     ``.npy`` files; the index lists every sample's (h, w), from which the offsets follow. Sizes are only
     known once decoded, so no disk-space check is made beforehand."""
     if manifest.task != "segmentation":
         raise PipelineError("data.resize none (native resolution) is for segmentation; use fit")
-    sets = {s: ManifestDataset(manifest, s, root=root, image_size=image_size, resize="none") for s in SPLITS}
+    sets = {
+        s: ManifestDataset(manifest, s, root=root, image_size=image_size, resize="none", max_side=max_side)
+        for s in SPLITS
+    }
     with atomic_dir(cache_dir) as tmp:
         for name in sets:
             (tmp / name).mkdir()
@@ -195,6 +200,7 @@ def _write_native(
             "task": manifest.task,
             "resize": "none",
             "image_size": None,
+            "max_side": max_side,
             "num_classes": manifest.num_classes,
             "manifest_fingerprint": manifest.fingerprint,
             "manifest_digest": manifest_digest(manifest),
@@ -325,6 +331,7 @@ class DecodedDataset(ManifestDataset):
         batch_transform: BatchTransform | None = None,
         resize: str = "fit",
         crop: dict[str, Any] | None = None,
+        max_side: int | None = None,
     ):
         super().__init__(
             manifest,
@@ -335,11 +342,12 @@ class DecodedDataset(ManifestDataset):
             batch_transform=batch_transform,
             resize=resize,
             crop=crop,
+            max_side=max_side,
         )
         self.cache_dir = Path(cache_dir)
         index = read_index(self.cache_dir)
         hw = None if self.native else (self.height, self.width)
-        check_index(index, self.cache_dir, manifest, hw)
+        check_index(index, self.cache_dir, manifest, hw, self.max_side)
         self.folder, self.shards = split_layout(
             index,
             self.cache_dir,
@@ -449,10 +457,11 @@ def open_split(
     batch_transform: BatchTransform | None = None,
     resize: str = "fit",
     crop: dict[str, Any] | None = None,
+    max_side: int | None = None,
 ) -> ManifestDataset:
     """``split`` from the decoded cache when the decode stage wrote one, else decoded from the files
     every epoch (``data.cache: none``; or no decode stage run: said once on stderr). A cache decoded
-    for another manifest or size (or resize mode) is refused."""
+    for another manifest or size (or resize mode, or data.max_side) is refused."""
     cache_dir = Path(cache_dir)
     kwargs: dict[str, Any] = {
         "root": root,
@@ -461,6 +470,7 @@ def open_split(
         "batch_transform": batch_transform,
         "resize": resize,
         "crop": crop,
+        "max_side": max_side,
     }
     if (cache_dir / INDEX).exists() and read_index(cache_dir).get("enabled"):
         return DecodedDataset(cache_dir, manifest, split, **kwargs)

@@ -64,9 +64,11 @@ def read_index(cache_dir: str | Path) -> dict[str, Any]:
     return index
 
 
-def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int] | None) -> None:
+def check_index(
+    index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: tuple[int, int] | None, max_side: int | None = None
+) -> None:
     """Refuse a cache that was not decoded from this manifest at this size (``hw`` None: at native
-    resolution, ``data.resize: none``), or by another format."""
+    resolution, ``data.resize: none``, shrunk to ``max_side`` where larger), or by another format."""
     if not index.get("enabled"):
         raise PipelineError(
             f"{cache_dir} holds no decoded images (data.cache was none when the decode "
@@ -78,6 +80,7 @@ def check_index(index: dict[str, Any], cache_dir: Path, manifest: Manifest, hw: 
         ("task", index.get("task"), manifest.task),
         ("data.resize", index.get("resize", "fit"), "fit" if hw is not None else "none"),
         ("image size", index.get("image_size"), list(hw) if hw is not None else None),
+        ("data.max_side", index.get("max_side"), max_side),
         ("manifest (data fingerprint)", index.get("manifest_fingerprint"), manifest.fingerprint),
         ("manifest (split entries and classes)", index.get("manifest_digest"), manifest_digest(manifest)),
     ):

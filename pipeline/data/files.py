@@ -204,4 +204,24 @@ def check_data(params: Params) -> list[Problem]:
         problems.append(
             Problem("data.resize", "none (native resolution, tiled inference) is for segmentation; use fit")
         )
+    problems += max_side_problems(get("max_side"), get("resize"), get("image_size"))
     return problems
+
+
+def max_side_problems(max_side: Any, resize: Any, image_size: Any) -> list[Problem]:
+    """data.max_side shrinks native images (data.resize none) and nothing else; and a crop (data.image_size)
+    larger than every shrunk image would train on padding."""
+    if max_side is None:
+        return []
+    if resize != "none":
+        return [Problem("data.max_side", f"{max_side} applies to data.resize none only (fit resizes every image)")]
+    sides = image_size if isinstance(image_size, list) else [image_size]
+    if all(isinstance(side, int) for side in sides) and max(sides) > max_side:
+        return [
+            Problem(
+                "data.max_side",
+                f"{max_side} is smaller than the training crop data.image_size {image_size}: "
+                "raise it to at least the crop's longer side",
+            )
+        ]
+    return []

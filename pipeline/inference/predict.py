@@ -91,10 +91,10 @@ def predict_files(
     ):
         if predictor.tiled:  # the whole image by tiles, its mask at its own size
             path, image = batch_paths[0], batch[0]
-            mask = predictor.whole_classes(predictor.whole_logits(image)).to(torch.uint8).numpy()
-            _write(out / "masks" / f"{path.stem}.png", _png(mask), report)
+            classes = predictor.whole_classes(predictor.whole_logits(image))  # where data.max_side shrank it, smaller
+            _write(out / "masks" / f"{path.stem}.png", _png(mask_at_size(classes, sizes[0])), report)  # input's size
             if overlays:
-                picture = plots.colour_mask(image.permute(1, 2, 0).numpy(), mask)
+                picture = plots.colour_mask(image.permute(1, 2, 0).numpy(), classes.to(torch.uint8).numpy())
                 _write(out / "overlays" / f"{path.stem}.png", _png(picture), report)
             report.predicted += 1
             bar.update(1)

@@ -87,11 +87,19 @@ class Predictor:
         """[H,W] class indices of whole-image logits [C,H,W], in row blocks (bounded temporaries)."""
         return rows_apply(logits, self.classes)
 
+    def whole_mask(self, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """The uint8 class-index mask of one prepared image (:meth:`prepare`) by tiles, at ``size`` =
+        (width, height), the input's own: scaled back (nearest) where data.max_side shrank the image."""
+        return mask_at_size(self.whole_classes(self.whole_logits(image)), size)
+
     def prepare(self, image: Image.Image, where: str | Path = "image") -> torch.Tensor:
         """An image as the model takes it: uint8 [3,H,W] at the recipe's size (tiled: at its own), evaluation augmentation
         applied (the evaluate stage's ManifestDataset does the same). 16-bit and float images are scaled
         by their real range (:class:`PipelineError` naming ``where`` for values with none, e.g. NaN)."""
-        array = rgb_native(image, where) if self.tiled else rgb_resized(image, self.info.image_hw, where)
+        if self.tiled:  # its own size, or shrunk to the recipe's max_side (data.max_side) as training saw it
+            array = rgb_native(image, where, (self.info.tile or {}).get("max_side"))
+        else:
+            array = rgb_resized(image, self.info.image_hw, where)
         if self.info.eval_augment:
             array, _ = self._transform(array, None)
         return chw_tensor(array)

@@ -78,11 +78,7 @@ class TrainedModel(PythonModel):
         if self.predictor.tiled:  # native resolution: each image whole, by the recipe's tiles
             return np.stack(
                 [
-                    self.predictor.whole_classes(
-                        self.predictor.whole_logits(self.predictor.prepare(Image.fromarray(im)))
-                    )
-                    .to(torch.uint8)
-                    .numpy()
+                    self.predictor.whole_mask(self.predictor.prepare(Image.fromarray(im)), im.shape[1::-1])
                     for im in images
                 ]
             )

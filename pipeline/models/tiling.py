@@ -204,16 +204,20 @@ class TiledModel(torch.nn.Module):
         )
 
 
-def tile_settings(cfg: dict[str, Any], fallback: tuple[int, int]) -> dict[str, Any]:
+def tile_settings(cfg: dict[str, Any], fallback: tuple[int, int], max_side: int | None = None) -> dict[str, Any]:
     """``evaluate.tile`` resolved for a model file's recipe: size as [height, width] (null: ``fallback``,
-    the training crop), overlap, blend and batch as given or by default. What every caller tiles with."""
+    the training crop), overlap, blend and batch as given or by default, and ``max_side`` (``data.max_side``:
+    larger images are shrunk to it before tiling, as training saw them) when set. What every caller tiles with."""
     height, width = tile_hw(cfg.get("size"), fallback)
-    return {
+    settings: dict[str, Any] = {
         "size": [height, width],
         "overlap": float(cfg.get("overlap", 0.25)),
         "blend": str(cfg.get("blend", "gaussian")),
         "batch": int(cfg.get("batch", 8)),
     }
+    if max_side is not None:
+        settings["max_side"] = int(max_side)
+    return settings
 
 
 def tiled_model(model: TileModel, tile: dict[str, Any]) -> TiledModel:

@@ -86,6 +86,7 @@ def datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | Of
             batch_transform=DeviceAugment(spec, task=task, random_order=random_order) if on_device else None,
             resize=resize,
             crop=view["data.crop"],
+            max_side=view["data.max_side"],
         )
     val_set = open_split(
         root / outputs.DECODE,
@@ -95,6 +96,7 @@ def datasets(view: ParamsView, manifest: Manifest) -> tuple[ManifestDataset | Of
         image_size=image_size,
         transform=build_transform(view["augment.eval"], task=task),
         resize=resize,
+        max_side=view["data.max_side"],
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise PipelineError("the train or validation split is empty; adjust split.fractions")

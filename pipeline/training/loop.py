@@ -137,7 +137,8 @@ def build(
     apply_threads(cfg["threads"], workers=cfg["workers"])  # before any parallel work sizes the pools
     info.eval_augment = view["augment.eval"]  # the best weights' file says how evaluation prepares images
     native = view["data.resize"] == "none"
-    info.tile = tile_settings(view["evaluate.tile"], image_hw(view["data.image_size"])) if native else None
+    hw, max_side = image_hw(view["data.image_size"]), view["data.max_side"]
+    info.tile = tile_settings(view["evaluate.tile"], hw, max_side) if native else None
     # -- numerics and the run's seed
     if cfg["deterministic"] or torch.are_deterministic_algorithms_enabled():  # the call imports dynamo (s)
         torch.use_deterministic_algorithms(cfg["deterministic"], warn_only=device.type == "cuda")
