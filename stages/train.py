@@ -39,6 +39,7 @@ PARAMS = (
     "augment.random_order",
     "augment.offline",
     "augment.device",
+    "augment.mix",
     "model.lr_mult",
     "loss",
     "optimizer",
