@@ -170,6 +170,9 @@ def test_a_loss_without_soft_targets_is_refused_at_augment_mix(tmp_path):
     assert "loss.terms[1].name 'focal'" in found["augment.mix"] and "terms[0]" not in found["augment.mix"]
     assert _problems(tmp_path, "classification", {"name": "cross_entropy"}, mixup_alpha=0.8, cutmix_alpha=1.0) == {}
     assert _problems(tmp_path, "classification", {"name": "focal"}, mixup_alpha=0) == {}  # off: nothing to refuse
+    found = _problems(tmp_path, "multilabel", {"name": "focal"}, mixup_alpha=0.8)  # not linear in the target
+    assert "loss.name 'focal'" in found["augment.mix"] and "bce or asymmetric" in found["augment.mix"]
+    assert _problems(tmp_path, "multilabel", {"name": "bce"}, mixup_alpha=0.8, cutmix_alpha=1.0) == {}
 
 
 def test_segmentation_takes_cutmix_only(tmp_path):
