@@ -132,6 +132,23 @@ def test_the_draws_depend_on_seed_epoch_and_index_alone():
     assert other.draw(other.rng(3, 5), 16, 16) != mix.draw(mix.rng(3, 5), 16, 16)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_the_mix_equals_the_cpus_without_a_host_sync():
+    """The draw is made on the host, so mixing a batch already on the GPU reads nothing back from it."""
+    mix = _mix("switch", num_classes=3)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    gx, gy = x.cuda(), y.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu = [mix(gx, gy, 0, index) for index in range(6)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for index, (mx, my) in enumerate(on_gpu):
+        cx, cy = mix(x, y, 0, index)
+        assert torch.allclose(mx.cpu(), cx, rtol=1e-6, atol=0) and torch.allclose(my.cpu(), cy, rtol=1e-6, atol=0)
+
+
 def test_off_returns_the_batch_itself():
     x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
     out = BatchMix()(x, y, 0, 0)
