@@ -44,6 +44,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
 
 
+def batch_seed(seed: int, epoch: int, index: int, stream: int) -> int:
+    """A 32-bit seed for batch ``index`` of ``epoch``: what the training loop draws per batch (mixup and
+    cutmix, :mod:`pipeline.augment.mix`) depends on (train.seed, epoch, index) alone, so a resumed run
+    replays it; ``stream`` keeps one use's draws apart from another's."""
+    return int(np.random.SeedSequence([epoch_seed(seed, epoch), int(index), int(stream)]).generate_state(1)[0])
+
+
 def derived_seeds(seed: int, count: int) -> list[int]:
     """``count`` independent 32-bit seeds from one (so numpy's and imgaug's streams do not coincide)."""
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]

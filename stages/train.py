@@ -40,6 +40,7 @@ PARAMS = (
     "augment.random_order",
     "augment.offline",
     "augment.device",
+    "augment.mix",
     "model.lr_mult",
     "loss",
     "optimizer",

@@ -46,6 +46,7 @@ CHECKS: tuple[CheckSpec, ...] = (
         stand_ins={"data.image_size": (None,)},
     ),
     check("pipeline.augment.checks:check_augment_device", "augment", "data.task"),
+    check("pipeline.augment.mix:check_mix", "augment.mix", "data.task", "loss"),
     check("pipeline.models.networks:check_model", "model", "data.task", "data.num_classes", "data.image_size"),
     check("pipeline.training.losses.section:check_loss", "loss", "data.task", "data.num_classes", "model.num_classes"),
     check(

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pipeline import outputs
 from pipeline.atomic import write_text
+from pipeline.augment.mix import BatchMix
 from pipeline.config.errors import PipelineError
 from pipeline.config.params import ParamsView
 from pipeline.data.dataset import image_hw
@@ -122,6 +123,7 @@ class Trainer:
     writer: checkpoint.BackgroundWriter  # checkpoints written off the training thread
     auto_loss: dict[str, Any] = field(default_factory=dict)  # loss arguments computed from the counts (auto)
     val_model: nn.Module | None = None  # data.resize none: ``model`` by tiles over each whole image
+    mix: BatchMix = field(default_factory=BatchMix)  # augment.mix: mixup/cutmix per training batch (off: a no-op)
 
 
 def build(
@@ -200,6 +202,9 @@ def build(
         writer=checkpoint.BackgroundWriter(),
         auto_loss=auto_loss,
         val_model=tiled_model(model, info.tile) if info.tile else None,
+        mix=BatchMix.from_params(
+            view["augment.mix"], task=task, num_classes=info.config["num_outputs"], seed=cfg["seed"]
+        ),
     )
 
 
@@ -337,6 +342,7 @@ def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
         for i, (images, targets) in enumerate(t.data.feed):
             images, targets = augment_batch(t.data.dataset, images, targets, device)  # augment.device
             x, y = to_device(images, targets, device, channels_last=t.step.precision.channels_last)
+            x, y = t.mix(x, y, epoch, i)  # augment.mix, on the device: train_loss is the loss on mixed batches
             loss = t.step(x, y, apply=(i + 1) % accumulate == 0 or i + 1 == batches)
             # The first non-finite step is recorded on the device and read back at the checks only.
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)

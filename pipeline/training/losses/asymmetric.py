@@ -28,6 +28,7 @@ class AsymmetricLoss(nn.Module):
     confident logit gives a finite loss and gradient."""
 
     supports = (BINARY, MULTILABEL)
+    soft_targets = True  # linear in the target: mixup/cutmix's mixed multi-hot vectors
 
     def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05):
         super().__init__()
