@@ -30,6 +30,8 @@ AUGMENTER_ARGS = frozenset({"children", "then_list", "else_list", "foreground", 
 # Found by running every augmenter on an image with a segmentation map (the test suite repeats the
 # sweep): these raise "can currently only process image data". Every other augmenter either moves
 # the mask with the image (geometric) or leaves it alone (pixel-level), as it should.
+# imgaug's RandAugment is one of them; the registry's RandAugment (pipeline.augment.policies) has a
+# ``for_segmentation`` method, which the builder calls for segmentation to make it move the mask.
 SEGMENTATION_UNSAFE = {
     "pillike.Affine": "pillike.Affine transforms images only; use Affine, which also moves the mask",
     "imgcorruptlike.ElasticTransform": "it transforms images only; use ElasticTransformation",
@@ -48,8 +50,12 @@ GEOMETRIC_MODULES = ("imgaug.augmenters.flip", "imgaug.augmenters.geometric", "i
 
 def _augmenter_classes() -> dict[str, type]:
     """Every public, concrete Augmenter in ``imgaug.augmenters``; a submodule's own classes that the
-    package does not export (``pillike``, ``imgcorruptlike``) are named ``submodule.Class``."""
+    package does not export (``pillike``, ``imgcorruptlike``) are named ``submodule.Class``. The
+    policies (:mod:`pipeline.augment.policies`: RandAugment with its ``n`` checked, TrivialAugment) are
+    added under their names."""
     import imgaug.augmenters as iaa
+
+    from pipeline.augment.policies import POLICIES
 
     found: dict[str, type] = {}
     for info in pkgutil.iter_modules(iaa.__path__):
@@ -64,7 +70,7 @@ def _augmenter_classes() -> dict[str, type]:
             ):
                 continue
             found[name if getattr(iaa, name, None) is obj else f"{info.name}.{name}"] = obj
-    return found
+    return {**found, **POLICIES}
 
 
 augmenters = Registry("augmenters", provider=_augmenter_classes)
@@ -146,6 +152,8 @@ class Builder:
         if not ok:
             return None
         augmenter = self.construct(cls, name, values, node_key)
+        if augmenter is not None and self.task == "segmentation" and hasattr(augmenter, "for_segmentation"):
+            augmenter.for_segmentation()  # e.g. RandAugment: its affine operations then move the mask
         if augmenter is not None and self.task == "segmentation" and name in CHANNEL_SUBSET_WRAPPERS:
             moving = [
                 type(a).__name__
@@ -180,7 +188,7 @@ class Builder:
         if not (inspect.isclass(cls) and issubclass(cls, iaa.Augmenter)):
             self.fail(key, f"{name!r} is not an imgaug Augmenter class")
             return None
-        if self.task == "segmentation" and name in SEGMENTATION_UNSAFE:
+        if self.task == "segmentation" and name in SEGMENTATION_UNSAFE and not hasattr(cls, "for_segmentation"):
             self.fail(key, f"{name} cannot handle segmentation masks ({SEGMENTATION_UNSAFE[name]})")
             return None
         return cls
