@@ -30,13 +30,10 @@ AUGMENTER_ARGS = frozenset({"children", "then_list", "else_list", "foreground", 
 # Found by running every augmenter on an image with a segmentation map (the test suite repeats the
 # sweep): these raise "can currently only process image data". Every other augmenter either moves
 # the mask with the image (geometric) or leaves it alone (pixel-level), as it should.
-# imgaug's RandAugment is one of them; the registry's RandAugment (pipeline.augment.policies) has a
-# ``for_segmentation`` method, which the builder calls for segmentation to make it move the mask.
+# imgaug's own RandAugment would be one of them: the registry's (pipeline.augment.policies) moves the mask.
 SEGMENTATION_UNSAFE = {
     "pillike.Affine": "pillike.Affine transforms images only; use Affine, which also moves the mask",
     "imgcorruptlike.ElasticTransform": "it transforms images only; use ElasticTransformation",
-    "RandAugment": "it applies pillike.Affine, which transforms images only; compose Affine and "
-    "pixel-level augmenters instead",
 }
 
 
@@ -152,8 +149,6 @@ class Builder:
         if not ok:
             return None
         augmenter = self.construct(cls, name, values, node_key)
-        if augmenter is not None and self.task == "segmentation" and hasattr(augmenter, "for_segmentation"):
-            augmenter.for_segmentation()  # e.g. RandAugment: its affine operations then move the mask
         if augmenter is not None and self.task == "segmentation" and name in CHANNEL_SUBSET_WRAPPERS:
             moving = [
                 type(a).__name__
@@ -188,7 +183,7 @@ class Builder:
         if not (inspect.isclass(cls) and issubclass(cls, iaa.Augmenter)):
             self.fail(key, f"{name!r} is not an imgaug Augmenter class")
             return None
-        if self.task == "segmentation" and name in SEGMENTATION_UNSAFE and not hasattr(cls, "for_segmentation"):
+        if self.task == "segmentation" and name in SEGMENTATION_UNSAFE:
             self.fail(key, f"{name} cannot handle segmentation masks ({SEGMENTATION_UNSAFE[name]})")
             return None
         return cls

@@ -135,12 +135,17 @@ def _check_n(n: Any) -> None:
 class RandAugment(iaa.RandAugment):
     """imgaug's RandAugment (``n`` operations per image at magnitude ``m`` of 30, after a flip and crop).
 
-    As ``imgaug.augmenters.RandAugment``; ``n`` is checked (imgaug takes a negative count silently).
-    For segmentation, :meth:`for_segmentation` makes its affine operations move the mask."""
+    As ``imgaug.augmenters.RandAugment``, but ``n`` is checked (imgaug takes a negative count silently)
+    and given masks (segmentation) it moves them: imgaug's refuses them (its ``pillike.Affine``)."""
 
     def __init__(self, n: Any = 2, m: Any = (6, 12), cval: Any = 128, seed: Any = None, name: str | None = None):
         _check_n(n)
         super().__init__(n=n, m=m, cval=cval, seed=seed, name=name)
+
+    def _augment_batch_(self, batch: Any, random_state: Any, parents: Any, hooks: Any) -> Any:
+        if any(column != "images" for column in batch.get_column_names()):
+            self.for_segmentation()
+        return super()._augment_batch_(batch, random_state, parents, hooks)
 
     def for_segmentation(self) -> None:
         """Replace its ``pillike.Affine`` operations (images only) by ``Affine`` ones holding the same
