@@ -19,6 +19,7 @@ from typing import Any
 
 import imgaug.augmenters as iaa
 import imgaug.parameters as iap
+import imgaug.random as iarandom
 import numpy as np
 from imgaug.augmenters import pillike
 
@@ -141,6 +142,10 @@ class RandAugment(iaa.RandAugment):
     def __init__(self, n: Any = 2, m: Any = (6, 12), cval: Any = 128, seed: Any = None, name: str | None = None):
         _check_n(n)
         super().__init__(n=n, m=m, cval=cval, seed=seed, name=name)
+        if seed is None:  # imgaug gives its operations an RNG derived once at build time: then a reseed
+            # (per sample, per epoch) would not repeat its draws. Use the global RNG, as other augmenters do.
+            for augmenter in [self, *self.get_all_children(flat=True)]:
+                augmenter.random_state = iarandom.get_global_rng()
 
     def _augment_batch_(self, batch: Any, random_state: Any, parents: Any, hooks: Any) -> Any:
         if any(column != "images" for column in batch.get_column_names()):
