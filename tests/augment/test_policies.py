@@ -240,3 +240,22 @@ def test_device_versions_where_every_drawn_operation_has_one():
     chosen = drawn.leaves[0].values["chosen"]
     assert (chosen.sum(axis=1) == 1).all() and np.allclose(chosen.mean(axis=0), 1 / 7, atol=0.04)
     assert_matches_imgaug(spec, n=12)
+
+
+def test_preview_draws_the_policies_like_any_augmenter():
+    import torch
+
+    from pipeline.augment.preview import preview_rows
+    from pipeline.augment.transform import build_transform
+    from pipeline.plots import render_grid
+
+    base = [(torch.from_numpy(PALETTE[blobs()].transpose(2, 0, 1).copy()), torch.from_numpy(blobs()))] * 2
+    transform = build_transform(SPEC, task="segmentation")
+    rows = preview_rows(base, transform, images=2, versions=4, seed=0, segmentation=True)
+    again = preview_rows(base, transform, images=2, versions=4, seed=0, segmentation=True)
+    assert len(rows) == 2 and all(len(r) == 5 for r in rows)
+    versions = [(image, mask) for row in rows for image, mask in row[1:]]
+    assert all(image.shape == (32, 32, 3) and mask.shape == (32, 32) for image, mask in versions)
+    assert sum(not np.array_equal(mask, blobs()) for _, mask in versions) >= 4  # RandAugment crops every time
+    assert all(np.array_equal(a[0], b[0]) for ra, rb in zip(rows, again) for a, b in zip(ra, rb))
+    assert render_grid(rows, (32, 32)).ndim == 3
