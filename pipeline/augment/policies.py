@@ -154,8 +154,8 @@ class RandAugment(iaa.RandAugment):
 
     def for_segmentation(self) -> None:
         """Replace its ``pillike.Affine`` operations (images only) by ``Affine`` ones holding the same
-        parameters, which warp the mask alike: the same draws, but rotations and shears about the
-        image centre and cv2's bilinear interpolation instead of PIL's."""
+        parameters, which warp the mask alike: the same draws, but shears about the image centre (PIL's
+        about the top-left corner) and cv2's bilinear interpolation instead of PIL's."""
         for container in self.get_all_children(flat=True):
             if not isinstance(container, list):
                 continue
