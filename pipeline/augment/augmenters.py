@@ -30,11 +30,10 @@ AUGMENTER_ARGS = frozenset({"children", "then_list", "else_list", "foreground", 
 # Found by running every augmenter on an image with a segmentation map (the test suite repeats the
 # sweep): these raise "can currently only process image data". Every other augmenter either moves
 # the mask with the image (geometric) or leaves it alone (pixel-level), as it should.
+# imgaug's own RandAugment would be one of them: the registry's (pipeline.augment.policies) moves the mask.
 SEGMENTATION_UNSAFE = {
     "pillike.Affine": "pillike.Affine transforms images only; use Affine, which also moves the mask",
     "imgcorruptlike.ElasticTransform": "it transforms images only; use ElasticTransformation",
-    "RandAugment": "it applies pillike.Affine, which transforms images only; compose Affine and "
-    "pixel-level augmenters instead",
 }
 
 
@@ -48,8 +47,12 @@ GEOMETRIC_MODULES = ("imgaug.augmenters.flip", "imgaug.augmenters.geometric", "i
 
 def _augmenter_classes() -> dict[str, type]:
     """Every public, concrete Augmenter in ``imgaug.augmenters``; a submodule's own classes that the
-    package does not export (``pillike``, ``imgcorruptlike``) are named ``submodule.Class``."""
+    package does not export (``pillike``, ``imgcorruptlike``) are named ``submodule.Class``. The
+    policies (:mod:`pipeline.augment.policies`: RandAugment with its ``n`` checked, TrivialAugment) are
+    added under their names."""
     import imgaug.augmenters as iaa
+
+    from pipeline.augment.policies import POLICIES
 
     found: dict[str, type] = {}
     for info in pkgutil.iter_modules(iaa.__path__):
@@ -64,7 +67,7 @@ def _augmenter_classes() -> dict[str, type]:
             ):
                 continue
             found[name if getattr(iaa, name, None) is obj else f"{info.name}.{name}"] = obj
-    return found
+    return {**found, **POLICIES}
 
 
 augmenters = Registry("augmenters", provider=_augmenter_classes)

@@ -33,6 +33,12 @@ DEVICE_AUGMENTERS = (
     }
 )
 AUGMENTER_LISTS = ("children", "then_list", "else_list")
+# Augmenters that hold children of their own making (not declared in params.yaml): why they have no
+# device version, or (TrivialAugment) that they have one when every operation they draw has one.
+NO_DEVICE_WHY = {
+    "RandAugment": "RandAugment has no device version (its crop, PIL-like colour operations, Invert and Cutout "
+    "have none)",
+}
 
 
 def runs_on(name: str) -> str:
@@ -44,6 +50,8 @@ def runs_on(name: str) -> str:
 def kinds() -> dict[type, str]:
     """The exact imgaug classes with a device version (subclasses, e.g. pillike.Affine, have none)."""
     import imgaug.augmenters as iaa
+
+    from pipeline.augment.policies import TrivialAugment
 
     kinds = {getattr(iaa, name): "affine" for name in AFFINE_FAMILY}
     kinds.update(
@@ -62,6 +70,7 @@ def kinds() -> dict[type, str]:
             iaa.Sometimes: "sometimes",
             iaa.SomeOf: "someof",
             iaa.OneOf: "someof",
+            TrivialAugment: "someof",  # one of its operations per sample; each needs a device version
         }
     )
     return kinds
@@ -84,7 +93,9 @@ def _unsupported(aug: Any) -> tuple[str, str] | None:
     name = type(aug).__name__
     kind = kinds().get(type(aug))
     if kind is None:
-        return "", f"{name} has no device version"
+        return "", NO_DEVICE_WHY.get(name, f"{name} has no device version")
+    if name == "TrivialAugment":
+        return _trivial_unsupported(aug)
     if kind == "affine":
         orders, modes = _values(aug.order), _values(aug.mode)
         if aug.fit_output:
@@ -97,6 +108,17 @@ def _unsupported(aug: Any) -> tuple[str, str] | None:
     if kind == "rot90" and not aug.keep_size:
         return "keep_size", "Rot90 with keep_size: false changes the image size; no device version"
     return None
+
+
+def _trivial_unsupported(aug: Any) -> tuple[str, str] | None:
+    """TrivialAugment runs on the device when every operation it may draw does."""
+    missing = [op.name for op in aug if _unsupported(op) is not None]
+    if not missing:
+        return None
+    return "ops", (
+        f"TrivialAugment: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no device version "
+        "(leave them out of ops to run it on the device)"
+    )
 
 
 def _items(value: Any, key: str) -> list[tuple[Any, str]]:

@@ -19,7 +19,7 @@ import yaml
 from pipeline.augment.augmenters import _masks_follow_borders, apply_augmenter
 from pipeline.augment.device_augment import DeviceAugment, device_plan, fold
 from pipeline.augment.device_ops import Pixel, Warp
-from pipeline.augment.device_support import fallback_reasons, resolve_where, runs_on
+from pipeline.augment.device_support import AFFINE_FAMILY, fallback_reasons, resolve_where, runs_on
 from pipeline.config.errors import PipelineError
 from tests.conftest import REPO, train_history, train_workspace
 
@@ -67,7 +67,7 @@ def fixed(leaf, i: int) -> iaa.Augmenter:
         return getattr(iaa, leaf.name)(1.0)
     if leaf.name == "Rot90":
         return iaa.Rot90(int(v["k"][i]))
-    if leaf.name in ("Affine", "Rotate", "ScaleX", "TranslateY", "ShearX"):  # their values, as Affine draws them
+    if leaf.name in AFFINE_FAMILY:  # their values, as Affine draws them
         cast = int if v["translate_mode"] == "px" else float
         shift = {"x": cast(v["translate_x"][i]), "y": cast(v["translate_y"][i])}
         cval = v["cval"][i]
