@@ -25,7 +25,7 @@ from pipeline.training import distributed as dist
 from pipeline.training import loop
 from pipeline.training.ema import ModelEma, check_ema_monitor, ema_decay, kept_weights
 from stages import train as train_stage
-from tests.conftest import TRAIN, make_workspace, train_history
+from tests.conftest import TRAIN, make_workspace, problems_by_key, train_history, write_params
 
 CPU = torch.device("cpu")
 
@@ -126,6 +126,18 @@ def test_the_ema_column_is_no_monitor():
     problems = check_ema_monitor({"train.early_stopping.monitor": "val_ema_dice"})
     assert [p.key for p in problems] == ["train.early_stopping.monitor"] and "'val_dice'" in problems[0].message
     assert check_ema_monitor({"train.early_stopping.monitor": "val_dice"}) == []
+
+
+def test_a_search_may_set_the_ema_keys(tmp_path):
+    """Any train.ema key is a search dimension, each value checked against its schema; a bad one located."""
+    space = {
+        "train.ema.enabled": {"type": "categorical", "choices": [True, False]},
+        "train.ema.decay": {"type": "float", "low": 0.99, "high": 1.0},
+        "train.ema.keep": {"type": "categorical", "choices": ["auto", "ema"]},
+    }
+    problems = problems_by_key(write_params(tmp_path / "params.yaml", link=True, **{"search.space": space}))
+    assert sorted(problems) == ["search.space.train.ema.decay.high"]  # decay 1.0 is no decay
+    assert "train.ema.decay = 1.0" in problems["search.space.train.ema.decay.high"]
 
 
 EMA = {"enabled": True, "decay": 0.9, "warmup": True, "every": 1, "keep": "auto"}
