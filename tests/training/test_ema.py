@@ -175,6 +175,8 @@ def test_training_validates_both_and_keeps_the_better(tmp_path, monkeypatch):
     for row in history:
         assert {"val_dice", "val_loss", "val_ema_dice", "val_ema_loss"} <= row.keys()
     assert train_history(params)[0].keys() == history[0].keys()
+    scores = {line.split(",")[1] for line in (params.parent / outputs.TRAIN_VALIDATION).read_text().splitlines()[1:]}
+    assert {"val_dice", "val_ema_dice"} <= scores and not {"val_loss", "val_ema_loss"} & scores  # scores, no losses
     expected, best = [], float("inf")
     for epoch, row in enumerate(history, 1):
         kept = "ema" if row["val_ema_loss"] < row["val_loss"] else "model"
