@@ -273,8 +273,8 @@ def draw_history(rows: Sequence[dict[str, float]], *, width: int = 720, height: 
     Each panel's legend sits in a band above its plot area (never over a curve), and its left margin
     is as wide as its widest y label, so no label is cut off at the image's edge."""
     panels: list[tuple[str, list[str]]] = [
-        ("loss", [k for k in ("train_loss", "val_loss") if rows and k in rows[0]]),
-        ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"]),
+        ("loss", [k for k in ("train_loss", "val_loss", "val_ema_loss") if rows and k in rows[0]]),
+        ("validation", [k for k in (rows[0] if rows else {}) if k.startswith("val_") and not k.endswith("_loss")]),
     ]
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)

@@ -121,6 +121,8 @@ def train(view: ParamsView) -> dict[str, Any]:
             "imbalance": manifest.summary.get("imbalance"),  # of the training split (largest/smallest class)
             "sampler": cfg["sampler"],
             "auto_loss": trainer.auto_loss,  # loss arguments computed from the class counts (auto)
+            # which weights best.safetensors holds: the model's, or with train.ema (keep) its average's
+            "best_weights": trainer.ema.best_weights if trainer.ema is not None else "model",
         }
         if ctx.is_main:
             write_json(root / outputs.TRAIN_SUMMARY, summary)
@@ -131,7 +133,7 @@ def train(view: ParamsView) -> dict[str, Any]:
             for path in (outputs.TRAIN_HISTORY, outputs.TRAIN_HISTORY_PNG, outputs.TRAIN_PARAMS):
                 run.log_artifact(root / path)  # at the root, where the compare view looks
             # Counts and indices are not curves: the outcome is tags; the best score, a metric at its epoch.
-            run.set_tags({key: summary[key] for key in ("epochs_run", "best_epoch", "stopped_early")})
+            run.set_tags({key: summary[key] for key in ("epochs_run", "best_epoch", "stopped_early", "best_weights")})
             if trial is not None:
                 run.set_tags({"search.state": "pruned" if stopper.pruned else "complete"})
             assert stopper.best is not None  # at least one epoch was scored (or restored with the checkpoint)

@@ -60,6 +60,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     ),
     check("pipeline.training.sampling:check_sampler", "train.sampler", "data.task", "data.root", "data.labels"),
     check("pipeline.training.precision:check_precision", "precision.dtype", "train.device"),
+    check("pipeline.training.ema:check_ema_monitor", "train.early_stopping.monitor", "train.ema"),
     check(
         "pipeline.training.multilabel_metrics:check_threshold",
         "evaluate.threshold",

@@ -18,13 +18,13 @@ def history_csv(rows: list[dict[str, float]]) -> str:
 
 
 def validation_csv(rows: list[dict[str, float]]) -> str:
-    """The validation scores (every ``val_*`` column but the loss) in long form, ``epoch,metric,value``:
+    """The validation scores (every ``val_*`` column but the losses) in long form, ``epoch,metric,value``:
     one DVC plot draws them whatever the task's scores are called (dvc.yaml's "validation")."""
     lines = ["epoch,metric,value"]
     lines += [
         f"{row['epoch']},{key},{value!r}"
         for row in rows
         for key, value in row.items()
-        if key.startswith("val_") and key != "val_loss"
+        if key.startswith("val_") and not key.endswith("_loss")  # val_loss, and train.ema's val_ema_loss
     ]
     return "\n".join(lines) + "\n"

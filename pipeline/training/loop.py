@@ -36,6 +36,7 @@ from pipeline.training import checkpoint, sampling
 from pipeline.training import distributed as dist
 from pipeline.training.batches import to_device
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
+from pipeline.training.ema import ModelEma, kept_weights
 from pipeline.training.feed import DeviceFeed, TrainData
 from pipeline.training.history import history_csv, validation_csv
 from pipeline.training.inputs import augment_batch, datasets, make_loader
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # Part of the resume fingerprint: a checkpoint laid out otherwise (say, by an older loop) is not resumed.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: the EMA's state (train.ema)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -124,6 +125,8 @@ class Trainer:
     auto_loss: dict[str, Any] = field(default_factory=dict)  # loss arguments computed from the counts (auto)
     val_model: nn.Module | None = None  # data.resize none: ``model`` by tiles over each whole image
     mix: BatchMix = field(default_factory=BatchMix)  # augment.mix: mixup/cutmix per training batch (off: a no-op)
+    ema: ModelEma | None = None  # train.ema: the weights' moving average, validated beside the model
+    val_ema: nn.Module | None = None  # ``ema.module`` as validation runs it (by tiles, as ``val_model``)
 
 
 def build(
@@ -188,6 +191,12 @@ def build(
     step = TrainStep(
         trained, loss_fn, optimizer, plan, schedule, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
     )
+    ema_cfg = cfg["ema"]  # over the unwrapped model, each rank its own (the ranks' weights are the same)
+    ema = (
+        ModelEma(model, decay=ema_cfg["decay"], warmup=ema_cfg["warmup"], every=ema_cfg["every"])
+        if ema_cfg["enabled"]
+        else None
+    )
     return Trainer(
         cfg=cfg,
         ctx=ctx,
@@ -205,6 +214,8 @@ def build(
         mix=BatchMix.from_params(
             view["augment.mix"], task=task, num_classes=info.config["num_outputs"], seed=cfg["seed"]
         ),
+        ema=ema,
+        val_ema=None if ema is None else tiled_model(ema.module, info.tile) if info.tile else ema.module,
     )
 
 
@@ -231,6 +242,8 @@ def fit(
         t.step.schedule.load_state_dict(state["scheduler"])
         t.step.precision.scaler.load_state_dict(state["scaler"])
         t.stopper.load_state_dict(state["early_stopping"])
+        if t.ema is not None:
+            t.ema.load_state_dict(state["ema"])
         history, start = state["history"], state["epoch"] + 1
         if t.ctx.is_main:
             print(f"train: resuming after epoch {start} from {root / outputs.TRAIN_CHECKPOINT / 'last.pt'}")
@@ -263,13 +276,23 @@ def _epochs(
         if t.monitor not in row:
             raise PipelineError(
                 f"train.early_stopping.monitor {t.monitor!r} is not a validation metric; "
-                f"available: {', '.join(k for k in row if k.startswith('val_'))}"
+                f"available: {', '.join(k for k in row if k.startswith('val_') and not k.startswith('val_ema_'))}"
             )
         t.step.schedule.step_epoch(row)
         history.append(row)
-        if t.stopper.step(row[t.monitor]) and t.ctx.is_main:
-            save_model(root / outputs.TRAIN_BEST, t.model, t.info)
-        if trial is not None and trial.report(epoch + 1, row[t.monitor], last=epoch + 1 == t.cfg["epochs"]):
+        # the score of the weights this epoch offers as the best: the model's, or with train.ema its EMA's
+        kept, value = (
+            ("model", row[t.monitor])
+            if t.ema is None
+            else kept_weights(row, t.monitor, keep=t.cfg["ema"]["keep"], mode=t.stopper.mode)
+        )
+        if t.stopper.step(value):
+            if t.ema is not None:
+                t.ema.best_weights = kept
+            if t.ctx.is_main:
+                best = t.ema.module if t.ema is not None and kept == "ema" else t.model
+                save_model(root / outputs.TRAIN_BEST, best, t.info)
+        if trial is not None and trial.report(epoch + 1, value, last=epoch + 1 == t.cfg["epochs"]):
             t.stopper.pruned = True
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if t.ctx.is_main:  # DDP keeps every rank's weights identical: rank 0's checkpoint serves all
@@ -285,6 +308,7 @@ def _epochs(
                     "scheduler": t.step.schedule.state_dict(),
                     "scaler": t.step.precision.scaler.state_dict(),
                     "early_stopping": t.stopper.state_dict(),
+                    "ema": None if t.ema is None else t.ema.state_dict(),
                     "history": history,
                     "run_id": run.run_id,
                     "finished": t.stopper.should_stop or epoch + 1 == t.cfg["epochs"],
@@ -343,7 +367,10 @@ def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
             images, targets = augment_batch(t.data.dataset, images, targets, device)  # augment.device
             x, y = to_device(images, targets, device, channels_last=t.step.precision.channels_last)
             x, y = t.mix(x, y, epoch, i)  # augment.mix, on the device: train_loss is the loss on mixed batches
-            loss = t.step(x, y, apply=(i + 1) % accumulate == 0 or i + 1 == batches)
+            apply = (i + 1) % accumulate == 0 or i + 1 == batches
+            loss = t.step(x, y, apply=apply)
+            if apply and t.ema is not None:
+                t.ema.step(t.model)  # after the optimizer step: the average of the weights it left
             # The first non-finite step is recorded on the device and read back at the checks only.
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
             running += loss
@@ -365,14 +392,22 @@ def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
 
 
 def validate(t: Trainer) -> dict[str, float]:
-    """Validation loss and metrics; under DDP each rank scores its shard and the confusion matrix, loss
-    sum and count are all-reduced, so every rank gets the numbers of the whole split."""
+    """Validation loss and metrics (``val_*``), and with train.ema its EMA's (``val_ema_*``); under DDP
+    each rank scores its shard and the confusion matrix, loss sum and count are all-reduced, so every
+    rank gets the numbers of the whole split."""
     t.model.eval()
+    metrics = _validate(t, t.val_model or t.model, "val_")
+    if t.val_ema is not None:
+        metrics |= _validate(t, t.val_ema, "val_ema_")  # in eval mode since built
+    return metrics
+
+
+def _validate(t: Trainer, model: nn.Module, prefix: str) -> dict[str, float]:
     batches = progress(t.val_feed, t.ctx, desc="validate", leave=False)  # no running value: no host syncs
-    shard = score(t.val_model or t.model, batches, t.step.loss_fn, t.meter, t.step.precision)
+    shard = score(model, batches, t.step.loss_fn, t.meter, t.step.precision)
     whole = LossSum(*dist.reduce_meter(t.meter, shard.total, shard.samples, t.ctx))
-    metrics = {f"val_{k}": v for k, v in t.meter.compute().items() if "/" not in k}
-    metrics["val_loss"] = whole.mean()
+    metrics = {f"{prefix}{k}": v for k, v in t.meter.compute().items() if "/" not in k}
+    metrics[f"{prefix}loss"] = whole.mean()
     return metrics
 
 

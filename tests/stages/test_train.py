@@ -74,16 +74,21 @@ def test_short_run_learns_and_writes_outputs(tmp_path, shapes_dataset):
     assert yaml.safe_load((out / "run.json").read_text()) == {"run_id": None, "tracking_uri": None}
 
 
-def _weights(ws: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)["model"]
+def _weights(ws: Path, part: str = "model") -> dict[str, torch.Tensor]:
+    """The checkpoint's model weights, or (``ema``) its moving average's."""
+    state = torch.load(ws.parent / "outputs/train/checkpoint/last.pt", weights_only=False)
+    return state["ema"]["module"] if part == "ema" else state["model"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, workers):
+@pytest.mark.parametrize(("workers", "ema"), [(0, False), (2, True)])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, workers, ema):
     """Also with DataLoader workers that persist across epochs: each sample is seeded from (epoch seed,
-    index) in whichever worker loads it, so the resumed epochs draw what the uninterrupted run drew."""
+    index) in whichever worker loads it, so the resumed epochs draw what the uninterrupted run drew.
+    With train.ema the checkpoint carries the average: the resumed run ends with the same one."""
     overrides = {"train.epochs": 4, "train.deterministic": True, "train.workers": workers}
+    if ema:
+        overrides["train.ema"] = {"enabled": True, "decay": 0.9, "warmup": True, "every": 1, "keep": "auto"}
     whole = train_workspace(tmp_path / "whole", shapes_dataset, **overrides)
     assert train_stage.main(["--params", str(whole)]) == 0
 
@@ -108,6 +113,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, shapes_dataset, w
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    if ema:
+        a, b = _weights(whole, "ema"), _weights(cut, "ema")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed EMA differs"
     assert train_history(cut) == train_history(whole) or all(
         abs(x["val_dice"] - y["val_dice"]) < 1e-12 for x, y in zip(train_history(cut), train_history(whole))
     )
@@ -209,6 +217,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shapes_dataset, m
     assert cpu and all(0.0 <= m.value <= 100.0 * os.cpu_count() for m in cpu)
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     assert run.data.tags["dataset_fingerprint"]
+    assert run.data.tags["best_weights"] == "model"  # train.ema off: the model's weights are the best file
     names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "weights")}
     assert {"history.csv", "weights/best.safetensors"} <= names
     assert load_file(str(tmp_path / "outputs/train/best.safetensors"))
