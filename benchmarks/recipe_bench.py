@@ -123,9 +123,12 @@ def main(argv: list[str] | None = None) -> None:
             for variant in variants:
                 got = train_and_test(ws, params, log, **overrides(variant, params, teacher), **{"train.seed": seed})
                 results[variant].append(got)
-                print(f"seed {seed} {variant:<15} accuracy {got['accuracy']:.3f}  {got['s_per_epoch']:.2f} s/epoch", flush=True)
+                print(
+                    f"seed {seed} {variant:<15} accuracy {got['accuracy']:.3f}  {got['s_per_epoch']:.2f} s/epoch",
+                    flush=True,
+                )
     print(f"\n{args.model}, {args.image_size} px, {args.epochs} epochs, {args.seeds} seeds")
-    print(f"| variant | test accuracy (mean ± sd) | s/epoch |\n| --- | ---: | ---: |")
+    print("| variant | test accuracy (mean ± sd) | s/epoch |\n| --- | ---: | ---: |")
     for variant, runs in results.items():
         accuracy = spread([r["accuracy"] for r in runs])
         print(f"| {variant} | {accuracy} | {statistics.fmean(r['s_per_epoch'] for r in runs):.2f} |")

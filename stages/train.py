@@ -42,6 +42,7 @@ PARAMS = (
     "augment.device",
     "augment.mix",
     "model.lr_mult",
+    "model.grad_checkpointing",
     "loss",
     "optimizer",
     "scheduler",
@@ -61,6 +62,8 @@ def train(view: ParamsView) -> dict[str, Any]:
     inputs = [manifest_path, init_path]
     if view["augment.offline"]["enabled"]:
         inputs.append(outputs.require(root, outputs.AUGMENT_CACHE))
+    if cfg["distill"]["teacher"]:  # named by a param, so no DVC dep: its bytes go in the resume fingerprint
+        inputs.append(view.resolve_path(cfg["distill"]["teacher"]))
     fp = checkpoint.fingerprint(
         {"checkpoint_format": loop.CHECKPOINT_FORMAT, **{key: view[key] for key in PARAMS}}, inputs
     )

@@ -58,6 +58,17 @@ CHECKS: tuple[CheckSpec, ...] = (
     check(
         "pipeline.training.scheduler:check_scheduler", "scheduler", "train.epochs", stand_ins={"train.epochs": (1000,)}
     ),
+    check(
+        "pipeline.training.distill:check_distill",
+        "train.distill",
+        "data.task",
+        "data.num_classes",
+        "data.image_size",
+        "data.root",
+        "data.labels",
+        "model.num_classes",
+        "model.in_chans",
+    ),
     check("pipeline.training.sampling:check_sampler", "train.sampler", "data.task", "data.root", "data.labels"),
     check("pipeline.training.precision:check_precision", "precision.dtype", "train.device"),
     check("pipeline.training.ema:check_ema_monitor", "train.early_stopping.monitor", "train.ema"),

@@ -99,6 +99,28 @@ def build_model(config: dict[str, Any], **timm_kwargs: Any) -> nn.Module:
     return builder(config, **timm_kwargs)
 
 
+GRAD_CHECKPOINTING_KEY = "model.grad_checkpointing"
+
+
+def set_grad_checkpointing(model: nn.Module, what: str) -> None:
+    """Turn on ``model.grad_checkpointing``: the model's own ``set_grad_checkpointing`` (timm's models,
+    the U-Nets: :mod:`pipeline.models.unet`). A model without one (torchvision's) or whose method
+    refuses is a :class:`PipelineError` naming the key; ``what`` names the model in it. The model
+    file records nothing: activations are recomputed in training only, inference is unchanged."""
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if not callable(setter):
+        raise PipelineError(
+            f"{GRAD_CHECKPOINTING_KEY}: {what} does not support gradient checkpointing (it has no "
+            "set_grad_checkpointing, as timm models and the U-Nets do); set false"
+        )
+    try:
+        setter(True)
+    except Exception as exc:  # timm models that lack it assert or raise NotImplementedError
+        raise PipelineError(
+            f"{GRAD_CHECKPOINTING_KEY}: {what} does not support gradient checkpointing ({one_line(exc)}); set false"
+        ) from None
+
+
 def _timm_names() -> list[str]:
     import timm
 
@@ -213,6 +235,8 @@ def _build_problems(params: Params) -> list[Problem]:
         with torch.device("meta"):
             net = build_model(config)
         apply_freeze(net, model["freeze"], find_head(net, config["source"]))
+        if model["grad_checkpointing"]:
+            set_grad_checkpointing(net, f"{config['source']}/{config['name']}")
     except PipelineError as exc:
         return [located(exc, "model")]
     except Exception as exc:  # a user factory or a library may fail in any way

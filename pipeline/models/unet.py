@@ -8,12 +8,14 @@ resizes to each skip connection instead of assuming sizes divisible by 2**depth.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from timm.models import FeatureInfo
@@ -76,16 +78,54 @@ class ClassicUNet(nn.Module):
             UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(channels[0], num_outputs, 1)
+        self.grad_checkpointing = False  # model.grad_checkpointing: a training-time setting, not recorded
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder block in the backward pass instead of keeping its activations (timm's
+        method name, so :func:`pipeline.models.networks.set_grad_checkpointing` treats both alike)."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
+        # only when a backward pass will follow: evaluation, ONNX export and TorchScript see plain calls
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            x = x if level == 0 else F.max_pool2d(x, 2)
+            x = checkpointed(block, x) if recompute else block(x)
             skips.append(x)
         x = skips.pop()
         for block in self.decoder:
             x = block(x, skips.pop())
         return self.head(x)
+
+
+def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` whose activations are recomputed in the backward pass (non-reentrant checkpoint).
+    The recomputation leaves BatchNorm's running statistics alone, so a step updates them once, as
+    without checkpointing (a plain checkpoint would apply their momentum twice)."""
+    return checkpoint(
+        block, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _frozen_norm_stats(block))
+    )
+
+
+@contextlib.contextmanager
+def _frozen_norm_stats(block: nn.Module) -> Iterator[None]:
+    """BatchNorm's running statistics (and batch counter) as they were before the recomputation: it
+    runs the same code as the forward (checkpoint insists on it), and its update is then undone."""
+    buffers = [
+        buffer
+        for module in block.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    saved = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
 
 
 class TimmUNet(nn.Module):
@@ -118,6 +158,14 @@ class TimmUNet(nn.Module):
             deep = decoder_channels[level]
         self.final = double_conv(deep, base_channels)
         self.head = nn.Conv2d(base_channels, num_outputs, 1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The encoder's own gradient checkpointing (timm's ``set_grad_checkpointing``); an encoder
+        without it raises ValueError."""
+        setter = getattr(self.encoder, "set_grad_checkpointing", None)
+        if setter is None:
+            raise ValueError(f"its timm encoder ({type(self.encoder).__name__}) has no gradient checkpointing")
+        setter(enable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

@@ -30,11 +30,13 @@ from pipeline.config.params import ParamsView
 from pipeline.data.dataset import image_hw
 from pipeline.data.manifest import Manifest
 from pipeline.models.file import ModelInfo, save_model
+from pipeline.models.networks import set_grad_checkpointing
 from pipeline.models.tiling import tile_settings, tiled_model
 from pipeline.seeding import loader_generator, seed_everything
 from pipeline.training import checkpoint, sampling
 from pipeline.training import distributed as dist
 from pipeline.training.batches import to_device
+from pipeline.training.distill import Distiller, build_distiller
 from pipeline.training.early_stopping import EarlyStopping, resolve_monitor
 from pipeline.training.ema import ModelEma, kept_weights
 from pipeline.training.feed import DeviceFeed, TrainData
@@ -76,6 +78,7 @@ class TrainStep:
     schedule: LRSchedule  # advanced once per optimizer step
     grad_clip: float | None = None
     accumulate: int = 1
+    distill: Distiller | None = None  # train.distill: the teacher's softened logits join the loss
     skipped: torch.Tensor = field(init=False)  # fp16 steps the scaler skipped (inf/NaN gradients), on the device
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class TrainStep:
             with self.precision.autocast():
                 logits = self.model(x)
             loss = self.loss_fn(logits, y)  # outside autocast: the loss in float32
+            if self.distill is not None:  # the teacher sees the same x, under the same autocast
+                loss = self.distill(loss, logits, x, self.precision)
             scaler.scale(loss / self.accumulate).backward()
         if not apply:
             return loss.detach()
@@ -169,6 +174,8 @@ def build(
     data = TrainData(train_set, train_loader, DeviceFeed(train_loader, device), generator, shard, cfg["seed"], ctx)
 
     # -- model, loss, optimizer, schedule
+    if view["model.grad_checkpointing"]:  # activations recomputed in the backward pass: less memory, more time
+        set_grad_checkpointing(model, f"{info.config['source']}/{info.config['name']}")
     model = plan.prepare_model(model)  # in place: the same module, on the device
     trained = dist.wrap_model(model, ctx, device, sync_batchnorm=cfg["sync_batchnorm"])  # in DDP's wrapper, or model
     counts = train_counts(manifest)  # what weight: auto / pos_weight: auto are computed from
@@ -188,8 +195,17 @@ def build(
         steps_per_epoch=math.ceil(len(train_loader) / cfg["accumulate"]),
         monitor=monitor,
     )
+    teacher = cfg["distill"]["teacher"]
+    distiller = build_distiller(cfg["distill"], view.resolve_path(teacher) if teacher else None, info, plan)
     step = TrainStep(
-        trained, loss_fn, optimizer, plan, schedule, grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"]
+        trained,
+        loss_fn,
+        optimizer,
+        plan,
+        schedule,
+        grad_clip=cfg["grad_clip"],
+        accumulate=cfg["accumulate"],
+        distill=distiller,
     )
     ema_cfg = cfg["ema"]  # over the unwrapped model, each rank its own (the ranks' weights are the same)
     ema = (
