@@ -30,7 +30,6 @@ MIX_STREAM = 0x6D6978  # "mix": keeps these draws apart from any other per-batch
 
 # Losses that take soft targets: the target enters them linearly (cross-entropy against class
 # probabilities, BCE and the asymmetric loss per sigmoid). A user loss says so with `soft_targets = True`.
-SOFT_TARGETS_ATTR = "soft_targets"
 
 
 @dataclass(frozen=True)
@@ -136,47 +135,19 @@ def mix_images(x: torch.Tensor, drawn: MixDraw) -> torch.Tensor:
     return x * drawn.lam + x.flip(0) * (1.0 - drawn.lam)
 
 
-def _soft_target_refusals(params: Params) -> list[str]:
-    """The loss keys (``loss.name``, ``loss.terms[i].name``) naming a loss that does not take soft targets."""
-    from pipeline.config.building import resolve
-    from pipeline.config.errors import ComponentError
-    from pipeline.training.losses.base import losses
-
-    cfg = params.get("loss")
-    named = [(f"loss.terms[{i}].name", t["name"]) for i, t in enumerate(cfg.get("terms") or [])]
-    refused = []
-    for key, name in named if cfg["name"] == "sum" else [("loss.name", cfg["name"])]:
-        try:
-            impl = resolve(losses, name, key)
-        except ComponentError:
-            continue  # the loss check reports it
-        if not getattr(impl, SOFT_TARGETS_ATTR, False):
-            refused.append(f"{key} {name!r}")
-    return refused
-
-
 def check_mix(params: Params) -> list[Problem]:
-    """Segmentation takes cutmix only; labels' mixing gives soft targets, which the loss must take."""
+    """Segmentation takes cutmix only (the loss's side, soft targets, is the training layer's:
+    :func:`pipeline.training.losses.section.check_mix_targets`)."""
     cfg = params.get("augment.mix")
     if not (cfg["mixup_alpha"] > 0 or cfg["cutmix_alpha"] > 0):
         return []
     task = params.get("data.task")
-    if task == "segmentation":
-        if cfg["mixup_alpha"] > 0:
-            return [
-                Problem(
-                    "augment.mix.mixup_alpha",
-                    "segmentation takes cutmix only (a blend of two masks is no mask): set mixup_alpha: 0 "
-                    "and cutmix_alpha > 0",
-                )
-            ]
-        return []
-    takes = "cross_entropy" if task == "classification" else "bce or asymmetric"
-    return [
-        Problem(
-            "augment.mix",
-            f"mixup/cutmix give soft targets, which {name} does not take; use {takes} "
-            "(or a loss with soft_targets = True), or set mixup_alpha and cutmix_alpha to 0",
-        )
-        for name in _soft_target_refusals(params)
-    ]
+    if task == "segmentation" and cfg["mixup_alpha"] > 0:
+        return [
+            Problem(
+                "augment.mix.mixup_alpha",
+                "segmentation takes cutmix only (a blend of two masks is no mask): set mixup_alpha: 0 "
+                "and cutmix_alpha > 0",
+            )
+        ]
+    return []

@@ -46,7 +46,8 @@ CHECKS: tuple[CheckSpec, ...] = (
         stand_ins={"data.image_size": (None,)},
     ),
     check("pipeline.augment.checks:check_augment_device", "augment", "data.task"),
-    check("pipeline.augment.mix:check_mix", "augment.mix", "data.task", "loss"),
+    check("pipeline.augment.mix:check_mix", "augment.mix", "data.task"),
+    check("pipeline.training.losses.section:check_mix_targets", "augment.mix", "data.task", "loss"),
     check("pipeline.models.networks:check_model", "model", "data.task", "data.num_classes", "data.image_size"),
     check("pipeline.training.losses.section:check_loss", "loss", "data.task", "data.num_classes", "model.num_classes"),
     check(

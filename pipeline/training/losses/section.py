@@ -165,6 +165,40 @@ def _expected_outputs(params: Any) -> int | None:
     return 1 if task == "segmentation" and num_classes == 2 else num_classes
 
 
+def _soft_target_refusals(params: Params) -> list[str]:
+    """The loss keys (``loss.name``, ``loss.terms[i].name``) naming a loss that does not take soft targets."""
+    cfg = params.get("loss")
+    named = [(f"loss.terms[{i}].name", t["name"]) for i, t in enumerate(cfg.get("terms") or [])]
+    refused = []
+    for key, name in named if cfg["name"] == "sum" else [("loss.name", cfg["name"])]:
+        try:
+            impl = resolve(losses, name, key)
+        except ComponentError:
+            continue  # the loss check reports it
+        if not getattr(impl, "soft_targets", False):
+            refused.append(f"{key} {name!r}")
+    return refused
+
+
+def check_mix_targets(params: Params) -> list[Problem]:
+    """augment.mix on labels gives soft targets (mixed one-hot or multi-hot vectors): the loss must take
+    them (a loss class with ``soft_targets = True``: cross_entropy, bce, asymmetric); segmentation's
+    cutmix keeps hard masks."""
+    cfg = params.get("augment.mix")
+    task = params.get("data.task")
+    if task == "segmentation" or not (cfg["mixup_alpha"] > 0 or cfg["cutmix_alpha"] > 0):
+        return []
+    takes = "cross_entropy" if task == "classification" else "bce or asymmetric"
+    return [
+        Problem(
+            "augment.mix",
+            f"mixup/cutmix give soft targets, which {name} does not take; use {takes} "
+            "(or a loss with soft_targets = True), or set mixup_alpha and cutmix_alpha to 0",
+        )
+        for name in _soft_target_refusals(params)
+    ]
+
+
 def check_loss(params: Params) -> list[Problem]:
     """Build the declared loss with the train stage's builder and call it on a stand-in batch; when
     the class count is not known before the split, build it for a mode the loss supports."""
