@@ -531,9 +531,49 @@ class ReproducedRepo:
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> ReproducedRepo:
     """One `dvc repro` of every stage for the session: tests start from ``copy_repo`` of it (a search's
-    trials then re-run only what their params change) and leave it as it is."""
-    root = make_repo(tmp_path_factory.mktemp("reproduced") / "repo", images=REPRODUCED_IMAGES)
-    first = sh(root, "dvc", "repro")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "reproduced")
-    return ReproducedRepo(root, first.stdout)
+    trials then re-run only what their params change) and leave it as it is. Under pytest-xdist the
+    workers share one: the first to need it builds it (under a file lock) in the folder above every
+    worker's temp folder, the others wait and reuse it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # pytest-of-USER/pytest-N: the run's folder, above each worker's popen-gwN
+    folder = shared / "reproduced"
+    with _locked(shared / "reproduced.lock"):
+        record = folder / "first_repro.txt"
+        if not record.exists():
+            root = make_repo(folder / "repo", images=REPRODUCED_IMAGES)
+            first = sh(root, "dvc", "repro")
+            sh(root, "git", "add", "-A")
+            sh(root, "git", "commit", "-qm", "reproduced")
+            record.write_text(first.stdout)
+    return ReproducedRepo(folder / "repo", record.read_text())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created) while the block runs: one process at a time."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding slow tests run first, the longest-known ones (end-to-end through dvc) at the head:
+    with the two workers of ``-n 2 --dist loadfile`` they start at once and the quick files fill in
+    beside them, instead of one long file starting last and running alone. Order within a file stays."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 0
+        return 2 if "reproduced_repo" in getattr(item, "fixturenames", ()) else 1  # dvc runs in a git repository
+
+    by_file: dict[str, int] = {}
+    for item in items:
+        where = item.nodeid.split("::")[0]
+        by_file[where] = max(by_file.get(where, 0), weight(item))
+    items.sort(key=lambda item: -by_file[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
