@@ -94,6 +94,26 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> float | dict[str, float]:
+    """predict's --threshold: one number, or (multilabel) per class ``NAME=VALUE[,NAME=VALUE...]``. The
+    values are judged afterwards by evaluate.threshold's schema rule, the names against the model's classes."""
+    if "=" not in text:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number nor NAME=VALUE pairs") from None
+    pairs: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = (s.strip() for s in part.partition("="))
+        try:
+            pairs[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: expected NAME=VALUE with a number") from None
+        if not name:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: a class name is missing before '='")
+    return pairs
+
+
 def _predict(args: argparse.Namespace) -> int:
     from pipeline.inference.predict import predict_files
     from pipeline.inference.predictor import Predictor
@@ -248,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1")
     p.add_argument(
         "--threshold",
-        type=float,
-        help="binary segmentation: foreground above this probability (default: the model file's, 0.5)",
+        type=_threshold,
+        help="binary tasks: foreground above this probability; multilabel: one number or per class, e.g. "
+        "circle=0.4,triangle=0.6 (evaluate.threshold's mapping; unnamed classes 0.5). Default: the model file's",
     )
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--overlays", action="store_true", help="segmentation: also write the masks drawn on the images")

@@ -12,7 +12,7 @@ import torch
 from pipeline.config.errors import PipelineError
 from pipeline.config.schema import check_value
 from pipeline.inference.export import INPUT, OUTPUT, read_metadata
-from pipeline.inference.predictor import EVALUATE, Predictor
+from pipeline.inference.predictor import EVALUATE, Predictor, option_threshold
 from pipeline.models.file import META_KEY, ModelInfo
 from pipeline.models.recipe import check_recipe
 
@@ -23,7 +23,9 @@ class OnnxPredictor(Predictor):
     inside, so :meth:`logits` feeds it the prepared batch (or, tiled, each tile) as it is."""
 
     @classmethod
-    def from_onnx(cls, path: str | Path, *, threshold: float | None = None, flip_tta: bool = False) -> OnnxPredictor:
+    def from_onnx(
+        cls, path: str | Path, *, threshold: float | dict[str, float] | None = None, flip_tta: bool = False
+    ) -> OnnxPredictor:
         try:
             import onnxruntime
         except ImportError:
@@ -47,7 +49,7 @@ class OnnxPredictor(Predictor):
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run([OUTPUT], {INPUT: batch.numpy()})[0])
 
-        predictor = cls(run, info, torch.device("cpu"), info.threshold if threshold is None else float(threshold))  # type: ignore[arg-type]
+        predictor = cls(run, info, torch.device("cpu"), option_threshold(threshold, info))  # type: ignore[arg-type]
         predictor.flip_tta = flip_tta
         return predictor
 

@@ -25,7 +25,7 @@ from pipeline.models.file import ModelInfo, load_model
 from pipeline.models.input_contract import normalise, resolve_device
 from pipeline.models.tiling import rows_apply, tiled_logits_of
 from pipeline.training.metrics import predict as classes_from_logits
-from pipeline.training.multilabel_metrics import thresholds_for
+from pipeline.training.multilabel_metrics import threshold_problems, thresholds_for
 
 EVALUATE = "sections/evaluate.schema.json#/properties"  # predict's options obey the evaluate section's rules
 
@@ -46,7 +46,7 @@ class Predictor:
         path: str | Path,
         *,
         device: str = "auto",
-        threshold: float | None = None,
+        threshold: float | dict[str, float] | None = None,
         flip_tta: bool = False,
         trust_code: bool = False,
     ) -> Predictor:
@@ -58,9 +58,7 @@ class Predictor:
             check_value(f"{EVALUATE}/threshold", threshold, "--threshold")
         model, info = load_model(path, trust_code=trust_code)
         where = resolve_device(device, key="--device")
-        predictor = cls(
-            model.to(where).eval(), info, where, info.threshold if threshold is None else float(threshold), flip_tta
-        )
+        predictor = cls(model.to(where).eval(), info, where, option_threshold(threshold, info), flip_tta)
         if info.eval_augment:
             try:
                 _ = predictor._transform  # built now, so a bad recipe fails at load
@@ -136,6 +134,18 @@ class Predictor:
             p = torch.sigmoid(logits)
             return torch.cat([1 - p, p], dim=1)
         return torch.softmax(logits, dim=1)
+
+
+def option_threshold(threshold: float | dict[str, float] | None, info: ModelInfo) -> float | dict[str, float]:
+    """predict's ``--threshold`` for the model ``info`` describes (None: the file's own): one number, or
+    for a multilabel model a ``{class: value}`` mapping (classes it does not name take 0.5), its names
+    checked against the model's classes as evaluate checks ``evaluate.threshold``'s."""
+    if threshold is None:
+        return info.threshold
+    problems = threshold_problems(threshold, info.task, info.classes, key="--threshold")
+    if problems:
+        raise PipelineError("; ".join(f"{key}: {why}" for key, why in problems))
+    return dict(threshold) if isinstance(threshold, dict) else float(threshold)
 
 
 def mask_at_size(classes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

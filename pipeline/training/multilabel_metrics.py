@@ -138,19 +138,22 @@ class MultilabelMeter:
         return multilabel_metrics(probs, targets, self.thresholds, self.class_names)
 
 
-def threshold_problems(threshold: Any, task: str, class_names: Sequence[str] | None) -> list[tuple[str, str]]:
-    """``(key, why)`` for each problem of ``evaluate.threshold``: a per-class mapping is for multilabel,
-    and (when the classes are known) names only classes there are, with a did-you-mean."""
+def threshold_problems(
+    threshold: Any, task: str, class_names: Sequence[str] | None, key: str = "evaluate.threshold"
+) -> list[tuple[str, str]]:
+    """``(key, why)`` for each problem of ``evaluate.threshold`` (or predict's ``--threshold``: ``key``): a
+    per-class mapping is for multilabel, and (when the classes are known) names only classes there are,
+    with a did-you-mean."""
     if not isinstance(threshold, dict):
         return []
     if task != "multilabel":
-        return [("evaluate.threshold", f"a per-class mapping is for multilabel data; {task} takes one number")]
+        return [(key, f"a per-class mapping is for multilabel data; {task} takes one number")]
     if class_names is None:
         return []
     from pipeline.config.schema import did_you_mean
 
     return [
-        (f"evaluate.threshold.{name}", f"{name!r} is not a class of the data{did_you_mean(name, class_names)}")
+        (f"{key}.{name}", f"{name!r} is not a class of the data{did_you_mean(name, class_names)}")
         for name in threshold
         if name not in class_names
     ]
