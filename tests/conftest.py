@@ -549,6 +549,23 @@ def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> ReproducedRepo:
     return ReproducedRepo(folder / "repo", record.read_text())
 
 
+@pytest.fixture
+def clone(reproduced_repo: ReproducedRepo, tmp_path: Path) -> Path:
+    """A copy of the reproduced repository of this test's own: up to date and committed."""
+    return copy_repo(reproduced_repo.root, tmp_path / "repo")
+
+
+def edit_params(ws: Path, old: str, new: str) -> None:
+    """Replace the text ``old`` (it must occur) by ``new`` in ``ws``'s params.yaml, as a user edits it."""
+    write_params(ws / "params.yaml", ws / "params.yaml", replace={old: new})
+
+
+def commit_all(ws: Path) -> None:
+    """``git add -A`` and commit in ``ws`` (nothing to commit is fine)."""
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "step", check=False)
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created) while the block runs: one process at a time."""
