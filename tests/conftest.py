@@ -580,14 +580,16 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files holding slow tests run first, the longest-known ones (end-to-end through dvc) at the head:
-    with the two workers of ``-n 2 --dist loadfile`` they start at once and the quick files fill in
-    beside them, instead of one long file starting last and running alone. Order within a file stays."""
+    """Files run heaviest first: by the whole-pipeline runs their tests declare (``pipeline_runs(n)``),
+    then the other files holding slow tests, then the quick ones. With the two workers of ``-n 2 --dist
+    loadfile`` the long dvc files start at once and the quick files fill in beside them, instead of one
+    long file starting last and running alone. Order within a file stays."""
 
     def weight(item: pytest.Item) -> int:
-        if item.get_closest_marker("slow") is None:
-            return 0
-        return 2 if "reproduced_repo" in getattr(item, "fixturenames", ()) else 1  # dvc runs in a git repository
+        runs = item.get_closest_marker("pipeline_runs")
+        if runs is not None:
+            return 1 + int(runs.args[0])
+        return 1 if item.get_closest_marker("slow") is not None else 0
 
     by_file: dict[str, int] = {}
     for item in items:

@@ -49,6 +49,7 @@ def _changed(ws) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.pipeline_runs(2)
 def test_an_edit_no_training_input_depends_on_leaves_train_and_upstream_unchanged(reproduced):
     ws = reproduced
     shipped = (ws / "params.yaml").read_text()

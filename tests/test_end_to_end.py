@@ -22,7 +22,7 @@ from tests.conftest import (  # noqa: F401 (make_repo, tiny_params: still import
     tiny_params,
 )
 
-pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(4)]  # real dvc repro / dvc exp run in a git repository
 
 _env = dvc_env  # the names tests/search/ imported from here
 

@@ -35,6 +35,7 @@ TINY = {  # the example shrunk to a CPU and seconds; the same in every experimen
 
 
 @pytest.mark.slow  # three pipeline runs through dvc: minutes on 2 cores
+@pytest.mark.pipeline_runs(4)  # and a fresh repository's first
 def test_exp_show_after_an_lr_grid_on_the_classification_example_fits_a_terminal(tmp_path):
     """README's workflow: run and commit the example, run a two-point grid, compare with `--only-changed`.
     What differs between the rows: the scores, optimizer.lr, and the hashes of the trained weights and

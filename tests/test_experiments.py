@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import commit_all, dvc_env, ran, sh
 
-pytestmark = pytest.mark.slow  # real dvc exp run in a git repository
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(3)]  # real dvc exp run in a git repository
 
 
 def test_exp_run_logs_to_the_default_store(clone):

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO, write_params
 from tests.test_end_to_end import ran, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(1)]
 
 
 def test_the_multilabel_example_runs_end_to_end(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import commit_all, edit_params, ran, sh
 
-pytestmark = pytest.mark.slow  # real dvc repro in a git repository
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(3)]  # real dvc repro in a git repository
 
 
 def test_repro_after_data_path_edits(clone: Path):

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from pipeline.search.study import open_storage
 from tests.conftest import ReproducedRepo, copy_repo, dvc_env, sh, write_params
 
-pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(3)]  # real dvc repro / dvc exp run in a git repository
 
 SPACE = {"optimizer.lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]}}
 

@@ -32,7 +32,7 @@ from tests.conftest import (
     write_params,
 )
 
-pytestmark = pytest.mark.slow  # real dvc repro / dvc exp run in a git repository
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_runs(2)]  # real dvc repro / dvc exp run in a git repository
 
 STUDY = "shared"
 EXPERIMENT = "shared-search"
