@@ -444,6 +444,10 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[
     return result
 
 
+# dvc.yaml's stages in the order `dvc repro` runs them from scratch
+EVERY_STAGE = ["validate", "split", "decode", "augment", "model", "train", "preview", "evaluate", "export"]
+
+
 def ran(output: str) -> list[str]:
     """The stages `dvc repro` executed, in order."""
     return re.findall(r"Running stage '([^']+)'", output)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import (  # noqa: F401 (make_repo, tiny_params: still importable from here)
+    EVERY_STAGE,
     ReproducedRepo,
     commit_all,
     copy_repo,
@@ -36,17 +37,7 @@ def workspace(reproduced_repo: ReproducedRepo, tmp_path_factory) -> Path:
 def test_repro_then_cache_behaviour(workspace, reproduced_repo):
     ws = workspace
     first = reproduced_repo.first_repro  # the first `dvc repro` of a fresh clone, committed after it
-    assert ran(first) == [
-        "validate",
-        "split",
-        "decode",
-        "augment",
-        "model",
-        "train",
-        "preview",
-        "evaluate",
-        "export",
-    ], first
+    assert ran(first) == EVERY_STAGE, first
     metrics = yaml.safe_load((ws / "outputs/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
     commit_all(ws)
